@@ -1,0 +1,274 @@
+"""The configuration file, environment overrides, and validation that names the key at fault.
+
+One YAML file (``--config`` or ``$PROVISIOND_CONFIG``). Any key can be
+overridden from the environment as ``PROVISIOND_<SECTION>__<KEY>``, for
+example ``PROVISIOND_ENGINE__INTERVAL=30``; the environment wins over the
+file. Secrets are never values in this file: settings ending in ``_file``
+name files to read them from (see :mod:`daemon.secrets`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from daemon.plugins import Registry
+
+ENV_PREFIX = "PROVISIOND_"
+_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``problems`` holds one line per fault."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+    def __str__(self) -> str:
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        return f"invalid configuration in {self.source}:\n{lines}"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceSettings(_Section):
+    """``source``: the directory to poll."""
+
+    kind: str = "file"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class GuardSettings(_Section):
+    """``targets[].guard``: the mass-removal safety rail.
+
+    A cycle that would deactivate or remove at least ``min_count`` of a
+    target's users *and* more than ``max_share`` of them is held back until
+    ``provisiond approve``; everything else in the cycle still goes.
+    """
+
+    max_share: float = Field(0.10, ge=0.0, le=1.0)
+    min_count: int = Field(25, ge=1)
+
+
+class TargetSettings(_Section):
+    """``targets[]``: one application instance."""
+
+    name: str
+    kind: str
+    enabled: bool = True
+    groups: list[str] = Field(default_factory=list)
+    guard: GuardSettings = Field(default_factory=GuardSettings)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(
+                "must start with a lowercase letter and hold only a-z, 0-9, '-' and '_'"
+            )
+        return v
+
+
+class EngineSettings(_Section):
+    """``engine``: polling and retries (durations in seconds)."""
+
+    interval: float = Field(300.0, ge=1.0)
+    jitter: float = Field(0.1, ge=0.0, le=0.5)
+    shutdown_grace: float = Field(30.0, ge=0.0)
+    retry_base: float = Field(30.0, gt=0.0)
+    retry_max: float = Field(3600.0, gt=0.0)
+    batch_size: int = Field(500, ge=1)
+
+
+class StateSettings(_Section):
+    """``state``: where the daemon keeps what it has done."""
+
+    backend: Literal["sqlite"] = "sqlite"
+    path: Path = Path("state/provisiond.db")
+
+
+class OpsListenerSettings(_Section):
+    """``http.ops``: /metrics, /healthz, /readyz and the admin API."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(9464, ge=0, le=65535)
+    admin_token_file: Path | None = None
+
+
+class PublicListenerSettings(_Section):
+    """``http.public``: single sign-on and the portal (plugins add routes)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+
+
+class HttpSettings(_Section):
+    ops: OpsListenerSettings = Field(default_factory=OpsListenerSettings)
+    public: PublicListenerSettings = Field(default_factory=PublicListenerSettings)
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Settings(BaseSettings):
+    """The whole configuration file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    source: SourceSettings = Field(default_factory=SourceSettings)
+    targets: list[TargetSettings] = Field(default_factory=list)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    logging: LogSettings = Field(default_factory=LogSettings)
+
+    @model_validator(mode="after")
+    def _unique_targets(self) -> Settings:
+        seen: set[str] = set()
+        for i, t in enumerate(self.targets):
+            if t.name in seen:
+                raise ValueError(f"targets[{i}].name: {t.name!r} is used by another target")
+            seen.add(t.name)
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file (the file arrives as init kwargs).
+        return (env_settings, init_settings)
+
+
+class Config:
+    """A validated configuration: the settings plus each plugin's typed options."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        path: Path | None,
+        source_options: BaseModel,
+        target_options: dict[str, BaseModel],
+    ) -> None:
+        self.settings = settings
+        self.path = path
+        self.source_options = source_options
+        self.target_options = target_options
+
+    @property
+    def config_dir(self) -> Path:
+        return self.path.parent.resolve() if self.path else Path.cwd()
+
+    def resolve(self, path: Path) -> Path:
+        """A path from the configuration, relative to the configuration file."""
+        return path if path.is_absolute() else self.config_dir / path
+
+    @property
+    def state_path(self) -> Path:
+        return self.resolve(self.settings.state.path)
+
+
+def _loc(loc: tuple[int | str, ...], prefix: str = "") -> str:
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "") -> list[str]:
+    """One line per fault: ``key.path[0].name: what is wrong``."""
+    lines = []
+    for err in exc.errors(include_url=False, include_input=False):
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        lines.append(f"{_loc(tuple(err['loc']), prefix)}: {msg}")
+    return lines
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    """Parse the YAML file; an unreadable or malformed file is a :class:`ConfigError`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read the file: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(str(path), [f"not valid YAML{where}: {problem}"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), ["the top level must be a mapping of sections"])
+    return data
+
+
+def load(path: Path | None, registry: Registry) -> Config:
+    """Read, override from the environment, and validate the whole configuration."""
+    where = str(path) if path else "(defaults and environment)"
+    data = read_file(path) if path else {}
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(where, format_validation_error(exc)) from None
+    problems: list[str] = []
+
+    source_options: BaseModel | None = None
+    stype = registry.sources.get(settings.source.kind)
+    if stype is None:
+        problems.append(
+            f"source.kind: unknown source {settings.source.kind!r}; "
+            f"installed: {', '.join(sorted(registry.sources)) or 'none'}"
+        )
+    else:
+        try:
+            source_options = stype.options.model_validate(settings.source.options)
+        except ValidationError as exc:
+            problems += format_validation_error(exc, "source.options")
+
+    target_options: dict[str, BaseModel] = {}
+    for i, t in enumerate(settings.targets):
+        ttype = registry.targets.get(t.kind)
+        if ttype is None:
+            problems.append(
+                f"targets[{i}].kind: unknown target {t.kind!r}; "
+                f"installed: {', '.join(sorted(registry.targets)) or 'none'}"
+            )
+            continue
+        try:
+            target_options[t.name] = ttype.options.model_validate(t.options)
+        except ValidationError as exc:
+            problems += format_validation_error(exc, f"targets[{i}].options")
+
+    if problems or source_options is None:
+        raise ConfigError(where, problems)
+    return Config(settings, path, source_options, target_options)

@@ -1,0 +1,169 @@
+"""The canonical directory model every source normalises to.
+
+Records are immutable ``msgspec`` structs: cheap to build by the hundred
+thousand, cheap to encode, and their JSON encoding is deterministic, which is
+what the content hashes in :func:`content_hash` rely on.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, TypeAlias
+
+import msgspec
+
+
+class AccountState(enum.StrEnum):
+    """Whether an account may be used.
+
+    ``unassigned`` never comes from a directory. The assignment scope of a
+    target produces it for a user the target knows but who is no longer in
+    any group bound to that target (implicit deny).
+    """
+
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    UNASSIGNED = "unassigned"
+
+
+class User(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One person in the directory.
+
+    ``id`` is the directory's stable object id (``entryUUID``, ``objectGUID``,
+    a JumpCloud id, or the id field of a directory file). It never changes on
+    rename and becomes the SCIM ``externalId``.
+    """
+
+    id: str
+    username: str
+    email: str
+    given_name: str = ""
+    family_name: str = ""
+    display_name: str | None = None
+    title: str | None = None
+    phone: str | None = None
+    employee_id: str | None = None
+    department: str | None = None
+    cost_center: str | None = None
+    company: str | None = None
+    manager: str | None = None
+    division: str | None = None
+    state: AccountState = AccountState.ACTIVE
+
+    @property
+    def active(self) -> bool:
+        return self.state is AccountState.ACTIVE
+
+
+class Group(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A directory group: a name and the ids of its (flattened) user members.
+
+    ``members`` is kept sorted so that equal groups encode, and hash, equally.
+    """
+
+    id: str
+    name: str
+    members: tuple[str, ...] = ()
+
+
+ObjectKind: TypeAlias = Literal["user", "group"]
+DirectoryObject: TypeAlias = User | Group
+
+#: Field names of :class:`User`, in declaration order.
+USER_FIELDS: tuple[str, ...] = User.__struct_fields__
+
+
+def make_group(id: str, name: str, members: Iterable[str]) -> Group:  # noqa: A002
+    """Build a :class:`Group` with its members de-duplicated and sorted."""
+    return Group(id=id, name=name, members=tuple(sorted(set(members))))
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode(obj: DirectoryObject) -> bytes:
+    """The canonical JSON encoding of a record (what the store keeps)."""
+    return _encoder.encode(obj)
+
+
+_user_decoder = msgspec.json.Decoder(User)
+_group_decoder = msgspec.json.Decoder(Group)
+
+
+def decode(kind: ObjectKind, data: bytes | str) -> DirectoryObject:
+    """Inverse of :func:`encode`."""
+    if kind == "user":
+        return _user_decoder.decode(data)
+    return _group_decoder.decode(data)
+
+
+def content_hash(obj: DirectoryObject) -> str:
+    """A short, stable hash of a record's whole content."""
+    return hashlib.blake2b(_encoder.encode(obj), digest_size=12).hexdigest()
+
+
+def kind_of(obj: DirectoryObject) -> ObjectKind:
+    return "user" if isinstance(obj, User) else "group"
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedRecord:
+    """A directory record that could not be used, and why.
+
+    ``where`` names the place (a file, a DN, an API URL), ``record`` the
+    record's id or, when it has none, its index; ``field`` the attribute at
+    fault.
+    """
+
+    where: str
+    record: str
+    field: str
+    reason: str
+    kind: ObjectKind = "user"
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.kind} {self.record}: field {self.field!r}: {self.reason}"
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """The whole directory at one instant, already normalised.
+
+    ``version`` identifies the content the source read (a file digest, an LDAP
+    ``contextCSN``, ...): two snapshots with the same version are equal.
+    ``skipped`` lists the records the source reported and left out.
+    """
+
+    users: dict[str, User]
+    groups: dict[str, Group]
+    version: str = ""
+    skipped: list[SkippedRecord] = field(default_factory=list)
+
+    @classmethod
+    def of(
+        cls,
+        users: Iterable[User] = (),
+        groups: Iterable[Group] = (),
+        version: str = "",
+    ) -> Snapshot:
+        return cls(
+            users={u.id: u for u in users},
+            groups={g.id: g for g in groups},
+            version=version,
+        )
+
+    def hashes(self) -> dict[tuple[ObjectKind, str], str]:
+        """Content hash of every object, keyed by ``(kind, id)``."""
+        out: dict[tuple[ObjectKind, str], str] = {}
+        for uid, user in self.users.items():
+            out[("user", uid)] = content_hash(user)
+        for gid, group in self.groups.items():
+            out[("group", gid)] = content_hash(group)
+        return out
+
+    def get(self, kind: ObjectKind, object_id: str) -> DirectoryObject | None:
+        table: Mapping[str, DirectoryObject] = self.users if kind == "user" else self.groups
+        return table.get(object_id)

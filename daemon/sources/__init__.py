@@ -1,0 +1,1 @@
+"""Directory sources: where the truth comes from."""

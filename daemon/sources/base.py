@@ -1,0 +1,54 @@
+"""The contract every directory source meets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from pydantic import BaseModel
+
+from daemon.model import Snapshot
+from daemon.runtime import PluginContext
+
+
+class SourceError(Exception):
+    """The source could not be read at all. The cycle fails and nothing downstream changes."""
+
+
+class Source(Protocol):
+    """A directory the daemon polls.
+
+    ``fetch`` returns the whole directory as a :class:`Snapshot`, or ``None``
+    when the source can tell cheaply that nothing changed since the snapshot
+    whose ``version`` is ``known_version``. A source that can read increments
+    (``incremental = True``) still returns a whole snapshot: it merges the
+    increment into the last one it read itself. Records that cannot be used go
+    into ``Snapshot.skipped``; a source that cannot be read raises
+    :class:`SourceError`.
+    """
+
+    kind: str
+    incremental: bool
+
+    async def fetch(self, known_version: str | None) -> Snapshot | None: ...
+
+    async def check(self) -> list[str]:
+        """Reach the directory; return human lines for ``provisiond check``."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SourceType:
+    """A kind of source a plugin offers (returned by ``provisiond_source_types``).
+
+    ``options`` validates the ``source.options`` block of the configuration;
+    ``create`` builds the source from the validated options.
+    """
+
+    kind: str
+    options: type[BaseModel]
+    create: Callable[[BaseModel, PluginContext], Source]
+    description: str = ""

@@ -1,0 +1,1 @@
+"""Targets: the applications the directory is provisioned into."""

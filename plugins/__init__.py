@@ -1,0 +1,1 @@
+"""Application plugins shipped with provisiond."""
