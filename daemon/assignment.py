@@ -1,0 +1,118 @@
+"""Assignment scope: which directory objects a target should hold, and in what state.
+
+Users are implicitly denied. A target holds the users who are members of at
+least one group bound to it; a user it already holds who leaves every bound
+group stays in its view as ``unassigned`` (deactivated), and a user removed
+from the directory leaves the view (removed). Bound groups are held with
+their members filtered to the users the target holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgspec
+
+from daemon.model import (
+    AccountState,
+    DirectoryObject,
+    Group,
+    Snapshot,
+    content_hash,
+)
+from daemon.store import DesiredRow, Key, TargetIndex
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """The groups bound to one target, by directory group id or name."""
+
+    target: str
+    groups: tuple[str, ...]
+
+    def bound_groups(self, snapshot: Snapshot) -> list[Group]:
+        wanted = set(self.groups)
+        return [g for g in snapshot.groups.values() if g.id in wanted or g.name in wanted]
+
+    def unknown(self, snapshot: Snapshot) -> list[str]:
+        """Configured group references that match no directory group."""
+        names = {g.name for g in snapshot.groups.values()}
+        return [g for g in self.groups if g not in snapshot.groups and g not in names]
+
+
+@dataclass(frozen=True, slots=True)
+class ScopedPlan:
+    """What changed in one target's view since its recorded desired state."""
+
+    desired: list[DesiredRow]
+    released: list[Key]
+    # Users whose desired state goes from active to deactivated or removed.
+    deactivations: list[Key]
+    active_before: int
+
+
+def view(
+    snapshot: Snapshot,
+    hashes: dict[Key, str],
+    assignment: Assignment,
+    index: TargetIndex,
+) -> dict[Key, tuple[str, DirectoryObject]]:
+    """The target's desired view: ``key -> (hash, record)``.
+
+    ``hashes`` are the snapshot's content hashes (reused for records the view
+    does not alter).
+    """
+    bound = assignment.bound_groups(snapshot)
+    in_scope: set[str] = set()
+    for g in bound:
+        in_scope.update(g.members)
+    out: dict[Key, tuple[str, DirectoryObject]] = {}
+    held: set[str] = set()
+    for uid, user in snapshot.users.items():
+        key: Key = ("user", uid)
+        known = index.hashes.get(key) is not None
+        if uid in in_scope:
+            # A suspended user nobody provisioned yet is not created at all.
+            if user.active or known:
+                out[key] = (hashes[key], user)
+                held.add(uid)
+        elif known:
+            gone = msgspec.structs.replace(user, state=AccountState.UNASSIGNED)
+            out[key] = (content_hash(gone), gone)
+            held.add(uid)
+    for g in bound:
+        members = tuple(m for m in g.members if m in held)
+        group = g if members == g.members else msgspec.structs.replace(g, members=members)
+        gkey: Key = ("group", g.id)
+        out[gkey] = (hashes[gkey] if group is g else content_hash(group), group)
+    return out
+
+
+def plan(
+    snapshot: Snapshot,
+    hashes: dict[Key, str],
+    assignment: Assignment,
+    index: TargetIndex,
+) -> ScopedPlan:
+    """Compare the target's new view with its recorded desired state."""
+    wanted = view(snapshot, hashes, assignment, index)
+    desired: list[DesiredRow] = []
+    deactivations: list[Key] = []
+    for key, (h, obj) in wanted.items():
+        if index.hashes.get(key, "") != h:
+            active = obj.active if key[0] == "user" else None  # type: ignore[union-attr]
+            desired.append(DesiredRow(key, h, obj, active))
+            if key[0] == "user" and not active and key[1] in index.active:
+                deactivations.append(key)
+    released: list[Key] = []
+    for key, recorded in index.hashes.items():
+        if key in wanted or recorded is None:
+            continue
+        if key[0] == "group" and key[1] in snapshot.groups:
+            # Unbound, not deleted: stop managing it and leave it as it is.
+            released.append(key)
+            continue
+        desired.append(DesiredRow(key, None, None, None))
+        if key[0] == "user" and key[1] in index.active:
+            deactivations.append(key)
+    return ScopedPlan(desired, released, deactivations, len(index.active))

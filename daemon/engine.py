@@ -1,0 +1,435 @@
+"""One cycle: observe the directory, plan every target, commit, deliver.
+
+The engine is a level-triggered controller. Planning records, per target and
+object, the desired record; delivery sends each dirty object the changes from
+what the target last confirmed to what it should hold. A crash between the
+two loses nothing: the next cycle finds the same dirty rows. A quiet cycle
+costs one source check and one indexed query per target.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import anyio
+import pluggy
+import structlog
+
+from daemon import metrics
+from daemon.assignment import Assignment, ScopedPlan, plan
+from daemon.changes import Change, describe
+from daemon.config import EngineSettings, GuardSettings, TargetSettings
+from daemon.diff import delivery_order, diff_object
+from daemon.model import Snapshot
+from daemon.plugins import await_me_maybe
+from daemon.sources.base import Source, SourceError
+from daemon.store import (
+    Committed,
+    DesiredRow,
+    DueRow,
+    Key,
+    Result,
+    Store,
+    TargetIndex,
+    TargetPlan,
+)
+from daemon.targets.base import Delta, Outcome, Target
+
+log = structlog.get_logger("provisiond.engine")
+
+
+@dataclass
+class TargetSlot:
+    """A configured target as the engine runs it."""
+
+    settings: TargetSettings
+    target: Target
+    index: TargetIndex | None = None
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    @property
+    def assignment(self) -> Assignment:
+        return Assignment(self.settings.name, tuple(self.settings.groups))
+
+
+@dataclass
+class TargetReport:
+    planned: int = 0
+    held: int = 0
+    delivered: int = 0
+    failed: int = 0
+    dirty: int = 0
+    error: str | None = None
+
+
+@dataclass
+class CycleReport:
+    """What one cycle did (passed to ``provisiond_cycle_finished``)."""
+
+    id: str
+    started_at: float
+    finished_at: float = 0.0
+    result: str = "quiet"  # ok | quiet | failed
+    error: str | None = None
+    snapshot_version: str | None = None
+    users: int | None = None
+    groups: int | None = None
+    skipped: int = 0
+    changes: dict[str, int] = field(default_factory=dict)
+    targets: dict[str, TargetReport] = field(default_factory=dict)
+
+    @property
+    def duration(self) -> float:
+        return self.finished_at - self.started_at
+
+
+@dataclass(frozen=True)
+class PlannedDelta:
+    """One entry of ``provisiond plan``."""
+
+    target: str
+    delta: Delta
+    status: str  # "new", "retry" or "held"
+
+
+@dataclass
+class _Observation:
+    snapshot: Snapshot
+    hashes: dict[Key, str]
+    changes: list[Change]
+    upserts: list[tuple[Key, str, object]]
+    deletes: list[Key]
+    plans: dict[str, tuple[ScopedPlan, frozenset[Key]]]
+
+
+def guard(scoped: ScopedPlan, settings: GuardSettings, approved: frozenset[Key]) -> frozenset[Key]:
+    """The deactivations to hold back, or an empty set.
+
+    Trips when at least ``min_count`` users *and* more than ``max_share`` of
+    the target's active users would be deactivated or removed in one cycle.
+    Removals an operator approved are not counted again.
+    """
+    pending = [k for k in scoped.deactivations if k not in approved]
+    n = len(pending)
+    if n >= settings.min_count and n > settings.max_share * scoped.active_before:
+        return frozenset(pending)
+    return frozenset()
+
+
+class Engine:
+    """Runs cycles for one source and its targets over one store."""
+
+    def __init__(
+        self,
+        source: Source,
+        targets: Sequence[TargetSlot],
+        store: Store,
+        pm: pluggy.PluginManager,
+        settings: EngineSettings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.source = source
+        self.targets = list(targets)
+        self.store = store
+        self.pm = pm
+        self.settings = settings
+        self.clock = clock
+        self.stopping = False
+        self.force_plan = True  # plan once after start: the configuration may have changed
+        self._committed: Committed | None = None
+        self.last_report: CycleReport | None = None
+        #: Called as ``progress(target, done, total)`` while delivering (CLI progress bars).
+        self.progress: Callable[[str, int, int], None] | None = None
+
+    # -- one cycle ---------------------------------------------------------------
+
+    async def cycle(self) -> CycleReport:
+        report = CycleReport(id=uuid.uuid4().hex[:12], started_at=self.clock())
+        with structlog.contextvars.bound_contextvars(cycle=report.id):
+            try:
+                await self._observe(report)
+            except SourceError as exc:
+                report.result, report.error = "failed", str(exc)
+                log.error("directory read failed; nothing changed downstream", error=str(exc))
+            if report.result != "failed" and not self.stopping:
+                await self._deliver_all(report)
+            report.finished_at = self.clock()
+            metrics.CYCLES.labels(report.result).inc()
+            metrics.CYCLE_DURATION.observe(report.duration)
+            if report.result != "failed":
+                metrics.LAST_SUCCESS.set(report.finished_at)
+            log.info(
+                "cycle finished",
+                result=report.result,
+                seconds=round(report.duration, 4),
+                changes=sum(report.changes.values()),
+                delivered=sum(t.delivered for t in report.targets.values()),
+                failed=sum(t.failed for t in report.targets.values()),
+            )
+        self.last_report = report
+        await self._notify(report)
+        return report
+
+    async def _notify(self, report: CycleReport) -> None:
+        try:
+            for result in self.pm.hook.provisiond_cycle_finished(report=report):
+                await await_me_maybe(result)
+        except Exception:
+            log.exception("a provisiond_cycle_finished hook failed")
+
+    async def _observe(self, report: CycleReport) -> None:
+        if self._committed is None:
+            self._committed = await self.store.committed()
+        if await self.store.approved_holds():
+            self.force_plan = True
+        known = None if self.force_plan else self._committed.version
+        snapshot = await self.source.fetch(known)
+        if snapshot is None:
+            return
+        obs = await self._compare(snapshot)
+        report.snapshot_version = snapshot.version
+        report.users, report.groups = len(snapshot.users), len(snapshot.groups)
+        report.skipped = len(snapshot.skipped)
+        self._report_snapshot(snapshot)
+        report.changes = dict(Counter(c.name for c in obs.changes))
+        for name, n in report.changes.items():
+            metrics.CHANGES.labels(name).inc(n)
+        target_plans: dict[str, TargetPlan] = {}
+        for slot in self.targets:
+            if slot.name not in obs.plans:
+                continue
+            scoped, held = obs.plans[slot.name]
+            rows = [r for r in scoped.desired if r.key not in held]
+            target_plans[slot.name] = TargetPlan(rows, scoped.released, held or None)
+            report.targets[slot.name] = TargetReport(planned=len(rows), held=len(held))
+            metrics.HELD_REMOVALS.labels(slot.name).set(len(held))
+            if held:
+                log.warning(
+                    "mass-removal guard is holding deactivations; run `provisiond approve "
+                    f"{slot.name}` to release them",
+                    target=slot.name,
+                    held=len(held),
+                    active_users=scoped.active_before,
+                )
+        planned = any(t.planned or t.held for t in report.targets.values())
+        report.result = "ok" if obs.changes or planned else "quiet"
+        await self.store.commit(
+            snapshot.version,
+            obs.upserts,  # type: ignore[arg-type]
+            obs.deletes,
+            target_plans,
+        )
+        self._committed = Committed(snapshot.version, obs.hashes)
+        for slot in self.targets:
+            if slot.name in target_plans:
+                _apply_to_index(slot.index, target_plans[slot.name])
+        self.force_plan = False
+
+    def _report_snapshot(self, snapshot: Snapshot) -> None:
+        metrics.DIRECTORY_OBJECTS.labels("user").set(len(snapshot.users))
+        metrics.DIRECTORY_OBJECTS.labels("group").set(len(snapshot.groups))
+        by_kind = Counter(s.kind for s in snapshot.skipped)
+        for kind in ("user", "group"):
+            metrics.DIRECTORY_SKIPPED.labels(kind).set(by_kind.get(kind, 0))
+        for skipped in snapshot.skipped:
+            log.warning(
+                "directory record skipped",
+                where=skipped.where,
+                kind=skipped.kind,
+                record=skipped.record,
+                field=skipped.field,
+                reason=skipped.reason,
+            )
+
+    async def _compare(self, snapshot: Snapshot) -> _Observation:
+        assert self._committed is not None
+        old_hashes = self._committed.hashes
+        hashes = snapshot.hashes()
+        changed = [k for k, h in hashes.items() if old_hashes.get(k) != h]
+        deletes = [k for k in old_hashes if k not in hashes]
+        before = await self.store.records([k for k in changed if k in old_hashes] + deletes)
+        changes: list[Change] = []
+        for key in changed:
+            changes.extend(diff_object(before.get(key), snapshot.get(*key)))
+        for key in deletes:
+            changes.extend(diff_object(before.get(key), None))
+        changes = delivery_order(changes)
+        for change in changes:
+            log.debug("directory change", change=change.name, what=describe(change))
+        upserts: list[tuple[Key, str, object]] = []
+        for key in changed:
+            obj = snapshot.get(*key)
+            assert obj is not None
+            upserts.append((key, hashes[key], obj))
+        plans: dict[str, tuple[ScopedPlan, frozenset[Key]]] = {}
+        if changes or self.force_plan:
+            for slot in self.targets:
+                plans[slot.name] = await self._plan_target(slot, snapshot, hashes)
+        return _Observation(snapshot, hashes, changes, upserts, deletes, plans)
+
+    async def _plan_target(
+        self, slot: TargetSlot, snapshot: Snapshot, hashes: dict[Key, str]
+    ) -> tuple[ScopedPlan, frozenset[Key]]:
+        if slot.index is None:
+            slot.index = await self.store.target_index(slot.name)
+        for ref in slot.assignment.unknown(snapshot):
+            log.warning(
+                "bound group matches no directory group",
+                target=slot.name,
+                setting=f"targets[{self.targets.index(slot)}].groups",
+                group=ref,
+            )
+        scoped = plan(snapshot, hashes, slot.assignment, slot.index)
+        hold = await self.store.hold(slot.name)
+        approved = hold.keys if hold is not None and hold.approved else frozenset()
+        return scoped, guard(scoped, slot.settings.guard, approved)
+
+    # -- preview (``provisiond plan``) ---------------------------------------------
+
+    async def preview(self) -> list[PlannedDelta]:
+        """What the next cycle would send, without writing anything."""
+        if self._committed is None:
+            self._committed = await self.store.committed()
+        snapshot = await self.source.fetch(None)
+        assert snapshot is not None
+        self._report_snapshot(snapshot)
+        hashes = snapshot.hashes()
+        out: list[PlannedDelta] = []
+        for slot in self.targets:
+            scoped, held = await self._plan_target(slot, snapshot, hashes)
+            planned = {r.key: r for r in scoped.desired}
+            stored = await self.store.rows(slot.name, list(planned))
+            dirty = await self.store.rows(slot.name, None)
+            for key, row in planned.items():
+                prev = stored.get(key)
+                status = "held" if key in held else "new"
+                out.append(PlannedDelta(slot.name, _delta(key, row, prev), status))
+            for key, due in dirty.items():
+                if key not in planned:
+                    out.append(PlannedDelta(slot.name, _due_delta(due), "retry"))
+        return out
+
+    # -- delivery ------------------------------------------------------------------
+
+    async def _deliver_all(self, report: CycleReport) -> None:
+        async with anyio.create_task_group() as tg:
+            for slot in self.targets:
+                target_report = report.targets.setdefault(slot.name, TargetReport())
+                tg.start_soon(self._deliver, slot, target_report)
+
+    async def _deliver(self, slot: TargetSlot, report: TargetReport) -> None:
+        with structlog.contextvars.bound_contextvars(target=slot.name):
+            total = (await self.store.counts(slot.name))[0] if self.progress else 0
+            done = 0
+            while not self.stopping:
+                now = self.clock()
+                rows = await self.store.due(slot.name, now, self.settings.batch_size)
+                if not rows:
+                    break
+                deltas = [_due_delta(r) for r in rows]
+                outcomes = await self._call_target(slot, [d for d in deltas if d.changes])
+                results = [self._result(r, d, outcomes.get(d.key)) for r, d in zip(rows, deltas, strict=True)]
+                await self.store.record(slot.name, results, self.clock())
+                done += len(results)
+                if self.progress is not None:
+                    self.progress(slot.name, done, max(total, done))
+                for res, delta in zip(results, deltas, strict=True):
+                    outcome = outcomes.get(delta.key)
+                    kind = "ok" if res.ok else ("permanent" if outcome and outcome.permanent else "failed")
+                    metrics.DELIVERIES.labels(slot.name, kind).inc()
+                    if res.ok:
+                        report.delivered += 1
+                    else:
+                        report.failed += 1
+                        log.warning(
+                            "delivery failed",
+                            object=f"{delta.kind}:{delta.object_id}",
+                            attempts=delta.attempts + 1,
+                            error=res.error,
+                            retry_in=round(res.next_attempt_at - now, 1),
+                        )
+            dirty, failed = await self.store.counts(slot.name)
+            report.dirty = dirty
+            metrics.DIRTY_OBJECTS.labels(slot.name).set(dirty)
+            metrics.FAILED_OBJECTS.labels(slot.name).set(failed)
+
+    async def _call_target(self, slot: TargetSlot, deltas: list[Delta]) -> dict[Key, Outcome]:
+        if not deltas:
+            return {}
+        try:
+            outcomes = await await_me_maybe(
+                self.pm.hook.provisiond_deliver(target=slot.target, deltas=deltas)
+            )
+        except Exception as exc:
+            # One broken plugin must not stop the others; everything retries.
+            log.exception("target raised during delivery", error=f"{type(exc).__name__}: {exc}")
+            error = f"target {slot.name} raised {type(exc).__name__}: {exc}"
+            return {d.key: Outcome.failure(d, error) for d in deltas}
+        return {(o.kind, o.object_id): o for o in outcomes or ()}
+
+    def _result(self, row: DueRow, delta: Delta, outcome: Outcome | None) -> Result:
+        now = self.clock()
+        if not delta.changes:
+            return Result(row.key, row.desired_hash, True, row.remote_id, None, 0.0)
+        if outcome is None:
+            outcome = Outcome.failure(delta, "the target returned no outcome for this object")
+        if outcome.ok:
+            return Result(row.key, row.desired_hash, True, outcome.remote_id, None, 0.0)
+        if outcome.permanent:
+            wait = self.settings.retry_max
+        elif outcome.retry_after is not None:
+            wait = max(0.0, outcome.retry_after)
+        else:
+            base = self.settings.retry_base * (2 ** min(row.attempts, 20))
+            wait = min(self.settings.retry_max, base) * random.uniform(0.5, 1.0)  # noqa: S311
+        return Result(row.key, row.desired_hash, False, outcome.remote_id, outcome.error, now + wait)
+
+
+def _delta(key: Key, row: DesiredRow, prev: DueRow | None) -> Delta:
+    written = prev.written if prev else None
+    changes = tuple(diff_object(written, row.obj))
+    return Delta(
+        key[0],
+        key[1],
+        changes,
+        row.obj,
+        written,
+        prev.remote_id if prev else None,
+        prev.attempts if prev else 0,
+    )
+
+
+def _due_delta(row: DueRow) -> Delta:
+    return Delta(
+        row.key[0],
+        row.key[1],
+        tuple(diff_object(row.written, row.desired)),
+        row.desired,
+        row.written,
+        row.remote_id,
+        row.attempts,
+    )
+
+
+def _apply_to_index(index: TargetIndex | None, target_plan: TargetPlan) -> None:
+    if index is None:
+        return
+    for row in target_plan.desired:
+        index.hashes[row.key] = row.hash
+        if row.key[0] == "user":
+            if row.active:
+                index.active.add(row.key[1])
+            else:
+                index.active.discard(row.key[1])
+    for key in target_plan.released:
+        index.hashes.pop(key, None)
+        if key[0] == "user":
+            index.active.discard(key[1])

@@ -1,0 +1,356 @@
+"""The running daemon: assembles the parts, owns the loop, the signals and the listeners.
+
+Structure (anyio, no stray tasks)::
+
+    Service.run
+      task group
+        signals      SIGTERM/SIGINT: stop within the grace; SIGHUP: reload
+        poll loop    one cycle at a time, interval with jitter, or when triggered
+      ops listener   /metrics /healthz /readyz /api/v1/...
+      public listener  (when enabled) routes from plugins
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pluggy
+import structlog
+
+from daemon import __version__, logs
+from daemon.config import Config, ConfigError
+from daemon.config import load as load_config
+from daemon.engine import CycleReport, Engine, TargetSlot
+from daemon.http import serve
+from daemon.http.ops import build_ops_app
+from daemon.plugins import Registry, await_me_maybe, plugin_manager
+from daemon.runtime import PluginContext
+from daemon.secrets import SECRETS, SecretError, SecretFile, SecretStore, resolve_secret_path
+from daemon.sources.base import Source
+from daemon.store import Store
+from daemon.store.sqlite import SqliteStore
+from daemon.targets.base import Target
+
+log = structlog.get_logger("provisiond.service")
+
+
+@dataclass
+class Parts:
+    """The source and targets built from one configuration."""
+
+    config: Config
+    source: Source
+    slots: list[TargetSlot]
+
+    @property
+    def targets(self) -> dict[str, Target]:
+        return {s.name: s.target for s in self.slots}
+
+    async def aclose(self) -> None:
+        for closable in [self.source, *(s.target for s in self.slots)]:
+            try:
+                await closable.aclose()
+            except Exception:
+                log.exception("closing a source or target failed")
+
+
+def read_config(path: Path | None, pm: pluggy.PluginManager) -> Config:
+    """Load and validate the configuration against the installed plugins."""
+    return load_config(path, Registry.collect(pm))
+
+
+def assemble(config: Config, pm: pluggy.PluginManager, secrets: SecretStore = SECRETS) -> Parts:
+    """Build the source and the enabled targets. Secret problems are configuration errors."""
+    registry = Registry.collect(pm)
+    state_dir = config.state_path.parent
+    context = PluginContext(config.config_dir, state_dir, secrets)
+    where = str(config.path) if config.path else "(defaults and environment)"
+    settings = config.settings
+    try:
+        source = registry.sources[settings.source.kind].create(config.source_options, context)
+    except (SecretError, ValueError) as exc:
+        raise ConfigError(where, [f"source.options: {exc}"]) from None
+    slots: list[TargetSlot] = []
+    for i, t in enumerate(settings.targets):
+        if not t.enabled:
+            continue
+        try:
+            target = registry.targets[t.kind].create(t.name, config.target_options[t.name], context)
+        except (SecretError, ValueError) as exc:
+            raise ConfigError(where, [f"targets[{i}].options: {exc}"]) from None
+        slots.append(TargetSlot(t, target))
+    return Parts(config, source, slots)
+
+
+def admin_token(config: Config, secrets: SecretStore = SECRETS) -> SecretFile | None:
+    path = config.settings.http.ops.admin_token_file
+    if path is None:
+        return None
+    try:
+        return secrets.file(resolve_secret_path(path, config.config_dir))
+    except SecretError as exc:
+        where = str(config.path) if config.path else "(environment)"
+        raise ConfigError(where, [f"http.ops.admin_token_file: {exc}"]) from None
+
+
+async def open_store(config: Config) -> Store:
+    store = SqliteStore(config.state_path)
+    await store.open()
+    return store
+
+
+async def target_status(store: Store, slots: list[TargetSlot]) -> dict[str, Any]:
+    """Per-target status read from the store (shared by the API and ``provisiond status``)."""
+    out: dict[str, Any] = {}
+    for slot in slots:
+        dirty, failed = await store.counts(slot.name)
+        hold = await store.hold(slot.name)
+        problems = await store.problems(slot.name, 10)
+        out[slot.name] = {
+            "kind": slot.settings.kind,
+            "bound_groups": list(slot.settings.groups),
+            "dirty": dirty,
+            "failed": failed,
+            "held_removals": len(hold.keys) if hold else 0,
+            "hold_since": hold.created_at if hold else None,
+            "hold_approved": hold.approved if hold else False,
+            "problems": [
+                {
+                    "object": f"{p.key[0]}:{p.key[1]}",
+                    "attempts": p.attempts,
+                    "error": p.last_error,
+                    "next_attempt_at": p.next_attempt_at,
+                }
+                for p in problems
+            ],
+        }
+    return out
+
+
+def report_dict(report: CycleReport | None) -> dict[str, Any] | None:
+    if report is None:
+        return None
+    return {
+        "id": report.id,
+        "result": report.result,
+        "error": report.error,
+        "started_at": report.started_at,
+        "seconds": round(report.duration, 4),
+        "users": report.users,
+        "groups": report.groups,
+        "skipped_records": report.skipped,
+        "changes": report.changes,
+        "targets": {
+            name: {"planned": t.planned, "held": t.held, "delivered": t.delivered, "failed": t.failed}
+            for name, t in report.targets.items()
+        },
+    }
+
+
+class Service:
+    """``provisiond run``: the long-running daemon (implements the ops Controller)."""
+
+    def __init__(self, config_path: Path | None, pm: pluggy.PluginManager | None = None) -> None:
+        self.config_path = config_path
+        self.pm = pm or plugin_manager()
+        self.config = read_config(config_path, self.pm)
+        self.parts: Parts | None = None
+        self.store: Store | None = None
+        self.engine: Engine | None = None
+        self.stopping = False
+        self._live = False
+        self._ready = False
+        self._wake = anyio.Event()
+        self._cycle_lock = anyio.Lock()
+        self._cycle_scope: anyio.CancelScope | None = None
+        self._status: dict[str, Any] = {}
+        self.ops_port: int | None = None
+        self.public_port: int | None = None
+
+    # -- Controller ----------------------------------------------------------------
+
+    @property
+    def live(self) -> bool:
+        return self._live
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def status(self) -> dict[str, Any]:
+        return self._status
+
+    def trigger_sync(self) -> None:
+        self._wake.set()
+
+    async def approve(self, target: str) -> int:
+        if self.store is None or self.parts is None:
+            raise KeyError(target)
+        if target not in self.parts.targets:
+            raise KeyError(target)
+        released = await self.store.approve(target)
+        log.info("held removals approved", target=target, released=released)
+        self.trigger_sync()
+        return released
+
+    # -- life cycle ----------------------------------------------------------------
+
+    async def run(self) -> int:
+        settings = self.config.settings
+        logs.configure(settings.logging.level, settings.logging.format)
+        self.parts = assemble(self.config, self.pm)
+        token = admin_token(self.config)
+        self.store = await open_store(self.config)
+        self.engine = Engine(
+            self.parts.source, self.parts.slots, self.store, self.pm, settings.engine
+        )
+        ops = await serve.start(
+            build_ops_app(self, admin_token=token), settings.http.ops.host, settings.http.ops.port
+        )
+        self.ops_port = ops.port
+        public = None
+        try:
+            for result in self.pm.hook.provisiond_startup(targets=self.parts.targets):
+                await await_me_maybe(result)
+            if settings.http.public.enabled:
+                public = await serve.start(
+                    self._public_app(), settings.http.public.host, settings.http.public.port
+                )
+                self.public_port = public.port
+            log.info(
+                "provisiond started",
+                version=__version__,
+                config=str(self.config_path) if self.config_path else None,
+                ops=f"http://{settings.http.ops.host}:{ops.port}",
+                targets=list(self.parts.targets),
+            )
+            self._live = True
+            await self._refresh_status()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._signals, tg.cancel_scope)
+                await self._poll()
+                tg.cancel_scope.cancel()
+        finally:
+            self._live = False
+            with anyio.CancelScope(shield=True):
+                for result in self.pm.hook.provisiond_shutdown():
+                    try:
+                        await await_me_maybe(result)
+                    except Exception:
+                        log.exception("a provisiond_shutdown hook failed")
+                if public is not None:
+                    await public.stop()
+                await ops.stop()
+                await self.parts.aclose()
+                await self.store.aclose()
+        log.info("provisiond stopped")
+        return 0
+
+    def _public_app(self) -> Any:
+        from aiohttp import web
+
+        assert self.parts is not None
+        app = web.Application()
+        for routes in self.pm.hook.provisiond_public_routes(targets=self.parts.targets):
+            app.router.add_routes(routes)
+        return app
+
+    async def _poll(self) -> None:
+        assert self.engine is not None
+        interval = self.config.settings.engine
+        while not self.stopping:
+            async with self._cycle_lock:
+                with anyio.CancelScope() as scope:
+                    self._cycle_scope = scope
+                    try:
+                        await self.engine.cycle()
+                    except Exception:
+                        log.exception("cycle crashed; the next one retries")
+                self._cycle_scope = None
+            self._ready = True
+            await self._refresh_status()
+            if self.stopping:
+                break
+            jitter = interval.jitter
+            delay = interval.interval * random.uniform(1 - jitter, 1 + jitter)  # noqa: S311
+            self._wake = anyio.Event()
+            with anyio.move_on_after(delay):
+                await self._wake.wait()
+
+    async def _refresh_status(self) -> None:
+        assert self.store is not None and self.parts is not None and self.engine is not None
+        try:
+            targets = await target_status(self.store, self.parts.slots)
+        except Exception:
+            log.exception("reading status from the state store failed")
+            return
+        self._status = {
+            "version": __version__,
+            "live": self._live,
+            "ready": self._ready,
+            "source": self.parts.config.settings.source.kind,
+            "last_cycle": report_dict(self.engine.last_report),
+            "targets": targets,
+            "updated_at": time.time(),
+        }
+
+    async def _signals(self, scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    await self.reload()
+                    continue
+                await self.stop(signal.Signals(signum).name)
+                return
+
+    async def stop(self, why: str = "requested") -> None:
+        """Finish the cycle in flight within ``engine.shutdown_grace``, then stop."""
+        assert self.engine is not None
+        grace = self.config.settings.engine.shutdown_grace
+        log.info("stopping", reason=why, grace_seconds=grace)
+        self.stopping = True
+        self.engine.stopping = True
+        self._wake.set()
+        with anyio.move_on_after(grace) as timer:
+            async with self._cycle_lock:
+                pass
+        if timer.cancelled_caught and self._cycle_scope is not None:
+            log.warning("the cycle in flight did not finish within the grace; cancelling it")
+            self._cycle_scope.cancel()
+
+    async def reload(self) -> None:
+        """SIGHUP: load the configuration again; keep the old one if the new one is bad."""
+        assert self.engine is not None and self.parts is not None
+        try:
+            config = read_config(self.config_path, self.pm)
+            parts = assemble(config, self.pm)
+        except ConfigError as exc:
+            log.error(
+                "configuration reload rejected; the running configuration stays",
+                problems=exc.problems,
+            )
+            return
+        old = self.config.settings
+        for what, before, after in (
+            ("state", old.state, config.settings.state),
+            ("http", old.http, config.settings.http),
+        ):
+            if before != after:
+                log.warning(f"{what} settings changed; they take effect after a restart")
+        async with self._cycle_lock:
+            previous, self.parts = self.parts, parts
+            self.config = config
+            self.engine.source = parts.source
+            self.engine.targets = parts.slots
+            self.engine.settings = config.settings.engine
+            self.engine.force_plan = True
+        await previous.aclose()
+        logs.configure(config.settings.logging.level, config.settings.logging.format)
+        log.info("configuration reloaded", targets=list(parts.targets))
+        self.trigger_sync()

@@ -1,0 +1,490 @@
+"""The ``file`` source: a directory kept in one YAML or JSON file.
+
+This module is also the reference for source plugin authors. It is a plain
+pluggy plugin: :func:`provisiond_source_types` announces the kind, its options
+model and a factory, and the core finds the module through the ``provisiond``
+entry-point group like any third-party package.
+
+The file format is described in ``docs/directory-format.md``. In short: a
+mapping with a ``users`` list and a ``groups`` list. A record that cannot be
+used is reported as a :class:`~daemon.model.SkippedRecord` and left out; a
+file that cannot be parsed at all raises :class:`SourceError`, so that a
+truncated or emptied file never looks like an empty directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio.to_thread
+import msgspec
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+from daemon.hookspecs import hookimpl
+from daemon.model import AccountState, Group, SkippedRecord, Snapshot, User, make_group
+from daemon.runtime import PluginContext
+from daemon.sources.base import SourceError, SourceType
+
+# The C parser is several times faster at 100k users; PyYAML builds without
+# libyaml still work, only slower.
+_YamlLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+# A directory of 100k users is some tens of MB; anything far beyond that is a
+# wrong path (a device, a log file) and must not be read into memory.
+MAX_FILE_BYTES = 512 * 1024 * 1024
+
+# A file written less than this long before we looked at it may be written
+# again within the same mtime tick without its stat changing (git calls this
+# "racy clean"), so its stat is not trusted to prove it unchanged.
+_RACY_NS = 2_000_000_000
+
+
+class FileSourceOptions(BaseModel):
+    """``source.options`` for ``kind: file``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path
+    """The directory file; a relative path is resolved against the configuration's directory."""
+    format: Literal["auto", "yaml", "json"] = "auto"
+    """``auto`` picks by extension: ``.json`` is JSON, anything else is YAML."""
+
+
+@hookimpl
+def provisiond_source_types() -> list[SourceType]:
+    """Offer the ``file`` source kind."""
+    return [
+        SourceType(
+            kind="file",
+            options=FileSourceOptions,
+            create=create,
+            description="users and groups from a YAML or JSON file, re-read when it changes",
+        )
+    ]
+
+
+def create(options: BaseModel, context: PluginContext) -> FileSource:
+    """Build a :class:`FileSource` from validated options."""
+    assert isinstance(options, FileSourceOptions)
+    path = options.path if options.path.is_absolute() else context.config_dir / options.path
+    fmt = options.format
+    if fmt == "auto":
+        fmt = "json" if path.suffix.lower() == ".json" else "yaml"
+    return FileSource(path=path, format=fmt, where=str(options.path))
+
+
+@dataclass
+class FileSource:
+    """A directory read from one file; re-read only when its stat or content changes.
+
+    ``where`` is the path as the configuration spells it; it names the file in
+    skipped-record reports and errors.
+    """
+
+    kind = "file"
+    incremental = False
+
+    path: Path
+    format: Literal["yaml", "json"]
+    where: str
+    _stamp: tuple[int, int, int] | None = None
+    _version: str | None = None
+    _failed: tuple[str, str] | None = None  # (version, message) of content that did not parse
+    _hashes: dict[str, str] | None = field(default=None, repr=False)
+
+    async def fetch(self, known_version: str | None) -> Snapshot | None:
+        """The whole directory, or ``None`` when the file still holds ``known_version``."""
+        return await anyio.to_thread.run_sync(self._fetch, known_version)
+
+    async def check(self) -> list[str]:
+        """Read and parse the file; one summary line, then one line per skipped record."""
+        snapshot, _ = await anyio.to_thread.run_sync(self._load)
+        skipped = snapshot.skipped
+        lines = [
+            f"file {self.where}: {_count(len(snapshot.users), 'user')}, "
+            f"{_count(len(snapshot.groups), 'group')}, {_count(len(skipped), 'record')} skipped"
+        ]
+        lines += [f"  {record}" for record in skipped[:20]]
+        if len(skipped) > 20:
+            lines.append(f"  ... and {len(skipped) - 20} more")
+        return lines
+
+    async def aclose(self) -> None:
+        """Nothing to release: the file is opened and closed on every read."""
+
+    def password_hash(self, username: str) -> str | None:
+        """The argon2id hash set for ``username`` in the last file read, if any.
+
+        Only users that made it into the snapshot have one; lookup is by exact
+        username.
+        """
+        return (self._hashes or {}).get(username)
+
+    def _fetch(self, known_version: str | None) -> Snapshot | None:
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            raise SourceError(self._unreadable(exc)) from None
+        if (
+            known_version is not None
+            and known_version == self._version
+            and _stamp(st) == self._stamp
+            and self._hashes is not None
+        ):
+            return None
+        data, self._stamp = self._read()
+        version = self._version = "sha256:" + hashlib.sha256(data).hexdigest()
+        if self._failed is not None and self._failed[0] == version:
+            raise SourceError(self._failed[1])
+        # The first read in a process parses even known content: the portal
+        # needs the password hashes, which are not in the stored snapshot.
+        if version == known_version and self._hashes is not None:
+            return None
+        try:
+            snapshot, self._hashes = parse(data, self.format, self.where, version)
+        except SourceError as exc:
+            self._failed = (version, str(exc))
+            raise
+        return None if version == known_version else snapshot
+
+    def _load(self) -> tuple[Snapshot, dict[str, str]]:
+        data, _ = self._read()
+        return parse(data, self.format, self.where, "sha256:" + hashlib.sha256(data).hexdigest())
+
+    def _read(self) -> tuple[bytes, tuple[int, int, int] | None]:
+        """The file's bytes and the stat that belongs to them (``None`` if racy)."""
+        try:
+            data, st = read_bytes(self.path)
+        except OSError as exc:
+            raise SourceError(self._unreadable(exc)) from None
+        if len(data) > MAX_FILE_BYTES:
+            raise SourceError(
+                f"directory file {self.where} is larger than {MAX_FILE_BYTES} bytes; "
+                "check source.options.path"
+            )
+        racy = time.time_ns() - st.st_mtime_ns < _RACY_NS
+        return data, None if racy else _stamp(st)
+
+    def _unreadable(self, exc: OSError) -> str:
+        shown = self.where if str(self.path) == self.where else f"{self.where} ({self.path})"
+        if isinstance(exc, FileNotFoundError):
+            return f"directory file {shown} does not exist; check source.options.path"
+        return f"directory file {shown} cannot be read: {exc.strerror or exc}"
+
+
+def read_bytes(path: Path) -> tuple[bytes, os.stat_result]:
+    """Read at most ``MAX_FILE_BYTES + 1`` bytes, with the stat of the same open file."""
+    with path.open("rb") as f:
+        # fstat of the open file, not stat of the path: the file may be
+        # replaced between the two, and the stamp must describe these bytes.
+        st = os.fstat(f.fileno())
+        return f.read(MAX_FILE_BYTES + 1), st
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+# --- decoding: bytes to plain Python ---------------------------------------------------
+
+
+def decode(data: bytes, fmt: Literal["yaml", "json"], where: str) -> Any:
+    """Parse the file's bytes into builtins; :class:`SourceError` names the line and column."""
+    try:
+        if fmt == "json":
+            try:
+                return msgspec.json.decode(data)
+            except msgspec.DecodeError as exc:
+                raise SourceError(
+                    f"directory file {where}: invalid JSON{_json_at(data, exc)}: "
+                    f"{str(exc).split(' (byte')[0]}"
+                ) from None
+        try:
+            return yaml.load(data, Loader=_YamlLoader)  # noqa: S506 - a safe loader
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise SourceError(
+                f"directory file {where}: invalid YAML{at}: {exc.problem or exc.context}"
+            ) from None
+        except yaml.YAMLError as exc:  # ReaderError: bad encoding or control characters
+            position = getattr(exc, "position", None)
+            # ``position`` counts characters of the decoded text, not bytes.
+            at = ""
+            if isinstance(position, int):
+                at = _line_col(data.decode("utf-8", "replace")[:position])
+            reason = getattr(exc, "reason", "unreadable text")
+            raise SourceError(f"directory file {where}: invalid YAML{at}: {reason}") from None
+    except RecursionError:
+        raise SourceError(f"directory file {where}: nested too deeply to be a directory") from None
+
+
+_BYTE_OFFSET = re.compile(r"\(byte (\d+)\)")
+
+
+def _json_at(data: bytes, exc: msgspec.DecodeError) -> str:
+    match = _BYTE_OFFSET.search(str(exc))  # msgspec reports a byte offset only
+    return _line_col(data[: int(match.group(1))].decode("utf-8", "replace")) if match else ""
+
+
+def _line_col(head: str) -> str:
+    """Where the text ``head`` ends, as a line and a column (both from 1)."""
+    line_start = head.rfind("\n") + 1
+    line = head.count("\n") + 1
+    return f" at line {line}, column {len(head) - line_start + 1}"
+
+
+# --- normalising: plain Python to a Snapshot ---------------------------------------------
+
+# Ids and usernames end up in URLs, SCIM filters and SAML NameIDs: no blanks.
+_TOKEN = re.compile(r"[^\s\x00-\x1f\x7f]+")
+# Deliberately loose: one @, a local part, a dotted domain, no blanks.
+_EMAIL = re.compile(r"[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f.]+(?:\.[^@\s\x00-\x1f\x7f.]+)+")
+_OPTIONAL_TEXT = (
+    "given_name", "family_name", "display_name", "title", "phone", "employee_id",
+    "department", "cost_center", "company", "manager", "division",
+)  # fmt: skip
+_USER_KEYS = frozenset(("id", "username", "email", "state", "password_hash", *_OPTIONAL_TEXT))
+_GROUP_KEYS = frozenset(("id", "name", "members"))
+_TOP_KEYS = frozenset(("users", "groups"))
+_STATES = {"active": AccountState.ACTIVE, "suspended": AccountState.SUSPENDED}
+
+
+class _BadField(Exception):
+    """One record's field is unusable; the record is skipped."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(reason)
+        self.field = field
+        self.reason = reason
+
+
+def parse(
+    data: bytes, fmt: Literal["yaml", "json"], where: str, version: str
+) -> tuple[Snapshot, dict[str, str]]:
+    """Decode and normalise a directory file: the snapshot and the password hashes by username."""
+    doc = decode(data, fmt, where)
+    if not isinstance(doc, dict):
+        raise SourceError(
+            f"directory file {where}: the top level must be a mapping with 'users' and 'groups' "
+            f"(found {_type_name(doc)})"
+        )
+    for key in doc:
+        if key not in _TOP_KEYS:
+            raise SourceError(
+                f"directory file {where}: unknown top-level key {str(key)!r}; "
+                "only 'users' and 'groups' are allowed"
+            )
+    for key in ("users", "groups"):
+        if not isinstance(doc.get(key), list):
+            found = _type_name(doc.get(key))
+            raise SourceError(
+                f"directory file {where}: {key!r} must be a list (found {found}); "
+                f"write '{key}: []' for none"
+            )
+    return _Normaliser(where).run(doc["users"], doc["groups"], version)
+
+
+@dataclass
+class _Normaliser:
+    """One pass over the records of one file; collects what it skips."""
+
+    where: str
+    skipped: list[SkippedRecord] = field(default_factory=list)
+    user_ids: dict[str, int] = field(default_factory=dict)  # every id a user record claimed
+
+    def run(
+        self, raw_users: list[Any], raw_groups: list[Any], version: str
+    ) -> tuple[Snapshot, dict[str, str]]:
+        users, hashes = self._users(raw_users)
+        groups = self._groups(raw_groups, users)
+        snapshot = Snapshot(users=users, groups=groups, version=version, skipped=self.skipped)
+        return snapshot, {users[uid].username: h for uid, h in hashes.items() if uid in users}
+
+    def _skip(self, kind: Literal["user", "group"], record: str, fld: str, reason: str) -> None:
+        self.skipped.append(SkippedRecord(self.where, record, fld, reason, kind))
+
+    def _users(self, raw_users: list[Any]) -> tuple[dict[str, User], dict[str, str]]:
+        users: dict[str, User] = {}
+        hashes: dict[str, str] = {}
+        first_at = self.user_ids  # id -> index of the first record that claimed it
+        by_username: dict[str, str] = {}  # casefolded username -> id
+        by_email: dict[str, str] = {}  # casefolded email -> id
+        for index, raw in enumerate(raw_users):
+            record = f"#{index}"
+            try:
+                uid = _record_id(raw)
+                record = uid
+                if uid in first_at:
+                    raise _BadField("id", f"duplicate id: users[{first_at[uid]}] already has it")
+                # Claimed even if the record turns out bad, so that a later
+                # record cannot slip in under the same id unnoticed.
+                first_at[uid] = index
+                user, password_hash = _user(raw, uid)
+                for table, value, name in (
+                    (by_username, user.username, "username"),
+                    (by_email, user.email, "email"),
+                ):
+                    owner = table.get(value.casefold())
+                    if owner is not None:
+                        raise _BadField(name, f"duplicate {name}: user {owner!r} already has it")
+            except _BadField as bad:
+                self._skip("user", record, bad.field, bad.reason)
+                continue
+            by_username[user.username.casefold()] = uid
+            by_email[user.email.casefold()] = uid
+            users[uid] = user
+            if password_hash is not None:
+                hashes[uid] = password_hash
+        for uid, user in users.items():
+            if user.manager is not None and user.manager not in users:
+                self._skip("user", uid, "manager", _missing("manager", user.manager, first_at))
+                users[uid] = msgspec.structs.replace(user, manager=None)
+        return users, hashes
+
+    def _groups(self, raw_groups: list[Any], users: dict[str, User]) -> dict[str, Group]:
+        groups: dict[str, Group] = {}
+        first_at: dict[str, int] = {}
+        by_name: dict[str, str] = {}
+        for index, raw in enumerate(raw_groups):
+            record = f"#{index}"
+            try:
+                gid = _record_id(raw)
+                record = gid
+                if gid in first_at:
+                    raise _BadField("id", f"duplicate id: groups[{first_at[gid]}] already has it")
+                first_at[gid] = index
+                name, members = _group(raw)
+                owner = by_name.get(name.casefold())
+                if owner is not None:
+                    raise _BadField("name", f"duplicate name: group {owner!r} already has it")
+            except _BadField as bad:
+                self._skip("group", record, bad.field, bad.reason)
+                continue
+            by_name[name.casefold()] = gid
+            kept = [m for m in members if m in users]
+            for missing in sorted(set(members) - set(kept)):
+                self._skip("group", gid, "members", _missing("member", missing, self.user_ids))
+            groups[gid] = make_group(gid, name, kept)
+        return groups
+
+
+def _record_id(raw: Any) -> str:
+    if not isinstance(raw, dict):
+        raise _BadField("record", f"must be a mapping of fields, not {_type_name(raw)}")
+    value = raw.get("id")
+    if value is None or value == "":
+        raise _BadField("id", "missing id")
+    return _token(value, "id")
+
+
+def _user(raw: dict[Any, Any], uid: str) -> tuple[User, str | None]:
+    unknown = raw.keys() - _USER_KEYS
+    if unknown:
+        raise _unknown(unknown, _USER_KEYS)
+    username = raw.get("username")
+    if username is None or username == "":
+        raise _BadField("username", "missing username")
+    email = raw.get("email")
+    if email is None or email == "":
+        raise _BadField("email", "missing email")
+    email = _text(email, "email")
+    if not _EMAIL.fullmatch(email):
+        raise _BadField("email", "not an email address (one @, a name before it, a dotted domain)")
+    fields: dict[str, Any] = {"id": uid, "username": _token(username, "username"), "email": email}
+    for name in _OPTIONAL_TEXT:
+        value = raw.get(name)
+        if value is not None and value != "":
+            fields[name] = _text(value, name)
+    state = raw.get("state")
+    if state is not None:
+        if state not in _STATES:
+            reason = "must be 'active' or 'suspended'"
+            if state == "unassigned":
+                reason += "; 'unassigned' is decided by provisiond from group bindings"
+            raise _BadField("state", reason)
+        fields["state"] = _STATES[state]
+    password_hash = raw.get("password_hash")
+    # Never echo the value: it is a credential, and reports end up in logs.
+    if password_hash is not None and not (
+        isinstance(password_hash, str) and password_hash.startswith("$argon2id$")
+    ):
+        raise _BadField("password_hash", "must be an argon2id hash (starting with '$argon2id$')")
+    return User(**fields), password_hash
+
+
+def _group(raw: dict[Any, Any]) -> tuple[str, list[str]]:
+    unknown = raw.keys() - _GROUP_KEYS
+    if unknown:
+        raise _unknown(unknown, _GROUP_KEYS)
+    name = raw.get("name")
+    if name is None or name == "":
+        raise _BadField("name", "missing name")
+    members = raw.get("members")
+    if members is None:
+        return _text(name, "name"), []
+    if not isinstance(members, list):
+        raise _BadField("members", f"must be a list of user ids, not {_type_name(members)}")
+    for member in members:
+        if not isinstance(member, str):
+            raise _BadField(
+                "members", f"must be a list of user ids; found {_type_name(member)} (quote it)"
+            )
+    return _text(name, "name"), members
+
+
+def _text(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        # YAML reads 00123 as a number and yes as a boolean: ask for quotes
+        # rather than guess what was meant.
+        raise _BadField(name, f"must be text, not {_type_name(value)} (quote it in YAML)")
+    return value
+
+
+def _token(value: Any, name: str) -> str:
+    text = _text(value, name)
+    if not _TOKEN.fullmatch(text):
+        raise _BadField(name, "must not contain spaces or control characters")
+    return text
+
+
+def _unknown(keys: Any, allowed: frozenset[str]) -> _BadField:
+    key = min(str(k) for k in keys)
+    hint = difflib.get_close_matches(key, sorted(allowed), n=1)
+    reason = f"unknown field; did you mean {hint[0]!r}?" if hint else "unknown field"
+    return _BadField(key, reason)
+
+
+def _missing(what: str, ref: str, seen: dict[str, int]) -> str:
+    if ref in seen:
+        return f"{what} {ref!r} was skipped (see its own report); dropped"
+    return f"{what} {ref!r} is not a user in this file; dropped"
+
+
+def _type_name(value: Any) -> str:
+    names = {dict: "a mapping", list: "a list", str: "text", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "nothing"}  # fmt: skip
+    return names.get(type(value), type(value).__name__)
+
+
+__all__: list[str] = [
+    "FileSource",
+    "FileSourceOptions",
+    "create",
+    "decode",
+    "parse",
+    "provisiond_source_types",
+    "read_bytes",
+]

@@ -1,0 +1,161 @@
+"""Talking to the directory server: connect, secure, bind, and paged search.
+
+Everything here is synchronous ``ldap3`` and runs in a worker thread. Each
+read opens its own connection and closes it: polls are minutes apart, and a
+fresh connection never carries a half-broken state into the next cycle.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import ldap3
+from ldap3.core.exceptions import LDAPException
+
+from daemon.sources.base import SourceError
+from daemon.sources.ldap.settings import LdapOptions
+
+#: RFC 2696 simple paged results control.
+PAGED_RESULTS_OID = "1.2.840.113556.1.4.319"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One search result: its DN and its raw values, keyed by lower-cased attribute name."""
+
+    dn: str
+    attrs: dict[str, list[bytes]]
+
+    def raw(self, attribute: str) -> bytes | None:
+        values = self.attrs.get(attribute.lower())
+        return values[0] if values else None
+
+    def texts(self, attribute: str) -> list[str]:
+        """All values as text; :class:`UnicodeDecodeError` for a value that is not UTF-8."""
+        return [v.decode("utf-8") for v in self.attrs.get(attribute.lower(), ())]
+
+    def text(self, attribute: str) -> str | None:
+        """The first value, stripped; ``None`` when absent or blank."""
+        values = self.texts(attribute)
+        value = values[0].strip() if values else ""
+        return value or None
+
+
+@dataclass(slots=True)
+class SearchStats:
+    """What the last searches did, for ``check`` and for tests."""
+
+    filters: list[str] = field(default_factory=list)
+    pages: int = 0
+    entries: int = 0
+
+
+def server(options: LdapOptions) -> ldap3.Server:
+    """The ldap3 server for ``options.url``, with TLS set up as the options ask."""
+    parts = urlsplit(options.url)
+    host = parts.hostname or ""
+    tls = ldap3.Tls(
+        validate=ssl.CERT_REQUIRED if options.tls_verify else ssl.CERT_NONE,
+        ca_certs_file=str(options.ca_file) if options.ca_file else None,
+        sni=host,
+    )
+    return ldap3.Server(
+        host,
+        port=parts.port or (636 if options.use_ssl else 389),
+        use_ssl=options.use_ssl,
+        tls=tls,
+        get_info=ldap3.NONE,
+        connect_timeout=options.connect_timeout,
+    )
+
+
+def connect(options: LdapOptions, dn: str, password: str) -> ldap3.Connection:
+    """A connection secured as configured and bound as ``dn``.
+
+    Raises :class:`SourceError` when the server cannot be reached, TLS fails,
+    or the bind is refused. The password never appears in the message.
+    """
+    conn = ldap3.Connection(
+        server(options),
+        user=dn,
+        password=password,
+        raise_exceptions=False,
+        receive_timeout=int(options.timeout),
+        # Following a referral would send our bind credentials to another host.
+        auto_referrals=False,
+        read_only=True,
+    )
+    try:
+        conn.open()
+        if not options.use_ssl and options.start_tls and not conn.start_tls():
+            raise SourceError(f"LDAP {options.url}: StartTLS refused: {_describe(conn)}")
+        if not conn.bind():
+            raise SourceError(
+                f"LDAP {options.url}: bind as {dn} refused ({_describe(conn)}); "
+                "check bind_dn and bind_password_file"
+            )
+    except LDAPException as exc:
+        conn.unbind()
+        raise SourceError(f"LDAP {options.url}: cannot connect: {exc}") from None
+    except SourceError:
+        conn.unbind()
+        raise
+    return conn
+
+
+def paged_search(
+    conn: ldap3.Connection,
+    url: str,
+    base: str,
+    search_filter: str,
+    attributes: list[str],
+    page_size: int,
+    stats: SearchStats,
+) -> Iterator[Entry]:
+    """Every entry under ``base`` matching ``search_filter``, a page at a time (RFC 2696).
+
+    A result other than success (a size or time limit, a missing base) raises
+    :class:`SourceError`: a truncated read would look like mass deletion.
+    """
+    stats.filters.append(search_filter)
+    cookie: bytes | None = None
+    while True:
+        try:
+            conn.search(
+                base,
+                search_filter,
+                search_scope=ldap3.SUBTREE,
+                attributes=attributes,
+                paged_size=page_size,
+                paged_cookie=cookie,
+            )
+        except LDAPException as exc:
+            raise SourceError(f"LDAP {url}: search under {base} failed: {exc}") from None
+        if conn.result["result"] != 0:
+            raise SourceError(
+                f"LDAP {url}: search under {base} with {search_filter} failed "
+                f"({_describe(conn)}); the read is incomplete and was discarded"
+            )
+        stats.pages += 1
+        for item in conn.response or ():
+            if item.get("type") != "searchResEntry":
+                continue  # referrals and the like
+            stats.entries += 1
+            yield Entry(
+                dn=item["dn"],
+                attrs={k.lower(): list(v) for k, v in item["raw_attributes"].items()},
+            )
+        control = (conn.result.get("controls") or {}).get(PAGED_RESULTS_OID)
+        cookie = control["value"]["cookie"] if control else None
+        if not cookie:
+            return
+
+
+def _describe(conn: ldap3.Connection) -> str:
+    result = conn.result or {}
+    text = result.get("description") or "no answer"
+    message = (result.get("message") or "").strip()
+    return f"{text}: {message}" if message else str(text)

@@ -1,0 +1,321 @@
+"""The ``ldap`` source: full reads, incremental reads between them, and sign-in checks."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, TypeVar
+
+import anyio
+import ldap3
+import structlog
+from ldap3.utils.conv import escape_filter_chars
+
+from daemon.model import SkippedRecord, Snapshot
+from daemon.runtime import PluginContext
+from daemon.secrets import SecretError, resolve_secret_path
+from daemon.sources.base import SourceError
+from daemon.sources.ldap.auth import authenticate_sync
+from daemon.sources.ldap.directory import SearchStats, connect, paged_search
+from daemon.sources.ldap.presets import LDAP_MATCHING_RULE_IN_CHAIN
+from daemon.sources.ldap.read import (
+    GroupRecord,
+    UserRecord,
+    assemble,
+    dn_key,
+    group_record,
+    user_record,
+)
+from daemon.sources.ldap.settings import LdapOptions, Layout
+
+log = structlog.get_logger(__name__)
+
+ReadKind = Literal["full", "incremental"]
+T = TypeVar("T")
+
+
+def in_chain_filter(user_filter: str, group_dn: str) -> str:
+    """Users in ``group_dn`` directly or through nested groups (AD's matching rule in chain)."""
+    value = escape_filter_chars(group_dn)
+    return f"(&{user_filter}(memberOf:{LDAP_MATCHING_RULE_IN_CHAIN}:={value}))"
+
+
+def since_filter(base_filter: str, attribute: str, mark: str) -> str:
+    """``base_filter`` narrowed to entries changed at or after ``mark``."""
+    return f"(&{base_filter}({attribute}>={escape_filter_chars(mark)}))"
+
+
+@dataclass(slots=True)
+class DirectoryState:
+    """The records of the last reads, keyed by DN key, and the change high-water mark."""
+
+    users: dict[str, UserRecord] = field(default_factory=dict)
+    groups: dict[str, GroupRecord] = field(default_factory=dict)
+    skipped: dict[str, SkippedRecord] = field(default_factory=dict)
+    mark: str | None = None
+
+
+class LdapSource:
+    """An LDAP directory (OpenLDAP or Active Directory).
+
+    Every ``full_read_every``-th poll (or after ``full_read_after`` seconds)
+    reads everything; the polls between read only entries whose change
+    attribute (``modifyTimestamp``, ``uSNChanged``) moved, and merge them into
+    the records of the last read. Deletions show up at the next full read.
+    ``last_read`` and ``last_filters`` say what the last fetch did.
+    """
+
+    kind = "ldap"
+    incremental = True
+
+    def __init__(self, options: LdapOptions, context: PluginContext) -> None:
+        self.options = options
+        self.layout: Layout = options.layout()
+        try:
+            self._password = context.secrets.file(
+                resolve_secret_path(options.bind_password_file, context.config_dir)
+            )
+        except SecretError as exc:
+            raise SourceError(f"LDAP {options.url}: bind_password_file: {exc}") from None
+        self._redact = context.secrets.redact
+        self._state: DirectoryState | None = None
+        self._snapshot: Snapshot | None = None
+        self._epoch = uuid.uuid4().hex[:8]
+        self._generation = 0
+        self._polls_since_full = 0
+        self._full_at = 0.0
+        self.last_read: ReadKind | None = None
+        self.last_filters: list[str] = []
+        self.last_stats = SearchStats()
+        if not options.tls_verify:
+            log.warning("ldap_tls_verify_off", url=options.url, note="lab use only")
+        if options.plaintext:
+            log.warning("ldap_plaintext_bind", url=options.url, note="lab use only")
+
+    async def fetch(self, known_version: str | None) -> Snapshot | None:
+        """The whole directory; ``None`` when nothing changed since ``known_version``."""
+        full = self._state is None or self._state.mark is None
+        full = full or self._polls_since_full + 1 >= self.options.full_read_every
+        after = self.options.full_read_after
+        full = full or (after is not None and time.monotonic() - self._full_at >= after)
+        snapshot = await self._run(self._fetch_sync, full)
+        if snapshot is None or (known_version is not None and snapshot.version == known_version):
+            return None
+        return snapshot
+
+    def _fetch_sync(self, full: bool) -> Snapshot | None:
+        stats = SearchStats()
+        conn = connect(self.options, self.options.bind_dn, self._password.value())
+        try:
+            if full or self._state is None:
+                state = self._read(conn, DirectoryState(), None, stats)
+            else:
+                state = self._read(conn, self._state, self._state.mark, stats)
+        finally:
+            conn.unbind()
+        self.last_read = "full" if full else "incremental"
+        self.last_filters = stats.filters
+        self.last_stats = stats
+        if full:
+            self._polls_since_full = 0
+            self._full_at = time.monotonic()
+        else:
+            self._polls_since_full += 1
+        changed = state is not self._state
+        self._state = state
+        if not changed and self._snapshot is not None:
+            return self._snapshot
+        snapshot = self._assemble(state)
+        previous = self._snapshot
+        if previous is None or (snapshot.users, snapshot.groups) != (
+            previous.users,
+            previous.groups,
+        ):
+            self._generation += 1
+        snapshot.version = f"{self._epoch}:{self._generation}"
+        self._snapshot = snapshot
+        return snapshot
+
+    def _read(
+        self, conn: ldap3.Connection, base: DirectoryState, mark: str | None, stats: SearchStats
+    ) -> DirectoryState:
+        """Read users and groups (changed since ``mark``, or all) into a copy of ``base``.
+
+        Returns ``base`` itself when an incremental read found nothing.
+        """
+        layout, url = self.layout, self.options.url
+        change = layout.change_attribute
+        user_filter = layout.user_filter
+        group_filter = layout.group_filter
+        if mark is not None:
+            user_filter = since_filter(user_filter, change, mark)
+            group_filter = since_filter(group_filter, change, mark)
+        user_entries = list(
+            paged_search(
+                conn,
+                url,
+                layout.user_base,
+                user_filter,
+                layout.user_attributes(),
+                self.options.page_size,
+                stats,
+            )
+        )
+        group_entries = []
+        if layout.group_base:
+            group_entries = list(
+                paged_search(
+                    conn,
+                    url,
+                    layout.group_base,
+                    group_filter,
+                    layout.group_attributes(),
+                    self.options.page_size,
+                    stats,
+                )
+            )
+        if mark is not None and not user_entries and not group_entries:
+            if layout.nested_groups != "in_chain":
+                return base
+        state = DirectoryState(
+            users=dict(base.users),
+            groups=dict(base.groups),
+            skipped=dict(base.skipped),
+            mark=base.mark,
+        )
+        marks: list[str] = [state.mark] if state.mark else []
+        # An entry renamed since the last read comes back under a new DN with
+        # the same id; its record under the old DN must go.
+        user_keys = {r.user.id: k for k, r in state.users.items()} if mark else {}
+        for entry in user_entries:
+            key = dn_key(entry.dn)
+            state.users.pop(key, None)
+            state.skipped.pop(key, None)
+            rec = user_record(entry, layout, url)
+            if isinstance(rec, SkippedRecord):
+                state.skipped[key] = rec
+                continue
+            old = user_keys.get(rec.user.id)
+            if old is not None and old != key:
+                state.users.pop(old, None)
+            state.users[key] = rec
+            if rec.change:
+                marks.append(rec.change)
+        group_keys = {r.id: k for k, r in state.groups.items()} if mark else {}
+        for entry in group_entries:
+            key = dn_key(entry.dn)
+            state.groups.pop(key, None)
+            state.skipped.pop(key, None)
+            grec = group_record(entry, layout, url)
+            if isinstance(grec, SkippedRecord):
+                state.skipped[key] = grec
+                continue
+            old = group_keys.get(grec.id)
+            if old is not None and old != key:
+                state.groups.pop(old, None)
+            state.groups[key] = grec
+            if grec.change:
+                marks.append(grec.change)
+        if layout.nested_groups == "in_chain":
+            self._read_in_chain(conn, state, stats)
+        state.mark = self._highest(marks)
+        return state
+
+    def _read_in_chain(
+        self, conn: ldap3.Connection, state: DirectoryState, stats: SearchStats
+    ) -> None:
+        """Replace every group's members with its transitive users, asked of the server.
+
+        One search per group, at every poll: nesting changes never touch the
+        outer group's entry, so no incremental shortcut is safe.
+        """
+        layout = self.layout
+        for key, grec in list(state.groups.items()):
+            members = tuple(
+                sorted(
+                    dn_key(e.dn)
+                    for e in paged_search(
+                        conn,
+                        self.options.url,
+                        layout.user_base,
+                        in_chain_filter(layout.user_filter, grec.dn),
+                        ["1.1"],
+                        self.options.page_size,
+                        stats,
+                    )
+                )
+            )
+            state.groups[key] = GroupRecord(grec.dn, grec.id, grec.name, members, grec.change)
+
+    def _highest(self, marks: list[str]) -> str | None:
+        if not marks:
+            return None
+        if self.layout.change_is_counter:
+            numeric = [int(m) for m in marks if m.isdigit()]
+            # uSNChanged >= highest + 1: the entries at the highest were read already.
+            return str(max(numeric) + 1) if numeric else None
+        # GeneralizedTime compares as text when the digits line up (YYYYmmddHHMMSS...).
+        return max(marks)
+
+    def _assemble(self, state: DirectoryState) -> Snapshot:
+        return assemble(
+            state.users,
+            state.groups,
+            state.skipped.values(),
+            flatten=self.layout.nested_groups == "flatten",
+            where=self.options.url,
+            id_attribute=self.layout.fields["id"],
+        )
+
+    async def check(self) -> list[str]:
+        """Bind and read everything (without touching the poll state); one summary line."""
+        snapshot = await self._run(self._check_sync)
+        lines = [
+            f"LDAP {self.options.url}: bound as {self.options.bind_dn}, "
+            f"{len(snapshot.users):,} users, {len(snapshot.groups):,} groups, "
+            f"{len(snapshot.skipped):,} entries skipped"
+        ]
+        if not self.options.tls_verify:
+            lines.append("warning: tls_verify is off; any certificate is accepted (lab use only)")
+        if self.options.plaintext:
+            lines.append("warning: start_tls is off; the bind password travels in clear (lab use only)")
+        return lines
+
+    def _check_sync(self) -> Snapshot:
+        conn = connect(self.options, self.options.bind_dn, self._password.value())
+        try:
+            state = self._read(conn, DirectoryState(), None, SearchStats())
+        finally:
+            conn.unbind()
+        return self._assemble(state)
+
+    async def authenticate(self, username: str, password: str) -> bool:
+        """Whether ``password`` is ``username``'s password in the directory.
+
+        ``False`` for an empty password (refused before any bind), an unknown
+        or suspended user, and a wrong password alike.
+        """
+        if not password or not username:
+            return False
+        return await self._run(
+            authenticate_sync,
+            self.options,
+            self.layout,
+            self._password.value(),
+            username,
+            password,
+        )
+
+    async def aclose(self) -> None:
+        """Nothing to close: every read uses its own connection."""
+
+    async def _run(self, func: Callable[..., T], *args: object) -> T:
+        try:
+            return await anyio.to_thread.run_sync(func, *args)
+        except SourceError as exc:
+            raise SourceError(self._redact(str(exc))) from None
+        except SecretError as exc:
+            raise SourceError(f"LDAP {self.options.url}: bind_password_file: {exc}") from None
+

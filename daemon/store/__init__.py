@@ -1,0 +1,171 @@
+"""Durable state: what the directory looked like, and what each target holds.
+
+The engine talks to a :class:`Store`; :mod:`daemon.store.sqlite` is the
+embedded default. The SQL is kept portable (``INSERT .. ON CONFLICT``, no
+SQLite-only functions) so a PostgreSQL backend can follow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from daemon.model import DirectoryObject, ObjectKind
+
+Key = tuple[ObjectKind, str]
+
+# Delivery phases, as stored with each dirty row so that due work comes out
+# in order: users, then groups, then group removals, then user removals.
+PHASE_USER = 0
+PHASE_GROUP = 1
+PHASE_GROUP_REMOVAL = 3
+PHASE_USER_REMOVAL = 4
+
+
+def phase(kind: ObjectKind, removal: bool) -> int:
+    if kind == "user":
+        return PHASE_USER_REMOVAL if removal else PHASE_USER
+    return PHASE_GROUP_REMOVAL if removal else PHASE_GROUP
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """The last committed snapshot: its version and the hash of every object."""
+
+    version: str | None
+    hashes: dict[Key, str]
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredRow:
+    """What a target should now hold for one object (``obj=None``: remove it)."""
+
+    key: Key
+    hash: str | None
+    obj: DirectoryObject | None
+    active: bool | None
+
+
+@dataclass(slots=True)
+class TargetIndex:
+    """A target's recorded desired state, kept in memory between cycles.
+
+    ``hashes`` maps every object the target knows to its desired hash
+    (``None``: a removal not yet confirmed). ``active`` holds the users whose
+    desired state is active (the guard's denominator).
+    """
+
+    hashes: dict[Key, str | None] = field(default_factory=dict)
+    active: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True, slots=True)
+class TargetPlan:
+    """One target's part of a cycle's commit.
+
+    ``desired`` rows are upserted and marked dirty. ``released`` objects stop
+    being managed (a group unbound from the target) and are forgotten without
+    any delivery. ``hold`` replaces the target's hold: a set of keys held by
+    the mass-removal guard, or ``None`` to clear it.
+    """
+
+    desired: list[DesiredRow]
+    released: list[Key]
+    hold: frozenset[Key] | None
+
+
+@dataclass(frozen=True, slots=True)
+class DueRow:
+    """A dirty object ready for delivery."""
+
+    key: Key
+    remote_id: str | None
+    desired_hash: str | None
+    desired: DirectoryObject | None
+    written: DirectoryObject | None
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The outcome of one delivery, as the store records it."""
+
+    key: Key
+    delivered_hash: str | None
+    ok: bool
+    remote_id: str | None
+    error: str | None
+    next_attempt_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    target: str
+    keys: frozenset[Key]
+    created_at: float
+    approved: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectStatus:
+    key: Key
+    status: str
+    attempts: int
+    last_error: str | None
+    next_attempt_at: float
+
+
+class Store(Protocol):
+    """What the engine needs from durable state. All methods are atomic."""
+
+    async def open(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    async def committed(self) -> Committed: ...
+
+    async def records(self, keys: list[Key]) -> dict[Key, DirectoryObject]:
+        """The committed directory records for ``keys`` (missing ones left out)."""
+        ...
+
+    async def target_index(self, target: str) -> TargetIndex: ...
+
+    async def commit(
+        self,
+        version: str,
+        upserts: list[tuple[Key, str, DirectoryObject]],
+        deletes: list[Key],
+        plans: dict[str, TargetPlan],
+    ) -> None:
+        """In one transaction: record every target's plan, then the new snapshot."""
+        ...
+
+    async def due(self, target: str, now: float, limit: int) -> list[DueRow]:
+        """Dirty objects whose retry time has come, in delivery order."""
+        ...
+
+    async def rows(self, target: str, keys: list[Key] | None) -> dict[Key, DueRow]:
+        """The stored rows for ``keys`` (``None``: every dirty row), for ``plan``."""
+        ...
+
+    async def record(self, target: str, results: list[Result], now: float) -> None: ...
+
+    async def counts(self, target: str) -> tuple[int, int]:
+        """``(dirty, failed)`` object counts for a target."""
+        ...
+
+    async def problems(self, target: str, limit: int) -> list[ObjectStatus]: ...
+
+    async def hold(self, target: str) -> Hold | None: ...
+
+    async def approved_holds(self) -> list[str]:
+        """Targets whose hold was approved and awaits a cycle to release it."""
+        ...
+
+    async def approve(self, target: str) -> int:
+        """Mark the target's hold approved; the number of held objects (0: none)."""
+        ...
+
+    async def get_meta(self, key: str) -> str | None: ...
+
+    async def set_meta(self, key: str, value: str) -> None: ...

@@ -1,0 +1,402 @@
+"""The embedded state store: SQLite through aiosqlite, WAL, versioned migrations."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from daemon.model import DirectoryObject, ObjectKind, decode, encode
+from daemon.store import (
+    Committed,
+    DueRow,
+    Hold,
+    Key,
+    ObjectStatus,
+    Result,
+    TargetIndex,
+    TargetPlan,
+    phase,
+)
+
+# Each entry upgrades the schema by one version. Never edit a released entry;
+# append a new one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE directory_objects (
+        kind TEXT NOT NULL,
+        object_id TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (kind, object_id)
+    );
+    CREATE TABLE target_objects (
+        target TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        object_id TEXT NOT NULL,
+        remote_id TEXT,
+        desired_hash TEXT,
+        desired TEXT,
+        active INTEGER,
+        written_hash TEXT,
+        written TEXT,
+        dirty INTEGER NOT NULL DEFAULT 1,
+        phase INTEGER NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        next_attempt_at REAL NOT NULL DEFAULT 0,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (target, kind, object_id)
+    );
+    CREATE INDEX target_objects_due
+        ON target_objects (target, dirty, phase, next_attempt_at);
+    CREATE TABLE holds (
+        target TEXT PRIMARY KEY,
+        keys TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        approved INTEGER NOT NULL DEFAULT 0
+    );
+    """,
+)
+
+
+class StateError(Exception):
+    """The state database cannot be opened or is newer than this provisiond."""
+
+
+def _dump(obj: DirectoryObject | None) -> str | None:
+    return None if obj is None else encode(obj).decode()
+
+
+def _load(kind: str, data: str | None) -> DirectoryObject | None:
+    return None if data is None else decode(_kind(kind), data)
+
+
+def _kind(kind: str) -> ObjectKind:
+    return "user" if kind == "user" else "group"
+
+
+class SqliteStore:
+    """:class:`daemon.store.Store` on one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: aiosqlite.Connection | None = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StateError("the state store is not open")
+        return self._db
+
+    async def open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = await aiosqlite.connect(self.path, isolation_level=None)
+            await self.db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed cycle survives power loss, not only kill -9.
+            await self.db.execute("PRAGMA synchronous=FULL")
+            await self.db.execute("PRAGMA busy_timeout=5000")
+            await self._migrate()
+        except (OSError, aiosqlite.Error) as exc:
+            await self.aclose()
+            raise StateError(f"cannot open state database {self.path}: {exc}") from None
+
+    async def _migrate(self) -> None:
+        async with self.db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        current = int(row[0]) if row else 0
+        if current > len(MIGRATIONS):
+            raise StateError(
+                f"state database {self.path} has schema version {current}, newer than this "
+                f"provisiond understands ({len(MIGRATIONS)}); upgrade provisiond"
+            )
+        for version in range(current, len(MIGRATIONS)):
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _statements(MIGRATIONS[version]):
+                    await self.db.execute(statement)
+                await self.db.execute(f"PRAGMA user_version={version + 1}")
+                await self.db.execute("COMMIT")
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+
+    async def aclose(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await db.close()
+
+    async def get_meta(self, key: str) -> str | None:
+        async with self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else str(row[0])
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self.db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    async def committed(self) -> Committed:
+        version = await self.get_meta("snapshot_version")
+        hashes: dict[Key, str] = {}
+        async with self.db.execute("SELECT kind, object_id, hash FROM directory_objects") as cur:
+            async for kind, object_id, h in cur:
+                hashes[(_kind(kind), object_id)] = h
+        return Committed(version, hashes)
+
+    async def records(self, keys: list[Key]) -> dict[Key, DirectoryObject]:
+        out: dict[Key, DirectoryObject] = {}
+        for chunk in _chunks(keys, 400):
+            where = " OR ".join("(kind = ? AND object_id = ?)" for _ in chunk)
+            params = [v for key in chunk for v in key]
+            sql = f"SELECT kind, object_id, data FROM directory_objects WHERE {where}"  # noqa: S608
+            async with self.db.execute(sql, params) as cur:
+                async for kind, object_id, data in cur:
+                    obj = _load(kind, data)
+                    assert obj is not None
+                    out[(_kind(kind), object_id)] = obj
+        return out
+
+    async def target_index(self, target: str) -> TargetIndex:
+        index = TargetIndex()
+        sql = "SELECT kind, object_id, desired_hash, active FROM target_objects WHERE target = ?"
+        async with self.db.execute(sql, (target,)) as cur:
+            async for kind, object_id, desired_hash, active in cur:
+                index.hashes[(_kind(kind), object_id)] = desired_hash
+                if kind == "user" and active:
+                    index.active.add(object_id)
+        return index
+
+    async def commit(
+        self,
+        version: str,
+        upserts: list[tuple[Key, str, DirectoryObject]],
+        deletes: list[Key],
+        plans: dict[str, TargetPlan],
+    ) -> None:
+        now = time.time()
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for target, plan in plans.items():
+                await self._write_plan(target, plan, now)
+            await self.db.executemany(
+                "INSERT INTO directory_objects (kind, object_id, hash, data) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (kind, object_id) DO UPDATE SET hash = excluded.hash, "
+                "data = excluded.data",
+                [(k[0], k[1], h, encode(obj).decode()) for k, h, obj in upserts],
+            )
+            await self.db.executemany(
+                "DELETE FROM directory_objects WHERE kind = ? AND object_id = ?", deletes
+            )
+            await self.set_meta("snapshot_version", version)
+            await self.set_meta("snapshot_committed_at", repr(now))
+            await self.db.execute("COMMIT")
+        except BaseException:
+            await self.db.execute("ROLLBACK")
+            raise
+
+    async def _write_plan(self, target: str, plan: TargetPlan, now: float) -> None:
+        await self.db.executemany(
+            """
+            INSERT INTO target_objects (target, kind, object_id, desired_hash, desired, active,
+                                        dirty, phase, attempts, next_attempt_at, updated_at)
+            VALUES (?, ?, ?, ?, ?, ?, 1, ?, 0, 0, ?)
+            ON CONFLICT (target, kind, object_id) DO UPDATE SET
+                desired_hash = excluded.desired_hash,
+                desired = excluded.desired,
+                active = excluded.active,
+                dirty = CASE WHEN target_objects.written_hash IS excluded.desired_hash
+                             THEN 0 ELSE 1 END,
+                phase = excluded.phase,
+                attempts = 0,
+                last_error = NULL,
+                next_attempt_at = 0,
+                updated_at = excluded.updated_at
+            """,
+            [
+                (
+                    target,
+                    row.key[0],
+                    row.key[1],
+                    row.hash,
+                    _dump(row.obj),
+                    None if row.active is None else int(row.active),
+                    phase(row.key[0], row.obj is None),
+                    now,
+                )
+                for row in plan.desired
+            ],
+        )
+        await self.db.executemany(
+            "DELETE FROM target_objects WHERE target = ? AND kind = ? AND object_id = ?",
+            [(target, k[0], k[1]) for k in plan.released],
+        )
+        # A removal of something never confirmed written needs no delivery.
+        await self.db.execute(
+            "DELETE FROM target_objects WHERE target = ? AND desired_hash IS NULL "
+            "AND written_hash IS NULL",
+            (target,),
+        )
+        if plan.hold is None:
+            await self.db.execute("DELETE FROM holds WHERE target = ?", (target,))
+        else:
+            keys = json.dumps(sorted([list(k) for k in plan.hold]))
+            await self.db.execute(
+                "INSERT INTO holds (target, keys, created_at, approved) VALUES (?, ?, ?, 0) "
+                "ON CONFLICT (target) DO UPDATE SET keys = excluded.keys, approved = 0, "
+                "created_at = CASE WHEN holds.keys = excluded.keys THEN holds.created_at "
+                "ELSE excluded.created_at END",
+                (target, keys, now),
+            )
+
+    async def due(self, target: str, now: float, limit: int) -> list[DueRow]:
+        sql = """
+            SELECT kind, object_id, remote_id, desired_hash, desired, written, attempts
+            FROM target_objects
+            WHERE target = ? AND dirty = 1 AND next_attempt_at <= ?
+            ORDER BY phase, kind, object_id
+            LIMIT ?
+        """
+        rows: list[DueRow] = []
+        async with self.db.execute(sql, (target, now, limit)) as cur:
+            async for kind, object_id, remote_id, dh, desired, written, attempts in cur:
+                rows.append(
+                    DueRow(
+                        key=(_kind(kind), object_id),
+                        remote_id=remote_id,
+                        desired_hash=dh,
+                        desired=_load(kind, desired),
+                        written=_load(kind, written),
+                        attempts=attempts,
+                    )
+                )
+        return rows
+
+    async def rows(self, target: str, keys: list[Key] | None) -> dict[Key, DueRow]:
+        base = (
+            "SELECT kind, object_id, remote_id, desired_hash, desired, written, attempts "
+            "FROM target_objects WHERE target = ?"
+        )
+        batches: list[tuple[str, list[Any]]] = []
+        if keys is None:
+            batches.append((base + " AND dirty = 1", [target]))
+        else:
+            for chunk in _chunks(keys, 400):
+                where = " OR ".join("(kind = ? AND object_id = ?)" for _ in chunk)
+                batches.append((f"{base} AND ({where})", [target, *(v for k in chunk for v in k)]))
+        out: dict[Key, DueRow] = {}
+        for sql, params in batches:
+            async with self.db.execute(sql, params) as cur:
+                async for kind, object_id, remote_id, dh, desired, written, attempts in cur:
+                    key: Key = (_kind(kind), object_id)
+                    out[key] = DueRow(
+                        key, remote_id, dh, _load(kind, desired), _load(kind, written), attempts
+                    )
+        return out
+
+    async def approved_holds(self) -> list[str]:
+        async with self.db.execute("SELECT target FROM holds WHERE approved = 1") as cur:
+            return [str(row[0]) async for row in cur]
+
+    async def record(self, target: str, results: list[Result], now: float) -> None:
+        ok = [r for r in results if r.ok]
+        failed = [r for r in results if not r.ok]
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            # A delivered removal is the end of the object for this target,
+            # unless the desired state changed meanwhile (hash guard).
+            await self.db.executemany(
+                "DELETE FROM target_objects WHERE target = ? AND kind = ? AND object_id = ? "
+                "AND desired_hash IS NULL",
+                [(target, r.key[0], r.key[1]) for r in ok if r.delivered_hash is None],
+            )
+            await self.db.executemany(
+                """
+                UPDATE target_objects SET
+                    written_hash = desired_hash, written = desired, dirty = 0,
+                    remote_id = COALESCE(?, remote_id), attempts = 0, last_error = NULL,
+                    next_attempt_at = 0, updated_at = ?
+                WHERE target = ? AND kind = ? AND object_id = ? AND desired_hash IS ?
+                """,
+                [
+                    (r.remote_id, now, target, r.key[0], r.key[1], r.delivered_hash)
+                    for r in ok
+                    if r.delivered_hash is not None
+                ],
+            )
+            await self.db.executemany(
+                """
+                UPDATE target_objects SET
+                    remote_id = COALESCE(?, remote_id), attempts = attempts + 1,
+                    last_error = ?, next_attempt_at = ?, updated_at = ?
+                WHERE target = ? AND kind = ? AND object_id = ?
+                """,
+                [
+                    (r.remote_id, r.error, r.next_attempt_at, now, target, r.key[0], r.key[1])
+                    for r in failed
+                ],
+            )
+            await self.db.execute("COMMIT")
+        except BaseException:
+            await self.db.execute("ROLLBACK")
+            raise
+
+    async def counts(self, target: str) -> tuple[int, int]:
+        sql = (
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN attempts > 0 THEN 1 ELSE 0 END), 0) "
+            "FROM target_objects WHERE target = ? AND dirty = 1"
+        )
+        async with self.db.execute(sql, (target,)) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+    async def problems(self, target: str, limit: int) -> list[ObjectStatus]:
+        sql = """
+            SELECT kind, object_id, attempts, last_error, next_attempt_at FROM target_objects
+            WHERE target = ? AND dirty = 1 AND attempts > 0
+            ORDER BY attempts DESC, kind, object_id LIMIT ?
+        """
+        out: list[ObjectStatus] = []
+        async with self.db.execute(sql, (target, limit)) as cur:
+            async for kind, object_id, attempts, last_error, nxt in cur:
+                out.append(ObjectStatus((_kind(kind), object_id), "failed", attempts, last_error, nxt))
+        return out
+
+    async def hold(self, target: str) -> Hold | None:
+        sql = "SELECT keys, created_at, approved FROM holds WHERE target = ?"
+        async with self.db.execute(sql, (target,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        keys = frozenset((_kind(k), i) for k, i in json.loads(row[0]))
+        return Hold(target, keys, float(row[1]), bool(row[2]))
+
+    async def approve(self, target: str) -> int:
+        hold = await self.hold(target)
+        if hold is None:
+            return 0
+        await self.db.execute("UPDATE holds SET approved = 1 WHERE target = ?", (target,))
+        return len(hold.keys)
+
+
+def _statements(script: str) -> Iterable[str]:
+    for part in script.split(";"):
+        if part.strip():
+            yield part
+
+
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]

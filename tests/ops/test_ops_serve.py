@@ -1,0 +1,73 @@
+"""Starting and stopping a listener on a real loopback socket."""
+
+from __future__ import annotations
+
+import socket
+from typing import TYPE_CHECKING
+
+import aiohttp
+import anyio
+import pytest
+from aiohttp import web
+
+from daemon.http.serve import ListenError, serve, start
+
+if TYPE_CHECKING:
+    from tests.ops.conftest import CapturedLog
+
+
+def _app() -> web.Application:
+    async def hello(_request: web.Request) -> web.Response:
+        return web.Response(text="hello")
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    return app
+
+
+async def _get(port: int, path: str = "/") -> str:
+    url = f"http://127.0.0.1:{port}{path}"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return await response.text()
+
+
+async def test_start_reports_the_bound_port_and_stop_frees_it() -> None:
+    listener = await start(_app(), "127.0.0.1", 0)
+    try:
+        assert listener.port > 0
+        assert await _get(listener.port) == "hello"
+    finally:
+        await listener.stop()
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await _get(listener.port)
+
+
+async def test_port_in_use_is_a_clear_error() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ListenError, match=f"cannot listen on 127.0.0.1:{port}"):
+            await start(_app(), "127.0.0.1", port)
+
+
+async def test_serve_in_a_task_group_stops_on_cancel() -> None:
+    async with anyio.create_task_group() as group:
+        port = await group.start(serve, _app(), "127.0.0.1", 0)
+        assert await _get(port) == "hello"
+        group.cancel_scope.cancel()
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await _get(port)
+
+
+async def test_access_log_goes_through_structlog_at_debug(captured_log: CapturedLog) -> None:
+    listener = await start(_app(), "127.0.0.1", 0)
+    try:
+        await _get(listener.port, "/?SAMLRequest=query-string-payload")
+    finally:
+        await listener.stop()
+    text = captured_log.text
+    assert "query-string-payload" not in text
+    assert '"event": "http request"' in text
+    assert '"level": "debug"' in text
+    assert '"status": 200' in text
