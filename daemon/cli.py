@@ -127,7 +127,9 @@ def run(ctx: click.Context) -> None:
 
 @main.command()
 @click.option("--once", is_flag=True, help="Run one cycle in this process, then exit.")
-@click.option("--dry-run", is_flag=True, help="With --once: show what would be sent; change nothing.")
+@click.option(
+    "--dry-run", is_flag=True, help="With --once: show what would be sent; change nothing."
+)
 @click.pass_context
 def sync(ctx: click.Context, once: bool, dry_run: bool) -> None:
     """Run one cycle now (--once), or ask the running daemon to (without --once)."""
@@ -139,21 +141,26 @@ def sync(ctx: click.Context, once: bool, dry_run: bool) -> None:
     if dry_run:
         _print_plan(_run(lambda: _preview(config)), as_json=False)
         return
-    logs.configure(config.settings.logging.level, "console" if sys.stderr.isatty() else "json")
+    logs.configure(config.settings.logging.level, config.settings.logging.format)
 
     async def once_() -> dict[str, Any] | None:
         async with _Session(config) as session:
             engine = session.engine()
             if out.is_terminal:
                 with Progress(
-                    TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    console=out, transient=True,
+                    TextColumn("{task.description}"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    console=out,
+                    transient=True,
                 ) as progress:
                     tasks: dict[str, Any] = {}
 
                     def show(target: str, done: int, total: int) -> None:
                         if target not in tasks:
-                            tasks[target] = progress.add_task(f"delivering to {target}", total=total)
+                            tasks[target] = progress.add_task(
+                                f"delivering to {target}", total=total
+                            )
                         progress.update(tasks[target], completed=done, total=total)
 
                     engine.progress = show
@@ -218,7 +225,9 @@ def plan(ctx: click.Context, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--write-test", is_flag=True, help="Also let targets create and delete a test object.")
+@click.option(
+    "--write-test", is_flag=True, help="Also let targets create and delete a test object."
+)
 @click.pass_context
 def check(ctx: click.Context, write_test: bool) -> None:
     """Validate the configuration and reach the state store, the source and every target."""
@@ -334,7 +343,7 @@ def _ask_daemon(config: Config, method: str, path: str) -> None:
 
     ops = config.settings.http.ops
     host = "127.0.0.1" if ops.host in ("0.0.0.0", "::", "") else ops.host  # noqa: S104
-    req = urllib.request.Request(f"http://{host}:{ops.port}{path}", method=method)  # noqa: S310
+    req = urllib.request.Request(f"http://{host}:{ops.port}{path}", method=method)
     token = admin_token(config)
     if token is not None:
         req.add_header("Authorization", f"Bearer {token.value()}")

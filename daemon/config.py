@@ -59,8 +59,8 @@ class GuardSettings(_Section):
     ``provisiond approve``; everything else in the cycle still goes.
     """
 
-    max_share: float = Field(0.10, ge=0.0, le=1.0)
-    min_count: int = Field(25, ge=1)
+    max_share: float = Field(default=0.10, ge=0.0, le=1.0)
+    min_count: int = Field(default=25, ge=1)
 
 
 class TargetSettings(_Section):
@@ -70,7 +70,7 @@ class TargetSettings(_Section):
     kind: str
     enabled: bool = True
     groups: list[str] = Field(default_factory=list)
-    guard: GuardSettings = Field(default_factory=GuardSettings)
+    guard: GuardSettings = Field(default_factory=lambda: GuardSettings())
     options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("name")
@@ -86,12 +86,12 @@ class TargetSettings(_Section):
 class EngineSettings(_Section):
     """``engine``: polling and retries (durations in seconds)."""
 
-    interval: float = Field(300.0, ge=1.0)
-    jitter: float = Field(0.1, ge=0.0, le=0.5)
-    shutdown_grace: float = Field(30.0, ge=0.0)
-    retry_base: float = Field(30.0, gt=0.0)
-    retry_max: float = Field(3600.0, gt=0.0)
-    batch_size: int = Field(500, ge=1)
+    interval: float = Field(default=300.0, ge=1.0)
+    jitter: float = Field(default=0.1, ge=0.0, le=0.5)
+    shutdown_grace: float = Field(default=30.0, ge=0.0)
+    retry_base: float = Field(default=30.0, gt=0.0)
+    retry_max: float = Field(default=3600.0, gt=0.0)
+    batch_size: int = Field(default=500, ge=1)
 
 
 class StateSettings(_Section):
@@ -105,7 +105,7 @@ class OpsListenerSettings(_Section):
     """``http.ops``: /metrics, /healthz, /readyz and the admin API."""
 
     host: str = "127.0.0.1"
-    port: int = Field(9464, ge=0, le=65535)
+    port: int = Field(default=9464, ge=0, le=65535)
     admin_token_file: Path | None = None
 
 
@@ -114,12 +114,12 @@ class PublicListenerSettings(_Section):
 
     enabled: bool = False
     host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)
+    port: int = Field(default=8080, ge=0, le=65535)
 
 
 class HttpSettings(_Section):
-    ops: OpsListenerSettings = Field(default_factory=OpsListenerSettings)
-    public: PublicListenerSettings = Field(default_factory=PublicListenerSettings)
+    ops: OpsListenerSettings = Field(default_factory=lambda: OpsListenerSettings())
+    public: PublicListenerSettings = Field(default_factory=lambda: PublicListenerSettings())
 
 
 class LogSettings(_Section):
@@ -136,12 +136,12 @@ class Settings(BaseSettings):
         extra="forbid",
     )
 
-    source: SourceSettings = Field(default_factory=SourceSettings)
+    source: SourceSettings = Field(default_factory=lambda: SourceSettings())
     targets: list[TargetSettings] = Field(default_factory=list)
-    engine: EngineSettings = Field(default_factory=EngineSettings)
-    state: StateSettings = Field(default_factory=StateSettings)
-    http: HttpSettings = Field(default_factory=HttpSettings)
-    logging: LogSettings = Field(default_factory=LogSettings)
+    engine: EngineSettings = Field(default_factory=lambda: EngineSettings())
+    state: StateSettings = Field(default_factory=lambda: StateSettings())
+    http: HttpSettings = Field(default_factory=lambda: HttpSettings())
+    logging: LogSettings = Field(default_factory=lambda: LogSettings())
 
     @model_validator(mode="after")
     def _unique_targets(self) -> Settings:

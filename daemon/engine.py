@@ -336,14 +336,21 @@ class Engine:
                     break
                 deltas = [_due_delta(r) for r in rows]
                 outcomes = await self._call_target(slot, [d for d in deltas if d.changes])
-                results = [self._result(r, d, outcomes.get(d.key)) for r, d in zip(rows, deltas, strict=True)]
+                results = [
+                    self._result(r, d, outcomes.get(d.key))
+                    for r, d in zip(rows, deltas, strict=True)
+                ]
                 await self.store.record(slot.name, results, self.clock())
                 done += len(results)
                 if self.progress is not None:
                     self.progress(slot.name, done, max(total, done))
                 for res, delta in zip(results, deltas, strict=True):
                     outcome = outcomes.get(delta.key)
-                    kind = "ok" if res.ok else ("permanent" if outcome and outcome.permanent else "failed")
+                    kind = (
+                        "ok"
+                        if res.ok
+                        else ("permanent" if outcome and outcome.permanent else "failed")
+                    )
                     metrics.DELIVERIES.labels(slot.name, kind).inc()
                     if res.ok:
                         report.delivered += 1
@@ -390,7 +397,9 @@ class Engine:
         else:
             base = self.settings.retry_base * (2 ** min(row.attempts, 20))
             wait = min(self.settings.retry_max, base) * random.uniform(0.5, 1.0)  # noqa: S311
-        return Result(row.key, row.desired_hash, False, outcome.remote_id, outcome.error, now + wait)
+        return Result(
+            row.key, row.desired_hash, False, outcome.remote_id, outcome.error, now + wait
+        )
 
 
 def _delta(key: Key, row: DesiredRow, prev: DueRow | None) -> Delta:

@@ -109,4 +109,3 @@ __all__: list[str] = [
     "provisiond_startup",
     "provisiond_target_types",
 ]
-

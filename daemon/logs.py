@@ -171,9 +171,13 @@ def get_logger(name: str) -> structlog.stdlib.BoundLogger:
 
 
 def unconfigure() -> None:
-    """Remove the handler :func:`configure` installed (tests; the stream is left open)."""
+    """Undo :func:`configure`: remove its handler, restore structlog's defaults (tests).
+
+    The stream is left open; it belongs to the caller.
+    """
     global _handler
     if _handler is not None:
         logging.getLogger().removeHandler(_handler)
         _handler.close()
         _handler = None
+    structlog.reset_defaults()

@@ -76,7 +76,7 @@ DirectoryObject: TypeAlias = User | Group
 USER_FIELDS: tuple[str, ...] = User.__struct_fields__
 
 
-def make_group(id: str, name: str, members: Iterable[str]) -> Group:  # noqa: A002
+def make_group(id: str, name: str, members: Iterable[str]) -> Group:
     """Build a :class:`Group` with its members de-duplicated and sorted."""
     return Group(id=id, name=name, members=tuple(sorted(set(members))))
 

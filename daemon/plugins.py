@@ -23,6 +23,8 @@ ENTRY_POINT_GROUP = "provisiond"
 # through the entry-point group like any third-party plugin.
 BUILTIN_PLUGINS = {
     "file": "daemon.sources.file",
+    "ldap": "daemon.sources.ldap",
+    "jumpcloud": "daemon.sources.jumpcloud",
     "log": "daemon.targets.log",
 }
 

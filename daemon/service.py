@@ -53,7 +53,8 @@ class Parts:
         return {s.name: s.target for s in self.slots}
 
     async def aclose(self) -> None:
-        for closable in [self.source, *(s.target for s in self.slots)]:
+        closables: list[Source | Target] = [self.source, *(s.target for s in self.slots)]
+        for closable in closables:
             try:
                 await closable.aclose()
             except Exception:
@@ -147,7 +148,12 @@ def report_dict(report: CycleReport | None) -> dict[str, Any] | None:
         "skipped_records": report.skipped,
         "changes": report.changes,
         "targets": {
-            name: {"planned": t.planned, "held": t.held, "delivered": t.delivered, "failed": t.failed}
+            name: {
+                "planned": t.planned,
+                "held": t.held,
+                "delivered": t.delivered,
+                "failed": t.failed,
+            }
             for name, t in report.targets.items()
         },
     }

@@ -50,6 +50,8 @@ class ServiceProvider:
 
     entity_id: str
     acs_url: str
+    #: Where LogoutResponses go; ``None`` when the SP does not take part in logout.
+    slo_url: str | None = None
     name_id_format: str = NAMEID_EMAIL
     attribute_name_format: str = ATTRNAME_BASIC
     sign_assertion: bool = True

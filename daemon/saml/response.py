@@ -172,9 +172,9 @@ def _assertion(
         SessionIndex=principal.session_index,
     )
     context = etree.SubElement(authn, f"{_SAML}AuthnContext")
-    etree.SubElement(context, f"{_SAML}AuthnContextClassRef").text = (
-        AUTHN_PASSWORD_PROTECTED_TRANSPORT
-    )
+    etree.SubElement(
+        context, f"{_SAML}AuthnContextClassRef"
+    ).text = AUTHN_PASSWORD_PROTECTED_TRANSPORT
 
     if principal.attributes:
         statement = etree.SubElement(assertion, f"{_SAML}AttributeStatement")

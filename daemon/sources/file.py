@@ -18,6 +18,7 @@ import difflib
 import hashlib
 import os
 import re
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,6 +163,9 @@ class FileSource:
     def _read(self) -> tuple[bytes, tuple[int, int, int] | None]:
         """The file's bytes and the stat that belongs to them (``None`` if racy)."""
         try:
+            # A FIFO or device would block or never end; only plain files are read.
+            if not stat.S_ISREG(os.stat(self.path).st_mode):
+                raise SourceError(f"directory file {self.where} is not a regular file")
             data, st = read_bytes(self.path)
         except OSError as exc:
             raise SourceError(self._unreadable(exc)) from None
@@ -410,7 +414,7 @@ def _user(raw: dict[Any, Any], uid: str) -> tuple[User, str | None]:
             fields[name] = _text(value, name)
     state = raw.get("state")
     if state is not None:
-        if state not in _STATES:
+        if not isinstance(state, str) or state not in _STATES:
             reason = "must be 'active' or 'suspended'"
             if state == "unassigned":
                 reason += "; 'unassigned' is decided by provisiond from group bindings"

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
+import anyio
 
 from daemon.model import DirectoryObject, ObjectKind, decode, encode
 from daemon.store import (
@@ -90,6 +92,8 @@ class SqliteStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
+        # One connection serves every task; transactions must not interleave.
+        self._tx = anyio.Lock()
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -120,15 +124,24 @@ class SqliteStore:
                 f"provisiond understands ({len(MIGRATIONS)}); upgrade provisiond"
             )
         for version in range(current, len(MIGRATIONS)):
-            await self.db.execute("BEGIN IMMEDIATE")
-            try:
+            async with self._transaction():
                 for statement in _statements(MIGRATIONS[version]):
                     await self.db.execute(statement)
                 await self.db.execute(f"PRAGMA user_version={version + 1}")
-                await self.db.execute("COMMIT")
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[None]:
+        async with self._tx:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
             except BaseException:
-                await self.db.execute("ROLLBACK")
+                # Shielded: a cancelled cycle still leaves the database consistent.
+                with anyio.CancelScope(shield=True):
+                    await self.db.execute("ROLLBACK")
                 raise
+            with anyio.CancelScope(shield=True):
+                await self.db.execute("COMMIT")
 
     async def aclose(self) -> None:
         if self._db is not None:
@@ -186,8 +199,7 @@ class SqliteStore:
         plans: dict[str, TargetPlan],
     ) -> None:
         now = time.time()
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
+        async with self._transaction():
             for target, plan in plans.items():
                 await self._write_plan(target, plan, now)
             await self.db.executemany(
@@ -201,10 +213,6 @@ class SqliteStore:
             )
             await self.set_meta("snapshot_version", version)
             await self.set_meta("snapshot_committed_at", repr(now))
-            await self.db.execute("COMMIT")
-        except BaseException:
-            await self.db.execute("ROLLBACK")
-            raise
 
     async def _write_plan(self, target: str, plan: TargetPlan, now: float) -> None:
         await self.db.executemany(
@@ -312,8 +320,7 @@ class SqliteStore:
     async def record(self, target: str, results: list[Result], now: float) -> None:
         ok = [r for r in results if r.ok]
         failed = [r for r in results if not r.ok]
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
+        async with self._transaction():
             # A delivered removal is the end of the object for this target,
             # unless the desired state changed meanwhile (hash guard).
             await self.db.executemany(
@@ -347,10 +354,6 @@ class SqliteStore:
                     for r in failed
                 ],
             )
-            await self.db.execute("COMMIT")
-        except BaseException:
-            await self.db.execute("ROLLBACK")
-            raise
 
     async def counts(self, target: str) -> tuple[int, int]:
         sql = (
@@ -371,7 +374,9 @@ class SqliteStore:
         out: list[ObjectStatus] = []
         async with self.db.execute(sql, (target, limit)) as cur:
             async for kind, object_id, attempts, last_error, nxt in cur:
-                out.append(ObjectStatus((_kind(kind), object_id), "failed", attempts, last_error, nxt))
+                out.append(
+                    ObjectStatus((_kind(kind), object_id), "failed", attempts, last_error, nxt)
+                )
         return out
 
     async def hold(self, target: str) -> Hold | None:
@@ -387,7 +392,8 @@ class SqliteStore:
         hold = await self.hold(target)
         if hold is None:
             return 0
-        await self.db.execute("UPDATE holds SET approved = 1 WHERE target = ?", (target,))
+        async with self._tx:
+            await self.db.execute("UPDATE holds SET approved = 1 WHERE target = ?", (target,))
         return len(hold.keys)
 
 

@@ -14,7 +14,7 @@ from daemon.model import SkippedRecord
 from daemon.sources.base import SourceError
 from daemon.sources.ldap.directory import Entry, connect, server
 from daemon.sources.ldap.read import user_record
-from daemon.sources.ldap.settings import LdapOptions, Layout
+from daemon.sources.ldap.settings import Layout, LdapOptions
 
 #: Longer inputs are refused unread; no directory needs them.
 MAX_INPUT = 1024

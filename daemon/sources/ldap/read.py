@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from daemon.model import AccountState, Snapshot, SkippedRecord, User, make_group
+from daemon.model import AccountState, SkippedRecord, Snapshot, User, make_group
 from daemon.sources.ldap.directory import Entry
 from daemon.sources.ldap.presets import REQUIRED_FIELDS, UAC_ACCOUNTDISABLE
 from daemon.sources.ldap.settings import Layout
@@ -107,7 +107,7 @@ def user_record(entry: Entry, layout: Layout, where: str) -> UserRecord | Skippe
         for name in REQUIRED_FIELDS:
             if not values.get(name):
                 raise _Bad(layout.fields[name], "missing")
-        email = values["email"] or ""
+        email = values.pop("email") or ""
         if "@" not in email.strip("@"):
             raise _Bad(layout.fields["email"], f"{email!r} is not an email address")
         suspended = _suspended(entry, layout)
@@ -217,4 +217,3 @@ def _members(
                 seen.add(member)
                 todo.append(member)
     return found
-

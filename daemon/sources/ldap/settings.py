@@ -77,11 +77,11 @@ class LdapOptions(BaseModel):
     suspended_values: list[str] = Field(default_factory=list)
     change_attribute: str | None = None
     nested_groups: Literal["flatten", "in_chain", "direct"] = "flatten"
-    page_size: int = Field(500, ge=1, le=1000)
-    full_read_every: int = Field(12, ge=1)
-    full_read_after: float | None = Field(None, gt=0)
-    connect_timeout: float = Field(10.0, gt=0)
-    timeout: float = Field(60.0, gt=0)
+    page_size: int = Field(default=500, ge=1, le=1000)
+    full_read_every: int = Field(default=12, ge=1)
+    full_read_after: float | None = Field(default=None, gt=0)
+    connect_timeout: float = Field(default=10.0, gt=0)
+    timeout: float = Field(default=60.0, gt=0)
 
     @field_validator("url")
     @classmethod

@@ -28,7 +28,7 @@ from daemon.sources.ldap.read import (
     group_record,
     user_record,
 )
-from daemon.sources.ldap.settings import LdapOptions, Layout
+from daemon.sources.ldap.settings import Layout, LdapOptions
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +45,22 @@ def in_chain_filter(user_filter: str, group_dn: str) -> str:
 def since_filter(base_filter: str, attribute: str, mark: str) -> str:
     """``base_filter`` narrowed to entries changed at or after ``mark``."""
     return f"(&{base_filter}({attribute}>={escape_filter_chars(mark)}))"
+
+
+def high_water_mark(marks: list[str], *, counter: bool) -> str | None:
+    """The value the next incremental read starts from, given the change values seen.
+
+    For a counter (``uSNChanged``) that is the highest plus one: entries at
+    the highest were read already. A GeneralizedTime (``modifyTimestamp``)
+    has one-second resolution, so the next read starts *at* the highest and
+    re-reads that second rather than miss a change made within it.
+    """
+    if counter:
+        numbers = [int(m) for m in marks if m.isdigit()]
+        return str(max(numbers) + 1) if numbers else None
+    # GeneralizedTime values from one server share a format (YYYYmmddHHMMSS...),
+    # so they order as text.
+    return max(marks) if marks else None
 
 
 @dataclass(slots=True)
@@ -176,9 +192,9 @@ class LdapSource:
                     stats,
                 )
             )
-        if mark is not None and not user_entries and not group_entries:
-            if layout.nested_groups != "in_chain":
-                return base
+        nothing_new = mark is not None and not user_entries and not group_entries
+        if nothing_new and layout.nested_groups != "in_chain":
+            return base
         state = DirectoryState(
             users=dict(base.users),
             groups=dict(base.groups),
@@ -220,7 +236,7 @@ class LdapSource:
                 marks.append(grec.change)
         if layout.nested_groups == "in_chain":
             self._read_in_chain(conn, state, stats)
-        state.mark = self._highest(marks)
+        state.mark = high_water_mark(marks, counter=layout.change_is_counter)
         return state
 
     def _read_in_chain(
@@ -249,16 +265,6 @@ class LdapSource:
             )
             state.groups[key] = GroupRecord(grec.dn, grec.id, grec.name, members, grec.change)
 
-    def _highest(self, marks: list[str]) -> str | None:
-        if not marks:
-            return None
-        if self.layout.change_is_counter:
-            numeric = [int(m) for m in marks if m.isdigit()]
-            # uSNChanged >= highest + 1: the entries at the highest were read already.
-            return str(max(numeric) + 1) if numeric else None
-        # GeneralizedTime compares as text when the digits line up (YYYYmmddHHMMSS...).
-        return max(marks)
-
     def _assemble(self, state: DirectoryState) -> Snapshot:
         return assemble(
             state.users,
@@ -280,7 +286,9 @@ class LdapSource:
         if not self.options.tls_verify:
             lines.append("warning: tls_verify is off; any certificate is accepted (lab use only)")
         if self.options.plaintext:
-            lines.append("warning: start_tls is off; the bind password travels in clear (lab use only)")
+            lines.append(
+                "warning: start_tls is off; the bind password travels in clear (lab use only)"
+            )
         return lines
 
     def _check_sync(self) -> Snapshot:
@@ -318,4 +326,3 @@ class LdapSource:
             raise SourceError(self._redact(str(exc))) from None
         except SecretError as exc:
             raise SourceError(f"LDAP {self.options.url}: bind_password_file: {exc}") from None
-

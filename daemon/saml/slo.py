@@ -1,0 +1,122 @@
+"""Single logout: read an SP's LogoutRequest, answer with a signed LogoutResponse.
+
+Ending the IdP session itself is the caller's job; this module only speaks
+the protocol.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+from lxml import etree
+
+from daemon.saml.bindings import InboundMessage
+from daemon.saml.errors import SamlConfigError, SamlRequestError
+from daemon.saml.names import ENTITY_FORMAT, NS_SAML, NS_SAMLP, STATUS_SUCCESS
+from daemon.saml.parties import IdentityProvider, ServiceProvider
+from daemon.saml.replay import RequestIdStore
+from daemon.saml.request import DEFAULT_REQUEST_LIFETIME, MESSAGE_ID
+from daemon.saml.safexml import parse_untrusted
+from daemon.saml.signing import add_signature_placeholder, new_id, sign
+from daemon.saml.timefmt import format_instant, parse_instant
+from daemon.saml.verify import check_signature, issuer_of
+
+_MAX_SESSION_INDEXES: Final = 32
+
+
+@dataclass(frozen=True, slots=True)
+class LogoutRequest:
+    """A validated LogoutRequest."""
+
+    id: str
+    issuer: str
+    name_id: str
+    name_id_format: str | None
+    session_indexes: tuple[str, ...]
+    relay_state: str | None
+    signed: bool
+
+
+async def receive_logout_request(
+    message: InboundMessage,
+    sp: ServiceProvider,
+    replay: RequestIdStore,
+    *,
+    destination: str | None = None,
+    now: datetime | None = None,
+    lifetime: timedelta = DEFAULT_REQUEST_LIFETIME,
+) -> LogoutRequest:
+    """Parse and check a LogoutRequest like an AuthnRequest (issuer, time, signature, replay).
+
+    Raises :class:`SamlRequestError` when refused.
+    """
+    now = now or datetime.now(UTC)
+    root = parse_untrusted(message.xml)
+    if root.tag != f"{{{NS_SAMLP}}}LogoutRequest":
+        raise SamlRequestError("SAML message is not a LogoutRequest")
+    issuer = issuer_of(root)
+    if issuer != sp.entity_id:
+        raise SamlRequestError("LogoutRequest comes from an unknown service provider")
+    signed, root = check_signature(root, message, sp, "LogoutRequest")
+    if root.get("Version") != "2.0":
+        raise SamlRequestError("LogoutRequest is not SAML version 2.0")
+    request_id = root.get("ID") or ""
+    if not MESSAGE_ID.fullmatch(request_id):
+        raise SamlRequestError("LogoutRequest ID is missing or malformed")
+    sent_to = root.get("Destination")
+    if destination is not None and sent_to is not None and sent_to != destination:
+        raise SamlRequestError("LogoutRequest was sent to another destination")
+    instant = parse_instant(root.get("IssueInstant"), "LogoutRequest IssueInstant")
+    if instant > now + sp.clock_skew:
+        raise SamlRequestError("LogoutRequest is issued in the future; check the SP's clock")
+    expires_at = instant + lifetime + sp.clock_skew
+    if expires_at <= now:
+        raise SamlRequestError("LogoutRequest has expired")
+    name_id = root.find(f"{{{NS_SAML}}}NameID")
+    if name_id is None or not (name_id.text or "").strip():
+        raise SamlRequestError("LogoutRequest has no NameID")
+    indexes = tuple((e.text or "").strip() for e in root.findall(f"{{{NS_SAMLP}}}SessionIndex"))
+    if len(indexes) > _MAX_SESSION_INDEXES:
+        raise SamlRequestError("LogoutRequest names too many sessions")
+    if not await replay.claim(f"{sp.entity_id} {request_id}", expires_at):
+        raise SamlRequestError("LogoutRequest was already used")
+    return LogoutRequest(
+        id=request_id,
+        issuer=issuer,
+        name_id=(name_id.text or "").strip(),
+        name_id_format=name_id.get("Format"),
+        session_indexes=indexes,
+        relay_state=message.relay_state,
+        signed=signed,
+    )
+
+
+def build_logout_response(
+    idp: IdentityProvider,
+    sp: ServiceProvider,
+    in_response_to: str,
+    *,
+    status: str = STATUS_SUCCESS,
+    now: datetime | None = None,
+) -> bytes:
+    """A signed LogoutResponse to ``sp.slo_url``, serialized."""
+    if sp.slo_url is None:
+        raise SamlConfigError(f"service provider {sp.entity_id} has no logout URL configured")
+    now = now or datetime.now(UTC)
+    response = etree.Element(
+        f"{{{NS_SAMLP}}}LogoutResponse",
+        nsmap={"samlp": NS_SAMLP, "saml": NS_SAML},
+        ID=new_id(),
+        Version="2.0",
+        IssueInstant=format_instant(now),
+        Destination=sp.slo_url,
+        InResponseTo=in_response_to,
+    )
+    issuer = etree.SubElement(response, f"{{{NS_SAML}}}Issuer", Format=ENTITY_FORMAT)
+    issuer.text = idp.entity_id
+    status_el = etree.SubElement(response, f"{{{NS_SAMLP}}}Status")
+    etree.SubElement(status_el, f"{{{NS_SAMLP}}}StatusCode", Value=status)
+    add_signature_placeholder(response)
+    return etree.tostring(sign(response, idp.signing_key), xml_declaration=True, encoding="UTF-8")

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# README command 2: install everything the tests need, then lint, type-check
+# and run the whole test suite (real peers: slapd, PostgreSQL, scim2-server,
+# pysaml2 with xmlsec1, Chromium).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/setup.sh
+apt_install xmlsec1 slapd ldap-utils chromium postgresql
+make_venv test
+
+echo "==> ruff"
+.venv/bin/ruff check daemon plugins tests bench
+echo "==> mypy --strict"
+.venv/bin/mypy daemon plugins
+echo "==> pytest"
+.venv/bin/python -m pytest "$@"
