@@ -113,6 +113,14 @@ class PublicListenerSettings(_Section):
     """``http.public``: single sign-on and the portal (plugins add routes)."""
 
     enabled: bool = False
+    #: The URL browsers use to reach this listener (IdP URLs and metadata use it),
+    #: e.g. ``https://sso.example.com``. Default: ``http://<host>:<port>``.
+    base_url: str | None = None
+    #: Trust ``X-Forwarded-Proto``/``-Host``/``-For`` from a TLS-terminating proxy.
+    trust_forwarded_headers: bool = False
+    #: Session cookie lifetimes, in seconds.
+    session_idle_timeout: float = Field(default=30 * 60.0, gt=0)
+    session_absolute_timeout: float = Field(default=12 * 3600.0, gt=0)
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
 

@@ -26,7 +26,9 @@ import pluggy
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from daemon.directory import Directory
     from daemon.engine import CycleReport
+    from daemon.sources.base import Source
     from daemon.sources.base import SourceType
     from daemon.targets.base import Delta, Outcome, Target, TargetType
 
@@ -70,12 +72,28 @@ def provisiond_deliver(
 
 
 @hookspec
-def provisiond_public_routes(targets: dict[str, Target]) -> Sequence[web.AbstractRouteDef]:
+def provisiond_public_routes(
+    targets: dict[str, Target], directory: Directory
+) -> Sequence[web.AbstractRouteDef]:
     """Called once when the public listener is built; return aiohttp routes to add.
 
     ``targets`` maps configured target names to their objects, so a plugin can
-    serve per-target pages (SSO, metadata). Not firstresult: all routes are
-    added; a clash in path is a start-up error.
+    serve per-target pages (SSO, metadata); ``directory`` answers sign-in and
+    authorisation questions. Not firstresult: all routes are added; a clash
+    in path is a start-up error.
+    """
+    raise NotImplementedError
+
+
+@hookspec(firstresult=True)
+def provisiond_authenticate(
+    source: Source, username: str, password: str
+) -> Awaitable[bool | None] | bool | None:
+    """Called at sign-in to check a password against the directory; may be async.
+
+    firstresult: return ``None`` when ``source`` is not yours, else ``True``
+    or ``False``. ``username`` is the directory's username of an existing,
+    active user; the password is never empty. Never log the password.
     """
     raise NotImplementedError
 
@@ -101,6 +119,7 @@ def provisiond_shutdown() -> Awaitable[None] | None:
 __all__: list[str] = [
     "hookimpl",
     "hookspec",
+    "provisiond_authenticate",
     "provisiond_cycle_finished",
     "provisiond_deliver",
     "provisiond_public_routes",

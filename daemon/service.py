@@ -25,6 +25,7 @@ import structlog
 
 from daemon import __version__, logs
 from daemon.config import Config, ConfigError
+from daemon.directory import Directory
 from daemon.config import load as load_config
 from daemon.engine import CycleReport, Engine, TargetSlot
 from daemon.http import serve
@@ -169,6 +170,7 @@ class Service:
         self.parts: Parts | None = None
         self.store: Store | None = None
         self.engine: Engine | None = None
+        self.directory: Directory | None = None
         self.stopping = False
         self._live = False
         self._ready = False
@@ -216,6 +218,7 @@ class Service:
         self.engine = Engine(
             self.parts.source, self.parts.slots, self.store, self.pm, settings.engine
         )
+        self.directory = Directory(self.store, self.parts.source, self.pm)
         ops = await serve.start(
             build_ops_app(self, admin_token=token), settings.http.ops.host, settings.http.ops.port
         )
@@ -263,7 +266,9 @@ class Service:
 
         assert self.parts is not None
         app = web.Application()
-        for routes in self.pm.hook.provisiond_public_routes(targets=self.parts.targets):
+        assert self.directory is not None
+        hook = self.pm.hook.provisiond_public_routes
+        for routes in hook(targets=self.parts.targets, directory=self.directory):
             app.router.add_routes(routes)
         return app
 
@@ -353,6 +358,8 @@ class Service:
             previous, self.parts = self.parts, parts
             self.config = config
             self.engine.source = parts.source
+            if self.directory is not None:
+                self.directory.replace_source(parts.source)
             self.engine.targets = parts.slots
             self.engine.settings = config.settings.engine
             self.engine.force_plan = True

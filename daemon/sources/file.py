@@ -15,6 +15,7 @@ truncated or emptied file never looks like an empty directory.
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import os
 import re
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio.to_thread
+import argon2
 import msgspec
 import yaml
 from pydantic import BaseModel, ConfigDict
@@ -59,6 +61,16 @@ class FileSourceOptions(BaseModel):
     """``auto`` picks by extension: ``.json`` is JSON, anything else is YAML."""
 
 
+def _hasher() -> argon2.PasswordHasher:
+    return argon2.PasswordHasher()
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when a user has no hash, so that "no such password" costs the same."""
+    return _hasher().hash("provisiond: no password is set for this user")
+
+
 @hookimpl
 def provisiond_source_types() -> list[SourceType]:
     """Offer the ``file`` source kind."""
@@ -70,6 +82,14 @@ def provisiond_source_types() -> list[SourceType]:
             description="users and groups from a YAML or JSON file, re-read when it changes",
         )
     ]
+
+
+@hookimpl
+def provisiond_authenticate(source: object, username: str, password: str) -> Any:
+    """Check a portal password against the user's ``password_hash`` (argon2id)."""
+    if not isinstance(source, FileSource):
+        return None
+    return source.verify_password(username, password)
 
 
 def create(options: BaseModel, context: PluginContext) -> FileSource:
@@ -128,6 +148,26 @@ class FileSource:
         username.
         """
         return (self._hashes or {}).get(username)
+
+    async def verify_password(self, username: str, password: str) -> bool:
+        """Whether ``password`` matches the user's argon2id hash (``False`` without one)."""
+        stored = self.password_hash(username)
+        real = stored is not None and bool(password)
+        if stored is None or not password:
+            # Same cost as a real check, so timing does not tell who has a password.
+            stored, password = _dummy_hash(), password + "\x00"
+        hasher = _hasher()
+
+        def verify() -> bool:
+            try:
+                return bool(hasher.verify(stored, password))
+            except argon2.exceptions.VerificationError:
+                return False
+            except argon2.exceptions.InvalidHashError:
+                return False
+
+        ok = await anyio.to_thread.run_sync(verify)
+        return ok and real
 
     def _fetch(self, known_version: str | None) -> Snapshot | None:
         try:

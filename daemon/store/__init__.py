@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from daemon.model import DirectoryObject, ObjectKind
+from daemon.model import DirectoryObject, ObjectKind, User
 
 Key = tuple[ObjectKind, str]
 
@@ -126,6 +126,14 @@ class Store(Protocol):
 
     async def records(self, keys: list[Key]) -> dict[Key, DirectoryObject]:
         """The committed directory records for ``keys`` (missing ones left out)."""
+        ...
+
+    async def find_user(self, login: str) -> User | None:
+        """The committed user whose username or email is ``login`` (case-insensitive)."""
+        ...
+
+    async def granted(self, target: str, user_id: str) -> bool:
+        """Whether the target's desired state has this user active (in scope, not suspended)."""
         ...
 
     async def target_index(self, target: str) -> TargetIndex: ...

@@ -12,7 +12,7 @@ from typing import Any
 import aiosqlite
 import anyio
 
-from daemon.model import DirectoryObject, ObjectKind, decode, encode
+from daemon.model import DirectoryObject, ObjectKind, User, decode, encode
 from daemon.store import (
     Committed,
     DueRow,
@@ -66,6 +66,13 @@ MIGRATIONS: tuple[str, ...] = (
         created_at REAL NOT NULL,
         approved INTEGER NOT NULL DEFAULT 0
     );
+    """,
+    # 2: sign-in looks users up by username or email.
+    """
+    ALTER TABLE directory_objects ADD COLUMN login_username TEXT;
+    ALTER TABLE directory_objects ADD COLUMN login_email TEXT;
+    CREATE INDEX directory_objects_username ON directory_objects (login_username);
+    CREATE INDEX directory_objects_email ON directory_objects (login_email);
     """,
 )
 
@@ -181,6 +188,29 @@ class SqliteStore:
                     out[(_kind(kind), object_id)] = obj
         return out
 
+    async def find_user(self, login: str) -> User | None:
+        folded = login.strip().casefold()
+        sql = (
+            "SELECT data FROM directory_objects WHERE kind = 'user' AND "
+            "(login_username = ? OR login_email = ?) ORDER BY login_username = ? DESC LIMIT 1"
+        )
+        async with self.db.execute(sql, (folded, folded, folded)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        user = decode("user", row[0])
+        assert isinstance(user, User)
+        return user
+
+    async def granted(self, target: str, user_id: str) -> bool:
+        sql = (
+            "SELECT active FROM target_objects WHERE target = ? AND kind = 'user' "
+            "AND object_id = ? AND desired_hash IS NOT NULL"
+        )
+        async with self.db.execute(sql, (target, user_id)) as cur:
+            row = await cur.fetchone()
+        return bool(row and row[0])
+
     async def target_index(self, target: str) -> TargetIndex:
         index = TargetIndex()
         sql = "SELECT kind, object_id, desired_hash, active FROM target_objects WHERE target = ?"
@@ -203,10 +233,12 @@ class SqliteStore:
             for target, plan in plans.items():
                 await self._write_plan(target, plan, now)
             await self.db.executemany(
-                "INSERT INTO directory_objects (kind, object_id, hash, data) VALUES (?, ?, ?, ?) "
+                "INSERT INTO directory_objects (kind, object_id, hash, data, login_username, "
+                "login_email) VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (kind, object_id) DO UPDATE SET hash = excluded.hash, "
-                "data = excluded.data",
-                [(k[0], k[1], h, encode(obj).decode()) for k, h, obj in upserts],
+                "data = excluded.data, login_username = excluded.login_username, "
+                "login_email = excluded.login_email",
+                [(k[0], k[1], h, encode(obj).decode(), *_logins(obj)) for k, h, obj in upserts],
             )
             await self.db.executemany(
                 "DELETE FROM directory_objects WHERE kind = ? AND object_id = ?", deletes
@@ -395,6 +427,12 @@ class SqliteStore:
         async with self._tx:
             await self.db.execute("UPDATE holds SET approved = 1 WHERE target = ?", (target,))
         return len(hold.keys)
+
+
+def _logins(obj: DirectoryObject) -> tuple[str | None, str | None]:
+    if isinstance(obj, User):
+        return obj.username.casefold(), obj.email.casefold()
+    return None, None
 
 
 def _statements(script: str) -> Iterable[str]:

@@ -46,7 +46,7 @@ async def test_first_cycle_provisions_the_scope_and_the_second_is_quiet(world) -
 
 
 async def test_lifecycle_through_scope(world) -> None:
-    eng, source, target = world  # noqa: RUF059
+    eng, source, target = world
     await eng.cycle()
     # u1 changes title: one user_changed naming the field.
     snap = org()
@@ -85,14 +85,14 @@ async def test_lifecycle_through_scope(world) -> None:
 
 
 async def test_a_user_outside_every_bound_group_is_never_provisioned(world) -> None:
-    eng, source, target = world  # noqa: RUF059
+    eng, source, target = world
     source.set(org(bound=["u0"]))
     await eng.cycle()
     assert {k for k in target.holding if k[0] == "user"} == {("user", "u0")}
 
 
 async def test_a_suspended_user_nobody_provisioned_is_not_created(world) -> None:
-    eng, source, target = world  # noqa: RUF059
+    eng, source, target = world
     snap = org()
     snap.users["u3"] = msgspec.structs.replace(snap.users["u3"], state=AccountState.SUSPENDED)
     source.set(snap)
@@ -131,7 +131,7 @@ async def test_a_failing_plugin_does_not_stop_the_others(tmp_path: Path) -> None
 
 
 async def test_an_unreadable_source_fails_the_cycle_and_changes_nothing(world) -> None:
-    eng, source, target = world  # noqa: RUF059
+    eng, source, target = world
     await eng.cycle()
     source.error = "file directory.yaml: not valid YAML at line 3"
     calls = len(target.calls)
@@ -206,3 +206,24 @@ async def test_preview_shows_pending_changes_without_writing(world) -> None:
     assert target.calls == []
     report = await eng.cycle()
     assert report.targets["app"].delivered == 6
+
+
+async def test_directory_answers_sign_in_questions_from_committed_state(world) -> None:
+    from daemon.directory import Directory
+
+    eng, source, target = world  # noqa: RUF059
+    await eng.cycle()
+    directory = Directory(eng.store, source, eng.pm)
+    user = await directory.find_user("U1@X.example")
+    assert user is not None and user.id == "u1"
+    assert await directory.granted("app", user)
+    outsider = await directory.find_user("nobody")
+    assert outsider is None
+    # u2 leaves the bound group: refused from the next cycle on.
+    source.set(org(bound=["u0", "u1", "u3", "u4"]))
+    await eng.cycle()
+    u2 = await directory.find_user("u2")
+    assert u2 is not None and not await directory.granted("app", u2)
+    # No plugin claims the fed source: never authenticated.
+    assert await directory.authenticate("u1", "whatever-password") is None
+    assert await directory.authenticate("u1", "") is None

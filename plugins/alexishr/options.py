@@ -1,0 +1,116 @@
+"""``targets[].options`` for ``kind: alexishr``.
+
+Values AlexisHR has not published (the SCIM base path, the sandbox SSO
+endpoints) have documented defaults here and can all be overridden.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+PRODUCTION_SCIM_URL = "https://api.alexishr.com/v1/scim/v2"
+SANDBOX_SCIM_URL = "https://api.sandbox.alexishr.com/v1/scim/v2"
+_CONNECTION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_PATH = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ScimOptions(_Options):
+    """``options.scim``: provisioning over SCIM 2.0."""
+
+    #: Default: production, or the sandbox when ``sandbox: true`` (unconfirmed path).
+    base_url: str | None = None
+    #: File holding the AlexisHR access token (Settings -> Access tokens).
+    token_file: Path
+    ca_bundle: Path | None = None
+    manage_groups: bool = True
+    #: Seconds after deactivation before a user removed from the directory is
+    #: deleted in AlexisHR. None (default): never delete, only deactivate.
+    hard_delete_after: float | None = Field(default=None, ge=0)
+    #: Extra SCIM attribute paths filled from directory fields, e.g.
+    #: ``{"nickName": "username"}``.
+    extra_mappings: dict[str, str] = Field(default_factory=dict)
+    #: Sub-attributes of AlexisHR's extension schema
+    #: ``urn:ietf:params:scim:schemas:extension:alexis:2.0:User``, filled from
+    #: directory fields.
+    alexis_extension: dict[str, str] = Field(default_factory=dict)
+    max_concurrency: int = Field(default=8, ge=1, le=64)
+    timeout: float = Field(default=30.0, gt=0)
+    #: Seconds between full reconciliation passes (list remote, repair drift).
+    reconcile_every: float = Field(default=6 * 3600.0, ge=60)
+
+
+class SsoOptions(_Options):
+    """``options.sso``: provisiond as AlexisHR's SAML identity provider."""
+
+    enabled: bool = True
+    #: The IdP URL is ``<http.public.base_url>/saml2/<path>``. Default: the target name.
+    path: str | None = None
+    #: Signing key and certificate files (``provisiond saml keygen`` makes them).
+    key_file: Path
+    cert_file: Path
+    #: A certificate to publish in metadata ahead of a key rotation.
+    next_cert_file: Path | None = None
+    sign_response: bool = True
+    sign_assertion: bool = True
+    #: Override the SP entity ID (default ``urn:auth0:alexishr:<connection>``).
+    audience: str | None = None
+    #: Override the ACS URL (default
+    #: ``https://auth.alexishr.com/login/callback?connection=<connection>``).
+    acs_url: str | None = None
+    want_requests_signed: bool = False
+    sp_cert_file: Path | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        if v is not None and not _PATH.match(v):
+            raise ValueError("use lowercase letters, digits, '-' and '_' only")
+        return v
+
+
+class AlexisHROptions(_Options):
+    """The whole options block of an AlexisHR target."""
+
+    #: The "connection name" AlexisHR gives the admin for SSO.
+    connection: str
+    #: Use AlexisHR's sandbox tenant defaults (app.sandbox.alexishr.com).
+    sandbox: bool = False
+    scim: ScimOptions
+    sso: SsoOptions | None = None
+
+    @field_validator("connection")
+    @classmethod
+    def _connection(cls, v: str) -> str:
+        if not _CONNECTION.match(v):
+            raise ValueError("letters, digits, '.', '-' and '_' only (as AlexisHR shows it)")
+        return v
+
+    @property
+    def scim_url(self) -> str:
+        if self.scim.base_url:
+            return self.scim.base_url.rstrip("/")
+        return SANDBOX_SCIM_URL if self.sandbox else PRODUCTION_SCIM_URL
+
+    @property
+    def tenant(self) -> str:
+        return "alexishr-sandbox" if self.sandbox else "alexishr"
+
+    @property
+    def audience(self) -> str:
+        if self.sso and self.sso.audience:
+            return self.sso.audience
+        return f"urn:auth0:{self.tenant}:{self.connection}"
+
+    @property
+    def acs_url(self) -> str:
+        if self.sso and self.sso.acs_url:
+            return self.sso.acs_url
+        host = "auth.sandbox.alexishr.com" if self.sandbox else "auth.alexishr.com"
+        return f"https://{host}/login/callback?connection={self.connection}"
