@@ -88,7 +88,7 @@ class _Session:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.pm = plugin_manager()
+        self.pm = config.plugins or plugin_manager()
         self.parts: Parts | None = None
         self.store: Store | None = None
 

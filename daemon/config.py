@@ -144,6 +144,8 @@ class Settings(BaseSettings):
         extra="forbid",
     )
 
+    #: Extra plugin modules to load by import path (besides installed entry points).
+    plugins: list[str] = Field(default_factory=list)
     source: SourceSettings = Field(default_factory=lambda: SourceSettings())
     targets: list[TargetSettings] = Field(default_factory=list)
     engine: EngineSettings = Field(default_factory=lambda: EngineSettings())
@@ -187,6 +189,8 @@ class Config:
         self.path = path
         self.source_options = source_options
         self.target_options = target_options
+        #: The plugin manager the configuration was validated against.
+        self.plugins: Any = None
 
     @property
     def config_dir(self) -> Path:

@@ -12,6 +12,7 @@ Structure (anyio, no stray tasks)::
 
 from __future__ import annotations
 
+import importlib
 import random
 import signal
 import time
@@ -24,7 +25,7 @@ import pluggy
 import structlog
 
 from daemon import __version__, logs
-from daemon.config import Config, ConfigError
+from daemon.config import Config, ConfigError, read_file
 from daemon.directory import Directory
 from daemon.config import load as load_config
 from daemon.engine import CycleReport, Engine, TargetSlot
@@ -63,8 +64,25 @@ class Parts:
 
 
 def read_config(path: Path | None, pm: pluggy.PluginManager) -> Config:
-    """Load and validate the configuration against the installed plugins."""
-    return load_config(path, Registry.collect(pm))
+    """Load and validate the configuration against the installed plugins.
+
+    Modules named in the file's ``plugins`` list are imported and registered
+    first, so their source and target kinds validate like installed ones.
+    """
+    if path is not None:
+        names = read_file(path).get("plugins") or []
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ConfigError(str(path), ["plugins: must be a list of module names"])
+        for name in names:
+            if pm.get_plugin(name) is not None:
+                continue
+            try:
+                pm.register(importlib.import_module(name), name=name)
+            except ImportError as exc:
+                raise ConfigError(str(path), [f"plugins: cannot import {name!r}: {exc}"]) from None
+    config = load_config(path, Registry.collect(pm))
+    config.plugins = pm
+    return config
 
 
 def assemble(config: Config, pm: pluggy.PluginManager, secrets: SecretStore = SECRETS) -> Parts:

@@ -1,0 +1,5 @@
+"""``python -m daemon`` is ``provisiond``."""
+
+from daemon.cli import main
+
+main()
