@@ -354,3 +354,9 @@ def _ask_daemon(config: Config, method: str, path: str) -> None:
         _fail(f"the daemon at {host}:{ops.port} answered {exc.code}")
     except OSError as exc:
         _fail(f"cannot reach the daemon at {host}:{ops.port} ({exc}); is `provisiond run` up?")
+
+
+from daemon.saml.cli import passwd, saml  # noqa: E402  (registered last: it imports this CLI's deps)
+
+main.add_command(saml)
+main.add_command(passwd)

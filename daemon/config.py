@@ -123,6 +123,14 @@ class PublicListenerSettings(_Section):
     session_absolute_timeout: float = Field(default=12 * 3600.0, gt=0)
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    #: File holding the key that signs session cookies. Default: generated once
+    #: into the state directory (``portal-session.key``, mode 0600).
+    session_key_file: Path | None = None
+    #: Failed sign-ins allowed per username, and per client address, within
+    #: ``login_failure_window`` seconds before further attempts are refused.
+    login_max_failures_per_user: int = Field(default=5, ge=1)
+    login_max_failures_per_address: int = Field(default=30, ge=1)
+    login_failure_window: float = Field(default=15 * 60.0, gt=0)
 
 
 class HttpSettings(_Section):

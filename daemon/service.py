@@ -23,16 +23,21 @@ from typing import Any
 import anyio
 import pluggy
 import structlog
+from aiohttp import web
 
 from daemon import __version__, logs
 from daemon.config import Config, ConfigError, read_file
-from daemon.directory import Directory
 from daemon.config import load as load_config
+from daemon.directory import Directory
 from daemon.engine import CycleReport, Engine, TargetSlot
 from daemon.http import serve
 from daemon.http.ops import build_ops_app
+from daemon.notify import Notifier
 from daemon.plugins import Registry, await_me_maybe, plugin_manager
+from daemon.portal import PortalConfigError, build_public_app
+from daemon.portal.session_key import SessionKeyError
 from daemon.runtime import PluginContext
+from daemon.saml.errors import SamlConfigError
 from daemon.secrets import SECRETS, SecretError, SecretFile, SecretStore, resolve_secret_path
 from daemon.sources.base import Source
 from daemon.store import Store
@@ -197,6 +202,7 @@ class Service:
         self._cycle_scope: anyio.CancelScope | None = None
         self._status: dict[str, Any] = {}
         self.ops_port: int | None = None
+        self.notifier = Notifier()
         self.public_port: int | None = None
 
     # -- Controller ----------------------------------------------------------------
@@ -259,8 +265,10 @@ class Service:
             )
             self._live = True
             await self._refresh_status()
+            self.notifier.ready(f"serving; ops on port {ops.port}")
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._signals, tg.cancel_scope)
+                tg.start_soon(self.notifier.watchdog)
                 await self._poll()
                 tg.cancel_scope.cancel()
         finally:
@@ -279,16 +287,23 @@ class Service:
         log.info("provisiond stopped")
         return 0
 
-    def _public_app(self) -> Any:
-        from aiohttp import web
-
-        assert self.parts is not None
-        app = web.Application()
-        assert self.directory is not None
-        hook = self.pm.hook.provisiond_public_routes
-        for routes in hook(targets=self.parts.targets, directory=self.directory):
-            app.router.add_routes(routes)
-        return app
+    def _public_app(self) -> web.Application:
+        """The public listener: the portal, plus every plugin's routes under its middleware."""
+        assert self.parts is not None and self.directory is not None
+        where = str(self.config_path) if self.config_path else "(defaults and environment)"
+        try:
+            routes = self.pm.hook.provisiond_public_routes(
+                targets=self.parts.targets, directory=self.directory
+            )
+            return build_public_app(
+                self.config.settings.http.public,
+                self.directory,
+                routes,
+                state_dir=self.config.state_path.parent,
+                config_dir=self.config.config_dir,
+            )
+        except (PortalConfigError, SessionKeyError, SamlConfigError) as exc:
+            raise ConfigError(where, [f"http.public: {exc}"]) from None
 
     async def _poll(self) -> None:
         assert self.engine is not None
@@ -304,6 +319,7 @@ class Service:
                 self._cycle_scope = None
             self._ready = True
             await self._refresh_status()
+            self.notifier.status(self._summary())
             if self.stopping:
                 break
             jitter = interval.jitter
@@ -311,6 +327,17 @@ class Service:
             self._wake = anyio.Event()
             with anyio.move_on_after(delay):
                 await self._wake.wait()
+
+    def _summary(self) -> str:
+        """One line for systemctl status."""
+        report = self.engine.last_report if self.engine else None
+        if report is None:
+            return "starting"
+        dirty = sum(t.get("dirty", 0) for t in self._status.get("targets", {}).values())
+        held = sum(t.get("held_removals", 0) for t in self._status.get("targets", {}).values())
+        return f"last cycle {report.result}: {report.users or 0} users, {dirty} dirty" + (
+            f", {held} removals held" if held else ""
+        )
 
     async def _refresh_status(self) -> None:
         assert self.store is not None and self.parts is not None and self.engine is not None
@@ -343,6 +370,7 @@ class Service:
         assert self.engine is not None
         grace = self.config.settings.engine.shutdown_grace
         log.info("stopping", reason=why, grace_seconds=grace)
+        self.notifier.stopping()
         self.stopping = True
         self.engine.stopping = True
         self._wake.set()
@@ -356,6 +384,7 @@ class Service:
     async def reload(self) -> None:
         """SIGHUP: load the configuration again; keep the old one if the new one is bad."""
         assert self.engine is not None and self.parts is not None
+        self.notifier.reloading()
         try:
             config = read_config(self.config_path, self.pm)
             parts = assemble(config, self.pm)
@@ -364,6 +393,7 @@ class Service:
                 "configuration reload rejected; the running configuration stays",
                 problems=exc.problems,
             )
+            self.notifier.send("READY=1", "STATUS=reload rejected: see the log")
             return
         old = self.config.settings
         for what, before, after in (
@@ -384,4 +414,5 @@ class Service:
         await previous.aclose()
         logs.configure(config.settings.logging.level, config.settings.logging.format)
         log.info("configuration reloaded", targets=list(parts.targets))
+        self.notifier.send("READY=1", "STATUS=configuration reloaded")
         self.trigger_sync()

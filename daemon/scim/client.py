@@ -134,9 +134,7 @@ class ScimClient:
                 endpoint=response.endpoint,
             )
         try:
-            return model.model_validate(
-                data, scim_ctx=context, scim_policy=self.response_policy
-            )
+            return model.model_validate(data, scim_ctx=context, scim_policy=self.response_policy)
         except (ValidationError, ValueError, TypeError) as exc:
             detail = (
                 _validation_summary(exc)
@@ -295,9 +293,7 @@ class ScimClient:
         response = await self.transport.request(
             "PUT", self._item_path(type(resource), resource.id), body=body
         )
-        replaced: R = self._parse(
-            type(resource), response, Context.RESOURCE_REPLACEMENT_RESPONSE
-        )
+        replaced: R = self._parse(type(resource), response, Context.RESOURCE_REPLACEMENT_RESPONSE)
         return replaced
 
     async def patch(

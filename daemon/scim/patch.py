@@ -68,9 +68,9 @@ def _diff_simple(path: str, old: Any, new: Any) -> list[PatchOperation[Any]]:
     return []
 
 
-def _diff_complex(prefix: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> list[
-    PatchOperation[Any]
-]:
+def _diff_complex(
+    prefix: str, old: Mapping[str, Any], new: Mapping[str, Any]
+) -> list[PatchOperation[Any]]:
     ops: list[PatchOperation[Any]] = []
     for key in sorted(set(old) | set(new)):
         ops += _diff_simple(f"{prefix}{key}", old.get(key), new.get(key))

@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 Clock = Callable[[], float]
+_EPSILON = 1e-6
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -83,8 +84,10 @@ class AdaptiveRateLimiter:
                     waited += pause
                     continue
                 self._refill()
-                if self._tokens >= 1:
-                    self._tokens -= 1
+                # The epsilon absorbs float rounding, which could otherwise ask for
+                # a sleep too short to move the clock, forever.
+                if self._tokens >= 1 - _EPSILON:
+                    self._tokens = max(self._tokens - 1, 0.0)
                     return waited
                 delay = (1 - self._tokens) / self._rate
                 await self._sleep(delay)

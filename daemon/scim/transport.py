@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+from multidict import CIMultiDict
 from pydantic import ValidationError
 from scim2_models import Error
 
@@ -114,6 +115,17 @@ def normalise_base_url(base_url: str) -> str:
     return base_url.strip().rstrip("/")
 
 
+def _tls_context(ca_file: str | Path | None) -> ssl.SSLContext:
+    """Verifying TLS context; ``ca_file`` adds a private CA, it never disables checks."""
+    try:
+        return ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(
+            f"cannot load the SCIM CA bundle {str(ca_file)!r}: {type(exc).__name__}: "
+            f"{getattr(exc, 'strerror', None) or exc}"
+        ) from None
+
+
 class ScimTransport:
     """Sends requests to one SCIM base URL over a pooled aiohttp session."""
 
@@ -137,7 +149,7 @@ class ScimTransport:
             raise ValueError("max_concurrency must be at least 1")
         self.base_url = normalise_base_url(base_url)
         self._token = token
-        self._ca_file = str(ca_file) if ca_file is not None else None
+        self._tls = _tls_context(ca_file)
         self._timeouts = timeouts
         self._max_concurrency = max_concurrency
         self.retry = retry
@@ -152,10 +164,8 @@ class ScimTransport:
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            # TLS verification is always on; a private CA is added, never a bypass.
-            context = ssl.create_default_context(cafile=self._ca_file)
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=context, limit=self._max_concurrency),
+                connector=aiohttp.TCPConnector(ssl=self._tls, limit=self._max_concurrency),
                 timeout=aiohttp.ClientTimeout(
                     total=self._timeouts.total, connect=self._timeouts.connect
                 ),
@@ -225,6 +235,16 @@ class ScimTransport:
             try:
                 async with self._semaphore:
                     status, headers, raw = await self._send(method, path, params, payload, token)
+            except aiohttp.ClientConnectorCertificateError as exc:
+                # A certificate will not fix itself between attempts.
+                raise ScimPermanentError(
+                    f"the server's TLS certificate could not be verified "
+                    f"({exc.certificate_error}); if it is signed by a private CA, "
+                    "configure that CA bundle",
+                    method=method,
+                    endpoint=path,
+                    attempts=attempts,
+                ) from None
             except TimeoutError:
                 failure: ScimError = ScimTransientError(
                     f"no answer within {self._timeouts.total:g}s", method=method, endpoint=path
@@ -247,7 +267,11 @@ class ScimTransport:
                 failure = self._failure(status, raw, headers, method, path, token, retry_after)
                 reason = str(status) if status in (429, 503) else f"{status // 100}xx"
                 if status in (429, 503):
-                    self.limiter.on_pushback(retry_after)
+                    # Capped so a "come back tomorrow" cannot wedge every caller; the
+                    # error still carries the full delay for the caller to reschedule.
+                    self.limiter.on_pushback(
+                        None if retry_after is None else min(retry_after, self.retry.max_total_wait)
+                    )
                 if status == 401 and not token_refreshed:
                     token_refreshed = True
                     # A rotated token file is the one 401 worth retrying at once.
@@ -258,8 +282,8 @@ class ScimTransport:
             failure.attempts = attempts
             if not failure.transient:
                 raise failure
-            delay = retry_after if retry_after is not None else self.retry.backoff(
-                attempts, self._rng
+            delay = (
+                retry_after if retry_after is not None else self.retry.backoff(attempts, self._rng)
             )
             if attempts >= self.retry.max_attempts or waited + delay > self.retry.max_total_wait:
                 raise failure
@@ -298,7 +322,7 @@ class ScimTransport:
                         method=method,
                         endpoint=path,
                     )
-            return response.status, dict(response.headers), bytes(raw)
+            return response.status, CIMultiDict(response.headers), bytes(raw)
 
     def _failure(
         self,

@@ -25,8 +25,7 @@ def test_counters_are_exposed_with_total_suffix() -> None:
 
 def test_build_info_carries_versions() -> None:
     expected = (
-        f'provisiond_build_info{{python="{platform.python_version()}",'
-        f'version="{__version__}"}} 1.0'
+        f'provisiond_build_info{{python="{platform.python_version()}",version="{__version__}"}} 1.0'
     )
     assert expected in _text()
 

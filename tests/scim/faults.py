@@ -21,6 +21,7 @@ import enum
 import json
 import math
 import random
+import ssl
 import time
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -35,6 +36,7 @@ class Fault(enum.Enum):
 
     RATE_LIMIT_SECONDS = "429-seconds"
     RATE_LIMIT_DATE = "429-date"
+    RATE_LIMIT_BARE = "429-no-retry-after"
     UNAVAILABLE = "503"
     SERVER_ERROR = "500"
     RESET = "reset"
@@ -92,12 +94,17 @@ class FaultProxy:
     hide_filter: bool = False
     log: list[LoggedRequest] = field(default_factory=list)
     url: str = ""
+    #: Serve HTTPS with this context instead of plain HTTP.
+    tls: ssl.SSLContext | None = None
+    #: Most requests the proxy was handling at the same moment.
+    max_in_flight: int = 0
 
     def __post_init__(self) -> None:
         self._script: list[_Scripted] = []
         self._rng = random.Random(self.seed)
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._in_flight = 0
 
     def script(self, *faults: Fault, method: str | None = None, path: str | None = None) -> None:
         """Play ``faults`` on the next requests matching ``method`` and ``path`` prefix."""
@@ -117,10 +124,10 @@ class FaultProxy:
         self._session = aiohttp.ClientSession()
         self._runner = web.AppRunner(app, shutdown_timeout=0.5, handler_cancellation=True)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.tls)
         await site.start()
         port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{port}"
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -152,7 +159,12 @@ class FaultProxy:
             body=body,
         )
         self.log.append(entry)
-        response = await self._respond(request, body, entry)
+        self._in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self._in_flight)
+        try:
+            response = await self._respond(request, body, entry)
+        finally:
+            self._in_flight -= 1
         entry.status = response.status
         return response
 
@@ -185,6 +197,8 @@ class FaultProxy:
             return web.json_response(
                 _error(429, "slow down"), status=429, headers={"Retry-After": when}
             )
+        if fault is Fault.RATE_LIMIT_BARE:
+            return web.json_response(_error(429, "slow down"), status=429)
         if fault is Fault.UNAVAILABLE:
             return web.json_response(
                 _error(503, "maintenance"),
@@ -203,8 +217,9 @@ class FaultProxy:
             await asyncio.sleep(self.slow_seconds)
         status, headers, payload = await self._forward(request, body)
         if fault is Fault.NOT_JSON:
-            return web.Response(status=status, text="<html>proxy error</html>",
-                                content_type="text/html")
+            return web.Response(
+                status=status, text="<html>proxy error</html>", content_type="text/html"
+            )
         if fault is Fault.SCHEMA_VIOLATION:
             payload = self._violate(payload)
         if request.path.rstrip("/").endswith("/ServiceProviderConfig") and status == 200:

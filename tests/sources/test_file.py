@@ -159,6 +159,9 @@ async def test_member_that_was_skipped_is_dropped_too(tmp_path: Path) -> None:
         ({"state": "gone"}, "state"),
         ({"state": "unassigned"}, "state"),
         ({"state": True}, "state"),
+        ({"state": ["active"]}, "state"),
+        ({"email": {"a": 1}}, "email"),
+        ({"manager": 7}, "manager"),
         ({"password_hash": "$2b$12$bcrypt"}, "password_hash"),
         ({"password_hash": 1}, "password_hash"),
         ({"famly_name": "Typo"}, "famly_name"),
@@ -318,10 +321,27 @@ async def test_missing_file_names_the_path(tmp_path: Path) -> None:
 
 async def test_directory_instead_of_file(tmp_path: Path) -> None:
     (tmp_path / "dir.yaml").mkdir()
-    with pytest.raises(SourceError, match="cannot be read"):
+    with pytest.raises(SourceError, match="not a regular file"):
         await source_for(tmp_path / "dir.yaml").fetch(None)
-    with pytest.raises(SourceError, match="cannot be read"):
+    with pytest.raises(SourceError, match="not a regular file"):
         await source_for(tmp_path / "dir.yaml").check()
+
+
+async def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "dir.yaml")
+    with pytest.raises(SourceError, match="not a regular file"):
+        await source_for(tmp_path / "dir.yaml").fetch(None)
+
+
+async def test_unreadable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path / "dir.yaml", {"users": [], "groups": []})
+
+    def denied(_: Path) -> Any:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(file_source, "read_bytes", denied)
+    with pytest.raises(SourceError, match=r"dir\.yaml .*cannot be read: Permission denied"):
+        await source_for(path).fetch(None)
 
 
 async def test_oversized_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -536,3 +556,25 @@ async def test_check_on_broken_file_raises(tmp_path: Path) -> None:
     (tmp_path / "dir.yaml").write_text("users: [\n", encoding="utf-8")
     with pytest.raises(SourceError, match="line"):
         await source_for(tmp_path / "dir.yaml").check()
+
+
+async def test_yaml_anchors_and_merge_keys(tmp_path: Path) -> None:
+    path = tmp_path / "dir.yaml"
+    path.write_text(
+        "users:\n"
+        "  - &a {id: a, username: a, email: a@x.se, department: Engineering, company: N}\n"
+        "  - {<<: *a, id: b, username: b, email: b@x.se}\n"
+        "groups: []\n",
+        encoding="utf-8",
+    )
+    snap = await source_for(path).fetch(None)
+    assert snap is not None
+    assert snap.skipped == []
+    assert (snap.users["b"].department, snap.users["b"].company) == ("Engineering", "N")
+
+
+async def test_json_error_column_counts_characters(tmp_path: Path) -> None:
+    path = tmp_path / "dir.json"
+    path.write_text('{"users": [{"id": "åäö", ]}', encoding="utf-8")
+    with pytest.raises(SourceError, match="line 1, column 26"):
+        await source_for(path).fetch(None)

@@ -1,0 +1,63 @@
+"""Generate a directory file of N users in about 20 groups, each user in about 3.
+
+    python bench/gen_directory.py 100000 /tmp/dir-100k.json [--seed 1] [--change 0.01]
+
+``--change F`` rewrites the titles of a fraction F of the users (a "changed
+file" for the cycle benchmark), deterministically from the seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+GROUPS = 20
+DEPARTMENTS = ["Engineering", "Sales", "Finance", "People", "Support", "Legal", "Marketing"]
+
+
+def generate(n: int, seed: int = 1, change: float = 0.0) -> dict[str, Any]:
+    rng = random.Random(seed)  # noqa: S311 - benchmark data, not secrets
+    users = []
+    members: list[list[str]] = [[] for _ in range(GROUPS)]
+    changed = set(rng.sample(range(n), int(n * change))) if change else set()
+    for i in range(n):
+        uid = f"u-{i:07d}"
+        users.append(
+            {
+                "id": uid,
+                "username": f"user{i}",
+                "email": f"user{i}@corp.example",
+                "given_name": f"Given{i % 977}",
+                "family_name": f"Family{i}",
+                "display_name": f"Given{i % 977} Family{i}",
+                "title": ("Senior " if i in changed else "") + "Engineer",
+                "phone": f"+4670{i:07d}",
+                "employee_id": str(100000 + i),
+                "department": DEPARTMENTS[i % len(DEPARTMENTS)],
+                "cost_center": f"CC-{i % 50:03d}",
+                "company": "Corp AB",
+            }
+        )
+        for g in rng.sample(range(GROUPS), 3):
+            members[g].append(uid)
+    groups = [
+        {"id": f"g-{g:02d}", "name": f"Group {g:02d}", "members": members[g]} for g in range(GROUPS)
+    ]
+    return {"users": users, "groups": groups}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("users", type=int)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--change", type=float, default=0.0)
+    args = parser.parse_args()
+    args.out.write_text(json.dumps(generate(args.users, args.seed, args.change)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""What every public response gets: the real client, security headers, and no stack traces."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+from multidict import CIMultiDict
+
+from daemon.portal.site import NONCE_KEY, PORTAL
+from daemon.saml.bindings import new_nonce
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+log = structlog.get_logger("provisiond.portal")
+
+_HSTS: Final = "max-age=31536000"
+_STATIC_HEADERS: Final = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    # Pages depend on the session; no shared or browser cache may keep them.
+    "Cache-Control": "no-store",
+}
+
+
+def forwarded(trusted: bool) -> Middleware:
+    """Take scheme and client address from ``X-Forwarded-*`` only when ``trusted``.
+
+    Without trust the headers are ignored: anyone can send them. With trust,
+    the right-most ``X-Forwarded-For`` entry is used, the one the proxy itself
+    appended; entries further left come from the client and may be forged.
+    """
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not trusted:
+            return await handler(request)
+        changes: dict[str, str] = {}
+        proto = request.headers.get("X-Forwarded-Proto", "").strip().lower()
+        if proto in ("http", "https"):
+            changes["scheme"] = proto
+        chain = request.headers.get("X-Forwarded-For", "")
+        last = chain.rsplit(",", 1)[-1].strip()
+        with contextlib.suppress(ValueError):
+            changes["remote"] = str(ipaddress.ip_address(last))
+        return await handler(request.clone(**changes) if changes else request)  # type: ignore[arg-type]
+
+    return middleware
+
+
+@web.middleware
+async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """CSP with a per-request nonce, framing and sniffing off, HSTS behind TLS.
+
+    A handler that sets its own ``Content-Security-Policy`` (the SAML POST
+    form) keeps it; everything else gets the portal's policy, which allows
+    no script at all and styles only by nonce.
+    """
+    nonce = new_nonce()
+    request[NONCE_KEY] = nonce
+    https = request.app[PORTAL].secure or request.scheme == "https"
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        _apply(exc.headers, nonce, https)
+        raise
+    _apply(response.headers, nonce, https)
+    return response
+
+
+def _apply(headers: CIMultiDict[str], nonce: str, https: bool) -> None:
+    headers.setdefault(
+        "Content-Security-Policy",
+        f"default-src 'none'; style-src 'nonce-{nonce}'; img-src 'self'; form-action 'self'; "
+        "base-uri 'none'; frame-ancestors 'none'",
+    )
+    for name, value in _STATIC_HEADERS.items():
+        headers.setdefault(name, value)
+    if https:
+        headers.setdefault("Strict-Transport-Security", _HSTS)
+
+
+@web.middleware
+async def no_stack_traces(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """An unexpected failure is logged for the operator and shown as a plain 500 page."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("public request failed", path=request.path, method=request.method)
+        return request.app[PORTAL].render(
+            request,
+            "message.html",
+            status=500,
+            title="Something went wrong",
+            message="Something went wrong on our side. Try again in a moment.",
+        )

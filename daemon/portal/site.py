@@ -1,0 +1,266 @@
+"""The portal as plugins see it: who is signed in, and the pages every route shares.
+
+A plugin's route handler finds the :class:`Portal` as ``request.app[PORTAL]``
+and asks it for the signed-in user (:meth:`Portal.signed_in`), sends the
+browser to sign in (:meth:`Portal.login_redirect`), or answers with one of the
+shared pages (:meth:`Portal.forbidden`, :meth:`Portal.refused`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import urlencode, urlsplit
+
+import jinja2
+import structlog
+from aiohttp import web
+
+from daemon.config import PublicListenerSettings
+from daemon.directory import Directory
+from daemon.model import User
+from daemon.portal.metrics import SSO_REFUSALS
+from daemon.portal.session_key import SessionKey
+from daemon.portal.sessions import IdpSession, SessionStore, new_session_id
+from daemon.portal.throttle import LoginThrottle
+
+audit = structlog.get_logger("provisiond.audit")
+
+#: ``request`` keys set by the middleware.
+NONCE_KEY: Final = "provisiond.csp_nonce"
+_SIGNED_IN_KEY: Final = "provisiond.signed_in"
+
+
+class PortalConfigError(Exception):
+    """``http.public`` cannot be served safely as configured; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class SignedIn:
+    """A live session and its user, as the directory knows them now."""
+
+    session: IdpSession
+    user: User
+
+
+@dataclass(frozen=True, slots=True)
+class CookieNames:
+    session: str
+    pre_session: str
+
+
+def base_url_of(settings: PublicListenerSettings) -> str:
+    """The configured public base URL, checked; default ``http://<host>:<port>``."""
+    raw = settings.base_url or f"http://{settings.host}:{settings.port}"
+    url = urlsplit(raw)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise PortalConfigError(f"http.public.base_url {raw!r} must be an http(s) URL with a host")
+    if url.path not in ("", "/") or url.query or url.fragment:
+        raise PortalConfigError(
+            f"http.public.base_url {raw!r} must not have a path, query or fragment: "
+            "serve provisiond at the root of its own host name"
+        )
+    if url.scheme == "http" and not _loopback(url.hostname):
+        raise PortalConfigError(
+            f"http.public.base_url {raw!r} is plain http on a non-loopback host: passwords and "
+            "session cookies would cross the network in clear text. Put a TLS-terminating "
+            "proxy in front and set base_url to its https:// URL"
+        )
+    return f"{url.scheme}://{url.netloc}"
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Portal:
+    """Sessions, CSRF tokens, the login throttle and page rendering for the public listener."""
+
+    def __init__(
+        self,
+        settings: PublicListenerSettings,
+        directory: Directory,
+        key: SessionKey,
+        sessions: SessionStore,
+        throttle: LoginThrottle,
+        templates: jinja2.Environment,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.directory = directory
+        self.key = key
+        self.sessions = sessions
+        self.throttle = throttle
+        self.templates = templates
+        self.clock = clock
+        self.base_url = base_url_of(settings)
+        #: Cookies carry ``Secure`` whenever the base URL is https. Only a
+        #: loopback http base URL (tests, a local demo) goes without it.
+        self.secure = self.base_url.startswith("https://")
+        # The __Host- prefix makes the browser refuse the cookie unless it is
+        # Secure, host-only and for path /, so a sibling subdomain cannot plant one.
+        prefix = "__Host-" if self.secure else ""
+        self.cookies = CookieNames(f"{prefix}provisiond_session", f"{prefix}provisiond_pre")
+
+    # -- sessions ------------------------------------------------------------------
+
+    async def signed_in(self, request: web.Request) -> SignedIn | None:
+        """The live session of this browser, or ``None``.
+
+        Checked on every call: the HMAC, the idle and absolute timeouts, and
+        that the user still exists and is active in the directory (as of the
+        last cycle). A session that fails any check is revoked.
+        """
+        if _SIGNED_IN_KEY in request:
+            cached: SignedIn | None = request[_SIGNED_IN_KEY]
+            return cached
+        found = await self._lookup(request)
+        request[_SIGNED_IN_KEY] = found
+        return found
+
+    async def _lookup(self, request: web.Request) -> SignedIn | None:
+        session_id = self.key.unsign(request.cookies.get(self.cookies.session))
+        if session_id is None:
+            return None
+        session = await self.sessions.get(session_id)
+        if session is None:
+            return None
+        now = self.clock()
+        timeouts = (self.settings.session_idle_timeout, self.settings.session_absolute_timeout)
+        if session.expired(now, *timeouts):
+            await self.sessions.delete(session.id)
+            return None
+        user = await self.directory.find_user(session.username)
+        if user is None or user.id != session.user_id or not user.active:
+            await self.sessions.delete(session.id)
+            audit.info("session ended: the user is gone or suspended", user_id=session.user_id)
+            return None
+        session = session.touched(now)
+        await self.sessions.put(session)
+        return SignedIn(session, user)
+
+    async def start_session(
+        self, request: web.Request, response: web.StreamResponse, user: User
+    ) -> IdpSession:
+        """A new session for ``user``; any session the browser had is revoked.
+
+        The id is always new, so an id planted in the browser before sign-in
+        (session fixation) is never the one that becomes signed in.
+        """
+        old = self.key.unsign(request.cookies.get(self.cookies.session))
+        if old is not None:
+            await self.sessions.delete(old)
+        now = self.clock()
+        session = IdpSession(
+            user_id=user.id, username=user.username, authenticated_at=now, last_seen=now
+        )
+        await self.sessions.put(session)
+        self._set_cookie(response, self.cookies.session, self.key.sign(session.id))
+        response.del_cookie(self.cookies.pre_session, path="/")
+        request[_SIGNED_IN_KEY] = SignedIn(session, user)
+        return session
+
+    async def end_session(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Revoke this browser's session (if any) and clear its cookie."""
+        session_id = self.key.unsign(request.cookies.get(self.cookies.session))
+        if session_id is not None:
+            await self.sessions.delete(session_id)
+        response.del_cookie(self.cookies.session, path="/")
+        request[_SIGNED_IN_KEY] = None
+
+    def _set_cookie(self, response: web.StreamResponse, name: str, value: str) -> None:
+        # No Max-Age: the cookie ends with the browser; the server enforces the timeouts.
+        response.set_cookie(
+            name, value, path="/", secure=self.secure, httponly=True, samesite="Lax"
+        )
+
+    # -- CSRF ----------------------------------------------------------------------
+
+    def pre_session(self, request: web.Request) -> tuple[str, bool]:
+        """This browser's pre-session id for forms shown before sign-in, and whether it is new.
+
+        It lives only in a signed cookie (set a new one with
+        :meth:`keep_pre_session`), so showing a login page costs no memory.
+        """
+        binding = self.pre_session_of(request)
+        if binding is not None:
+            return binding, False
+        return new_session_id(), True
+
+    def keep_pre_session(self, response: web.StreamResponse, binding: str) -> None:
+        """Set the pre-session cookie."""
+        self._set_cookie(response, self.cookies.pre_session, self.key.sign(binding))
+
+    def pre_session_of(self, request: web.Request) -> str | None:
+        """The pre-session id the browser sent, if its cookie is valid."""
+        return self.key.unsign(request.cookies.get(self.cookies.pre_session))
+
+    def csrf_token(self, binding: str) -> str:
+        """The token forms bound to ``binding`` (a session or pre-session id) must carry."""
+        return self.key.csrf_token(binding)
+
+    # -- pages ---------------------------------------------------------------------
+
+    def render(
+        self, request: web.Request, template: str, *, status: int = 200, **context: Any
+    ) -> web.Response:
+        """An HTML page from ``templates/``; the CSP nonce is passed in as ``nonce``."""
+        page = self.templates.get_template(template).render(
+            nonce=request.get(NONCE_KEY, ""), **context
+        )
+        return web.Response(text=page, status=status, content_type="text/html")
+
+    def login_redirect(self, next_path: str, *, force: bool = False) -> web.HTTPSeeOther:
+        """Send the browser to sign in, then back to ``next_path`` (a local path)."""
+        query = {"next": next_path, **({"force": "1"} if force else {})}
+        return web.HTTPSeeOther(f"/login?{urlencode(query)}")
+
+    def refused(
+        self, request: web.Request, message: str, *, reason: str, status: int = 400
+    ) -> web.Response:
+        """An error page with a fixed, safe ``message``; counted and logged by ``reason``."""
+        SSO_REFUSALS.labels(reason=reason).inc()
+        audit.warning(
+            "request refused", reason=reason, detail=message, path=request.path,
+            client=client_address(request),
+        )  # fmt: skip
+        return self.render(
+            request, "message.html", status=status, title="Request refused", message=message
+        )
+
+    def forbidden(
+        self, request: web.Request, signed_in: SignedIn, *, target: str, title: str
+    ) -> web.Response:
+        """The 403 page: the user may not use application ``title`` (target ``target``)."""
+        SSO_REFUSALS.labels(reason="not_granted").inc()
+        audit.warning(
+            "sso refused: no access", application=target, user_id=signed_in.user.id,
+            client=client_address(request),
+        )  # fmt: skip
+        return self.render(
+            request,
+            "message.html",
+            status=403,
+            title="No access",
+            message=f"You have no access to {title}. Ask your administrator to add you to a "
+            f"group that grants {title}.",
+            signed_in=signed_in,
+            csrf=self.csrf_token(signed_in.session.id),
+        )
+
+
+def client_address(request: web.Request) -> str:
+    """The client's address (already taken from a trusted proxy's header by the middleware)."""
+    return request.remote or "unknown"
+
+
+PORTAL: Final = web.AppKey("provisiond.portal", Portal)

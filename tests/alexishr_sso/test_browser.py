@@ -1,0 +1,114 @@
+"""A real browser: sign in on the portal, click AlexisHR, land at an ACS that checks the answer.
+
+Headless Chromium from Debian, driven by Playwright. The ACS is a small local
+aiohttp app that validates the SAMLResponse with pysaml2 (configured from our
+metadata) and shows the NameID; the target's ``sso.acs_url`` override points
+there. Screenshots of every page go to ``test-artifacts/`` at the repository root.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from saml2 import BINDING_HTTP_POST
+
+from tests.alexishr_sso.conftest import PASSWORD, free_port, make_options, make_sp
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed"),
+]
+
+
+@pytest.fixture
+async def local_acs(world, sp_key):
+    """The stand-in AlexisHR ACS; returns its URL and a setter for the SP (needs our metadata)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/login/callback?connection=nordlys"
+    sp_holder: dict[str, object] = {}
+
+    async def consume(request: web.Request) -> web.Response:
+        form = await request.post()
+        sp = sp_holder["sp"]
+        response = sp.parse_authn_request_response(  # type: ignore[attr-defined]
+            str(form["SAMLResponse"]), BINDING_HTTP_POST
+        )
+        name_id = html.escape(response.name_id.text)
+        return web.Response(
+            text=f"<!DOCTYPE html><title>AlexisHR</title><h1>Welcome</h1>"
+            f'<p id="nameid">Signed in as {name_id}</p>',
+            content_type="text/html",
+        )
+
+    app = web.Application()
+    app.router.add_post("/login/callback", consume)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield url, sp_holder
+    finally:
+        await runner.cleanup()
+
+
+async def test_sign_in_click_alexishr_and_the_403_page(world, serve, local_acs, sp_key):
+    async_playwright = pytest.importorskip("playwright.async_api").async_playwright
+    acs_url, sp_holder = local_acs
+    world.target.options = make_options(world.tmp, acs_url=acs_url)
+    client = await serve()
+    metadata = await (await client.get("/saml2/alexishr/metadata")).text()
+    sp_holder["sp"] = make_sp(world.tmp, sp_key, metadata, acs=acs_url)
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        try:
+            page = await (await browser.new_context()).new_page()
+            csp_violations: list[str] = []
+            page.on("console", lambda msg: csp_violations.append(msg.text))
+
+            await page.goto(f"{world.base_url}/")
+            assert "/login" in page.url
+            await page.screenshot(path=ARTIFACTS / "sso-1-login.png")
+            await page.get_by_label("Username or email").fill("alice")
+            await page.get_by_label("Password").fill(PASSWORD)
+            await page.get_by_role("button", name="Sign in").click()
+            await page.wait_for_url(f"{world.base_url}/")
+            await page.screenshot(path=ARTIFACTS / "sso-2-portal.png")
+
+            async with page.expect_navigation(url="**/login/callback*"):
+                await page.get_by_role("link", name="Open AlexisHR").click()
+            await page.screenshot(path=ARTIFACTS / "sso-3-acs.png")
+            assert await page.text_content("#nameid") == "Signed in as alice@nordlys.example"
+            assert not [v for v in csp_violations if "Content Security Policy" in v]
+
+            # bob is not in a bound group: his portal lists nothing, the IdP URL says 403.
+            other = await (await browser.new_context()).new_page()
+            await other.goto(f"{world.base_url}/login")
+            await other.get_by_label("Username or email").fill("bob")
+            await other.get_by_label("Password").fill(PASSWORD)
+            await other.get_by_role("button", name="Sign in").click()
+            await other.wait_for_url(f"{world.base_url}/")
+            assert await other.get_by_role("link", name="Open AlexisHR").count() == 0
+            response = await other.goto(f"{world.base_url}/saml2/alexishr")
+            assert response is not None and response.status == 403
+            await other.screenshot(path=ARTIFACTS / "sso-4-forbidden.png")
+            assert "You have no access to AlexisHR" in await other.content()
+        finally:
+            await browser.close()

@@ -1,0 +1,175 @@
+"""The test directory: an OpenLDAP-shaped tree and an AD-shaped tree, as LDIF."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+
+from tests.ldap.slapd import BASE_DN, READER_DN, READER_PASSWORD
+
+PEOPLE = f"ou=people,{BASE_DN}"
+GROUPS = f"ou=groups,{BASE_DN}"
+CORP = f"ou=corp,{BASE_DN}"
+
+PASSWORDS = {"alice": "alice-password-1", "bob": "bob-password-22"}
+
+#: objectGUIDs of the AD-shaped users, as canonical strings.
+GUIDS = {
+    "anna": uuid.UUID("6f9619ff-8b86-d011-b42d-00c04fc964ff"),
+    "ben": uuid.UUID("0b3a1a52-5d0f-4c6e-9a59-2f3c1e0d7a11"),
+    "cleo": uuid.UUID("c0ffee00-1234-4abc-8def-0123456789ab"),
+    "admins": uuid.UUID("aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee"),
+    "all": uuid.UUID("11111111-2222-4333-8444-555555555555"),
+}
+
+
+def person(uid: str, *, mail: bool = True, extra: str = "") -> str:
+    """An inetOrgPerson under ou=people."""
+    lines = [
+        f"dn: uid={uid},{PEOPLE}",
+        "objectClass: inetOrgPerson",
+        f"uid: {uid}",
+        f"cn: {uid.title()} Example",
+        f"givenName: {uid.title()}",
+        "sn: Example",
+    ]
+    if mail:
+        lines.append(f"mail: {uid}@example.org")
+    if uid in PASSWORDS:
+        lines.append(f"userPassword: {PASSWORDS[uid]}")
+    return "\n".join(lines) + ("\n" + extra.strip() if extra.strip() else "") + "\n\n"
+
+
+def base_ldif() -> str:
+    """Users alice, bob, carol (locked), dave (no mail), an admin-only entry; nested groups."""
+    return (
+        f"""dn: {BASE_DN}
+objectClass: dcObject
+objectClass: organization
+o: Example
+dc: example
+
+dn: {READER_DN}
+objectClass: organizationalRole
+objectClass: simpleSecurityObject
+cn: reader
+userPassword: {READER_PASSWORD}
+
+dn: {PEOPLE}
+objectClass: organizationalUnit
+ou: people
+
+dn: {GROUPS}
+objectClass: organizationalUnit
+ou: groups
+
+"""
+        + person("bob", extra="title: CTO\ntelephoneNumber: +46 8 123 456\nemployeeNumber: E2")
+        + person(
+            "alice",
+            extra=(
+                f"title: Engineer\nmanager: uid=bob,{PEOPLE}\ndepartmentNumber: R&D\no: Example AB"
+            ),
+        )
+        + person("carol", extra="pwdAccountLockedTime: 000001010000Z")
+        + person("dave", mail=False)
+        + f"""dn: cn=engineering,{GROUPS}
+objectClass: groupOfNames
+cn: engineering
+member: uid=alice,{PEOPLE}
+member: uid=bob,{PEOPLE}
+
+dn: cn=staff,{GROUPS}
+objectClass: groupOfNames
+cn: staff
+member: cn=engineering,{GROUPS}
+member: uid=carol,{PEOPLE}
+member: uid=dave,{PEOPLE}
+
+dn: cn=legacy,{GROUPS}
+objectClass: groupOfUniqueNames
+cn: legacy
+uniqueMember: uid=bob,{PEOPLE}
+uniqueMember: uid=nobody,{PEOPLE}
+
+"""
+    )
+
+
+def bulk_ldif(count: int) -> str:
+    """``count`` more valid users (u0001...)."""
+    return "".join(person(f"u{i:04d}") for i in range(1, count + 1))
+
+
+def _guid(name: str) -> str:
+    return base64.b64encode(GUIDS[name].bytes_le).decode()
+
+
+def ad_ldif() -> str:
+    """An AD-shaped tree: anna, ben (disabled: bit 2), cleo; Admins nested in All.
+
+    Cleo is in Admins only through her own ``memberOf`` (not the group's
+    ``member``), to tell the two membership sources apart.
+    """
+    return f"""dn: {CORP}
+objectClass: organizationalUnit
+ou: corp
+
+dn: cn=Anna Berg,{CORP}
+objectClass: inetOrgPerson
+objectClass: user
+cn: Anna Berg
+givenName: Anna
+sn: Berg
+mail: anna@corp.example
+objectCategory: person
+objectGUID:: {_guid("anna")}
+sAMAccountName: anna
+userPrincipalName: anna@corp.example
+userAccountControl: 512
+employeeID: 1001
+department: Finance
+division: Nordics
+memberOf: cn=Admins,{CORP}
+
+dn: cn=Ben Lind,{CORP}
+objectClass: inetOrgPerson
+objectClass: user
+cn: Ben Lind
+sn: Lind
+mail: ben@corp.example
+objectCategory: person
+objectGUID:: {_guid("ben")}
+sAMAccountName: ben
+userPrincipalName: ben@corp.example
+userAccountControl: 514
+manager: cn=Anna Berg,{CORP}
+
+dn: cn=Cleo Ek,{CORP}
+objectClass: inetOrgPerson
+objectClass: user
+cn: Cleo Ek
+sn: Ek
+mail: cleo@corp.example
+objectCategory: person
+objectGUID:: {_guid("cleo")}
+sAMAccountName: cleo
+userAccountControl: 66048
+memberOf: cn=Admins,{CORP}
+
+dn: cn=Admins,{CORP}
+objectClass: groupOfNames
+objectClass: group
+cn: Admins
+objectGUID:: {_guid("admins")}
+member: cn=Anna Berg,{CORP}
+
+dn: cn=All,{CORP}
+objectClass: groupOfNames
+objectClass: group
+cn: All
+objectGUID:: {_guid("all")}
+member: cn=Admins,{CORP}
+member: cn=Cleo Ek,{CORP}
+
+"""

@@ -1,0 +1,158 @@
+"""A private OpenLDAP ``slapd`` for tests.
+
+Starts Debian's slapd on 127.0.0.1 and a free high port with a throw-away
+``slapd.conf`` and an mdb database in a temporary directory, and stops it
+again. It loads the ppolicy overlay (for ``pwdAccountLockedTime``) and the
+AD-shaped test schema in ``ad.schema``. Works as root (slapd then simply
+keeps root's uid; nothing is written outside the directory) and unprivileged.
+
+The service account ``cn=reader`` has a size limit of ``size_limit`` entries
+per search, but no limit on paged searches (``size.prtotal=unlimited``),
+like Active Directory's MaxPageSize; the rootdn has no limits at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import ldap3
+
+SLAPD = Path("/usr/sbin/slapd")
+SCHEMA_DIR = Path("/etc/ldap/schema")
+MODULE_DIR = Path("/usr/lib/ldap")
+AD_SCHEMA = Path(__file__).with_name("ad.schema")
+
+BASE_DN = "dc=example,dc=org"
+ADMIN_DN = f"cn=admin,{BASE_DN}"
+READER_DN = f"cn=reader,{BASE_DN}"
+ADMIN_PASSWORD = "admin-secret-1234"
+READER_PASSWORD = "reader-secret-5678"
+
+_CONF = """\
+include {schema}/core.schema
+include {schema}/cosine.schema
+include {schema}/inetorgperson.schema
+include {ad_schema}
+modulepath {modules}
+moduleload back_mdb
+moduleload ppolicy
+pidfile {work}/slapd.pid
+argsfile {work}/slapd.args
+
+database mdb
+suffix "{base}"
+rootdn "{admin}"
+rootpw {admin_password}
+directory {work}/db
+maxsize 67108864
+limits dn.exact="{reader}" size.soft={limit} size.hard={limit} size.prtotal={prtotal}
+limits users size.soft={limit} size.hard={limit} size.prtotal={prtotal}
+access to attrs=userPassword by self write by anonymous auth by * none
+access to * by users read by * none
+overlay ppolicy
+"""
+
+
+def free_port() -> int:
+    """A port that was free a moment ago on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Slapd:
+    """A running slapd and how to reach it."""
+
+    workdir: Path
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"ldap://127.0.0.1:{self.port}"
+
+    def modify(self, ldif: str) -> None:
+        """Apply LDIF change records (``changetype`` defaults to add) as the rootdn."""
+        pwfile = self.workdir / "admin.pw"
+        pwfile.write_text(ADMIN_PASSWORD)
+        done = subprocess.run(
+            ["ldapmodify", "-a", "-x", "-H", self.url, "-D", ADMIN_DN, "-y", str(pwfile)],
+            input=ldif.encode(),
+            capture_output=True,
+            check=False,
+            timeout=30,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"ldapmodify failed: {done.stderr.decode(errors='replace')}")
+
+    def admin(self) -> ldap3.Connection:
+        """A connection bound as the rootdn."""
+        server = ldap3.Server("127.0.0.1", port=self.port, get_info=ldap3.NONE)
+        return ldap3.Connection(server, ADMIN_DN, ADMIN_PASSWORD, auto_bind=True)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+def start(workdir: Path, *, size_limit: int = 50, paged_total: int | None = None) -> Slapd:
+    """Start slapd in ``workdir`` (which must exist) and wait until it answers.
+
+    ``paged_total`` caps paged searches too (default: no cap), to provoke a
+    truncated read.
+    """
+    (workdir / "db").mkdir()
+    last_error = ""
+    for _ in range(3):  # the free port may be taken between finding and binding it
+        port = free_port()
+        conf = workdir / "slapd.conf"
+        conf.write_text(
+            _CONF.format(
+                schema=SCHEMA_DIR,
+                ad_schema=AD_SCHEMA,
+                modules=MODULE_DIR,
+                work=workdir,
+                base=BASE_DN,
+                admin=ADMIN_DN,
+                admin_password=ADMIN_PASSWORD,
+                reader=READER_DN,
+                limit=size_limit,
+                prtotal="unlimited" if paged_total is None else paged_total,
+            )
+        )
+        log = (workdir / "slapd.log").open("wb")
+        process = subprocess.Popen(
+            [str(SLAPD), "-f", str(conf), "-h", f"ldap://127.0.0.1:{port}/", "-d", "0"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        slapd = Slapd(workdir, port, process)
+        if _wait_ready(slapd):
+            return slapd
+        slapd.stop()
+        last_error = (workdir / "slapd.log").read_text(errors="replace")
+    raise RuntimeError(f"slapd did not start: {last_error}")
+
+
+def _wait_ready(slapd: Slapd, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if slapd.process.poll() is not None:
+            return False
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", slapd.port), 0.2):
+            return True
+        time.sleep(0.05)
+    return False

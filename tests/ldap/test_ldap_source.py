@@ -1,0 +1,249 @@
+"""The ldap source against a real slapd: reads, increments, suspension, faults, paging."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import ldap3
+import pytest
+
+from daemon.model import AccountState, Snapshot, User
+from daemon.runtime import PluginContext
+from daemon.sources.base import SourceError
+from daemon.sources.ldap import LdapOptions, LdapSource
+from tests.ldap import seed
+from tests.ldap.slapd import READER_DN, READER_PASSWORD, Slapd, start
+
+MakeSource = Callable[..., LdapSource]
+
+
+def by_name(snapshot: Snapshot) -> dict[str, User]:
+    return {u.username: u for u in snapshot.users.values()}
+
+
+def group_members(snapshot: Snapshot, name: str) -> set[str]:
+    users = snapshot.users
+    (group,) = [g for g in snapshot.groups.values() if g.name == name]
+    return {users[m].username for m in group.members}
+
+
+async def full(source: LdapSource) -> Snapshot:
+    snapshot = await source.fetch(None)
+    assert snapshot is not None
+    return snapshot
+
+
+async def test_full_read_normalises_users_and_flattens_groups(make_source: MakeSource) -> None:
+    source = make_source()
+    snapshot = await full(source)
+
+    assert source.last_read == "full"
+    users = by_name(snapshot)
+    assert set(users) == {"alice", "bob", "carol"}
+    alice = users["alice"]
+    assert alice.email == "alice@example.org"
+    assert (alice.given_name, alice.family_name, alice.title) == ("Alice", "Example", "Engineer")
+    assert (alice.department, alice.company) == ("R&D", "Example AB")
+    assert alice.manager == users["bob"].id  # manager DN resolved to bob's entryUUID
+    assert users["bob"].phone == "+46 8 123 456"
+    assert users["bob"].employee_id == "E2"
+    assert users["carol"].state is AccountState.SUSPENDED  # pwdAccountLockedTime
+    assert group_members(snapshot, "engineering") == {"alice", "bob"}
+    # staff holds engineering (nested) and carol; dave is not a valid user.
+    assert group_members(snapshot, "staff") == {"alice", "bob", "carol"}
+    # groupOfUniqueNames; the member that does not exist is dropped.
+    assert group_members(snapshot, "legacy") == {"bob"}
+    assert snapshot.version
+
+
+async def test_malformed_entries_are_reported_and_skipped(
+    make_source: MakeSource, slapd: Slapd
+) -> None:
+    slapd.modify(
+        f"dn: cn=nouid,{seed.PEOPLE}\nobjectClass: inetOrgPerson\ncn: nouid\nsn: X\n"
+        "mail: nouid@example.org\n\n"
+        f"dn: uid=badmail,{seed.PEOPLE}\nobjectClass: inetOrgPerson\nuid: badmail\n"
+        "cn: B\nsn: B\nmail: not-an-address\n"
+    )
+    snapshot = await full(make_source())
+
+    skipped = {s.record: s for s in snapshot.skipped}
+    assert set(skipped) == {
+        f"uid=dave,{seed.PEOPLE}",
+        f"cn=nouid,{seed.PEOPLE}",
+        f"uid=badmail,{seed.PEOPLE}",
+    }
+    dave = skipped[f"uid=dave,{seed.PEOPLE}"]
+    assert (dave.where, dave.field, dave.reason, dave.kind) == (
+        slapd.url,
+        "mail",
+        "missing",
+        "user",
+    )
+    assert skipped[f"cn=nouid,{seed.PEOPLE}"].field == "uid"
+    assert skipped[f"uid=badmail,{seed.PEOPLE}"].field == "mail"
+    assert {"dave", "badmail"}.isdisjoint(by_name(snapshot))
+
+
+async def test_modification_is_read_incrementally(make_source: MakeSource, slapd: Slapd) -> None:
+    source = make_source(full_read_every=12)
+    first = await full(source)
+    mark = source._state.mark if source._state else None
+    assert mark and mark.endswith("Z")
+
+    slapd.modify(
+        f"dn: uid=alice,{seed.PEOPLE}\nchangetype: modify\nreplace: title\ntitle: Staff Engineer\n"
+    )
+    second = await source.fetch(first.version)
+
+    assert source.last_read == "incremental"
+    assert source.last_filters[0] == f"(&(objectClass=inetOrgPerson)(modifyTimestamp>={mark}))"
+    assert all("(modifyTimestamp>=" in f for f in source.last_filters)
+    assert second is not None
+    assert by_name(second)["alice"].title == "Staff Engineer"
+    # Entries the increment did not return are still there, memberships intact.
+    assert set(by_name(second)) == {"alice", "bob", "carol"}
+    assert group_members(second, "staff") == {"alice", "bob", "carol"}
+    assert second.version != first.version
+    # Nothing changed since: the source says so.
+    assert await source.fetch(second.version) is None
+    assert source.last_read == "incremental"
+
+
+async def test_membership_change_reaches_nested_groups_incrementally(
+    make_source: MakeSource, slapd: Slapd
+) -> None:
+    source = make_source()
+    first = await full(source)
+    slapd.modify(
+        f"dn: cn=engineering,{seed.GROUPS}\nchangetype: modify\ndelete: member\n"
+        f"member: uid=bob,{seed.PEOPLE}\n"
+    )
+    second = await source.fetch(first.version)
+    assert second is not None and source.last_read == "incremental"
+    assert group_members(second, "engineering") == {"alice"}
+    # staff only nests engineering; its entry did not change, its members did.
+    assert group_members(second, "staff") == {"alice", "carol"}
+
+
+async def test_deletion_is_caught_by_the_next_full_read(
+    make_source: MakeSource, slapd: Slapd
+) -> None:
+    source = make_source(full_read_every=2)
+    await full(source)
+    slapd.modify(f"dn: uid=bob,{seed.PEOPLE}\nchangetype: delete\n")
+
+    between = await full(source)
+    kinds = [source.last_read]
+    assert "bob" in by_name(between)  # an increment cannot see a deletion
+
+    after = await full(source)
+    kinds.append(source.last_read)
+    assert kinds == ["incremental", "full"]
+    assert "bob" not in by_name(after)
+    assert by_name(after)["alice"].manager is None
+    assert group_members(after, "engineering") == {"alice"}
+
+
+async def test_locking_a_user_suspends_them(make_source: MakeSource, slapd: Slapd) -> None:
+    source = make_source()
+    await full(source)
+    slapd.modify(
+        f"dn: uid=alice,{seed.PEOPLE}\nchangetype: modify\nadd: pwdAccountLockedTime\n"
+        "pwdAccountLockedTime: 000001010000Z\n"
+    )
+    snapshot = await full(source)
+    assert source.last_read == "incremental"
+    assert by_name(snapshot)["alice"].state is AccountState.SUSPENDED
+    assert by_name(snapshot)["bob"].state is AccountState.ACTIVE
+
+
+async def test_configurable_suspension_attribute(make_source: MakeSource, slapd: Slapd) -> None:
+    slapd.modify(
+        f"dn: uid=bob,{seed.PEOPLE}\nchangetype: modify\nadd: employeeType\n"
+        "employeeType: Disabled\n"
+    )
+    source = make_source(suspended_attribute="employeeType", suspended_values=["disabled"])
+    users = by_name(await full(source))
+    assert users["bob"].state is AccountState.SUSPENDED
+    # Overriding the attribute replaces the preset's pwdAccountLockedTime.
+    assert users["carol"].state is AccountState.ACTIVE
+
+
+async def test_paged_read_beyond_the_server_size_limit(
+    make_source: MakeSource, slapd: Slapd
+) -> None:
+    slapd.modify(seed.bulk_ldif(120))
+    # The limit is real: an unpaged search as the reader is cut at 50.
+    server = ldap3.Server("127.0.0.1", port=slapd.port, get_info=ldap3.NONE)
+    with ldap3.Connection(server, READER_DN, READER_PASSWORD, auto_bind=True) as conn:
+        conn.search(seed.PEOPLE, "(objectClass=inetOrgPerson)", attributes=["uid"])
+        assert conn.result["description"] == "sizeLimitExceeded"
+        assert len(conn.entries) == 50
+
+    source = make_source(page_size=25)
+    snapshot = await full(source)
+    assert len(snapshot.users) == 123
+    assert source.last_stats.pages >= 6
+
+
+async def test_truncated_read_fails_instead_of_losing_users(
+    tmp_path: Path, context: PluginContext
+) -> None:
+    work = tmp_path / "capped"
+    work.mkdir()
+    server = start(work, size_limit=50, paged_total=50)
+    try:
+        server.modify(seed.base_ldif() + seed.bulk_ldif(60))
+        (tmp_path / "pw").write_text(READER_PASSWORD)
+        options = LdapOptions(
+            url=server.url,
+            start_tls=False,
+            bind_dn=READER_DN,
+            bind_password_file=tmp_path / "pw",
+            user_base=seed.PEOPLE,
+            page_size=20,
+        )
+        with pytest.raises(SourceError, match="sizeLimitExceeded"):
+            await LdapSource(options, context).fetch(None)
+    finally:
+        server.stop()
+
+
+async def test_wrong_bind_password_fails_loudly_without_the_password(
+    make_source: MakeSource, tmp_path: Path
+) -> None:
+    source = make_source()
+    (tmp_path / "bind.pw").write_text("wrong-password-987")
+    with pytest.raises(SourceError) as caught:
+        await source.fetch(None)
+    assert "invalidCredentials" in str(caught.value)
+    assert READER_DN in str(caught.value)
+    assert "wrong-password-987" not in str(caught.value)
+
+
+async def test_server_down_fails_loudly(make_source: MakeSource, slapd: Slapd) -> None:
+    source = make_source()
+    await full(source)
+    slapd.stop()
+    with pytest.raises(SourceError, match="cannot connect"):
+        await source.fetch(None)
+    with pytest.raises(SourceError):
+        await source.check()
+
+
+async def test_start_tls_refused_is_not_downgraded(make_source: MakeSource) -> None:
+    # This slapd has no certificate, so StartTLS fails: the source must stop,
+    # not carry on binding in clear.
+    source = make_source(start_tls=True)
+    with pytest.raises(SourceError, match=r"(?i)starttls failed"):
+        await source.fetch(None)
+
+
+async def test_check_summarises(make_source: MakeSource, slapd: Slapd) -> None:
+    lines = await make_source().check()
+    assert lines[0] == (
+        f"LDAP {slapd.url}: bound as {READER_DN}, 3 users, 3 groups, 1 entries skipped"
+    )
+    assert any("start_tls is off" in line for line in lines[1:])

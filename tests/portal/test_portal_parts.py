@@ -1,0 +1,171 @@
+"""The portal's parts on their own: throttle, paths, session key, sessions, failures."""
+
+from __future__ import annotations
+
+import io
+import stat
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from daemon import logs
+from daemon.config import PublicListenerSettings
+from daemon.portal import build_public_app
+from daemon.portal.paths import local_path
+from daemon.portal.pending import PendingFull, PendingRequests
+from daemon.portal.session_key import (
+    GENERATED_KEY_NAME,
+    SessionKey,
+    SessionKeyError,
+    load_session_key,
+)
+from daemon.portal.sessions import IdpSession, MemorySessionStore
+from daemon.portal.throttle import FailureWindow
+from daemon.secrets import SECRETS, SecretStore
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_failure_window_slides():
+    clock = Clock()
+    window = FailureWindow(3, 60, clock=clock)
+    for _ in range(3):
+        window.fail("k")
+    assert window.blocked("k")
+    clock.now += 61
+    assert not window.blocked("k")
+    window.fail("k")
+    assert not window.blocked("k")
+
+
+def test_failure_window_is_bounded():
+    window = FailureWindow(1, 60, capacity=10, clock=Clock())
+    for n in range(100):
+        window.fail(f"k{n}")
+    assert window.blocked("k99")
+    assert not window.blocked("k0")  # forgotten, not kept forever
+
+
+@pytest.mark.parametrize(
+    ("candidate", "expected"),
+    [
+        ("/saml2/x?resume=a", "/saml2/x?resume=a"),
+        ("/", "/"),
+        (None, "/"),
+        ("", "/"),
+        ("https://evil.example", "/"),
+        ("//evil.example", "/"),
+        ("/\\evil.example", "/"),
+        ("/\nx", "/"),
+        ("http:/evil.example", "/"),
+        ("x" * 5000, "/"),
+    ],
+)
+def test_local_path(candidate, expected):
+    assert local_path(candidate) == expected
+
+
+def test_generated_session_key_is_private_and_kept(tmp_path: Path):
+    store = SecretStore()
+    first = load_session_key(None, tmp_path, store)
+    path = tmp_path / GENERATED_KEY_NAME
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    second = load_session_key(None, tmp_path, store)
+    assert second.sign("x") == first.sign("x")
+
+
+def test_configured_session_key_must_be_long(tmp_path: Path):
+    short = tmp_path / "key"
+    short.write_text("only-sixteen-chr")
+    with pytest.raises(SessionKeyError, match="at least 32"):
+        load_session_key(short, tmp_path, SecretStore())
+    with pytest.raises(SessionKeyError, match="does not exist"):
+        load_session_key(tmp_path / "missing", tmp_path, SecretStore())
+
+
+def test_signed_values_and_csrf_tokens():
+    key = SessionKey(b"k" * 32)
+    other = SessionKey(b"o" * 32)
+    signed = key.sign("abc")
+    assert key.unsign(signed) == "abc"
+    assert other.unsign(signed) is None
+    assert key.unsign("abc.forged") is None
+    assert key.unsign(None) is None
+    assert key.csrf_ok("abc", key.csrf_token("abc"))
+    assert not key.csrf_ok("abd", key.csrf_token("abc"))
+    assert not key.csrf_ok(None, key.csrf_token("abc"))
+
+
+async def test_session_store_revokes_by_index_and_user():
+    store = MemorySessionStore(capacity=2)
+    a = IdpSession(user_id="u1", username="a", authenticated_at=0, last_seen=0)
+    b = IdpSession(user_id="u1", username="a", authenticated_at=0, last_seen=0)
+    await store.put(a)
+    await store.put(b)
+    assert await store.delete_by_index(a.session_index) == 1
+    assert await store.get(a.id) is None
+    assert await store.delete_user("u1") == 1
+    for _ in range(3):
+        await store.put(IdpSession(user_id="u2", username="b", authenticated_at=0, last_seen=0))
+    assert len(store) == 2
+
+
+def test_session_timeouts():
+    s = IdpSession(user_id="u", username="u", authenticated_at=0, last_seen=0)
+    assert not s.expired(10, idle_timeout=60, absolute_timeout=100)
+    assert s.expired(61, idle_timeout=60, absolute_timeout=100)
+    assert s.touched(95).expired(101, idle_timeout=60, absolute_timeout=100)
+
+
+def test_pending_requests_are_single_use_and_bounded():
+    clock = Clock()
+    pending: PendingRequests[str] = PendingRequests(capacity=2, lifetime=10, clock=clock)
+    handle = pending.park("a")
+    assert pending.take(handle) is not None
+    assert pending.take(handle) is None
+    pending.park("b")
+    pending.park("c")
+    with pytest.raises(PendingFull):
+        pending.park("d")
+    clock.now += 11
+    late = pending.park("e")  # the expired ones made room
+    clock.now += 11
+    assert pending.take(late) is None
+
+
+async def test_unexpected_failure_is_a_plain_500(tmp_path: Path):
+    SECRETS.register("a-secret-value-that-must-not-leak")
+
+    async def broken(_: web.Request) -> web.Response:
+        raise RuntimeError("boom a-secret-value-that-must-not-leak")
+
+    stream = io.StringIO()
+    logs.configure("info", "json", stream=stream)
+    try:
+        app = build_public_app(
+            PublicListenerSettings(enabled=True, base_url="http://127.0.0.1:1"),
+            directory=None,  # type: ignore[arg-type]
+            plugin_routes=[[web.get("/broken", broken)]],
+            state_dir=tmp_path,
+            config_dir=tmp_path,
+        )
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            response = await client.get("/broken")
+            assert response.status == 500
+            text = await response.text()
+    finally:
+        logs.unconfigure()
+    assert "boom" not in text and "Traceback" not in text
+    assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+    # The operator gets the traceback, with the secret redacted.
+    log = stream.getvalue()
+    assert "RuntimeError" in log
+    assert "a-secret-value-that-must-not-leak" not in log
