@@ -19,10 +19,12 @@ DEPARTMENTS = ["Engineering", "Sales", "Finance", "People", "Support", "Legal", 
 
 
 def generate(n: int, seed: int = 1, change: float = 0.0) -> dict[str, Any]:
-    rng = random.Random(seed)  # noqa: S311 - benchmark data, not secrets
+    rng = random.Random(seed)
     users = []
     members: list[list[str]] = [[] for _ in range(GROUPS)]
-    changed = set(rng.sample(range(n), int(n * change))) if change else set()
+    # A separate stream, so that changing titles leaves memberships alone.
+    pick = random.Random(seed + 1)
+    changed = set(pick.sample(range(n), int(n * change))) if change else set()
     for i in range(n):
         uid = f"u-{i:07d}"
         users.append(

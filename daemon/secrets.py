@@ -51,9 +51,13 @@ class SecretFile:
         """The current value, re-read when the file's inode, size or mtime changed."""
         try:
             st = self.path.stat()
-        except OSError as exc:
+        except FileNotFoundError:
             if self._stamp is not None:
                 return self._value  # keep the last good value while the file is swapped
+            raise SecretError(f"secret file {self.path} does not exist") from None
+        except OSError as exc:
+            if self._stamp is not None:
+                return self._value
             raise SecretError(f"secret file {self.path} cannot be read: {exc.strerror}") from None
         stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
         if stamp != self._stamp:
