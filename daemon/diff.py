@@ -110,14 +110,15 @@ def diff(old: Snapshot, new: Snapshot) -> list[Change]:
     hashing).
     """
     out: list[Change] = []
-    for uid in sorted(old.users.keys() | new.users.keys()):
-        before, after = old.users.get(uid), new.users.get(uid)
-        if before != after:
-            out.extend(diff_user(before, after))
-    for gid in sorted(old.groups.keys() | new.groups.keys()):
-        gb, ga = old.groups.get(gid), new.groups.get(gid)
-        if gb != ga:
-            out.extend(diff_group(gb, ga))
+    # Find what differs first and sort only that: most objects are unchanged.
+    users = [uid for uid, u in new.users.items() if old.users.get(uid) != u]
+    users += [uid for uid in old.users if uid not in new.users]
+    for uid in sorted(users):
+        out.extend(diff_user(old.users.get(uid), new.users.get(uid)))
+    groups = [gid for gid, g in new.groups.items() if old.groups.get(gid) != g]
+    groups += [gid for gid in old.groups if gid not in new.groups]
+    for gid in sorted(groups):
+        out.extend(diff_group(old.groups.get(gid), new.groups.get(gid)))
     return delivery_order(out)
 
 

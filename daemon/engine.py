@@ -240,14 +240,7 @@ class Engine:
         for kind in ("user", "group"):
             metrics.DIRECTORY_SKIPPED.labels(kind).set(by_kind.get(kind, 0))
         for skipped in snapshot.skipped:
-            log.warning(
-                "directory record skipped",
-                where=skipped.where,
-                kind=skipped.kind,
-                record=skipped.record,
-                field=skipped.field,
-                reason=skipped.reason,
-            )
+            log.warning("directory record skipped", **skipped.log_fields())
 
     async def _compare(self, snapshot: Snapshot) -> _Observation:
         assert self._committed is not None

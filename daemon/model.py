@@ -127,6 +127,16 @@ class SkippedRecord:
     def __str__(self) -> str:
         return f"{self.where}: {self.kind} {self.record}: field {self.field!r}: {self.reason}"
 
+    def log_fields(self) -> dict[str, str]:
+        """Key-value pairs for a structured log line."""
+        return {
+            "where": self.where,
+            "kind": self.kind,
+            "record": self.record,
+            "field": self.field,
+            "reason": self.reason,
+        }
+
 
 @dataclass(slots=True)
 class Snapshot:
