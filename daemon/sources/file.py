@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict
 from daemon.hookspecs import hookimpl
 from daemon.model import AccountState, Group, SkippedRecord, Snapshot, User, make_group
 from daemon.runtime import PluginContext
+from daemon.sources import metrics
 from daemon.sources.base import SourceError, SourceType
 
 # The C parser is several times faster at 100k users; PyYAML builds without
@@ -123,7 +124,12 @@ class FileSource:
 
     async def fetch(self, known_version: str | None) -> Snapshot | None:
         """The whole directory, or ``None`` when the file still holds ``known_version``."""
-        return await anyio.to_thread.run_sync(self._fetch, known_version)
+        with metrics.timed_read(self.kind, "full"):
+            snapshot = await anyio.to_thread.run_sync(self._fetch, known_version)
+        if snapshot is not None:
+            metrics.count_objects(self.kind, len(snapshot.users), len(snapshot.groups))
+            metrics.report_skipped(self.kind, snapshot.skipped)
+        return snapshot
 
     async def check(self) -> list[str]:
         """Read and parse the file; one summary line, then one line per skipped record."""

@@ -40,6 +40,7 @@ from daemon.hookspecs import hookimpl
 from daemon.model import AccountState, Group, SkippedRecord, Snapshot, User, make_group
 from daemon.runtime import PluginContext
 from daemon.secrets import SecretError, resolve_secret_path
+from daemon.sources import metrics
 from daemon.sources.base import Source, SourceError, SourceType
 
 log = structlog.get_logger(__name__)
@@ -195,17 +196,29 @@ class JumpCloudSource:
         self._session: aiohttp.ClientSession | None = None
         #: Requests made by the last fetch (for ``check`` and tests).
         self.requests = 0
+        #: User and group records the last fetch received (for the metrics).
+        self._received = (0, 0)
 
     async def fetch(self, known_version: str | None) -> Snapshot:
         """The whole directory (JumpCloud offers no cheap "unchanged" answer)."""
+        with metrics.timed_read(self.kind, "full"):
+            snapshot = await self._read_all()
+        metrics.count_objects(self.kind, *self._received)
+        metrics.report_skipped(self.kind, snapshot.skipped)
+        return snapshot
+
+    async def _read_all(self) -> Snapshot:
         self.requests = 0
+        self._received = (0, 0)
         try:
             key = self._key.value()
         except SecretError as exc:
             raise SourceError(f"JumpCloud: api_key_file: {exc}") from None
         snapshot = Snapshot(users={}, groups={})
         managers: dict[str, str] = {}
-        for index, record in enumerate(await self._all_users(key)):
+        records = await self._all_users(key)
+        self._received = (len(records), 0)
+        for index, record in enumerate(records):
             where = self.options.base_url + USERS_PATH
             user = user_from_record(record, index, where)
             if isinstance(user, SkippedRecord):
@@ -274,7 +287,9 @@ class JumpCloudSource:
     async def _all_groups(self, key: str, snapshot: Snapshot) -> list[Group]:
         where = self.options.base_url + GROUPS_PATH
         found: list[tuple[str, str]] = []
-        for index, item in enumerate(await self._v2_pages(key, GROUPS_PATH)):
+        listed = await self._v2_pages(key, GROUPS_PATH)
+        self._received = (self._received[0], len(listed))
+        for index, item in enumerate(listed):
             group_id = _text(item, "id") if isinstance(item, dict) else None
             name = _text(item, "name") if isinstance(item, dict) else None
             if group_id is None or name is None:
@@ -366,9 +381,20 @@ class JumpCloudSource:
         """Read everything once; one summary line."""
         started = time.monotonic()
         snapshot = await self.fetch(None)
+        skipped = len(snapshot.skipped)
+        for record in snapshot.skipped:
+            log.warning(
+                "directory record skipped",
+                where=record.where,
+                kind=record.kind,
+                record=record.record,
+                field=record.field,
+                reason=record.reason,
+            )
         return [
             f"JumpCloud {self.options.base_url}: {len(snapshot.users):,} users, "
-            f"{len(snapshot.groups):,} groups, {len(snapshot.skipped):,} records skipped "
+            f"{len(snapshot.groups):,} groups, {skipped:,} "
+            f"{'record' if skipped == 1 else 'records'} skipped{' (see log)' if skipped else ''} "
             f"({self.requests} requests, {time.monotonic() - started:.1f}s)"
         ]
 

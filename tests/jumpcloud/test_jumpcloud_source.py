@@ -229,3 +229,20 @@ def test_bad_options(overrides: dict[str, Any], message: str) -> None:
 def test_plugin_offers_the_jumpcloud_kind() -> None:
     (kind,) = provisiond_source_types()
     assert (kind.kind, kind.options) == ("jumpcloud", JumpCloudOptions)
+
+
+async def test_metrics_count_reads_records_and_skips(
+    fake: FakeJumpCloud, make_source: MakeSource
+) -> None:
+    from daemon.metrics import REGISTRY
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, {"source": "jumpcloud", **labels}) or 0.0
+
+    fake.users = [system_user(1), system_user(2, email="")]
+    reads = sample("provisiond_source_reads_total", read="full", result="ok")
+    users = sample("provisiond_source_objects_read_total", kind="user")
+    await make_source(groups=False).fetch(None)
+    assert sample("provisiond_source_reads_total", read="full", result="ok") == reads + 1
+    assert sample("provisiond_source_objects_read_total", kind="user") == users + 2
+    assert sample("provisiond_source_skipped_entries", kind="user", reason="missing") == 1

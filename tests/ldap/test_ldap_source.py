@@ -244,6 +244,6 @@ async def test_start_tls_refused_is_not_downgraded(make_source: MakeSource) -> N
 async def test_check_summarises(make_source: MakeSource, slapd: Slapd) -> None:
     lines = await make_source().check()
     assert lines[0] == (
-        f"LDAP {slapd.url}: bound as {READER_DN}, 3 users, 3 groups, 1 entries skipped"
+        f"LDAP {slapd.url}: bound as {READER_DN}, 3 users, 3 groups, 1 entry skipped (see log)"
     )
     assert any("start_tls is off" in line for line in lines[1:])

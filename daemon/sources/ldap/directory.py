@@ -8,8 +8,10 @@ fresh connection never carries a half-broken state into the next cycle.
 from __future__ import annotations
 
 import ssl
+import types
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import ldap3
@@ -20,6 +22,8 @@ from daemon.sources.ldap.settings import LdapOptions
 
 #: RFC 2696 simple paged results control.
 PAGED_RESULTS_OID = "1.2.840.113556.1.4.319"
+#: LDAPMessage protocolOp tag of a SearchResultEntry (RFC 4511).
+_SEARCH_RESULT_ENTRY = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +55,9 @@ class SearchStats:
     filters: list[str] = field(default_factory=list)
     pages: int = 0
     entries: int = 0
+    #: User and group entries the main searches returned (not the in-chain ones).
+    users: int = 0
+    groups: int = 0
 
 
 def server(options: LdapOptions) -> ldap3.Server:
@@ -87,7 +94,11 @@ def connect(options: LdapOptions, dn: str, password: str) -> ldap3.Connection:
         # Following a referral would send our bind credentials to another host.
         auto_referrals=False,
         read_only=True,
+        # Absent attributes stay absent (not padded with empty lists under
+        # the requested spelling, next to the lower-cased names we keep).
+        return_empty_attributes=False,
     )
+    _lean_entries(conn)
     try:
         conn.open()
         if not options.use_ssl and options.start_tls and not conn.start_tls():
@@ -144,14 +155,55 @@ def paged_search(
             if item.get("type") != "searchResEntry":
                 continue  # referrals and the like
             stats.entries += 1
-            yield Entry(
-                dn=item["dn"],
-                attrs={k.lower(): list(v) for k, v in item["raw_attributes"].items()},
-            )
+            yield Entry(dn=item["dn"], attrs=item["raw_attributes"])
         control = (conn.result.get("controls") or {}).get(PAGED_RESULTS_OID)
         cookie = control["value"]["cookie"] if control else None
         if not cookie:
             return
+
+
+def _lean_entries(conn: ldap3.Connection) -> None:
+    """Make ``conn`` turn search entries into only what :class:`Entry` needs.
+
+    ldap3 builds three dicts per entry (raw values, values formatted to text,
+    both case-insensitive), calling its configuration lookup for every value:
+    most of the time of a large read. This connection's decoder keeps the DN
+    and the raw values under lower-cased names, with no values in
+    ``attributes``; every other message goes through ldap3's own decoder.
+    """
+    strategy = conn.strategy
+    if not getattr(conn, "fast_decoder", False) or not hasattr(strategy, "decode_response_fast"):
+        return  # another ldap3 decoding path: keep its full entries
+    decode = strategy.decode_response_fast
+
+    def decode_response_fast(self: object, message: dict[str, Any]) -> dict[str, Any]:
+        if message.get("protocolOp") != _SEARCH_RESULT_ENTRY:
+            return decode(message)  # type: ignore[no-any-return]
+        payload = message["payload"]
+        # Each BER element is [class, constructed, tag, value].
+        raw = {
+            _text_from_server(attr[3][0][3]).lower(): [bytes(v[3]) for v in attr[3][1][3]]
+            for attr in payload[1][3]
+        }
+        # ``attributes`` keeps the names with no values: ldap3's AD range
+        # retrieval (``member;range=0-1499``) edits both dicts by name.
+        return {
+            "type": "searchResEntry",
+            "dn": _text_from_server(payload[0][3]),
+            "raw_attributes": raw,
+            "attributes": {name: [] for name in raw},
+        }
+
+    strategy.decode_response_fast = types.MethodType(decode_response_fast, strategy)
+
+
+def _text_from_server(raw: bytes) -> str:
+    # LDAP strings are UTF-8 (RFC 4511); old AD installations send some DNs
+    # in a legacy code page, which ldap3 would read as Latin-1 too.
+    try:
+        return bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return bytes(raw).decode("latin-1")
 
 
 def _describe(conn: ldap3.Connection) -> str:

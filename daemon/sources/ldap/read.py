@@ -21,11 +21,15 @@ from daemon.sources.ldap.presets import REQUIRED_FIELDS, UAC_ACCOUNTDISABLE
 from daemon.sources.ldap.settings import Layout
 
 _DN_SPACING = re.compile(r"\s*([,=+])\s*")
+_SPACED = re.compile(r"\s[,=+]|[,=+]\s")
 
 
 def dn_key(dn: str) -> str:
     """A comparison key for a DN: DNs are case-insensitive and spacing varies between servers."""
-    return _DN_SPACING.sub(r"\1", dn.strip().casefold())
+    key = dn.strip().casefold()
+    # Most DNs have no space by a separator; substituting anyway costs a
+    # template expansion per separator, for every member of every group.
+    return _DN_SPACING.sub(r"\1", key) if _SPACED.search(key) else key
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from ldap3.utils.conv import escape_filter_chars
 from daemon.model import SkippedRecord, Snapshot
 from daemon.runtime import PluginContext
 from daemon.secrets import SecretError, resolve_secret_path
+from daemon.sources import metrics
 from daemon.sources.base import SourceError
 from daemon.sources.ldap.auth import authenticate_sync
 from daemon.sources.ldap.directory import SearchStats, connect, paged_search
@@ -116,7 +117,11 @@ class LdapSource:
         full = full or self._polls_since_full + 1 >= self.options.full_read_every
         after = self.options.full_read_after
         full = full or (after is not None and time.monotonic() - self._full_at >= after)
-        snapshot = await self._run(self._fetch_sync, full)
+        with metrics.timed_read(self.kind, "full" if full else "incremental"):
+            snapshot = await self._run(self._fetch_sync, full)
+        metrics.count_objects(self.kind, self.last_stats.users, self.last_stats.groups)
+        if snapshot is not None:
+            metrics.report_skipped(self.kind, snapshot.skipped)
         if snapshot is None or (known_version is not None and snapshot.version == known_version):
             return None
         return snapshot
@@ -192,6 +197,8 @@ class LdapSource:
                     stats,
                 )
             )
+        stats.users += len(user_entries)
+        stats.groups += len(group_entries)
         nothing_new = mark is not None and not user_entries and not group_entries
         if nothing_new and layout.nested_groups != "in_chain":
             return base
@@ -278,10 +285,21 @@ class LdapSource:
     async def check(self) -> list[str]:
         """Bind and read everything (without touching the poll state); one summary line."""
         snapshot = await self._run(self._check_sync)
+        skipped = len(snapshot.skipped)
+        for record in snapshot.skipped:
+            log.warning(
+                "directory record skipped",
+                where=record.where,
+                kind=record.kind,
+                record=record.record,
+                field=record.field,
+                reason=record.reason,
+            )
         lines = [
             f"LDAP {self.options.url}: bound as {self.options.bind_dn}, "
             f"{len(snapshot.users):,} users, {len(snapshot.groups):,} groups, "
-            f"{len(snapshot.skipped):,} entries skipped"
+            f"{skipped:,} {'entry' if skipped == 1 else 'entries'} skipped"
+            + (" (see log)" if skipped else "")
         ]
         if not self.options.tls_verify:
             lines.append("warning: tls_verify is off; any certificate is accepted (lab use only)")

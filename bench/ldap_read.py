@@ -1,0 +1,240 @@
+"""LDAP read benchmark: the ldap source against ``ldapsearch`` on the same slapd, same run.
+
+    python bench/ldap_read.py [--users 20000] [--groups 200] [--repeat 5] [--profile]
+
+Starts a private slapd on 127.0.0.1 (tests/ldap/slapd.py), loads ``--users``
+inetOrgPersons and ``--groups`` groupOfNames offline with slapadd, then, bound
+as the size-limited service account over loopback:
+
+- full read: a fresh ``ldap`` source's first fetch (every user and group,
+  paged, parsed and assembled into a Snapshot), against ``ldapsearch -E
+  pr=1000/noprompt`` fetching the same entries with the same filters and
+  attributes (its LDIF output goes to /dev/null);
+- incremental poll: 10 users modified, then the next fetch of a source that
+  has done its full read, against ldapsearch with the same ``modifyTimestamp``
+  filter.
+
+Prints a Markdown table of medians. ``--profile`` runs one full read under
+cProfile and prints the top functions instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import datetime
+import os
+import platform
+import pstats
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import anyio
+
+from daemon.runtime import PluginContext
+from daemon.secrets import SecretStore
+from daemon.sources.ldap import LdapOptions, LdapSource
+from daemon.sources.ldap.source import since_filter
+from tests.ldap import seed
+from tests.ldap.slapd import (
+    BASE_DN,
+    READER_DN,
+    READER_PASSWORD,
+    Slapd,
+    start,
+)
+
+#: Seeded entries carry old, distinct change times, as in a directory that has
+#: been running for a while: an incremental poll reads only what changed (plus
+#: the entries of the mark's own second, which the source re-reads on purpose).
+EPOCH = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
+CHANGES = 10
+
+
+def _stamp(n: int) -> str:
+    return (EPOCH + datetime.timedelta(seconds=n)).strftime("%Y%m%d%H%M%SZ")
+
+
+def _ldif(users: int, groups: int) -> str:
+    out = [
+        f"dn: {BASE_DN}\nobjectClass: dcObject\nobjectClass: organization\no: Example\n"
+        "dc: example\n",
+        f"dn: {READER_DN}\nobjectClass: organizationalRole\nobjectClass: simpleSecurityObject\n"
+        f"cn: reader\nuserPassword: {READER_PASSWORD}\n",
+        f"dn: {seed.PEOPLE}\nobjectClass: organizationalUnit\nou: people\n",
+        f"dn: {seed.GROUPS}\nobjectClass: organizationalUnit\nou: groups\n",
+    ]
+    for i in range(users):
+        manager = f"manager: uid=u{i // 10:05d},{seed.PEOPLE}\n" if i >= 10 else ""
+        out.append(
+            f"dn: uid=u{i:05d},{seed.PEOPLE}\nobjectClass: inetOrgPerson\nuid: u{i:05d}\n"
+            f"cn: User {i}\ngivenName: User\nsn: Number{i}\ndisplayName: User Number {i}\n"
+            f"mail: u{i:05d}@example.org\ntitle: Engineer\ntelephoneNumber: +46 8 555 {i:05d}\n"
+            f"employeeNumber: E{i}\ndepartmentNumber: D{i % 20}\no: Example AB\n{manager}"
+            f"modifyTimestamp: {_stamp(i)}\ncreateTimestamp: {_stamp(i)}\n"
+        )
+    per_group = max(1, users // groups)
+    for g in range(groups):
+        members = "".join(
+            f"member: uid=u{(g * per_group + k) % users:05d},{seed.PEOPLE}\n"
+            for k in range(per_group)
+        )
+        out.append(
+            f"dn: cn=group{g:03d},{seed.GROUPS}\nobjectClass: groupOfNames\ncn: group{g:03d}\n"
+            f"{members}modifyTimestamp: {_stamp(users + g)}\n"
+            f"createTimestamp: {_stamp(users + g)}\n"
+        )
+    return "\n".join(out) + "\n"
+
+
+def _source(slapd: Slapd, workdir: Path, page_size: int) -> LdapSource:
+    options = LdapOptions(
+        url=slapd.url,
+        start_tls=False,
+        bind_dn=READER_DN,
+        bind_password_file=workdir / "reader.pw",
+        user_base=seed.PEOPLE,
+        group_base=seed.GROUPS,
+        page_size=page_size,
+        full_read_every=1_000_000,
+    )
+    context = PluginContext(config_dir=workdir, state_dir=workdir, secrets=SecretStore())
+    return LdapSource(options, context)
+
+
+def _ldapsearch(slapd: Slapd, workdir: Path, source: LdapSource, mark: str | None) -> float:
+    """Seconds ldapsearch takes to fetch what the source fetches (users, then groups)."""
+    layout = source.layout
+    searches = [
+        (layout.user_base, layout.user_filter, layout.user_attributes()),
+        (layout.group_base or "", layout.group_filter, layout.group_attributes()),
+    ]
+    started = time.perf_counter()
+    for base, search_filter, attributes in searches:
+        if mark is not None:
+            search_filter = since_filter(search_filter, layout.change_attribute, mark)
+        subprocess.run(
+            [
+                *("ldapsearch", "-x", "-LLL", "-H", slapd.url, "-D", READER_DN),
+                *("-y", str(workdir / "reader.pw"), "-b", base, "-E", "pr=1000/noprompt"),
+                search_filter,
+                *attributes,
+            ],
+            stdout=subprocess.DEVNULL,
+            check=True,
+        )
+    return time.perf_counter() - started
+
+
+def _timed(func: Callable[[], Any]) -> tuple[float, Any]:
+    started = time.perf_counter()
+    result = func()
+    return time.perf_counter() - started, result
+
+
+def _modify(slapd: Slapd) -> None:
+    """Change the same users every run: the previous run's changes sit at the mark."""
+    first = 1000
+    slapd.modify(
+        "\n".join(
+            f"dn: uid=u{i:05d},{seed.PEOPLE}\nchangetype: modify\nreplace: title\n"
+            f"title: Changed {time.time()}\n"
+            for i in range(first, first + CHANGES)
+        )
+    )
+
+
+def run(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="ldap-bench-") as tmp:
+        workdir = Path(tmp)
+        (workdir / "reader.pw").write_text(READER_PASSWORD)
+        (workdir / "reader.pw").chmod(0o600)
+        (workdir / "seed.ldif").write_text(_ldif(args.users, args.groups))
+        (workdir / "slapd").mkdir()
+        load, slapd = _timed(lambda: start(workdir / "slapd", preload=workdir / "seed.ldif"))
+        print(f"slapadd + start: {load:.1f}s", file=sys.stderr)
+        try:
+            _run(slapd, workdir, args)
+        finally:
+            slapd.stop()
+
+
+def _run(slapd: Slapd, workdir: Path, args: argparse.Namespace) -> None:
+    if args.profile:
+        source = _source(slapd, workdir, args.page_size)
+        profiler = cProfile.Profile()
+        profiler.enable()
+        source._fetch_sync(True)  # in this thread: cProfile sees only its own thread
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+        return
+
+    full, full_ls, incr, incr_ls = [], [], [], []
+    snapshot = None
+    for r in range(args.repeat):
+        source = _source(slapd, workdir, args.page_size)
+        seconds, snapshot = _timed(partial(anyio.run, source.fetch, None))
+        full.append(seconds)
+        full_ls.append(_ldapsearch(slapd, workdir, source, None))
+        # The change time has one-second resolution: let the clock pass the mark.
+        time.sleep(1.1)
+        _modify(slapd)
+        mark = source._state.mark if source._state else None
+        seconds, _ = _timed(partial(anyio.run, source.fetch, snapshot.version))
+        assert source.last_read == "incremental", source.last_read
+        assert source.last_stats.users == CHANGES, (mark, source.last_stats)
+        incr.append(seconds)
+        incr_ls.append(_ldapsearch(slapd, workdir, source, mark))
+        print(
+            f"run {r + 1}: full {full[-1]:.3f}s (ldapsearch {full_ls[-1]:.3f}s), "
+            f"incremental {incr[-1]:.3f}s (ldapsearch {incr_ls[-1]:.3f}s)",
+            file=sys.stderr,
+        )
+    assert snapshot is not None
+    med = statistics.median
+    print(
+        f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, {_slapd_version()}; "
+        f"{datetime.date.today().isoformat()}; medians of {args.repeat} runs; "
+        f"page size {args.page_size}"
+    )
+    print()
+    print("| read | entries | ldap source | ldapsearch | ratio |")
+    print("|---|---:|---:|---:|---:|")
+    entries = f"{len(snapshot.users):,} users + {len(snapshot.groups):,} groups"
+    print(
+        f"| full | {entries} | {med(full):.2f} s | {med(full_ls):.2f} s | "
+        f"{med(full) / med(full_ls):.1f}x |"
+    )
+    print(
+        f"| incremental, {CHANGES} changed | {CHANGES} users | {med(incr) * 1000:.0f} ms | "
+        f"{med(incr_ls) * 1000:.0f} ms | {med(incr) / med(incr_ls):.1f}x |"
+    )
+
+
+def _slapd_version() -> str:
+    done = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "slapd"], capture_output=True)
+    return f"slapd {done.stdout.decode().strip() or '?'}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--groups", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--page-size", type=int, default=500)
+    parser.add_argument("--profile", action="store_true")
+    run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""``provisiond check`` on a configuration whose source is a test slapd."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from click.testing import CliRunner
+
+from daemon.cli import main
+from tests.ldap import seed
+from tests.ldap.slapd import READER_DN, READER_PASSWORD, Slapd
+
+
+def write_config(tmp_path: Path, slapd: Slapd, password: str = READER_PASSWORD) -> Path:
+    (tmp_path / "bind.pw").write_text(password + "\n")
+    config = {
+        "source": {
+            "kind": "ldap",
+            "options": {
+                "url": slapd.url,
+                "start_tls": False,
+                "bind_dn": READER_DN,
+                "bind_password_file": "bind.pw",
+                "user_base": seed.PEOPLE,
+                "group_base": seed.GROUPS,
+            },
+        },
+        "targets": [{"name": "audit", "kind": "log", "groups": ["staff"]}],
+        "state": {"path": str(tmp_path / "state.db")},
+    }
+    path = tmp_path / "provisiond.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_check(config: Path) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["-c", str(config), "check"], env={"COLUMNS": "200"})
+    return result.exit_code, result.output
+
+
+def test_check_reports_the_bind_and_the_counts(tmp_path: Path, slapd: Slapd) -> None:
+    code, output = run_check(write_config(tmp_path, slapd))
+    assert code == 0, output
+    assert (
+        f"LDAP {slapd.url}: bound as {READER_DN}, 3 users, 3 groups, 1 entry skipped (see log)"
+    ) in output
+    # The log names the skipped entry: dave has no mail.
+    assert f"uid=dave,{seed.PEOPLE}" in output
+    assert "start_tls is off" in output
+
+
+def test_check_fails_on_a_refused_bind_without_the_password(tmp_path: Path, slapd: Slapd) -> None:
+    code, output = run_check(write_config(tmp_path, slapd, password="not-the-password-42"))
+    assert code == 1
+    assert "FAIL" in output and "invalidCredentials" in output
+    assert "not-the-password-42" not in output
