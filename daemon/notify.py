@@ -26,6 +26,7 @@ class Notifier:
         # "@name" is Linux's abstract namespace: a leading NUL byte.
         self.address = "\0" + path[1:] if path.startswith("@") else path
         self.watchdog_interval: float | None = None
+        self._warned = False
         usec = env.get("WATCHDOG_USEC", "")
         pid = env.get("WATCHDOG_PID", "")
         if usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
@@ -44,8 +45,10 @@ class Notifier:
                 sock.connect(self.address)
                 sock.sendall(message)
         except OSError as exc:
-            # systemd going away must never take the daemon with it.
-            log.warning("cannot notify systemd", error=exc.strerror or str(exc))
+            # systemd going away must never take the daemon with it; say so once.
+            emit = log.debug if self._warned else log.warning
+            emit("cannot notify systemd", error=exc.strerror or str(exc))
+            self._warned = True
 
     def ready(self, status: str) -> None:
         self.send("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")

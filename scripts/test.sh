@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
-apt_install xmlsec1 slapd ldap-utils chromium postgresql
+apt_install xmlsec1 slapd ldap-utils chromium postgresql systemd prometheus
 make_venv test
 
 echo "==> ruff"
