@@ -17,6 +17,7 @@ from rich.table import Table
 from daemon import __version__, logs
 from daemon.config import Config, ConfigError
 from daemon.engine import Engine, PlannedDelta
+from daemon.http.serve import ListenError
 from daemon.plugins import PluginError, plugin_manager
 from daemon.secrets import SECRETS
 from daemon.service import (
@@ -49,7 +50,7 @@ def _run(fn: Callable[[], Awaitable[T]]) -> T:
         return anyio.run(fn)
     except ConfigError as exc:
         _fail(str(exc))
-    except (StateError, SourceError, PluginError) as exc:
+    except (StateError, SourceError, PluginError, ListenError) as exc:
         _fail(str(exc))
     raise AssertionError("unreachable")
 

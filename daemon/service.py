@@ -12,10 +12,12 @@ Structure (anyio, no stray tasks)::
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import random
 import signal
 import time
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,6 +160,24 @@ async def target_status(store: Store, slots: list[TargetSlot]) -> dict[str, Any]
     return out
 
 
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
+
+
+def _on_exit(stack: contextlib.AsyncExitStack, close: Callable[[], Awaitable[None]]) -> None:
+    """Run ``close`` when ``stack`` unwinds, even while the daemon is being cancelled."""
+
+    async def shielded() -> None:
+        with anyio.CancelScope(shield=True):
+            await close()
+
+    stack.push_async_callback(shielded)
+
+
 def report_dict(report: CycleReport | None) -> dict[str, Any] | None:
     if report is None:
         return None
@@ -236,25 +256,52 @@ class Service:
     async def run(self) -> int:
         settings = self.config.settings
         logs.configure(settings.logging.level, settings.logging.format)
-        self.parts = assemble(self.config, self.pm)
-        token = admin_token(self.config)
-        self.store = await open_store(self.config)
-        self.engine = Engine(
-            self.parts.source, self.parts.slots, self.store, self.pm, settings.engine
-        )
-        self.directory = Directory(self.store, self.parts.source, self.pm)
-        ops = await serve.start(
-            build_ops_app(self, admin_token=token), settings.http.ops.host, settings.http.ops.port
-        )
-        self.ops_port = ops.port
-        public = None
         try:
+            async with anyio.create_task_group() as tg:
+                # Signal handlers first: as PID 1 in a container, a process that
+                # has none yet ignores SIGTERM during start-up.
+                tg.start_soon(self._signals, tg.cancel_scope)
+                try:
+                    await self._serve()
+                finally:
+                    tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # One failure (a busy port, a bad key) is reported as itself.
+            leaves = list(_leaves(group))
+            if len(leaves) == 1:
+                raise leaves[0] from None
+            raise
+        log.info("provisiond stopped")
+        return 0
+
+    async def _serve(self) -> None:
+        settings = self.config.settings
+        async with contextlib.AsyncExitStack() as stack:
+            self.parts = assemble(self.config, self.pm)
+            _on_exit(stack, self.parts.aclose)
+            token = admin_token(self.config)
+            self.store = await open_store(self.config)
+            _on_exit(stack, self.store.aclose)
+            self.engine = Engine(
+                self.parts.source, self.parts.slots, self.store, self.pm, settings.engine
+            )
+            self.engine.stopping = self.stopping
+            self.directory = Directory(self.store, self.parts.source, self.pm)
+            ops = await serve.start(
+                build_ops_app(self, admin_token=token),
+                settings.http.ops.host,
+                settings.http.ops.port,
+            )
+            _on_exit(stack, ops.stop)
+            self.ops_port = ops.port
+            _on_exit(stack, self._shutdown_hooks)
             for result in self.pm.hook.provisiond_startup(targets=self.parts.targets):
                 await await_me_maybe(result)
             if settings.http.public.enabled:
                 public = await serve.start(
                     self._public_app(), settings.http.public.host, settings.http.public.port
                 )
+                _on_exit(stack, public.stop)
                 self.public_port = public.port
             log.info(
                 "provisiond started",
@@ -264,28 +311,23 @@ class Service:
                 targets=list(self.parts.targets),
             )
             self._live = True
+            _on_exit(stack, self._not_live)
             await self._refresh_status()
             self.notifier.ready(f"serving; ops on port {ops.port}")
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._signals, tg.cancel_scope)
                 tg.start_soon(self.notifier.watchdog)
                 await self._poll()
                 tg.cancel_scope.cancel()
-        finally:
-            self._live = False
-            with anyio.CancelScope(shield=True):
-                for result in self.pm.hook.provisiond_shutdown():
-                    try:
-                        await await_me_maybe(result)
-                    except Exception:
-                        log.exception("a provisiond_shutdown hook failed")
-                if public is not None:
-                    await public.stop()
-                await ops.stop()
-                await self.parts.aclose()
-                await self.store.aclose()
-        log.info("provisiond stopped")
-        return 0
+
+    async def _not_live(self) -> None:
+        self._live = False
+
+    async def _shutdown_hooks(self) -> None:
+        for result in self.pm.hook.provisiond_shutdown():
+            try:
+                await await_me_maybe(result)
+            except Exception:
+                log.exception("a provisiond_shutdown hook failed")
 
     def _public_app(self) -> web.Application:
         """The public listener: the portal, plus every plugin's routes under its middleware."""
@@ -306,6 +348,7 @@ class Service:
             raise ConfigError(where, [f"http.public: {exc}"]) from None
 
     async def _poll(self) -> None:
+        """Run cycles until stopped."""
         assert self.engine is not None
         interval = self.config.settings.engine
         while not self.stopping:
@@ -367,12 +410,12 @@ class Service:
 
     async def stop(self, why: str = "requested") -> None:
         """Finish the cycle in flight within ``engine.shutdown_grace``, then stop."""
-        assert self.engine is not None
         grace = self.config.settings.engine.shutdown_grace
         log.info("stopping", reason=why, grace_seconds=grace)
         self.notifier.stopping()
         self.stopping = True
-        self.engine.stopping = True
+        if self.engine is not None:
+            self.engine.stopping = True
         self._wake.set()
         with anyio.move_on_after(grace) as timer:
             async with self._cycle_lock:
@@ -383,7 +426,9 @@ class Service:
 
     async def reload(self) -> None:
         """SIGHUP: load the configuration again; keep the old one if the new one is bad."""
-        assert self.engine is not None and self.parts is not None
+        if self.engine is None or self.parts is None:
+            log.warning("reload ignored: provisiond is still starting")
+            return
         self.notifier.reloading()
         try:
             config = read_config(self.config_path, self.pm)

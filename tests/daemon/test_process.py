@@ -199,6 +199,19 @@ def test_a_bad_configuration_refuses_to_start_naming_the_key(deployment: Deploym
     assert "targets[0].kind: unknown target 'nope'" in proc.stderr
 
 
+def test_a_busy_ops_port_fails_the_start_clearly_without_hanging(deployment: Deployment) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        deployment.write_config(http={"ops": {"host": "127.0.0.1", "port": port}})
+        proc = deployment.cli("run", check=False)
+    assert proc.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr
+
+
 def test_zz_no_secret_in_any_log_or_metrics_output() -> None:
     """Runs last in this module: every daemon and CLI output above, hunted for the secret."""
     assert OUTPUTS, "the tests above should have produced output"
