@@ -141,7 +141,8 @@ def main() -> None:
     )
     print()
     print(
-        "| users | initial sync | full cycle, 1% changed | no-change cycle | diff | hash+compare | peak RSS |"
+        "| users | initial sync | full cycle, 1% changed | no-change cycle "
+        "| diff | hash+compare | peak RSS |"
     )
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for n in args.sizes:

@@ -28,8 +28,7 @@ if TYPE_CHECKING:
 
     from daemon.directory import Directory
     from daemon.engine import CycleReport
-    from daemon.sources.base import Source
-    from daemon.sources.base import SourceType
+    from daemon.sources.base import Source, SourceType
     from daemon.targets.base import Delta, Outcome, Target, TargetType
 
 hookspec = pluggy.HookspecMarker("provisiond")

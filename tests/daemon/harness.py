@@ -154,7 +154,7 @@ class Daemon:
     def get(self, path: str) -> tuple[int, str]:
         url = f"http://127.0.0.1:{self.ops_port()}{path}"
         try:
-            with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=5) as resp:
                 return resp.status, resp.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()

@@ -21,7 +21,7 @@ from .harness import Deployment, directory, replay_journal
 
 pytestmark = pytest.mark.slow
 
-ADMIN_TOKEN = "admin-token-Zq81xVb2LmR7"  # noqa: S105 - a test secret to hunt for in output
+ADMIN_TOKEN = "admin-token-Zq81xVb2LmR7"
 OUTPUTS: list[Path] = []
 
 
@@ -108,7 +108,7 @@ def test_sighup_with_a_bad_configuration_keeps_the_old_one(deployment: Deploymen
 
 
 def test_sigkill_at_random_points_loses_and_duplicates_nothing(deployment: Deployment) -> None:
-    rng = random.Random(20261128)  # noqa: S311
+    rng = random.Random(20261128)
     deployment.write_config(
         targets=[
             {

@@ -7,6 +7,7 @@ fresh connection never carries a half-broken state into the next cycle.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import types
 from collections.abc import Iterator
@@ -109,12 +110,18 @@ def connect(options: LdapOptions, dn: str, password: str) -> ldap3.Connection:
                 "check bind_dn and bind_password_file"
             )
     except LDAPException as exc:
-        conn.unbind()
+        _close(conn)
         raise SourceError(f"LDAP {options.url}: cannot connect: {exc}") from None
     except SourceError:
-        conn.unbind()
+        _close(conn)
         raise
     return conn
+
+
+def _close(conn: ldap3.Connection) -> None:
+    # After a failed TLS handshake the socket is gone and unbind itself raises.
+    with contextlib.suppress(LDAPException, OSError):
+        conn.unbind()
 
 
 def paged_search(
@@ -160,6 +167,32 @@ def paged_search(
         cookie = control["value"]["cookie"] if control else None
         if not cookie:
             return
+
+
+class Ldap3Reader:
+    """The ldap3 backend of :class:`~daemon.sources.ldap.backend.Reader`."""
+
+    def __init__(self, conn: ldap3.Connection, url: str, page_size: int) -> None:
+        self._conn = conn
+        self._url = url
+        self._page_size = page_size
+
+    @classmethod
+    def open(cls, options: LdapOptions, dn: str, password: str) -> Ldap3Reader:
+        """A reader bound as ``dn`` (see :func:`connect`)."""
+        return cls(connect(options, dn, password), options.url, options.page_size)
+
+    def search(
+        self, base: str, search_filter: str, attributes: list[str], stats: SearchStats
+    ) -> Iterator[Entry]:
+        """See :func:`paged_search`."""
+        return paged_search(
+            self._conn, self._url, base, search_filter, attributes, self._page_size, stats
+        )
+
+    def close(self) -> None:
+        """Unbind; a connection that is already gone is fine."""
+        _close(self._conn)
 
 
 def _lean_entries(conn: ldap3.Connection) -> None:

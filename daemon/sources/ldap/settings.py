@@ -7,6 +7,7 @@ DNs must parse. A bad value is a configuration error naming the key.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,9 @@ class LdapOptions(BaseModel):
     false``) or ``ldaps://host[:port]``. ``start_tls: false`` on ``ldap://``
     sends the bind password in clear and ``tls_verify: false`` accepts any
     certificate: both are for tests and labs only, and are logged as warnings.
+    ``backend`` picks the client library for reads (see
+    :mod:`daemon.sources.ldap.backend`); naming one that is not installed is
+    a configuration error.
     Unset values come from ``preset``; ``attributes`` overrides single fields
     of the preset's attribute map (``null`` leaves a field empty).
     """
@@ -82,6 +86,7 @@ class LdapOptions(BaseModel):
     full_read_after: float | None = Field(default=None, gt=0)
     connect_timeout: float = Field(default=10.0, gt=0)
     timeout: float = Field(default=60.0, gt=0)
+    backend: Literal["auto", "ldap3", "python-ldap"] = "auto"
 
     @field_validator("url")
     @classmethod
@@ -136,6 +141,17 @@ class LdapOptions(BaseModel):
         if self.ca_file is not None and not self.ca_file.is_file():
             raise ValueError(f"ca_file {self.ca_file} does not exist")
         return self
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, v: str) -> str:
+        # A named backend that is missing fails at start-up, not at the first poll.
+        if v == "python-ldap" and importlib.util.find_spec("ldap") is None:
+            raise ValueError(
+                "python-ldap is not installed (pip install 'provisiond[ldap-fast]'; "
+                "see docs/sources.md), or use auto or ldap3"
+            )
+        return v
 
     @property
     def use_ssl(self) -> bool:

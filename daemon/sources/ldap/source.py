@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
 import anyio
-import ldap3
 import structlog
 from ldap3.utils.conv import escape_filter_chars
 
@@ -19,7 +18,8 @@ from daemon.secrets import SecretError, resolve_secret_path
 from daemon.sources import metrics
 from daemon.sources.base import SourceError
 from daemon.sources.ldap.auth import authenticate_sync
-from daemon.sources.ldap.directory import SearchStats, connect, paged_search
+from daemon.sources.ldap.backend import Reader, chosen_backend, open_reader
+from daemon.sources.ldap.directory import SearchStats
 from daemon.sources.ldap.presets import LDAP_MATCHING_RULE_IN_CHAIN
 from daemon.sources.ldap.read import (
     GroupRecord,
@@ -106,6 +106,8 @@ class LdapSource:
         self.last_read: ReadKind | None = None
         self.last_filters: list[str] = []
         self.last_stats = SearchStats()
+        #: The client library that reads (``ldap3`` or ``python-ldap``).
+        self.backend = chosen_backend(options)
         if not options.tls_verify:
             log.warning("ldap_tls_verify_off", url=options.url, note="lab use only")
         if options.plaintext:
@@ -128,14 +130,14 @@ class LdapSource:
 
     def _fetch_sync(self, full: bool) -> Snapshot | None:
         stats = SearchStats()
-        conn = connect(self.options, self.options.bind_dn, self._password.value())
+        reader = open_reader(self.options, self.options.bind_dn, self._password.value())
         try:
             if full or self._state is None:
-                state = self._read(conn, DirectoryState(), None, stats)
+                state = self._read(reader, DirectoryState(), None, stats)
             else:
-                state = self._read(conn, self._state, self._state.mark, stats)
+                state = self._read(reader, self._state, self._state.mark, stats)
         finally:
-            conn.unbind()
+            reader.close()
         self.last_read = "full" if full else "incremental"
         self.last_filters = stats.filters
         self.last_stats = stats
@@ -160,7 +162,7 @@ class LdapSource:
         return snapshot
 
     def _read(
-        self, conn: ldap3.Connection, base: DirectoryState, mark: str | None, stats: SearchStats
+        self, reader: Reader, base: DirectoryState, mark: str | None, stats: SearchStats
     ) -> DirectoryState:
         """Read users and groups (changed since ``mark``, or all) into a copy of ``base``.
 
@@ -174,28 +176,12 @@ class LdapSource:
             user_filter = since_filter(user_filter, change, mark)
             group_filter = since_filter(group_filter, change, mark)
         user_entries = list(
-            paged_search(
-                conn,
-                url,
-                layout.user_base,
-                user_filter,
-                layout.user_attributes(),
-                self.options.page_size,
-                stats,
-            )
+            reader.search(layout.user_base, user_filter, layout.user_attributes(), stats)
         )
         group_entries = []
         if layout.group_base:
             group_entries = list(
-                paged_search(
-                    conn,
-                    url,
-                    layout.group_base,
-                    group_filter,
-                    layout.group_attributes(),
-                    self.options.page_size,
-                    stats,
-                )
+                reader.search(layout.group_base, group_filter, layout.group_attributes(), stats)
             )
         stats.users += len(user_entries)
         stats.groups += len(group_entries)
@@ -242,13 +228,11 @@ class LdapSource:
             if grec.change:
                 marks.append(grec.change)
         if layout.nested_groups == "in_chain":
-            self._read_in_chain(conn, state, stats)
+            self._read_in_chain(reader, state, stats)
         state.mark = high_water_mark(marks, counter=layout.change_is_counter)
         return state
 
-    def _read_in_chain(
-        self, conn: ldap3.Connection, state: DirectoryState, stats: SearchStats
-    ) -> None:
+    def _read_in_chain(self, reader: Reader, state: DirectoryState, stats: SearchStats) -> None:
         """Replace every group's members with its transitive users, asked of the server.
 
         One search per group, at every poll: nesting changes never touch the
@@ -259,13 +243,10 @@ class LdapSource:
             members = tuple(
                 sorted(
                     dn_key(e.dn)
-                    for e in paged_search(
-                        conn,
-                        self.options.url,
+                    for e in reader.search(
                         layout.user_base,
                         in_chain_filter(layout.user_filter, grec.dn),
                         ["1.1"],
-                        self.options.page_size,
                         stats,
                     )
                 )
@@ -310,11 +291,11 @@ class LdapSource:
         return lines
 
     def _check_sync(self) -> Snapshot:
-        conn = connect(self.options, self.options.bind_dn, self._password.value())
+        reader = open_reader(self.options, self.options.bind_dn, self._password.value())
         try:
-            state = self._read(conn, DirectoryState(), None, SearchStats())
+            state = self._read(reader, DirectoryState(), None, SearchStats())
         finally:
-            conn.unbind()
+            reader.close()
         return self._assemble(state)
 
     async def authenticate(self, username: str, password: str) -> bool:

@@ -1,0 +1,233 @@
+"""The python-ldap backend: OpenLDAP's C client library reads the directory.
+
+Same contract as the ldap3 reader in :mod:`daemon.sources.ldap.directory`:
+StartTLS or ldaps with the same certificate rules, a simple bind, no
+referral chasing, RFC 2696 paging, and any result but success fails the read.
+Every libldap option that matters is set on each connection, and libldap is
+told not to read ``ldap.conf``/``.ldaprc`` (``LDAPNOINIT``): the daemon's
+configuration file alone decides how it talks to the directory.
+
+Active Directory returns large multi-valued attributes in ranges
+(``member;range=0-1499``); ldap3 fetches the rest by itself, python-ldap does
+not, so :func:`complete_ranges` does it here, and fails rather than truncate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import ssl
+from collections.abc import Callable, Iterator
+from typing import Any
+
+# Before the first ldap.initialize: libldap reads its configuration files once.
+os.environ["LDAPNOINIT"] = "1"
+
+import ldap  # type: ignore[import-untyped,import-not-found,unused-ignore]
+from ldap.controls import SimplePagedResultsControl  # type: ignore[import-untyped,import-not-found,unused-ignore]
+from ldap3.core.results import RESULT_CODES
+
+from daemon.sources.base import SourceError
+from daemon.sources.ldap.directory import Entry, SearchStats
+from daemon.sources.ldap.settings import LdapOptions
+
+_PAGED = SimplePagedResultsControl.controlType
+_RANGE = re.compile(r"^(?P<attr>[^;]+);range=(?P<low>\d+)-(?P<high>\d+|\*)$")
+
+#: Reads one entry's ``attr;range=N-*``; the values by lower-cased returned name.
+RangeFetch = Callable[[str], dict[str, list[bytes]]]
+
+
+class LibldapReader:
+    """The python-ldap backend of :class:`~daemon.sources.ldap.backend.Reader`."""
+
+    def __init__(self, conn: Any, options: LdapOptions) -> None:
+        self._conn = conn
+        self._url = options.url
+        self._page_size = options.page_size
+        self._timeout = options.timeout
+
+    @classmethod
+    def open(cls, options: LdapOptions, dn: str, password: str) -> LibldapReader:
+        """A connection secured as configured and bound as ``dn``.
+
+        Raises :class:`SourceError` when the server cannot be reached, TLS
+        fails, or the bind is refused. The password never appears in the message.
+        """
+        url = options.url
+        if not password:
+            # RFC 4513: a DN with an empty password is an unauthenticated bind.
+            raise SourceError(f"LDAP {url}: bind as {dn} refused: the password is empty")
+        try:
+            conn = ldap.initialize(url)
+            _configure(conn, options)
+        except (ldap.LDAPError, ValueError) as exc:
+            raise SourceError(f"LDAP {url}: cannot connect: {_describe(exc)}") from None
+        reader = cls(conn, options)
+        try:
+            if not options.use_ssl and options.start_tls:
+                try:
+                    conn.start_tls_s()
+                except ldap.SERVER_DOWN:
+                    raise
+                except ldap.LDAPError as exc:
+                    raise SourceError(
+                        f"LDAP {url}: StartTLS failed: {_describe(exc)}; not falling back to clear"
+                    ) from None
+            try:
+                conn.simple_bind_s(dn, password)
+            except (
+                ldap.INVALID_CREDENTIALS,
+                ldap.INAPPROPRIATE_AUTH,
+                ldap.UNWILLING_TO_PERFORM,
+                ldap.INVALID_DN_SYNTAX,
+                ldap.STRONG_AUTH_REQUIRED,
+            ) as exc:
+                raise SourceError(
+                    f"LDAP {url}: bind as {dn} refused ({_describe(exc)}); "
+                    "check bind_dn and bind_password_file"
+                ) from None
+        except ldap.LDAPError as exc:
+            reader.close()
+            raise SourceError(f"LDAP {url}: cannot connect: {_describe(exc)}") from None
+        except SourceError:
+            reader.close()
+            raise
+        return reader
+
+    def search(
+        self, base: str, search_filter: str, attributes: list[str], stats: SearchStats
+    ) -> Iterator[Entry]:
+        """Every entry under ``base`` matching ``search_filter``, a page at a time (RFC 2696).
+
+        A result other than success (a size or time limit, a missing base) raises
+        :class:`SourceError`: a truncated read would look like mass deletion.
+        """
+        stats.filters.append(search_filter)
+        conn = self._conn
+        # Not critical, as with ldap3: a server without paging answers in one go
+        # or hits its size limit, which fails the read.
+        control = SimplePagedResultsControl(False, size=self._page_size, cookie=b"")
+        while True:
+            try:
+                msgid = conn.search_ext(
+                    base, ldap.SCOPE_SUBTREE, search_filter, attributes, serverctrls=[control]
+                )
+                _, data, _, controls = conn.result3(
+                    msgid,
+                    timeout=self._timeout,
+                    resp_ctrl_classes={_PAGED: SimplePagedResultsControl},
+                )
+            except ldap.LDAPError as exc:
+                raise SourceError(
+                    f"LDAP {self._url}: search under {base} with {search_filter} failed "
+                    f"({_describe(exc)}); the read is incomplete and was discarded"
+                ) from None
+            except UnicodeDecodeError:
+                raise SourceError(
+                    f"LDAP {self._url}: a DN under {base} is not UTF-8, which python-ldap "
+                    "cannot read; set backend: ldap3"
+                ) from None
+            stats.pages += 1
+            for dn, attrs in data:
+                if dn is None:
+                    continue  # a search continuation reference: never followed
+                stats.entries += 1
+                values = {name.lower(): vals for name, vals in attrs.items()}
+                if any(";range=" in name for name in values):
+                    complete_ranges(values, self._fetch_range(dn, base))
+                yield Entry(dn, values)
+            cookie = next((c.cookie for c in controls if c.controlType == _PAGED), b"")
+            if not cookie:
+                return
+            control.cookie = cookie
+
+    def _fetch_range(self, dn: str, base: str) -> RangeFetch:
+        def fetch(wanted: str) -> dict[str, list[bytes]]:
+            try:
+                found = self._conn.search_ext_s(
+                    dn, ldap.SCOPE_BASE, "(objectClass=*)", [wanted], timeout=self._timeout
+                )
+            except ldap.LDAPError as exc:
+                raise SourceError(
+                    f"LDAP {self._url}: reading {wanted} of {dn} under {base} failed "
+                    f"({_describe(exc)}); the read is incomplete and was discarded"
+                ) from None
+            for found_dn, attrs in found:
+                if found_dn is not None:
+                    return {name.lower(): vals for name, vals in attrs.items()}
+            return {}
+
+        return fetch
+
+    def close(self) -> None:
+        """Unbind; a connection that is already gone is fine."""
+        with contextlib.suppress(ldap.LDAPError):
+            self._conn.unbind_ext_s()
+
+
+def complete_ranges(values: dict[str, list[bytes]], fetch: RangeFetch) -> None:
+    """Replace ranged values (``member;range=0-1499``) in ``values`` by all of them.
+
+    ``values`` is keyed by lower-cased names. Each further range is asked for
+    with ``fetch``; one that does not come back, or not where the last one
+    ended, raises :class:`SourceError` rather than leave members out.
+    """
+    for name in [n for n in values if ";range=" in n]:
+        chunk = values.pop(name)
+        expected_low = 0
+        while True:
+            match = _RANGE.match(name)
+            if match is None or int(match["low"]) != expected_low:
+                raise SourceError(f"LDAP: unexpected value range {name!r}; the read was discarded")
+            attr, high = match["attr"], match["high"]
+            values.setdefault(attr, []).extend(chunk)
+            if high == "*":
+                break
+            expected_low = int(high) + 1
+            wanted = f"{attr};range={expected_low}-*"
+            prefix = f"{attr};range="
+            found = [(n, v) for n, v in fetch(wanted).items() if n.startswith(prefix)]
+            if not found:
+                raise SourceError(
+                    f"LDAP: the server did not return {wanted}; the read was discarded"
+                )
+            name, chunk = found[0]
+
+
+def _configure(conn: Any, options: LdapOptions) -> None:
+    """Set every libldap option the ldap3 reader implies, so both behave alike."""
+    conn.set_option(ldap.OPT_PROTOCOL_VERSION, ldap.VERSION3)
+    # Following a referral would send our bind credentials to another host.
+    conn.set_option(ldap.OPT_REFERRALS, 0)
+    conn.set_option(ldap.OPT_DEREF, ldap.DEREF_ALWAYS)  # ldap3's search default
+    conn.set_option(ldap.OPT_SIZELIMIT, 0)
+    conn.set_option(ldap.OPT_TIMELIMIT, 0)
+    conn.set_option(ldap.OPT_NETWORK_TIMEOUT, options.connect_timeout)
+    conn.set_option(ldap.OPT_TIMEOUT, options.timeout)
+    if options.tls_verify:
+        # DEMAND checks the chain and the host name, as ldap3 does with CERT_REQUIRED.
+        conn.set_option(ldap.OPT_X_TLS_REQUIRE_CERT, ldap.OPT_X_TLS_DEMAND)
+        if options.ca_file is not None:
+            conn.set_option(ldap.OPT_X_TLS_CACERTFILE, str(options.ca_file))
+        else:
+            # The store Python (and so ldap3) trusts by default, SSL_CERT_FILE included.
+            defaults = ssl.get_default_verify_paths()
+            if defaults.cafile:
+                conn.set_option(ldap.OPT_X_TLS_CACERTFILE, defaults.cafile)
+            if defaults.capath:
+                conn.set_option(ldap.OPT_X_TLS_CACERTDIR, defaults.capath)
+    else:
+        conn.set_option(ldap.OPT_X_TLS_REQUIRE_CERT, ldap.OPT_X_TLS_NEVER)
+    conn.set_option(ldap.OPT_X_TLS_NEWCTX, 0)  # last: applies the TLS options above
+
+
+def _describe(exc: BaseException) -> str:
+    """``sizeLimitExceeded: <server message>``, in ldap3's words for the same result."""
+    info = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+    code = info.get("result")
+    name = RESULT_CODES.get(code) if isinstance(code, int) else None
+    text = str(name or info.get("desc") or type(exc).__name__)
+    message = str(info.get("info") or "").strip()
+    return f"{text}: {message}" if message else text
