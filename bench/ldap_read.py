@@ -1,10 +1,13 @@
 """LDAP read benchmark: the ldap source against ``ldapsearch`` on the same slapd, same run.
 
-    python bench/ldap_read.py [--users 20000] [--groups 200] [--repeat 5] [--profile]
+    python bench/ldap_read.py [--users 20000] [--groups 200] [--repeat 5]
+                              [--backends ldap3,python-ldap] [--profile]
 
 Starts a private slapd on 127.0.0.1 (tests/ldap/slapd.py), loads ``--users``
 inetOrgPersons and ``--groups`` groupOfNames offline with slapadd, then, bound
 as the size-limited service account over loopback:
+
+for each read backend (``--backends``; python-ldap only when installed):
 
 - full read: a fresh ``ldap`` source's first fetch (every user and group,
   paged, parsed and assembled into a Snapshot), against ``ldapsearch -E
@@ -14,8 +17,10 @@ as the size-limited service account over loopback:
   has done its full read, against ldapsearch with the same ``modifyTimestamp``
   filter.
 
-Prints a Markdown table of medians. ``--profile`` runs one full read under
-cProfile and prints the top functions instead.
+ldapsearch is timed in the same rounds as each backend, so every ratio
+compares runs made under the same machine load. Prints a Markdown table of
+medians. ``--profile`` runs one full read per backend under cProfile and
+prints the top functions instead.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ import anyio
 from daemon.runtime import PluginContext
 from daemon.secrets import SecretStore
 from daemon.sources.ldap import LdapOptions, LdapSource
+from daemon.sources.ldap.backend import fast_backend_installed
 from daemon.sources.ldap.source import since_filter
 from tests.ldap import seed
 from tests.ldap.slapd import (
@@ -96,16 +102,19 @@ def _ldif(users: int, groups: int) -> str:
     return "\n".join(out) + "\n"
 
 
-def _source(slapd: Slapd, workdir: Path, page_size: int) -> LdapSource:
-    options = LdapOptions(
-        url=slapd.url,
-        start_tls=False,
-        bind_dn=READER_DN,
-        bind_password_file=workdir / "reader.pw",
-        user_base=seed.PEOPLE,
-        group_base=seed.GROUPS,
-        page_size=page_size,
-        full_read_every=1_000_000,
+def _source(slapd: Slapd, workdir: Path, page_size: int, backend: str) -> LdapSource:
+    options = LdapOptions.model_validate(
+        {
+            "url": slapd.url,
+            "start_tls": False,
+            "bind_dn": READER_DN,
+            "bind_password_file": workdir / "reader.pw",
+            "user_base": seed.PEOPLE,
+            "group_base": seed.GROUPS,
+            "page_size": page_size,
+            "full_read_every": 1_000_000,
+            "backend": backend,
+        }
     )
     context = PluginContext(config_dir=workdir, state_dir=workdir, secrets=SecretStore())
     return LdapSource(options, context)
@@ -169,19 +178,54 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _run(slapd: Slapd, workdir: Path, args: argparse.Namespace) -> None:
+    backends = [b for b in args.backends.split(",") if b]
+    if "python-ldap" in backends and not fast_backend_installed():
+        print("python-ldap is not installed: skipping that backend", file=sys.stderr)
+        backends.remove("python-ldap")
     if args.profile:
-        source = _source(slapd, workdir, args.page_size)
-        profiler = cProfile.Profile()
-        profiler.enable()
-        source._fetch_sync(True)  # in this thread: cProfile sees only its own thread
-        profiler.disable()
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+        for backend in backends:
+            source = _source(slapd, workdir, args.page_size, backend)
+            profiler = cProfile.Profile()
+            profiler.enable()
+            source._fetch_sync(True)  # in this thread: cProfile sees only its own thread
+            profiler.disable()
+            print(f"## {backend}")
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
         return
 
-    full, full_ls, incr, incr_ls = [], [], [], []
+    rows = []
+    for backend in backends:
+        rows.extend(_measure(slapd, workdir, args, backend))
+    med = statistics.median
+    print(
+        f"machine: {platform.machine()}, {_cpu()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, {_slapd_version()}, {_versions()}; "
+        f"{datetime.date.today().isoformat()}; medians of {args.repeat} runs; "
+        f"page size {args.page_size}"
+    )
+    print()
+    print("| read | backend | entries | ldap source | ldapsearch | ratio |")
+    print("|---|---|---:|---:|---:|---:|")
+    for read, backend, entries, ours, theirs, scale, unit in rows:
+        print(
+            f"| {read} | {backend} | {entries} | {med(ours) * scale:.{0 if unit == 'ms' else 2}f}"
+            f" {unit} | {med(theirs) * scale:.{0 if unit == 'ms' else 2}f} {unit} | "
+            f"{med(ours) / med(theirs):.1f}x |"
+        )
+
+
+Row = tuple[str, str, str, list[float], list[float], float, str]
+
+
+def _measure(slapd: Slapd, workdir: Path, args: argparse.Namespace, backend: str) -> list[Row]:
+    """Full and incremental reads with ``backend``, each beside ldapsearch in the same round."""
+    full: list[float] = []
+    full_ls: list[float] = []
+    incr: list[float] = []
+    incr_ls: list[float] = []
     snapshot = None
     for r in range(args.repeat):
-        source = _source(slapd, workdir, args.page_size)
+        source = _source(slapd, workdir, args.page_size, backend)
         seconds, snapshot = _timed(partial(anyio.run, source.fetch, None))
         full.append(seconds)
         full_ls.append(_ldapsearch(slapd, workdir, source, None))
@@ -195,30 +239,46 @@ def _run(slapd: Slapd, workdir: Path, args: argparse.Namespace) -> None:
         incr.append(seconds)
         incr_ls.append(_ldapsearch(slapd, workdir, source, mark))
         print(
-            f"run {r + 1}: full {full[-1]:.3f}s (ldapsearch {full_ls[-1]:.3f}s), "
+            f"{backend} run {r + 1}: full {full[-1]:.3f}s (ldapsearch {full_ls[-1]:.3f}s), "
             f"incremental {incr[-1]:.3f}s (ldapsearch {incr_ls[-1]:.3f}s)",
             file=sys.stderr,
         )
     assert snapshot is not None
-    med = statistics.median
-    print(
-        f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}, {_slapd_version()}; "
-        f"{datetime.date.today().isoformat()}; medians of {args.repeat} runs; "
-        f"page size {args.page_size}"
-    )
-    print()
-    print("| read | entries | ldap source | ldapsearch | ratio |")
-    print("|---|---:|---:|---:|---:|")
     entries = f"{len(snapshot.users):,} users + {len(snapshot.groups):,} groups"
-    print(
-        f"| full | {entries} | {med(full):.2f} s | {med(full_ls):.2f} s | "
-        f"{med(full) / med(full_ls):.1f}x |"
-    )
-    print(
-        f"| incremental, {CHANGES} changed | {CHANGES} users | {med(incr) * 1000:.0f} ms | "
-        f"{med(incr_ls) * 1000:.0f} ms | {med(incr) / med(incr_ls):.1f}x |"
-    )
+    return [
+        ("full", backend, entries, full, full_ls, 1.0, "s"),
+        (
+            f"incremental, {CHANGES} changed",
+            backend,
+            f"{CHANGES} users",
+            incr,
+            incr_ls,
+            1000.0,
+            "ms",
+        ),
+    ]
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def _versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for name in ("ldap3", "python-ldap"):
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            continue
+    return ", ".join(found)
 
 
 def _slapd_version() -> str:
@@ -232,6 +292,11 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--page-size", type=int, default=500)
+    parser.add_argument(
+        "--backends",
+        default="ldap3,python-ldap",
+        help="comma-separated read backends to measure (default: %(default)s)",
+    )
     parser.add_argument("--profile", action="store_true")
     run(parser.parse_args())
 

@@ -44,6 +44,10 @@ pick_python() {
   if ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
     apt_install python3-venv
   fi
+  # Headers for the packages that build from source (python-ldap).
+  if ! "$PYTHON" -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
+    apt_install python3-dev
+  fi
 }
 
 # make_venv EXTRAS: create .venv (once) and install provisiond with EXTRAS into it.

@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
-apt_install xmlsec1 slapd ldap-utils chromium postgresql systemd prometheus
+apt_install xmlsec1 slapd ldap-utils chromium postgresql systemd prometheus \
+  build-essential libldap-dev libsasl2-dev
 make_venv test
 
 echo "==> ruff"

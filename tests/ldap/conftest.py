@@ -11,6 +11,7 @@ import pytest
 from daemon.runtime import PluginContext
 from daemon.secrets import SecretStore
 from daemon.sources.ldap import LdapOptions, LdapSource
+from daemon.sources.ldap.backend import Backend, fast_backend_installed
 from tests.ldap import seed
 from tests.ldap.slapd import READER_DN, READER_PASSWORD, SLAPD, Slapd, start
 
@@ -35,9 +36,31 @@ def context(tmp_path: Path) -> PluginContext:
     return PluginContext(config_dir=tmp_path, state_dir=tmp_path, secrets=SecretStore())
 
 
-@pytest.fixture
-def make_source(slapd: Slapd, tmp_path: Path, context: PluginContext) -> Callable[..., LdapSource]:
-    """Build an ldap source bound as the size-limited reader; keywords override options."""
+BACKENDS: list[Backend] = ["ldap3", "python-ldap"]
+
+
+def _skip_if_missing(backend: str) -> None:
+    if backend == "python-ldap" and not fast_backend_installed():
+        pytest.skip("python-ldap is not installed (ldap-fast extra)")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """Each read backend in turn; python-ldap only where it is installed."""
+    name: Backend = request.param
+    _skip_if_missing(name)
+    return name
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test here that uses ``make_source`` runs once per backend."""
+    if "make_source" in metafunc.fixturenames:
+        metafunc.parametrize("make_source", BACKENDS, indirect=True)
+
+
+def _maker(
+    slapd: Slapd, tmp_path: Path, context: PluginContext, backend: str
+) -> Callable[..., LdapSource]:
     (tmp_path / "bind.pw").write_text(READER_PASSWORD + "\n")
 
     def make(**overrides: Any) -> LdapSource:
@@ -49,8 +72,31 @@ def make_source(slapd: Slapd, tmp_path: Path, context: PluginContext) -> Callabl
             "user_base": seed.PEOPLE,
             "group_base": seed.GROUPS,
             "page_size": 20,
+            "backend": backend,
         }
         options.update(overrides)
         return LdapSource(LdapOptions.model_validate(options), context)
 
     return make
+
+
+@pytest.fixture
+def make_source(
+    slapd: Slapd, tmp_path: Path, context: PluginContext, request: pytest.FixtureRequest
+) -> Callable[..., LdapSource]:
+    """Build an ldap source bound as the size-limited reader; keywords override options.
+
+    Under tests/ldap it is parametrized with each backend; imported elsewhere
+    it uses ``backend: auto``.
+    """
+    backend: str = getattr(request, "param", "auto")
+    _skip_if_missing(backend)
+    return _maker(slapd, tmp_path, context, backend)
+
+
+@pytest.fixture
+def make_any_source(
+    slapd: Slapd, tmp_path: Path, context: PluginContext
+) -> Callable[..., LdapSource]:
+    """Like ``make_source``, once, with ``backend`` among the keywords (default ``auto``)."""
+    return _maker(slapd, tmp_path, context, "auto")

@@ -58,6 +58,11 @@ access to * by users read by * none
 overlay ppolicy
 """
 
+_TLS_CONF = """\
+TLSCertificateFile {cert}
+TLSCertificateKeyFile {key}
+"""
+
 
 def free_port() -> int:
     """A port that was free a moment ago on 127.0.0.1."""
@@ -74,10 +79,17 @@ class Slapd:
     workdir: Path
     port: int
     process: subprocess.Popen[bytes]
+    #: The ``ldaps://`` port, when started with a certificate.
+    tls_port: int | None = None
 
     @property
     def url(self) -> str:
         return f"ldap://127.0.0.1:{self.port}"
+
+    @property
+    def ldaps_url(self) -> str:
+        assert self.tls_port is not None, "started without tls"
+        return f"ldaps://127.0.0.1:{self.tls_port}"
 
     def modify(self, ldif: str) -> None:
         """Apply LDIF change records (``changetype`` defaults to add) as the rootdn."""
@@ -114,22 +126,27 @@ def start(
     size_limit: int = 50,
     paged_total: int | None = None,
     preload: Path | None = None,
+    tls: tuple[Path, Path] | None = None,
 ) -> Slapd:
     """Start slapd in ``workdir`` (which must exist) and wait until it answers.
 
     ``paged_total`` caps paged searches too (default: no cap), to provoke a
     truncated read. ``preload`` is an LDIF file loaded offline with slapadd
     first: far faster than adding over the wire, and it keeps the
-    operational attributes (``modifyTimestamp``) the file sets.
+    operational attributes (``modifyTimestamp``) the file sets. ``tls`` is
+    a (certificate, key) pair of PEM files: StartTLS is then offered, and
+    ``ldaps://`` listens on a second port.
     """
     (workdir / "db").mkdir()
     last_error = ""
     loaded = preload is None
     for _ in range(3):  # the free port may be taken between finding and binding it
         port = free_port()
+        tls_port = free_port() if tls else None
         conf = workdir / "slapd.conf"
         conf.write_text(
-            _CONF.format(
+            (_TLS_CONF.format(cert=tls[0], key=tls[1]) if tls else "")
+            + _CONF.format(
                 schema=SCHEMA_DIR,
                 ad_schema=AD_SCHEMA,
                 modules=MODULE_DIR,
@@ -151,14 +168,17 @@ def start(
                 timeout=600,
             )
             loaded = True
+        listen = f"ldap://127.0.0.1:{port}/"
+        if tls_port is not None:
+            listen += f" ldaps://127.0.0.1:{tls_port}/"
         log = (workdir / "slapd.log").open("wb")
         process = subprocess.Popen(
-            [str(SLAPD), "-f", str(conf), "-h", f"ldap://127.0.0.1:{port}/", "-d", "0"],
+            [str(SLAPD), "-f", str(conf), "-h", listen, "-d", "0"],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         log.close()
-        slapd = Slapd(workdir, port, process)
+        slapd = Slapd(workdir, port, process, tls_port)
         if _wait_ready(slapd):
             return slapd
         slapd.stop()

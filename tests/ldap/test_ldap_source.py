@@ -12,6 +12,7 @@ from daemon.model import AccountState, Snapshot, User
 from daemon.runtime import PluginContext
 from daemon.sources.base import SourceError
 from daemon.sources.ldap import LdapOptions, LdapSource
+from daemon.sources.ldap.backend import Backend
 from tests.ldap import seed
 from tests.ldap.slapd import READER_DN, READER_PASSWORD, Slapd, start
 
@@ -189,7 +190,7 @@ async def test_paged_read_beyond_the_server_size_limit(
 
 
 async def test_truncated_read_fails_instead_of_losing_users(
-    tmp_path: Path, context: PluginContext
+    tmp_path: Path, context: PluginContext, backend: Backend
 ) -> None:
     work = tmp_path / "capped"
     work.mkdir()
@@ -204,6 +205,7 @@ async def test_truncated_read_fails_instead_of_losing_users(
             bind_password_file=tmp_path / "pw",
             user_base=seed.PEOPLE,
             page_size=20,
+            backend=backend,
         )
         with pytest.raises(SourceError, match="sizeLimitExceeded"):
             await LdapSource(options, context).fetch(None)

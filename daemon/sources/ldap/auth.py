@@ -52,6 +52,7 @@ def _find(options: LdapOptions, layout: Layout, service_password: str, username:
             layout.user_base,
             user_filter(layout, username),
             search_scope=ldap3.SUBTREE,
+            dereference_aliases=ldap3.DEREF_NEVER,  # as the reads: who is not read cannot sign in
             attributes=layout.user_attributes(),
             size_limit=2,
         )

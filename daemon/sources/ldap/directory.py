@@ -146,6 +146,10 @@ def paged_search(
                 base,
                 search_filter,
                 search_scope=ldap3.SUBTREE,
+                # Only the entries under the base: an alias must not pull in
+                # an entry from elsewhere (and dereferencing costs the server
+                # a lookup per candidate). Both backends do the same.
+                dereference_aliases=ldap3.DEREF_NEVER,
                 attributes=attributes,
                 paged_size=page_size,
                 paged_cookie=cookie,

@@ -109,11 +109,9 @@ class LibldapReader:
         # Not critical, as with ldap3: a server without paging answers in one go
         # or hits its size limit, which fails the read.
         control = SimplePagedResultsControl(False, size=self._page_size, cookie=b"")
+        msgid = self._ask(base, search_filter, attributes, control)
         while True:
             try:
-                msgid = conn.search_ext(
-                    base, ldap.SCOPE_SUBTREE, search_filter, attributes, serverctrls=[control]
-                )
                 _, data, _, controls = conn.result3(
                     msgid,
                     timeout=self._timeout,
@@ -130,6 +128,12 @@ class LibldapReader:
                     "cannot read; set backend: ldap3"
                 ) from None
             stats.pages += 1
+            cookie = next((c.cookie for c in controls if c.controlType == _PAGED), b"")
+            if cookie:
+                # Ask for the next page before reading this one: the server
+                # prepares it while we decode.
+                control.cookie = cookie
+                msgid = self._ask(base, search_filter, attributes, control)
             for dn, attrs in data:
                 if dn is None:
                     continue  # a search continuation reference: never followed
@@ -138,10 +142,20 @@ class LibldapReader:
                 if any(";range=" in name for name in values):
                     complete_ranges(values, self._fetch_range(dn, base))
                 yield Entry(dn, values)
-            cookie = next((c.cookie for c in controls if c.controlType == _PAGED), b"")
             if not cookie:
                 return
-            control.cookie = cookie
+
+    def _ask(self, base: str, search_filter: str, attributes: list[str], control: Any) -> int:
+        try:
+            msgid: int = self._conn.search_ext(
+                base, ldap.SCOPE_SUBTREE, search_filter, attributes, serverctrls=[control]
+            )
+        except ldap.LDAPError as exc:
+            raise SourceError(
+                f"LDAP {self._url}: search under {base} with {search_filter} failed "
+                f"({_describe(exc)}); the read is incomplete and was discarded"
+            ) from None
+        return msgid
 
     def _fetch_range(self, dn: str, base: str) -> RangeFetch:
         def fetch(wanted: str) -> dict[str, list[bytes]]:
@@ -201,11 +215,13 @@ def _configure(conn: Any, options: LdapOptions) -> None:
     conn.set_option(ldap.OPT_PROTOCOL_VERSION, ldap.VERSION3)
     # Following a referral would send our bind credentials to another host.
     conn.set_option(ldap.OPT_REFERRALS, 0)
-    conn.set_option(ldap.OPT_DEREF, ldap.DEREF_ALWAYS)  # ldap3's search default
+    conn.set_option(ldap.OPT_DEREF, ldap.DEREF_NEVER)  # as the ldap3 reader: see there
     conn.set_option(ldap.OPT_SIZELIMIT, 0)
     conn.set_option(ldap.OPT_TIMELIMIT, 0)
     conn.set_option(ldap.OPT_NETWORK_TIMEOUT, options.connect_timeout)
     conn.set_option(ldap.OPT_TIMEOUT, options.timeout)
+    if options.plaintext:
+        return  # loading a CA store takes tens of milliseconds; no TLS, no store
     if options.tls_verify:
         # DEMAND checks the chain and the host name, as ldap3 does with CERT_REQUIRED.
         conn.set_option(ldap.OPT_X_TLS_REQUIRE_CERT, ldap.OPT_X_TLS_DEMAND)

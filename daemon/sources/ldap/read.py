@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import msgspec
@@ -29,6 +29,10 @@ def dn_key(dn: str) -> str:
     key = dn.strip().casefold()
     # Most DNs have no space by a separator; substituting anyway costs a
     # template expansion per separator, for every member of every group.
+    # Many have no whitespace at all, which is cheaper still to see: every
+    # character ``\s`` matches but the space is one isprintable() refuses.
+    if " " not in key and key.isprintable():
+        return key
     return _DN_SPACING.sub(r"\1", key) if _SPACED.search(key) else key
 
 
@@ -60,103 +64,167 @@ class _Bad(Exception):
         self.reason = reason
 
 
-def _object_id(entry: Entry, layout: Layout) -> str:
-    attr = layout.fields["id"]
-    if layout.id_encoding == "guid":
-        raw = entry.raw(attr)
-        if raw is None:
+def _first_text(values: list[bytes] | None, attr: str) -> str | None:
+    """The first value, stripped; ``None`` when absent or blank.
+
+    Every value must be UTF-8, not just the first: an entry with one broken
+    value is skipped whole, whichever value comes first.
+    """
+    if not values:
+        return None
+    try:
+        value = values[0].decode("utf-8").strip()
+        for other in values[1:]:
+            other.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Bad(attr, "is not UTF-8 text") from None
+    return value or None
+
+
+def _all_texts(values: list[bytes] | None, attr: str) -> list[str]:
+    try:
+        return [v.decode("utf-8") for v in values or ()]
+    except UnicodeDecodeError:
+        raise _Bad(attr, "is not UTF-8 text") from None
+
+
+def _object_id(attrs: dict[str, list[bytes]], attr: str, key: str, guid: bool) -> str:
+    if guid:
+        values = attrs.get(key)
+        if not values:
             raise _Bad(attr, "missing")
+        raw = values[0]
         if len(raw) != 16:
             raise _Bad(attr, f"is {len(raw)} bytes, a GUID has 16")
         # AD stores the first three GUID fields little-endian.
         return str(uuid.UUID(bytes_le=raw))
-    value = _text(entry, attr)
+    value = _first_text(attrs.get(key), attr)
     if value is None:
         raise _Bad(attr, "missing")
     return value
 
 
-def _text(entry: Entry, attr: str) -> str | None:
-    try:
-        return entry.text(attr)
-    except UnicodeDecodeError:
-        raise _Bad(attr, "is not UTF-8 text") from None
+UserReader = Callable[[Entry], "UserRecord | SkippedRecord"]
+GroupReader = Callable[[Entry], "GroupRecord | SkippedRecord"]
 
 
-def _suspended(entry: Entry, layout: Layout) -> bool:
-    if layout.account_control:
-        raw = _text(entry, "userAccountControl")
-        if raw is not None:
-            try:
-                flags = int(raw)
-            except ValueError:
-                raise _Bad("userAccountControl", f"{raw!r} is not an integer") from None
-            if flags & UAC_ACCOUNTDISABLE:
-                return True
+def user_reader(layout: Layout, where: str) -> UserReader:
+    """A function turning one entry into a user, or into the reason it cannot be one.
+
+    Everything that depends only on the layout is worked out here, once per
+    read rather than once per entry: a full read maps every user.
+    """
+    # Entry attributes are keyed by lower-cased name; (field, attribute, key).
+    fields = [(n, a, a.lower()) for n, a in layout.fields.items() if n != "id"]
+    id_attr = layout.fields["id"]
+    id_key, guid = id_attr.lower(), layout.id_encoding == "guid"
+    required = [(n, layout.fields[n]) for n in REQUIRED_FIELDS if n != "id"]
+    email_attr = layout.fields["email"]
+    member_of = layout.member_of_attribute
+    change = layout.change_attribute
+    change_key = change.lower()
+    suspended = _suspension(layout)
+
+    def read(entry: Entry) -> UserRecord | SkippedRecord:
+        attrs = entry.attrs
+        try:
+            values: dict[str, str | None] = {"id": _object_id(attrs, id_attr, id_key, guid)}
+            for name, attr, key in fields:
+                values[name] = _first_text(attrs.get(key), attr)
+            for name, attr in required:
+                if not values.get(name):
+                    raise _Bad(attr, "missing")
+            email = values.pop("email") or ""
+            if "@" not in email.strip("@"):
+                raise _Bad(email_attr, f"{email!r} is not an email address")
+            state = AccountState.SUSPENDED if suspended(attrs) else AccountState.ACTIVE
+            groups: tuple[str, ...] = ()
+            if member_of:
+                groups = tuple(
+                    dn_key(v) for v in _all_texts(attrs.get(member_of.lower()), member_of)
+                )
+            changed = _first_text(attrs.get(change_key), change)
+        except _Bad as bad:
+            return SkippedRecord(
+                where=where, record=entry.dn, field=bad.attribute, reason=bad.reason
+            )
+        manager_dn = values.pop("manager", None)
+        user = User(
+            id=values.pop("id") or "",
+            username=values.pop("username") or "",
+            email=email,
+            given_name=values.pop("given_name", None) or "",
+            family_name=values.pop("family_name", None) or "",
+            state=state,
+            **values,
+        )
+        return UserRecord(entry.dn, user, manager_dn, groups, changed)
+
+    return read
+
+
+def _suspension(layout: Layout) -> Callable[[dict[str, list[bytes]]], bool]:
+    """Whether an entry's attributes say the account is suspended."""
+    account_control = layout.account_control
     attr = layout.suspended_attribute
-    if attr:
-        value = _text(entry, attr)
-        if value is not None:
-            return not layout.suspended_values or value.casefold() in layout.suspended_values
-    return False
+    key = attr.lower() if attr else ""
+    wanted = layout.suspended_values
+
+    def suspended(attrs: dict[str, list[bytes]]) -> bool:
+        if account_control:
+            raw = _first_text(attrs.get("useraccountcontrol"), "userAccountControl")
+            if raw is not None:
+                try:
+                    flags = int(raw)
+                except ValueError:
+                    raise _Bad("userAccountControl", f"{raw!r} is not an integer") from None
+                if flags & UAC_ACCOUNTDISABLE:
+                    return True
+        if attr:
+            value = _first_text(attrs.get(key), attr)
+            if value is not None:
+                return not wanted or value.casefold() in wanted
+        return False
+
+    return suspended
 
 
 def user_record(entry: Entry, layout: Layout, where: str) -> UserRecord | SkippedRecord:
-    """The entry as a user, or the reason it cannot be one."""
-    try:
-        values: dict[str, str | None] = {"id": _object_id(entry, layout)}
-        for name, attr in layout.fields.items():
-            if name != "id":
-                values[name] = _text(entry, attr)
-        for name in REQUIRED_FIELDS:
-            if not values.get(name):
-                raise _Bad(layout.fields[name], "missing")
-        email = values.pop("email") or ""
-        if "@" not in email.strip("@"):
-            raise _Bad(layout.fields["email"], f"{email!r} is not an email address")
-        suspended = _suspended(entry, layout)
-        member_of: tuple[str, ...] = ()
-        if layout.member_of_attribute:
-            member_of = tuple(dn_key(v) for v in _texts(entry, layout.member_of_attribute))
-        change = _text(entry, layout.change_attribute)
-    except _Bad as bad:
-        return SkippedRecord(where=where, record=entry.dn, field=bad.attribute, reason=bad.reason)
-    manager_dn = values.pop("manager", None)
-    user = User(
-        id=values.pop("id") or "",
-        username=values.pop("username") or "",
-        email=email,
-        given_name=values.pop("given_name", None) or "",
-        family_name=values.pop("family_name", None) or "",
-        state=AccountState.SUSPENDED if suspended else AccountState.ACTIVE,
-        **values,
-    )
-    return UserRecord(entry.dn, user, manager_dn, member_of, change)
+    """The entry as a user, or the reason it cannot be one (see :func:`user_reader`)."""
+    return user_reader(layout, where)(entry)
 
 
-def _texts(entry: Entry, attr: str) -> list[str]:
-    try:
-        return entry.texts(attr)
-    except UnicodeDecodeError:
-        raise _Bad(attr, "is not UTF-8 text") from None
+def group_reader(layout: Layout, where: str) -> GroupReader:
+    """A function turning one entry into a group, or into the reason it cannot be one."""
+    id_attr = layout.fields["id"]
+    id_key, guid = id_attr.lower(), layout.id_encoding == "guid"
+    name_attr = layout.group_name_attribute
+    name_key = name_attr.lower()
+    member_attrs = [(a, a.lower()) for a in layout.group_member_attributes]
+    change = layout.change_attribute
+    change_key = change.lower()
+
+    def read(entry: Entry) -> GroupRecord | SkippedRecord:
+        attrs = entry.attrs
+        try:
+            group_id = _object_id(attrs, id_attr, id_key, guid)
+            name = _first_text(attrs.get(name_key), name_attr)
+            if name is None:
+                raise _Bad(name_attr, "missing")
+            members = {dn_key(v) for a, k in member_attrs for v in _all_texts(attrs.get(k), a)}
+            changed = _first_text(attrs.get(change_key), change)
+        except _Bad as bad:
+            return SkippedRecord(
+                where=where, record=entry.dn, field=bad.attribute, reason=bad.reason, kind="group"
+            )
+        return GroupRecord(entry.dn, group_id, name, tuple(sorted(members)), changed)
+
+    return read
 
 
 def group_record(entry: Entry, layout: Layout, where: str) -> GroupRecord | SkippedRecord:
-    """The entry as a group, or the reason it cannot be one."""
-    try:
-        group_id = _object_id(entry, layout)
-        name = _text(entry, layout.group_name_attribute)
-        if name is None:
-            raise _Bad(layout.group_name_attribute, "missing")
-        members = {
-            dn_key(v) for attr in layout.group_member_attributes for v in _texts(entry, attr)
-        }
-        change = _text(entry, layout.change_attribute)
-    except _Bad as bad:
-        return SkippedRecord(
-            where=where, record=entry.dn, field=bad.attribute, reason=bad.reason, kind="group"
-        )
-    return GroupRecord(entry.dn, group_id, name, tuple(sorted(members)), change)
+    """The entry as a group, or the reason it cannot be one (see :func:`group_reader`)."""
+    return group_reader(layout, where)(entry)
 
 
 def assemble(

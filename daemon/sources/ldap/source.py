@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
@@ -26,8 +28,8 @@ from daemon.sources.ldap.read import (
     UserRecord,
     assemble,
     dn_key,
-    group_record,
-    user_record,
+    group_reader,
+    user_reader,
 )
 from daemon.sources.ldap.settings import Layout, LdapOptions
 
@@ -35,6 +37,24 @@ log = structlog.get_logger(__name__)
 
 ReadKind = Literal["full", "incremental"]
 T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a read builds its objects.
+
+    A full read allocates hundreds of thousands of objects that all stay
+    alive, and no cycles among them; the collector would walk the growing
+    heap again and again for nothing (a third of a large read's time). The
+    previous state comes back afterwards; reference counting frees as usual.
+    """
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
 
 
 def in_chain_filter(user_filter: str, group_dn: str) -> str:
@@ -129,6 +149,10 @@ class LdapSource:
         return snapshot
 
     def _fetch_sync(self, full: bool) -> Snapshot | None:
+        with _no_cyclic_gc():
+            return self._fetch_now(full)
+
+    def _fetch_now(self, full: bool) -> Snapshot | None:
         stats = SearchStats()
         reader = open_reader(self.options, self.options.bind_dn, self._password.value())
         try:
@@ -198,11 +222,12 @@ class LdapSource:
         # An entry renamed since the last read comes back under a new DN with
         # the same id; its record under the old DN must go.
         user_keys = {r.user.id: k for k, r in state.users.items()} if mark else {}
+        user_record = user_reader(layout, url)
         for entry in user_entries:
             key = dn_key(entry.dn)
             state.users.pop(key, None)
             state.skipped.pop(key, None)
-            rec = user_record(entry, layout, url)
+            rec = user_record(entry)
             if isinstance(rec, SkippedRecord):
                 state.skipped[key] = rec
                 continue
@@ -213,11 +238,12 @@ class LdapSource:
             if rec.change:
                 marks.append(rec.change)
         group_keys = {r.id: k for k, r in state.groups.items()} if mark else {}
+        group_record = group_reader(layout, url)
         for entry in group_entries:
             key = dn_key(entry.dn)
             state.groups.pop(key, None)
             state.skipped.pop(key, None)
-            grec = group_record(entry, layout, url)
+            grec = group_record(entry)
             if isinstance(grec, SkippedRecord):
                 state.skipped[key] = grec
                 continue
