@@ -1,5 +1,6 @@
 """The AlexisHR plugin: SCIM 2.0 provisioning and the SAML 2.0 SP profile for AlexisHR."""
 
 from plugins.alexishr.sso import provisiond_public_routes
+from plugins.alexishr.target import provisiond_cycle_finished, provisiond_target_types
 
-__all__ = ["provisiond_public_routes"]
+__all__ = ["provisiond_cycle_finished", "provisiond_public_routes", "provisiond_target_types"]

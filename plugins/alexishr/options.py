@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import phonenumbers
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 PRODUCTION_SCIM_URL = "https://api.alexishr.com/v1/scim/v2"
@@ -44,6 +45,37 @@ class ScimOptions(_Options):
     timeout: float = Field(default=30.0, gt=0)
     #: Seconds between full reconciliation passes (list remote, repair drift).
     reconcile_every: float = Field(default=6 * 3600.0, ge=60)
+    #: Region (ISO 3166 code) used to read phone numbers written without a
+    #: country code, before they are normalised to E.164.
+    phone_region: str = "SE"
+    #: Most SCIM requests per second; the client slows below this when the
+    #: server answers 429/503, and recovers afterwards. AlexisHR publishes no
+    #: limit, so the default is cautious.
+    rate_limit: float = Field(default=20.0, gt=0, le=10000)
+    #: Members per membership PATCH request. Default: the server's
+    #: ``bulk.maxOperations`` when it gives one, else 100.
+    membership_chunk: int | None = Field(default=None, ge=1, le=1000)
+    #: After a 401/403, seconds to wait for the token file to change (a
+    #: rotation in progress) before the target is marked unhealthy.
+    token_rotation_wait: float = Field(default=10.0, ge=0, le=300)
+    #: Seconds between attempts while AlexisHR refuses the token (a changed
+    #: token file ends the wait at once).
+    auth_retry_after: float = Field(default=600.0, ge=1)
+    #: Consecutive delivery rounds in which most calls failed before the
+    #: target is quarantined (backed off without calling AlexisHR).
+    quarantine_after: int = Field(default=3, ge=1)
+    #: First quarantine, in seconds; doubles per further failed round ...
+    quarantine_base: float = Field(default=30.0, gt=0)
+    #: ... up to this ceiling.
+    quarantine_max: float = Field(default=900.0, gt=0)
+
+    @field_validator("phone_region")
+    @classmethod
+    def _region(cls, v: str) -> str:
+        region = v.strip().upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"{v!r} is not a region phonenumbers knows (use e.g. SE, GB, US)")
+        return region
 
 
 class SsoOptions(_Options):

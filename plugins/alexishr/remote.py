@@ -1,0 +1,175 @@
+"""What the target's parts share, and finding AlexisHR objects before creating any.
+
+Matching follows ALEXISHR.md: ``userName eq "<email>"``, then ``externalId eq
+"<directory id>"``. When the server cannot filter, or a batch would need many
+lookups (a first sync), one paged listing of every user replaces them: the
+:class:`RemoteIndex`. It is also what reconciliation compares against.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from scim2_models import Group
+
+from daemon.scim import Capabilities, ScimClient, eq_filter
+from plugins.alexishr.mapping import UserSchema
+from plugins.alexishr.mirror import Mirror
+from plugins.alexishr.options import ScimOptions
+
+#: Up to this many unmatched users in one batch are looked up one by one with
+#: filters; more (a first sync) read one listing of every user instead.
+FILTER_LOOKUPS_MAX = 25
+#: A listing older than this is read again before it is trusted for matching.
+INDEX_MAX_AGE = 300.0
+PAGE_SIZE = 200
+
+
+@dataclass
+class RemoteIndex:
+    """Every remote user and group, as read by the last listing."""
+
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)
+    user_by_external: dict[str, str] = field(default_factory=dict)
+    user_by_name: dict[str, str] = field(default_factory=dict)
+    groups: dict[str, dict[str, Any]] = field(default_factory=dict)
+    loaded_at: float | None = None
+    groups_loaded_at: float | None = None
+
+    def add_user(self, remote_id: str, data: dict[str, Any]) -> None:
+        self.users[remote_id] = data
+        if data.get("externalId"):
+            self.user_by_external[str(data["externalId"])] = remote_id
+        if data.get("userName"):
+            self.user_by_name[str(data["userName"]).casefold()] = remote_id
+
+    def forget_user(self, remote_id: str) -> None:
+        data = self.users.pop(remote_id, None)
+        if data is None:
+            return
+        if self.user_by_external.get(str(data.get("externalId"))) == remote_id:
+            del self.user_by_external[str(data["externalId"])]
+        name = str(data.get("userName", "")).casefold()
+        if self.user_by_name.get(name) == remote_id:
+            del self.user_by_name[name]
+
+    def match_user(self, email: str, external_id: str) -> str | None:
+        return self.user_by_name.get(email.casefold()) or self.user_by_external.get(external_id)
+
+
+@dataclass
+class Link:
+    """One target's connection to AlexisHR and the state its parts share."""
+
+    name: str
+    options: ScimOptions
+    client: ScimClient
+    schema: UserSchema
+    mirror: Mirror
+    clock: Callable[[], float] = time.time
+    index: RemoteIndex = field(default_factory=RemoteIndex)
+    log: Any = None
+
+    def __post_init__(self) -> None:
+        if self.log is None:
+            self.log = structlog.get_logger("provisiond.target.alexishr").bind(target=self.name)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.client.capabilities or Capabilities()
+
+    @property
+    def can_filter(self) -> bool:
+        return self.capabilities.filter
+
+    @property
+    def can_patch(self) -> bool:
+        return self.capabilities.patch
+
+    @property
+    def chunk(self) -> int:
+        """Members per membership PATCH: the configured size, else ``bulk.maxOperations``."""
+        if self.options.membership_chunk:
+            return self.options.membership_chunk
+        given = self.capabilities.bulk_max_operations
+        return max(1, min(given, 1000)) if given else 100
+
+    # -- listing -----------------------------------------------------------------
+
+    async def load_users(self) -> None:
+        """Read every remote user into :attr:`index`."""
+        index = RemoteIndex(groups=self.index.groups, groups_loaded_at=self.index.groups_loaded_at)
+        started = self.clock()
+        async for resource in self.client.iter_resources(self.schema.model, page_size=PAGE_SIZE):
+            if resource.id:
+                index.add_user(resource.id, self.schema.to_json(resource))
+        index.loaded_at = started
+        self.index = index
+        self.log.debug("listed AlexisHR users", users=len(index.users))
+
+    async def load_groups(self) -> None:
+        groups: dict[str, dict[str, Any]] = {}
+        started = self.clock()
+        async for group in self.client.iter_resources(Group, page_size=PAGE_SIZE):
+            if group.id:
+                groups[group.id] = group_json(group)
+        self.index.groups = groups
+        self.index.groups_loaded_at = started
+
+    def index_fresh(self) -> bool:
+        loaded = self.index.loaded_at
+        return loaded is not None and self.clock() - loaded < INDEX_MAX_AGE
+
+    async def prepare_matching(self, unmatched: int) -> None:
+        """Read the listing when filters cannot serve ``unmatched`` lookups cheaply."""
+        if unmatched == 0 or self.index_fresh():
+            return
+        if not self.can_filter or unmatched > FILTER_LOOKUPS_MAX:
+            await self.load_users()
+
+    async def find_user(self, email: str, external_id: str) -> tuple[str, dict[str, Any]] | None:
+        """The remote user to adopt for this directory user, or ``None``."""
+        if self.index_fresh() or not self.can_filter:
+            if not self.index_fresh():
+                await self.load_users()
+            remote_id = self.index.match_user(email, external_id)
+            return (remote_id, self.index.users[remote_id]) if remote_id else None
+        for attribute, value in (("userName", email), ("externalId", external_id)):
+            found = await self.client.find(self.schema.model, eq_filter(attribute, value))
+            if found and found[0].id:
+                return found[0].id, self.schema.to_json(found[0])
+        return None
+
+    async def find_group(self, name: str, external_id: str) -> tuple[str, dict[str, Any]] | None:
+        """The remote group to take over: same externalId, else same displayName."""
+        if self.can_filter:
+            for attribute, value in (("externalId", external_id), ("displayName", name)):
+                found = await self.client.find(Group, eq_filter(attribute, value), limit=10)
+                exact = [g for g in found if g.id and _group_matches(g, attribute, value)]
+                if exact:
+                    return exact[0].id or "", group_json(exact[0])
+            return None
+        await self.load_groups()
+        for attribute, value in (("externalId", external_id), ("displayName", name)):
+            for group_id, data in self.index.groups.items():
+                if data.get(attribute) == value:
+                    return group_id, data
+        return None
+
+
+def group_json(group: Group) -> dict[str, Any]:
+    """The parts of a remote group provisiond manages."""
+    return {
+        "displayName": group.display_name,
+        "externalId": group.external_id,
+        "members": sorted({m.value for m in group.members or () if m.value}),
+    }
+
+
+def _group_matches(group: Group, attribute: str, value: str) -> bool:
+    # Filters on displayName may be case-insensitive; the takeover rule is equality.
+    return (group.external_id if attribute == "externalId" else group.display_name) == value

@@ -1,0 +1,205 @@
+"""Users: match before create, minimal updates, deactivation, and the hard-delete grace."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+from scim2_models import PatchOperation
+
+from daemon.model import User
+from daemon.scim import (
+    ScimConflictError,
+    ScimNotFoundError,
+    ScimTransientError,
+    diff_operations,
+)
+from daemon.targets.base import Delta, Outcome
+from plugins.alexishr import metrics
+from plugins.alexishr.mapping import SKIP, MappedUser, strip_skip
+from plugins.alexishr.remote import Link
+
+
+async def upsert_user(link: Link, delta: Delta) -> Outcome:
+    """Make AlexisHR hold ``delta.desired`` (active or deactivated)."""
+    user = delta.desired
+    assert isinstance(user, User)
+    mapped = link.schema.body(user)
+    if mapped.problems:
+        metrics.PHONE_ERRORS.labels(link.name).inc()
+    link.mirror.pardon(user.id)  # back in the directory during a grace period
+    mirrored = link.mirror.get("user", user.id)
+    remote_id = (mirrored.remote_id if mirrored else None) or delta.remote_id
+    baseline: dict[str, Any] | None = None
+    kind = "update"
+    if remote_id is None:
+        found = await link.find_user(user.email, user.id)
+        if found is not None:
+            remote_id, remote = found
+            baseline = link.schema.project(remote, mapped.body.get(SKIP, ()))
+            kind = "adopt"
+        elif not user.active:
+            # Nothing to deactivate, and a deactivated account is not worth creating.
+            link.mirror.put("user", user.id, None, mapped.body)
+            metrics.operation(link.name, "skip_inactive", "ok")
+            return Outcome.success(delta)
+        else:
+            remote_id, kind = await create_user(link, user, mapped)
+    elif mirrored is not None and mirrored.remote_id == remote_id:
+        baseline = strip_skip(mirrored.body)
+    elif isinstance(delta.written, User):
+        baseline = strip_skip(link.schema.body(delta.written).body)
+    if kind in ("update", "adopt"):
+        try:
+            if baseline is None:
+                remote = link.schema.to_json(await link.client.get(link.schema.model, remote_id))
+                baseline = link.schema.project(remote, mapped.body.get(SKIP, ()))
+            kind = _kind(kind, baseline, mapped.body)
+            await write_user(link, remote_id, baseline, mapped)
+        except ScimNotFoundError:
+            link.log.warning(
+                "user was deleted in AlexisHR; creating it again",
+                object=f"user:{user.id}",
+            )
+            link.index.forget_user(remote_id)
+            remote_id, kind = await create_user(link, user, mapped)
+            kind = "recreate" if kind == "create" else kind
+    link.mirror.put("user", user.id, remote_id, mapped.body)
+    link.index.add_user(remote_id, strip_skip(mapped.body))
+    metrics.operation(link.name, kind, "ok")
+    if mapped.problems:
+        return Outcome(
+            "user",
+            user.id,
+            False,
+            remote_id=remote_id,
+            error="; ".join(mapped.problems) + "; the other attributes were written",
+            permanent=True,
+        )
+    return Outcome.success(delta, remote_id=remote_id)
+
+
+def _kind(kind: str, baseline: dict[str, Any], body: dict[str, Any]) -> str:
+    if kind != "update":
+        return kind
+    before, after = baseline.get("active"), body.get("active")
+    if before is not False and after is False:
+        return "deactivate"
+    if before is False and after is True:
+        return "reactivate"
+    return "update"
+
+
+async def create_user(link: Link, user: User, mapped: MappedUser) -> tuple[str, str]:
+    """POST the user; on 409, find the existing one and adopt it. Returns (id, kind)."""
+    resource = link.schema.resource(mapped.body)
+    try:
+        created = await link.client.create(resource)
+    except ScimConflictError:
+        found = await link.find_user(user.email, user.id)
+        if found is None and link.index_fresh():
+            link.index.loaded_at = None  # the listing predates the conflicting user
+            found = await link.find_user(user.email, user.id)
+        if found is None:
+            raise ScimTransientError(
+                "AlexisHR reports the user exists (409) but no user matches its e-mail "
+                "or directory id; trying again later",
+                status=409,
+            ) from None
+        remote_id, remote = found
+        baseline = link.schema.project(remote, mapped.body.get(SKIP, ()))
+        await write_user(link, remote_id, baseline, mapped)
+        link.log.info("adopted the existing AlexisHR user", object=f"user:{user.id}")
+        return remote_id, "adopt"
+    if not created.id:
+        raise ScimTransientError("AlexisHR created the user but returned no id", status=201)
+    return created.id, "create"
+
+
+async def write_user(
+    link: Link, remote_id: str, baseline: dict[str, Any], mapped: MappedUser
+) -> None:
+    """Send the minimal change from ``baseline`` to the mapped body (PATCH, or PUT)."""
+    skip = set(mapped.body.get(SKIP, ()))
+    desired = strip_skip(mapped.body)
+    current = {k: v for k, v in baseline.items() if k not in skip}
+    operations = diff_operations(current, desired)
+    if not operations:
+        return
+    if link.can_patch:
+        await link.client.patch(link.schema.model, remote_id, operations)
+    else:
+        await link.client.replace(link.schema.resource(mapped.body, resource_id=remote_id))
+
+
+async def remove_user(link: Link, delta: Delta) -> Outcome:
+    """The user left the directory: deactivate, and delete after the grace when configured."""
+    user = delta.written if isinstance(delta.written, User) else None
+    mirrored = link.mirror.get("user", delta.object_id)
+    remote_id = (mirrored.remote_id if mirrored else None) or delta.remote_id
+    if remote_id is None and user is not None:
+        found = await link.find_user(user.email, user.id)
+        remote_id = found[0] if found else None
+    if remote_id is None:
+        link.mirror.drop("user", delta.object_id)
+        return Outcome.success(delta)
+    grace = link.options.hard_delete_after
+    now = link.clock()
+    if delta.object_id not in link.mirror.doomed:
+        try:
+            await _deactivate(link, remote_id, user, mirrored.body if mirrored else None)
+        except ScimNotFoundError:
+            return _gone(link, delta)
+        metrics.operation(link.name, "deactivate", "ok")
+        if grace is None:
+            body = dict(mirrored.body) if mirrored else {}
+            body["active"] = False
+            # Kept so reconciliation can undo a reactivation by hand.
+            link.mirror.put("user", delta.object_id, remote_id, body)
+            return Outcome.success(delta, remote_id=remote_id)
+    if grace is None:
+        link.mirror.pardon(delta.object_id)
+        return Outcome.success(delta, remote_id=remote_id)
+    since = link.mirror.doom(delta.object_id, remote_id, now)
+    remaining = since + grace - now
+    if remaining > 0:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since + grace))
+        return Outcome.failure(
+            delta,
+            f"deactivated in AlexisHR; deletion waits for the hard-delete grace period "
+            f"(not an error), until {when}",
+            retry_after=remaining,
+        )
+    with contextlib.suppress(ScimNotFoundError):
+        await link.client.delete(link.schema.model, remote_id)
+    metrics.operation(link.name, "delete", "ok")
+    return _gone(link, delta)
+
+
+def _gone(link: Link, delta: Delta) -> Outcome:
+    mirrored = link.mirror.get("user", delta.object_id)
+    if mirrored and mirrored.remote_id:
+        link.index.forget_user(mirrored.remote_id)
+    link.mirror.drop("user", delta.object_id)
+    link.mirror.pardon(delta.object_id)
+    return Outcome.success(delta)
+
+
+async def _deactivate(
+    link: Link, remote_id: str, user: User | None, body: dict[str, Any] | None
+) -> None:
+    if link.can_patch:
+        await link.client.patch(
+            link.schema.model,
+            remote_id,
+            [{"op": PatchOperation.Op.replace_.value, "path": "active", "value": False}],
+        )
+        return
+    if user is not None:
+        mapped = link.schema.body(user, active=False)
+        await link.client.replace(link.schema.resource(mapped.body, resource_id=remote_id))
+        return
+    remote = await link.client.get(link.schema.model, remote_id)
+    remote.active = False
+    await link.client.replace(remote)
