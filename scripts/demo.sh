@@ -20,8 +20,15 @@ echo "==> starting the AlexisHR SCIM sandbox on http://127.0.0.1:$SANDBOX_PORT"
 SANDBOX_PID=$!
 trap 'kill "$SANDBOX_PID" 2>/dev/null || true; wait "$SANDBOX_PID" 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do
-  curl -fs -o /dev/null -H "Authorization: Bearer $(cat "$TOKEN_FILE")" \
-    "http://127.0.0.1:$SANDBOX_PORT/ServiceProviderConfig" && break
+  # (Python rather than curl: a fresh Debian may not have curl.)
+  .venv/bin/python - "$SANDBOX_PORT" "$TOKEN_FILE" <<'PY' 2>/dev/null && break
+import sys, urllib.request
+port, token_file = sys.argv[1], sys.argv[2]
+token = open(token_file).read().strip()
+req = urllib.request.Request(f"http://127.0.0.1:{port}/ServiceProviderConfig",
+                             headers={"Authorization": f"Bearer {token}"})
+urllib.request.urlopen(req, timeout=1)
+PY
   kill -0 "$SANDBOX_PID" 2>/dev/null || { cat state/alexishr-sandbox.log; exit 1; }
   sleep 0.1
 done
@@ -45,4 +52,8 @@ cat <<MSG
                  $PD plan --json
 
 MSG
-$PD run
+# In the background so that a SIGTERM to this script reaches the daemon too.
+$PD run &
+DAEMON_PID=$!
+trap 'kill -TERM "$DAEMON_PID" 2>/dev/null || true; wait "$DAEMON_PID" 2>/dev/null || true; exit 143' TERM INT
+wait "$DAEMON_PID"
