@@ -231,7 +231,18 @@ class Engine:
         for slot in self.targets:
             if slot.name in target_plans:
                 _apply_to_index(slot.index, target_plans[slot.name])
+                if target_plans[slot.name].released:
+                    await self._release(slot, target_plans[slot.name].released)
         self.force_plan = False
+
+    async def _release(self, slot: TargetSlot, keys: list[Key]) -> None:
+        log.info("objects released from the target", target=slot.name, objects=len(keys))
+        try:
+            hook = self.pm.hook.provisiond_objects_released
+            for result in hook(target=slot.target, keys=keys):
+                await await_me_maybe(result)
+        except Exception:
+            log.exception("a provisiond_objects_released hook failed", target=slot.name)
 
     def _report_snapshot(self, snapshot: Snapshot) -> None:
         metrics.DIRECTORY_OBJECTS.labels("user").set(len(snapshot.users))

@@ -132,8 +132,13 @@ async def open_store(config: Config) -> Store:
     return store
 
 
-async def target_status(store: Store, slots: list[TargetSlot]) -> dict[str, Any]:
-    """Per-target status read from the store (shared by the API and ``provisiond status``)."""
+async def target_status(
+    store: Store, slots: list[TargetSlot], pm: pluggy.PluginManager | None = None
+) -> dict[str, Any]:
+    """Per-target status read from the store (shared by the API and ``provisiond status``).
+
+    With ``pm``, plugins add their own fields (``provisiond_target_status``).
+    """
     out: dict[str, Any] = {}
     for slot in slots:
         dirty, failed = await store.counts(slot.name)
@@ -157,6 +162,10 @@ async def target_status(store: Store, slots: list[TargetSlot]) -> dict[str, Any]
                 for p in problems
             ],
         }
+        if pm is not None:
+            for extra in pm.hook.provisiond_target_status(target=slot.target):
+                if extra:
+                    out[slot.name].update(extra)
     return out
 
 
@@ -385,7 +394,7 @@ class Service:
     async def _refresh_status(self) -> None:
         assert self.store is not None and self.parts is not None and self.engine is not None
         try:
-            targets = await target_status(self.store, self.parts.slots)
+            targets = await target_status(self.store, self.parts.slots, self.pm)
         except Exception:
             log.exception("reading status from the state store failed")
             return

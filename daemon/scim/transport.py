@@ -226,37 +226,42 @@ class ScimTransport:
         payload = None if body is None else json.dumps(body).encode()
         while True:
             attempts += 1
-            held = await self.limiter.acquire()
-            if held > 0:
-                self._emit(RateLimitWaited(seconds=held, rate=self.limiter.rate))
-            token = self._read_token(method, path)
-            started = time.monotonic()
             status: int | None = None
-            try:
-                async with self._semaphore:
+            # The limiter is passed only once a connection slot is held: a request
+            # that passed it and then queued for a slot would go out during a
+            # Retry-After pause the server asked for meanwhile.
+            async with self._semaphore:
+                held = await self.limiter.acquire()
+                if held > 0:
+                    self._emit(RateLimitWaited(seconds=held, rate=self.limiter.rate))
+                token = self._read_token(method, path)
+                started = time.monotonic()
+                try:
                     status, headers, raw = await self._send(method, path, params, payload, token)
-            except aiohttp.ClientConnectorCertificateError as exc:
-                # A certificate will not fix itself between attempts.
-                raise ScimPermanentError(
-                    f"the server's TLS certificate could not be verified "
-                    f"({exc.certificate_error}); if it is signed by a private CA, "
-                    "configure that CA bundle",
-                    method=method,
-                    endpoint=path,
-                    attempts=attempts,
-                ) from None
-            except TimeoutError:
-                failure: ScimError = ScimTransientError(
-                    f"no answer within {self._timeouts.total:g}s", method=method, endpoint=path
-                )
-                reason = "timeout"
-            except (aiohttp.ClientError, OSError) as exc:
-                failure = ScimTransientError(
-                    f"connection failed: {type(exc).__name__}", method=method, endpoint=path
-                )
-                reason = "connection"
-            finally:
-                self._emit(RequestDone(method, resource, status, time.monotonic() - started))
+                except aiohttp.ClientConnectorCertificateError as exc:
+                    # A certificate will not fix itself between attempts.
+                    raise ScimPermanentError(
+                        f"the server's TLS certificate could not be verified "
+                        f"({exc.certificate_error}); if it is signed by a private CA, "
+                        "configure that CA bundle",
+                        method=method,
+                        endpoint=path,
+                        attempts=attempts,
+                    ) from None
+                except TimeoutError:
+                    failure: ScimError = ScimTransientError(
+                        f"no answer within {self._timeouts.total:g}s",
+                        method=method,
+                        endpoint=path,
+                    )
+                    reason = "timeout"
+                except (aiohttp.ClientError, OSError) as exc:
+                    failure = ScimTransientError(
+                        f"connection failed: {type(exc).__name__}", method=method, endpoint=path
+                    )
+                    reason = "connection"
+                finally:
+                    self._emit(RequestDone(method, resource, status, time.monotonic() - started))
 
             retry_after: float | None = None
             if status is not None:

@@ -227,3 +227,26 @@ async def test_directory_answers_sign_in_questions_from_committed_state(world) -
     # No plugin claims the fed source: never authenticated.
     assert await directory.authenticate("u1", "whatever-password") is None
     assert await directory.authenticate("u1", "") is None
+
+
+async def test_targets_hear_which_objects_were_released(tmp_path: Path) -> None:
+    from daemon.hookspecs import hookimpl
+
+    released: list[tuple[str, list[tuple[str, str]]]] = []
+
+    class Listener:
+        @hookimpl
+        def provisiond_objects_released(self, target, keys):  # type: ignore[no-untyped-def]
+            released.append((target.name, list(keys)))
+
+    source = FedSource(org())
+    target = RecordingTarget()
+    s = slot(target, [BOUND, "Engineering"])
+    eng = await engine(tmp_path, source, [s])
+    eng.pm.register(Listener())
+    await eng.cycle()
+    s.settings.groups = [BOUND]
+    eng.force_plan = True
+    await eng.cycle()
+    assert released == [("app", [("group", "g-eng")])]
+    await eng.store.aclose()  # type: ignore[attr-defined]
