@@ -3,12 +3,13 @@ and the latency from a portal click to the POST form.
 
     python bench/saml_sign.py [--seconds 5] [--clicks 300]
 
-Runs in one process (one core): first raw PKCS#1 v1.5 SHA-256 signatures
-with ``cryptography``, then ``build_response`` with both signatures (the
-default) and with the Assertion signed only, in the same run so the ratios
-compare like with like. Then the real public app (file source, an engine
-cycle into SQLite, the portal and the AlexisHR routes) on 127.0.0.1: a
-signed-in user's GET of the IdP URL, which answers with the POST form.
+Runs in one process (one core): raw PKCS#1 v1.5 SHA-256 signatures with
+``cryptography``, ``build_response`` with both signatures (the default) and
+with the Assertion signed only, taking turns in short slices of the same
+run so the ratios compare like with like even while the load changes.
+Then the real public app (file source, an engine cycle into SQLite, the
+portal and the AlexisHR routes) on 127.0.0.1: a signed-in user's GET of
+the IdP URL, which answers with the POST form.
 """
 
 from __future__ import annotations
@@ -26,28 +27,39 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import anyio  # noqa: E402
-from cryptography.hazmat.primitives import hashes  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import padding  # noqa: E402
+import anyio
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
 
-from daemon.saml.keys import generate_signing_key  # noqa: E402
-from daemon.saml.parties import IdentityProvider, ServiceProvider  # noqa: E402
-from daemon.saml.response import Principal, build_response  # noqa: E402
+from daemon.saml.keys import generate_signing_key
+from daemon.saml.parties import IdentityProvider, ServiceProvider
+from daemon.saml.response import Principal, build_response
 
 AUDIENCE = "urn:auth0:alexishr:bench"
 ACS = "https://auth.alexishr.com/login/callback?connection=bench"
 
 
-def rate(fn: Callable[[], object], seconds: float) -> float:
-    """Calls per second over ``seconds`` (after a short warm-up)."""
-    for _ in range(20):
-        fn()
-    n, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
+def rates(fns: list[Callable[[], object]], seconds: float, rounds: int = 10) -> list[float]:
+    """Calls per second of each of ``fns``, each given ``seconds`` in all.
+
+    The measures take turns in ``rounds`` short slices rather than running
+    one after another, so a change in the machine's load (other work on
+    the same cores) falls on all of them alike and their ratios stay fair.
+    """
+    for fn in fns:
         for _ in range(20):
             fn()
-        n += 20
-    return n / elapsed
+    counts, spent = [0] * len(fns), [0.0] * len(fns)
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            n, start = 0, time.perf_counter()
+            while (elapsed := time.perf_counter() - start) < seconds / rounds:
+                for _ in range(10):
+                    fn()
+                n += 10
+            counts[i] += n
+            spent[i] += elapsed
+    return [n / t for n, t in zip(counts, spent, strict=True)]
 
 
 def signing(seconds: float) -> list[tuple[str, float]]:
@@ -65,9 +77,14 @@ def signing(seconds: float) -> list[tuple[str, float]]:
         name_id="alice@nordlys.example",
         attributes={"email": ["alice@nordlys.example"], "firstName": ["Alice"], "lastName": ["L"]},
     )
-    raw = rate(lambda: key.private_key.sign(data, padding.PKCS1v15(), hashes.SHA256()), seconds)
-    full = rate(lambda: build_response(idp, both, who), seconds)
-    half = rate(lambda: build_response(idp, assertion_only, who), seconds)
+    raw, full, half = rates(
+        [
+            lambda: key.private_key.sign(data, padding.PKCS1v15(), hashes.SHA256()),
+            lambda: build_response(idp, both, who),
+            lambda: build_response(idp, assertion_only, who),
+        ],
+        seconds,
+    )
     return [
         ("raw RSA-2048 PKCS#1 v1.5 SHA-256 signatures", raw),
         ("Responses, Assertion and Response signed (default)", full),
@@ -105,7 +122,7 @@ async def clicks(n: int) -> list[float]:
         store = SqliteStore(tmp / "state.db")
         await store.open()
         settings = TargetSettings(name="alexishr", kind="alexishr", groups=[c.BOUND])
-        engine = Engine(source, [TargetSlot(settings, target)], store, pm, EngineSettings())  # type: ignore[arg-type]
+        engine = Engine(source, [TargetSlot(settings, target)], store, pm, EngineSettings())
         import yaml
 
         (tmp / "directory.yaml").write_text(yaml.safe_dump(c.directory_doc()))
