@@ -91,7 +91,7 @@ class EngineSettings(_Section):
     shutdown_grace: float = Field(default=30.0, ge=0.0)
     retry_base: float = Field(default=30.0, gt=0.0)
     retry_max: float = Field(default=3600.0, gt=0.0)
-    batch_size: int = Field(default=500, ge=1)
+    batch_size: int = Field(default=2000, ge=1)
 
 
 class StateSettings(_Section):

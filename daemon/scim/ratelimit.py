@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 Clock = Callable[[], float]
 _EPSILON = 1e-6
 Sleep = Callable[[float], Awaitable[None]]
+#: Successful requests the default additive increase needs from 0 to ``max_rate``.
+RECOVERY_SUCCESSES = 50
 
 
 class AdaptiveRateLimiter:
@@ -33,7 +35,7 @@ class AdaptiveRateLimiter:
         initial_rate: float | None = None,
         burst: float = 5.0,
         decrease_factor: float = 0.5,
-        increase_per_success: float = 0.1,
+        increase_per_success: float | None = None,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
@@ -47,7 +49,16 @@ class AdaptiveRateLimiter:
         self.min_rate = min_rate
         self.burst = burst
         self.decrease_factor = decrease_factor
-        self.increase_per_success = increase_per_success
+        #: Default: back from the floor to the ceiling within ~RECOVERY_SUCCESSES
+        #: successes, whatever the ceiling; a fixed step would take minutes at a
+        #: high ceiling and be too bold at a low one.
+        self.increase_per_success = (
+            increase_per_success
+            if increase_per_success is not None
+            else max_rate / RECOVERY_SUCCESSES
+        )
+        if self.increase_per_success <= 0:
+            raise ValueError("increase_per_success must be positive")
         self._clock = clock
         self._sleep = sleep
         self._rate = min(max(initial_rate or max_rate, min_rate), max_rate)

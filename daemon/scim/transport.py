@@ -262,6 +262,8 @@ class ScimTransport:
                     reason = "connection"
                 finally:
                     self._emit(RequestDone(method, resource, status, time.monotonic() - started))
+            # Nothing below awaits before on_pushback(), so a request woken by the slot
+            # just released meets the pause in acquire() instead of slipping out.
 
             retry_after: float | None = None
             if status is not None:

@@ -22,6 +22,8 @@ from typing import Any
 
 import phonenumbers
 import pydantic
+from pydantic.networks import validate_email
+from pydantic_core import PydanticCustomError
 from scim2_models import Context, EnterpriseUser, Extension, Group, User
 
 from daemon.model import USER_FIELDS
@@ -57,6 +59,9 @@ _ENTERPRISE_FIELDS = (
     ("cost_center", "costCenter"),
     ("company", "organization"),
 )
+#: Mappable targets the SCIM model constrains beyond "a string" (``profileUrl`` is a
+#: URI reference): with one of them mapped, :meth:`UserSchema.check` builds the model.
+_CONSTRAINED_EXTRA = frozenset({"profileUrl"})
 #: The ``__skip__`` key of a stored body lists attributes left untouched remotely.
 SKIP = "__skip__"
 
@@ -232,6 +237,25 @@ class UserSchema:
             for entry in out["emails"]:
                 entry.setdefault("primary", False)
         return out
+
+    def check(self, body: Mapping[str, Any]) -> None:
+        """Refuse what :meth:`resource` would refuse in a body made by :meth:`body`, cheaply.
+
+        Building the scim2-models resource costs about half a millisecond per user,
+        more than sending it. A body from :meth:`body` has a fixed shape of strings
+        and booleans whose only further constraint in the model is the e-mail
+        address (pydantic's ``EmailStr``), checked here with the same validator; a
+        mapped ``profileUrl`` (a URI) falls back to building the model. Raises
+        :class:`ValueError` (or ``ValidationError``) naming the attribute.
+        """
+        if _CONSTRAINED_EXTRA & self.extra.keys():
+            self.resource(body)
+            return
+        for index, entry in enumerate(body.get("emails") or ()):
+            try:
+                validate_email(entry["value"])
+            except PydanticCustomError as exc:
+                raise ValueError(f"emails.{index}.value: {exc}") from None
 
     def resource(self, body: Mapping[str, Any], *, resource_id: str | None = None) -> User[Any]:
         """``body`` as the scim2-models resource to send (raises ``ValidationError``)."""

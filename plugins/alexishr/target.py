@@ -107,9 +107,6 @@ class AlexisHRTarget:
                 max_rate=scim.rate_limit,
                 min_rate=min(0.2, scim.rate_limit),
                 burst=float(max(5, scim.max_concurrency)),
-                # Recover from a slowdown within ~50 successful requests whatever the
-                # ceiling: a fixed +0.1/s would take minutes at a high ceiling.
-                increase_per_success=max(0.1, scim.rate_limit / 50),
             ),
             observer=metrics.observer(name),
         )
@@ -199,9 +196,11 @@ class AlexisHRTarget:
         outcomes: dict[tuple[str, str], Outcome],
         stats: _Round,
     ) -> None:
-        # No more tasks than the client's connection slots: a request queued for a
-        # slot has already passed the rate limiter, and would go out during a
-        # Retry-After pause the server asked for meanwhile.
+        # No more deltas in progress than connection slots. Retry-After needs no such
+        # bound (the transport holds queued requests through a pause), but each delta
+        # checks the target's health as it starts: after a 401 or a quarantine the
+        # rest of the batch stops at once, instead of a whole batch of queued
+        # requests meeting the same refusal.
         limit = anyio.Semaphore(self.options.scim.max_concurrency)
 
         async def one(delta: Delta) -> None:

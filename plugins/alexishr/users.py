@@ -93,9 +93,9 @@ def _kind(kind: str, baseline: dict[str, Any], body: dict[str, Any]) -> str:
 
 async def create_user(link: Link, user: User, mapped: MappedUser) -> tuple[str, str]:
     """POST the user; on 409, find the existing one and adopt it. Returns (id, kind)."""
-    resource = link.schema.resource(mapped.body)
+    link.schema.check(mapped.body)
     try:
-        created = await link.client.create(resource)
+        created = await link.client.create_json(link.schema.model, strip_skip(mapped.body))
     except ScimConflictError:
         found = await link.find_user(user.email, user.id)
         if found is None and link.index_fresh():
@@ -112,9 +112,7 @@ async def create_user(link: Link, user: User, mapped: MappedUser) -> tuple[str, 
         await write_user(link, remote_id, baseline, mapped)
         link.log.info("adopted the existing AlexisHR user", object=f"user:{user.id}")
         return remote_id, "adopt"
-    if not created.id:
-        raise ScimTransientError("AlexisHR created the user but returned no id", status=201)
-    return created.id, "create"
+    return str(created["id"]), "create"
 
 
 async def write_user(

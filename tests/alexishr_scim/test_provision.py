@@ -190,3 +190,26 @@ async def test_a_user_deleted_by_hand_is_created_again_on_update(tmp_path: Path)
         again = w.users_by_external()["d1"]
         assert again["id"] != old and again["title"] == "New"
         assert len(w.dump("Users")) == 1
+
+
+async def test_a_revoked_token_stops_the_rest_of_the_batch(tmp_path: Path) -> None:
+    first = person("r000")
+    async with world(
+        tmp_path,
+        Snapshot.of([first], [make_group("g", BOUND, [first.id])]),
+        max_concurrency=4,
+        token_rotation_wait=0,
+    ) as w:
+        await converge(w)
+        # The token is revoked in AlexisHR; 60 new people arrive in one batch.
+        w.proxy.required_token = "a-token-provisiond-does-not-have"
+        users = [first, *(person(f"r{i:03d}") for i in range(1, 61))]
+        w.source.set(Snapshot.of(users, [make_group("g", BOUND, [u.id for u in users])]))
+        since = len(w.proxy.log)
+        report = await w.engine.cycle()
+        refused = [r for r in w.proxy.log[since:] if r.status == 401]
+        # The listing for matching meets the refusal first; then only the deltas
+        # already in progress do, and the rest of the batch is held back.
+        assert "filter" not in refused[0].query
+        assert 1 <= len(refused[1:]) <= 4
+        assert report.targets["alexishr"].failed == 61

@@ -99,7 +99,7 @@ def slot(
         groups=groups,
         guard=GuardSettings(max_share=share, min_count=min_count),
     )
-    return TargetSlot(settings, target)  # type: ignore[arg-type]
+    return TargetSlot(settings, target)
 
 
 async def engine(

@@ -11,6 +11,7 @@ import pytest
 from scim2_models import Group, User
 
 from daemon.scim import (
+    AdaptiveRateLimiter,
     RateLimitWaited,
     RequestDone,
     RetryPolicy,
@@ -313,3 +314,49 @@ async def test_concurrency_is_bounded_and_a_broken_observer_is_harmless(
         await asyncio.gather(*(client.discover() for _ in range(3)))
     assert len(proxy.log) == 9  # three discovery documents each
     assert proxy.max_in_flight == 2
+
+
+async def test_requests_queued_for_a_connection_slot_wait_out_a_retry_after(
+    proxy: FaultProxy,
+) -> None:
+    # Eight slots, 24 requests: 16 queue for a slot while the first wave is out. One
+    # of the wave gets 429 + Retry-After; the rest of the wave is slow, so slots free
+    # up during the pause. The queued requests must wait for the pause, not the slot.
+    proxy.retry_after = 1
+    proxy.slow_seconds = 0.5
+    proxy.script(Fault.RATE_LIMIT_SECONDS, *[Fault.SLOW] * 7, path="/ServiceProviderConfig")
+    # A limiter that would let every request through at once, but for the pause.
+    limiter = AdaptiveRateLimiter(max_rate=1000.0, burst=32.0)
+    async with ScimClient(
+        proxy.url,
+        lambda: TOKEN,
+        max_concurrency=8,
+        rate_limiter=limiter,
+        retry=FAST_RETRY,
+        timeouts=Timeouts(total=5.0, connect=5.0),
+    ) as client:
+        await asyncio.gather(
+            *(client.transport.request("GET", "/ServiceProviderConfig") for _ in range(24))
+        )
+    log = proxy.requests("GET", "/ServiceProviderConfig")
+    assert len(log) == 25  # 24 answers and the one retry
+    (pushed,) = [r for r in log if r.status == 429]
+    # Everything but the first wave (the scripted faults) is a queued request or
+    # the retry: none may reach the server before the pause is over.
+    later = [r.at - pushed.at for r in log if r.fault is None]
+    assert len(later) == 17
+    assert min(later) >= proxy.retry_after - SLACK, sorted(later)
+
+
+async def test_create_json_refuses_an_answer_without_a_usable_id(
+    client: ScimClient, proxy: FaultProxy
+) -> None:
+    body = {"schemas": [User.__schema__], "userName": f"{unique()}@example.org"}
+    proxy.script(Fault.SCHEMA_VIOLATION, method="POST")
+    with pytest.raises(ScimInvalidResponseError, match="no id") as caught:
+        await client.create_json(User, body)
+    assert "POST /Users" in str(caught.value)
+    proxy.script(Fault.NOT_JSON, method="POST")
+    body["userName"] = f"{unique()}@example.org"
+    with pytest.raises(ScimInvalidResponseError, match="not JSON"):
+        await client.create_json(User, body)

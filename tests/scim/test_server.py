@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from scim2_models import (
     Context,
@@ -204,3 +206,20 @@ async def test_patch_refuses_unknown_paths_before_sending(
     with pytest.raises(ValueError, match="not an attribute"):
         await client.patch(Group, "abc", [{"op": "replace", "path": "nope", "value": 1}])
     assert proxy.log == []
+
+
+async def test_create_json_sends_the_body_as_given_and_returns_the_answer(
+    client: ScimClient, proxy: FaultProxy
+) -> None:
+    email = f"{unique()}@example.org"
+    body = person(email, title="Engineer").model_dump(scim_ctx=Context.RESOURCE_CREATION_REQUEST)
+    created = await client.create_json(Person, body)
+    assert isinstance(created["id"], str) and created["id"]
+    assert created["userName"] == email and created["title"] == "Engineer"
+    (sent,) = proxy.requests("POST", "/Users")
+    assert json.loads(sent.body) == body
+    fetched = await client.get(Person, created["id"])
+    assert fetched[EnterpriseUser].department == "R&D"
+    with pytest.raises(ScimConflictError) as caught:
+        await client.create_json(Person, body)
+    assert caught.value.status == 409

@@ -18,6 +18,7 @@ from daemon.scim import (
     eq_filter,
     parse_retry_after,
 )
+from daemon.scim.ratelimit import RECOVERY_SUCCESSES
 from daemon.scim.transport import ScimResponse, normalise_base_url
 
 ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
@@ -110,6 +111,22 @@ async def test_limiter_slows_on_pushback_and_recovers_on_success() -> None:
     assert limiter.rate == 10.0
 
 
+@pytest.mark.parametrize("ceiling", [4.0, 20.0, 10_000.0])
+async def test_default_recovery_scales_with_the_ceiling(ceiling: float) -> None:
+    limiter = AdaptiveRateLimiter(max_rate=ceiling, min_rate=min(0.2, ceiling))
+    for _ in range(4):
+        limiter.on_pushback()
+    slowed = limiter.rate
+    assert slowed == pytest.approx(ceiling / 16)
+    limiter.on_success()
+    # Additive: one success is a step proportional to the ceiling, not a jump back...
+    assert limiter.rate == pytest.approx(slowed + ceiling / RECOVERY_SUCCESSES)
+    # ...so the ceiling is back within RECOVERY_SUCCESSES successes, at any ceiling.
+    for _ in range(RECOVERY_SUCCESSES - 1):
+        limiter.on_success()
+    assert limiter.rate == ceiling
+
+
 async def test_limiter_never_goes_below_its_floor() -> None:
     limiter = _limiter(FakeTime(), min_rate=1.0)
     for _ in range(50):
@@ -132,6 +149,8 @@ def test_limiter_rejects_nonsense() -> None:
         AdaptiveRateLimiter(min_rate=5, max_rate=1)
     with pytest.raises(ValueError):
         AdaptiveRateLimiter(decrease_factor=1.5)
+    with pytest.raises(ValueError):
+        AdaptiveRateLimiter(increase_per_success=0)
 
 
 # -- filters --------------------------------------------------------------------------
