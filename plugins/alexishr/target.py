@@ -414,3 +414,22 @@ async def provisiond_cycle_finished() -> None:
     """Run each AlexisHR target's reconciliation pass when it is due."""
     for target in list(_LIVE):
         await target.reconcile_if_due()
+
+
+@hookimpl
+def provisiond_objects_released(target: object, keys: Sequence[tuple[str, str]]) -> None:
+    """Forget groups unbound from the target: they stay in AlexisHR as they are."""
+    if not isinstance(target, AlexisHRTarget):
+        return
+    for kind, object_id in keys:
+        target.link.mirror.drop(kind, object_id)
+    target.link.mirror.flush()
+    target.link.log.info("stopped managing unbound objects", objects=len(keys))
+
+
+@hookimpl
+def provisiond_target_status(target: object) -> dict[str, object] | None:
+    """Token and quarantine state for ``provisiond status`` and the status API."""
+    if not isinstance(target, AlexisHRTarget):
+        return None
+    return target.health.describe()

@@ -233,3 +233,39 @@ async def test_check_reports_capabilities_and_write_test_cleans_up(tmp_path: Pat
         assert "created, deactivated and deleted" in text
         assert w.dump("Users") == []
         assert [r.method for r in w.proxy.log if r.method != "GET"] == ["POST", "PATCH", "DELETE"]
+
+
+async def test_an_unbound_group_is_left_as_it_is(tmp_path: Path) -> None:
+    users = [person(f"s{i:03d}") for i in range(4)]
+    snap = Snapshot.of(
+        users,
+        [
+            make_group("g-app", BOUND, [u.id for u in users]),
+            make_group("g-extra", "Extra", ["s000", "s001"]),
+        ],
+    )
+    async with world(tmp_path, snap, bound=[BOUND, "Extra"]) as w:
+        await converge(w)
+        extra = next(g for g in w.dump("Groups") if g["displayName"] == "Extra")
+        # Unbind it: no delivery, no delete; reconciliation stops minding it.
+        w.engine.targets[0].settings.groups = [BOUND]
+        w.engine.force_plan = True
+        mark = len(w.proxy.log)
+        await converge(w)
+        assert not [r for r in w.proxy.log[mark:] if "/Groups" in r.path and r.method != "GET"]
+        stray = w.raw(
+            "POST",
+            "/Users",
+            {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "x@y.example"},
+        )
+        w.raw(
+            "PATCH",
+            f"/Groups/{extra['id']}",
+            {
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                "Operations": [{"op": "add", "path": "members", "value": [{"value": stray["id"]}]}],
+            },
+        )
+        await w.target.reconcile()
+        after = next(g for g in w.dump("Groups") if g["displayName"] == "Extra")
+        assert stray["id"] in {m["value"] for m in after["members"]}
