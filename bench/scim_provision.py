@@ -107,7 +107,7 @@ class Provisioned:
 
 
 async def provisiond_load(
-    url: str, snapshot: Snapshot, concurrency: int, root: Path, batch_size: int = 500
+    url: str, snapshot: Snapshot, concurrency: int, root: Path, batch_size: int | None = None
 ) -> Provisioned:
     """Time the initial provisioning, users and group apart, and a no-change cycle."""
     (root / "token").write_text(TOKEN)
@@ -136,7 +136,9 @@ async def provisiond_load(
         [TargetSlot(settings, target)],
         store,
         plugin_manager(entry_points=False),
-        EngineSettings(batch_size=batch_size, retry_base=0.1, retry_max=1.0),
+        EngineSettings(
+            batch_size=batch_size or EngineSettings().batch_size, retry_base=0.1, retry_max=1.0
+        ),
     )
     # Deliveries go phase by phase and batches in phase order, so the first group
     # upsert marks the end of the users' provisioning. The target calls the handler
@@ -174,7 +176,12 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=500, help="the engine's (default 500)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=EngineSettings().batch_size,
+        help="the engine's (default: the engine's default)",
+    )
     args = parser.parse_args()
     import structlog
 
