@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
+from lxml import etree
+
 from daemon.saml.bindings import InboundMessage
 from daemon.saml.errors import SamlRequestError
 from daemon.saml.names import BINDING_HTTP_POST, NS_SAMLP
@@ -59,23 +61,10 @@ async def receive_authn_request(
     requires one (or sends one and has certificates); and the ID was not seen
     before (recorded in ``replay`` until the request expires).
     """
-    now = now or datetime.now(UTC)
-    root = parse_untrusted(message.xml)
-    if root.tag != f"{{{NS_SAMLP}}}AuthnRequest":
-        raise SamlRequestError("SAML message is not an AuthnRequest")
-
-    issuer = issuer_of(root)
-    if issuer != sp.entity_id:
-        raise SamlRequestError("AuthnRequest comes from an unknown service provider")
-
-    signed, root = check_signature(root, message, sp, "AuthnRequest")
-
-    if root.get("Version") != "2.0":
-        raise SamlRequestError("AuthnRequest is not SAML version 2.0")
-    request_id = root.get("ID") or ""
-    if not MESSAGE_ID.fullmatch(request_id):
-        raise SamlRequestError("AuthnRequest ID is missing or malformed")
-
+    checked = open_request(
+        message, sp, "AuthnRequest", destination=destination, now=now, lifetime=lifetime
+    )
+    root, request_id = checked.root, checked.request_id
     acs = root.get("AssertionConsumerServiceURL")
     if acs is not None and acs != sp.acs_url:
         raise SamlRequestError(
@@ -84,16 +73,12 @@ async def receive_authn_request(
     binding = root.get("ProtocolBinding")
     if binding is not None and binding != BINDING_HTTP_POST:
         raise SamlRequestError("AuthnRequest asks for a binding other than HTTP-POST")
-    sent_to = root.get("Destination")
-    if destination is not None and sent_to is not None and sent_to != destination:
-        raise SamlRequestError("AuthnRequest was sent to another destination")
-
-    instant = parse_instant(root.get("IssueInstant"), "AuthnRequest IssueInstant")
-    if instant > now + sp.clock_skew:
-        raise SamlRequestError("AuthnRequest is issued in the future; check the SP's clock")
-    expires_at = instant + lifetime + sp.clock_skew
-    if expires_at <= now:
-        raise SamlRequestError("AuthnRequest has expired; start the sign-in again")
+    issuer, signed, instant, expires_at = (
+        checked.issuer,
+        checked.signed,
+        checked.instant,
+        checked.expires_at,
+    )
 
     if not await replay.claim(f"{sp.entity_id} {request_id}", expires_at):
         raise SamlRequestError("AuthnRequest was already used; start the sign-in again")
@@ -111,6 +96,61 @@ async def receive_authn_request(
         name_id_policy_format=policy.get("Format") if policy is not None else None,
         signed=signed,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedRequest:
+    """What every inbound request passed: its tree, issuer, ID, signature and times."""
+
+    root: etree._Element
+    issuer: str
+    request_id: str
+    signed: bool
+    instant: datetime
+    expires_at: datetime
+
+
+def open_request(
+    message: InboundMessage,
+    sp: ServiceProvider,
+    kind: str,
+    *,
+    destination: str | None,
+    now: datetime | None,
+    lifetime: timedelta,
+) -> CheckedRequest:
+    """The checks every request from an SP gets, whatever its kind.
+
+    It must be a ``kind`` element of SAML 2.0 with a sane ID, issued by
+    ``sp.entity_id``, signed when the SP's policy says so, sent to
+    ``destination`` when both name one, and issued within ``lifetime`` (plus
+    the SP's clock skew). The caller checks what is particular to its kind,
+    then claims the ID against replay.
+    """
+    now = now or datetime.now(UTC)
+    root = parse_untrusted(message.xml)
+    if root.tag != f"{{{NS_SAMLP}}}{kind}":
+        article = "an" if kind[0] in "AEIOU" else "a"
+        raise SamlRequestError(f"SAML message is not {article} {kind}")
+    issuer = issuer_of(root)
+    if issuer != sp.entity_id:
+        raise SamlRequestError(f"{kind} comes from an unknown service provider")
+    signed, root = check_signature(root, message, sp, kind)
+    if root.get("Version") != "2.0":
+        raise SamlRequestError(f"{kind} is not SAML version 2.0")
+    request_id = root.get("ID") or ""
+    if not MESSAGE_ID.fullmatch(request_id):
+        raise SamlRequestError(f"{kind} ID is missing or malformed")
+    sent_to = root.get("Destination")
+    if destination is not None and sent_to is not None and sent_to != destination:
+        raise SamlRequestError(f"{kind} was sent to another destination")
+    instant = parse_instant(root.get("IssueInstant"), f"{kind} IssueInstant")
+    if instant > now + sp.clock_skew:
+        raise SamlRequestError(f"{kind} is issued in the future; check the SP's clock")
+    expires_at = instant + lifetime + sp.clock_skew
+    if expires_at <= now:
+        raise SamlRequestError(f"{kind} has expired; start again")
+    return CheckedRequest(root, issuer, request_id, signed, instant, expires_at)
 
 
 def _bool(value: str | None) -> bool:

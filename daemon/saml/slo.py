@@ -17,11 +17,9 @@ from daemon.saml.errors import SamlConfigError, SamlRequestError
 from daemon.saml.names import ENTITY_FORMAT, NS_SAML, NS_SAMLP, STATUS_SUCCESS
 from daemon.saml.parties import IdentityProvider, ServiceProvider
 from daemon.saml.replay import RequestIdStore
-from daemon.saml.request import DEFAULT_REQUEST_LIFETIME, MESSAGE_ID
-from daemon.saml.safexml import parse_untrusted
+from daemon.saml.request import DEFAULT_REQUEST_LIFETIME, open_request
 from daemon.saml.signing import add_signature_placeholder, new_id, sign
-from daemon.saml.timefmt import format_instant, parse_instant
-from daemon.saml.verify import check_signature, issuer_of
+from daemon.saml.timefmt import format_instant
 
 _MAX_SESSION_INDEXES: Final = 32
 
@@ -52,28 +50,10 @@ async def receive_logout_request(
 
     Raises :class:`SamlRequestError` when refused.
     """
-    now = now or datetime.now(UTC)
-    root = parse_untrusted(message.xml)
-    if root.tag != f"{{{NS_SAMLP}}}LogoutRequest":
-        raise SamlRequestError("SAML message is not a LogoutRequest")
-    issuer = issuer_of(root)
-    if issuer != sp.entity_id:
-        raise SamlRequestError("LogoutRequest comes from an unknown service provider")
-    signed, root = check_signature(root, message, sp, "LogoutRequest")
-    if root.get("Version") != "2.0":
-        raise SamlRequestError("LogoutRequest is not SAML version 2.0")
-    request_id = root.get("ID") or ""
-    if not MESSAGE_ID.fullmatch(request_id):
-        raise SamlRequestError("LogoutRequest ID is missing or malformed")
-    sent_to = root.get("Destination")
-    if destination is not None and sent_to is not None and sent_to != destination:
-        raise SamlRequestError("LogoutRequest was sent to another destination")
-    instant = parse_instant(root.get("IssueInstant"), "LogoutRequest IssueInstant")
-    if instant > now + sp.clock_skew:
-        raise SamlRequestError("LogoutRequest is issued in the future; check the SP's clock")
-    expires_at = instant + lifetime + sp.clock_skew
-    if expires_at <= now:
-        raise SamlRequestError("LogoutRequest has expired")
+    checked = open_request(
+        message, sp, "LogoutRequest", destination=destination, now=now, lifetime=lifetime
+    )
+    root, request_id, expires_at = checked.root, checked.request_id, checked.expires_at
     name_id = root.find(f"{{{NS_SAML}}}NameID")
     if name_id is None or not (name_id.text or "").strip():
         raise SamlRequestError("LogoutRequest has no NameID")
@@ -84,12 +64,12 @@ async def receive_logout_request(
         raise SamlRequestError("LogoutRequest was already used")
     return LogoutRequest(
         id=request_id,
-        issuer=issuer,
+        issuer=checked.issuer,
         name_id=(name_id.text or "").strip(),
         name_id_format=name_id.get("Format"),
         session_indexes=indexes,
         relay_state=message.relay_state,
-        signed=signed,
+        signed=checked.signed,
     )
 
 

@@ -383,14 +383,7 @@ class JumpCloudSource:
         snapshot = await self.fetch(None)
         skipped = len(snapshot.skipped)
         for record in snapshot.skipped:
-            log.warning(
-                "directory record skipped",
-                where=record.where,
-                kind=record.kind,
-                record=record.record,
-                field=record.field,
-                reason=record.reason,
-            )
+            log.warning("directory record skipped", **record.log_fields())
         return [
             f"JumpCloud {self.options.base_url}: {len(snapshot.users):,} users, "
             f"{len(snapshot.groups):,} groups, {skipped:,} "

@@ -294,14 +294,7 @@ class LdapSource:
         snapshot = await self._run(self._check_sync)
         skipped = len(snapshot.skipped)
         for record in snapshot.skipped:
-            log.warning(
-                "directory record skipped",
-                where=record.where,
-                kind=record.kind,
-                record=record.record,
-                field=record.field,
-                reason=record.reason,
-            )
+            log.warning("directory record skipped", **record.log_fields())
         lines = [
             f"LDAP {self.options.url}: bound as {self.options.bind_dn}, "
             f"{len(snapshot.users):,} users, {len(snapshot.groups):,} groups, "
