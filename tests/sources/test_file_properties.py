@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import yaml
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from daemon.sources.base import SourceError
@@ -41,6 +41,16 @@ directories = st.fixed_dictionaries(
 
 @settings(max_examples=100, deadline=None)
 @given(directories)
+# Found by CI: a kept user whose username differs from a skipped one by case.
+@example(
+    {
+        "users": [
+            {"id": "u2", "username": "ann"},
+            {"id": "u1", "username": "Ann", "email": "a@x.se", "password_hash": "$argon2id$v=19$x"},
+        ],
+        "groups": [],
+    }
+)
 def test_every_record_is_kept_or_reported(doc: dict[str, Any]) -> None:
     data = json.dumps(doc).encode()
     snapshot, hashes = parse(data, "json", "dir.json", "v1")
@@ -58,7 +68,8 @@ def test_every_record_is_kept_or_reported(doc: dict[str, Any]) -> None:
         assert set(group.members) <= set(snapshot.users)
     for user in snapshot.users.values():
         assert user.manager is None or user.manager in snapshot.users
-    assert set(hashes) <= set(usernames)
+    # Hashes are keyed by the username as the directory spells it.
+    assert set(hashes) <= {u.username for u in snapshot.users.values()}
     assert all(h.startswith("$argon2id$") for h in hashes.values())
 
     # YAML reads the same document to the same directory.
