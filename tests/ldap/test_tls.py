@@ -20,8 +20,8 @@ from daemon.secrets import SecretStore
 from daemon.sources.base import SourceError
 from daemon.sources.ldap import LdapOptions, LdapSource
 from tests.ldap import seed
-from tests.ldap.certs import write_ca_and_server
 from tests.ldap.slapd import READER_DN, READER_PASSWORD, SLAPD, Slapd, start
+from tests.support.certs import write_ca_and_server
 
 
 @pytest.fixture(scope="module")
