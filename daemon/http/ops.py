@@ -17,7 +17,6 @@ Every error is a JSON ``{"error": "..."}`` without a stack trace.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 from typing import Any, Protocol
 
@@ -26,6 +25,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from daemon import metrics
 from daemon.logs import get_logger, redact_value
+from daemon.loopback import is_loopback_address, is_loopback_host_header
 from daemon.secrets import SECRETS, SecretError, SecretFile, SecretStore
 
 log = get_logger("provisiond.http.ops")
@@ -82,38 +82,16 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error_response(500, "internal error")
 
 
-def _is_loopback_address(text: str) -> bool:
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        # ::ffff:127.0.0.1 from a dual-stack socket; Python 3.11 calls it non-loopback.
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
-
-
-def _is_loopback_host(host: str) -> bool:
-    """Whether a Host header names this machine by loopback (port optional)."""
-    if host.startswith("["):
-        name = host[1 : host.find("]")] if "]" in host else ""
-    elif host.count(":") == 1:
-        name = host.partition(":")[0]
-    else:
-        name = host
-    return name.lower() in ("localhost", "localhost.") or _is_loopback_address(name)
-
-
 def _refuse_loopback(request: web.Request) -> web.Response | None:
     """Why a request is refused in loopback-only mode, or None to serve it."""
-    if request.remote is None or not _is_loopback_address(request.remote):
+    if request.remote is None or not is_loopback_address(request.remote):
         return error_response(
             403, f"admin API is served only to loopback peers; {_REMOTE_ADMIN_HINT}"
         )
     if "Origin" in request.headers:
         return error_response(403, "admin API does not accept browser requests")
     host = request.headers.get("Host")
-    if host is not None and not _is_loopback_host(host):
+    if host is not None and not is_loopback_host_header(host):
         return error_response(403, "admin API is served only under a loopback host name")
     return None
 

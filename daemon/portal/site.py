@@ -8,7 +8,6 @@ shared pages (:meth:`Portal.forbidden`, :meth:`Portal.refused`).
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from aiohttp import web
 
 from daemon.config import PublicListenerSettings
 from daemon.directory import Directory
+from daemon.loopback import is_loopback_host
 from daemon.model import User
 from daemon.portal.metrics import SSO_REFUSALS
 from daemon.portal.session_key import SessionKey
@@ -63,22 +63,13 @@ def base_url_of(settings: PublicListenerSettings) -> str:
             f"http.public.base_url {raw!r} must not have a path, query or fragment: "
             "serve provisiond at the root of its own host name"
         )
-    if url.scheme == "http" and not _loopback(url.hostname):
+    if url.scheme == "http" and not is_loopback_host(url.hostname):
         raise PortalConfigError(
             f"http.public.base_url {raw!r} is plain http on a non-loopback host: passwords and "
             "session cookies would cross the network in clear text. Put a TLS-terminating "
             "proxy in front and set base_url to its https:// URL"
         )
     return f"{url.scheme}://{url.netloc}"
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class Portal:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import random
 import re
@@ -24,6 +23,8 @@ import aiohttp
 from multidict import CIMultiDict
 from pydantic import ValidationError
 from scim2_models import Error
+
+from daemon.loopback import is_loopback_host
 
 from .errors import (
     AUTH_DETAIL,
@@ -90,15 +91,6 @@ def _excerpt(body: bytes) -> str:
     return repr(text + more) if text else "(empty body)"
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def normalise_base_url(base_url: str) -> str:
     """``base_url`` without trailing slash, or :class:`ValueError` saying what is wrong.
 
@@ -108,7 +100,7 @@ def normalise_base_url(base_url: str) -> str:
     parts = urlsplit(base_url.strip())
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise ValueError(f"SCIM base URL must be an https:// URL, got {base_url!r}")
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
         raise ValueError("SCIM base URL must use https:// (plain http only for loopback tests)")
     if parts.username or parts.password or parts.query or parts.fragment:
         raise ValueError("SCIM base URL must not carry credentials, a query or a fragment")

@@ -22,7 +22,6 @@ down raises :class:`SourceError`, whose text never holds the API key.
 from __future__ import annotations
 
 import email.utils
-import ipaddress
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -37,6 +36,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from daemon.hookspecs import hookimpl
+from daemon.loopback import is_loopback_host
 from daemon.model import AccountState, Group, SkippedRecord, Snapshot, User, make_group
 from daemon.runtime import PluginContext
 from daemon.secrets import SecretError, resolve_secret_path
@@ -82,20 +82,11 @@ class JumpCloudOptions(BaseModel):
         parts = urlsplit(v)
         if not parts.hostname or parts.username or parts.query or parts.path not in ("", "/"):
             raise ValueError("must be https://host[:port] with nothing else")
-        if parts.scheme == "http" and _loopback(parts.hostname):
+        if parts.scheme == "http" and is_loopback_host(parts.hostname):
             return v.rstrip("/")
         if parts.scheme != "https":
             raise ValueError("must use https (http is accepted for 127.0.0.1/localhost only)")
         return v.rstrip("/")
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -143,18 +143,22 @@ class RotatingToken:
         self.reads += 1
         return self.current
 
+    def rotating_after_first_read(self) -> Callable[[], str]:
+        """A provider that rotates the secret while the first request is in flight."""
+
+        def provider() -> str:
+            value = self()
+            if self.reads == 1:
+                self.rotate()
+            return value
+
+        return provider
+
 
 async def test_401_retries_once_with_a_rotated_token(proxy: FaultProxy) -> None:
     token = RotatingToken("old-token-aaaaaaaa", "new-token-bbbbbbbb")
     proxy.required_token = "new-token-bbbbbbbb"
-
-    def provider() -> str:
-        value = token()
-        if token.reads == 1:
-            # The admin rotates the secret file while the first request is in flight.
-            token.rotate()
-        return value
-
+    provider = token.rotating_after_first_read()
     async with ScimClient(proxy.url, provider, retry=FAST_RETRY) as client:
         await client.discover()
     auths = [r.authorization for r in proxy.requests("GET", "/ServiceProviderConfig")]
@@ -177,13 +181,7 @@ async def test_401_with_an_unchanged_token_is_an_auth_error(proxy: FaultProxy) -
 async def test_401_after_rotation_is_retried_only_once(proxy: FaultProxy) -> None:
     token = RotatingToken("first-token-aaaaaaa", "second-token-bbbbbbb")
     proxy.required_token = "neither-of-them-cccccc"
-
-    def provider() -> str:
-        value = token()
-        if token.reads == 1:
-            token.rotate()
-        return value
-
+    provider = token.rotating_after_first_read()
     async with ScimClient(proxy.url, provider, retry=FAST_RETRY) as client:
         with pytest.raises(ScimAuthError):
             await client.discover()

@@ -6,7 +6,7 @@ import contextlib
 import gc
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
@@ -21,7 +21,7 @@ from daemon.sources import metrics
 from daemon.sources.base import SourceError
 from daemon.sources.ldap.auth import authenticate_sync
 from daemon.sources.ldap.backend import Reader, chosen_backend, open_reader
-from daemon.sources.ldap.directory import SearchStats
+from daemon.sources.ldap.directory import Entry, SearchStats
 from daemon.sources.ldap.presets import LDAP_MATCHING_RULE_IN_CHAIN
 from daemon.sources.ldap.read import (
     GroupRecord,
@@ -37,6 +37,7 @@ log = structlog.get_logger(__name__)
 
 ReadKind = Literal["full", "incremental"]
 T = TypeVar("T")
+R = TypeVar("R", UserRecord, GroupRecord)
 
 
 @contextlib.contextmanager
@@ -219,40 +220,23 @@ class LdapSource:
             mark=base.mark,
         )
         marks: list[str] = [state.mark] if state.mark else []
-        # An entry renamed since the last read comes back under a new DN with
-        # the same id; its record under the old DN must go.
-        user_keys = {r.user.id: k for k, r in state.users.items()} if mark else {}
-        user_record = user_reader(layout, url)
-        for entry in user_entries:
-            key = dn_key(entry.dn)
-            state.users.pop(key, None)
-            state.skipped.pop(key, None)
-            rec = user_record(entry)
-            if isinstance(rec, SkippedRecord):
-                state.skipped[key] = rec
-                continue
-            old = user_keys.get(rec.user.id)
-            if old is not None and old != key:
-                state.users.pop(old, None)
-            state.users[key] = rec
-            if rec.change:
-                marks.append(rec.change)
-        group_keys = {r.id: k for k, r in state.groups.items()} if mark else {}
-        group_record = group_reader(layout, url)
-        for entry in group_entries:
-            key = dn_key(entry.dn)
-            state.groups.pop(key, None)
-            state.skipped.pop(key, None)
-            grec = group_record(entry)
-            if isinstance(grec, SkippedRecord):
-                state.skipped[key] = grec
-                continue
-            old = group_keys.get(grec.id)
-            if old is not None and old != key:
-                state.groups.pop(old, None)
-            state.groups[key] = grec
-            if grec.change:
-                marks.append(grec.change)
+        renames = mark is not None
+        marks += _merge(
+            user_entries,
+            user_reader(layout, url),
+            state.users,
+            state.skipped,
+            lambda r: r.user.id,
+            renames,
+        )
+        marks += _merge(
+            group_entries,
+            group_reader(layout, url),
+            state.groups,
+            state.skipped,
+            lambda r: r.id,
+            renames,
+        )
         if layout.nested_groups == "in_chain":
             self._read_in_chain(reader, state, stats)
         state.mark = high_water_mark(marks, counter=layout.change_is_counter)
@@ -344,3 +328,36 @@ class LdapSource:
             raise SourceError(self._redact(str(exc))) from None
         except SecretError as exc:
             raise SourceError(f"LDAP {self.options.url}: bind_password_file: {exc}") from None
+
+
+def _merge(
+    entries: Iterable[Entry],
+    read: Callable[[Entry], R | SkippedRecord],
+    table: dict[str, R],
+    skipped: dict[str, SkippedRecord],
+    id_of: Callable[[R], str],
+    renames: bool,
+) -> list[str]:
+    """Put freshly read entries into ``table`` by DN; the change marks they carry.
+
+    With ``renames`` (an incremental read), an entry renamed since the last
+    read comes back under a new DN with the same id: its record under the old
+    DN goes.
+    """
+    by_id = {id_of(r): k for k, r in table.items()} if renames else {}
+    marks: list[str] = []
+    for entry in entries:
+        key = dn_key(entry.dn)
+        table.pop(key, None)
+        skipped.pop(key, None)
+        rec = read(entry)
+        if isinstance(rec, SkippedRecord):
+            skipped[key] = rec
+            continue
+        old = by_id.get(id_of(rec))
+        if old is not None and old != key:
+            table.pop(old, None)
+        table[key] = rec
+        if rec.change:
+            marks.append(rec.change)
+    return marks
