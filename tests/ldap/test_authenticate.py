@@ -43,7 +43,7 @@ async def test_empty_password_never_reaches_a_bind(
 
     bind_as = auth.bind_as
     monkeypatch.setattr(auth, "connect", no_network)
-    monkeypatch.setattr(auth, "server", no_network)
+    monkeypatch.setattr(auth, "connection", no_network)
     monkeypatch.setattr(auth, "bind_as", no_network)
     assert await make_source().authenticate("alice", "") is False
     assert auth.authenticate_sync(None, None, "svc", "alice", "") is False  # type: ignore[arg-type]

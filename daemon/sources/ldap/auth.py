@@ -12,7 +12,7 @@ from ldap3.utils.conv import escape_filter_chars
 
 from daemon.model import SkippedRecord
 from daemon.sources.base import SourceError
-from daemon.sources.ldap.directory import Entry, connect, server
+from daemon.sources.ldap.directory import Entry, connect, connection
 from daemon.sources.ldap.read import user_record
 from daemon.sources.ldap.settings import Layout, LdapOptions
 
@@ -79,14 +79,7 @@ def bind_as(options: LdapOptions, dn: str, password: str) -> bool:
     """Whether a simple bind as ``dn`` with ``password`` succeeds, on a new connection."""
     if not password:
         return False  # never an unauthenticated bind, whoever calls
-    conn = ldap3.Connection(
-        server(options),
-        user=dn,
-        password=password,
-        raise_exceptions=False,
-        receive_timeout=int(options.timeout),
-        auto_referrals=False,
-    )
+    conn = connection(options, dn, password)
     try:
         conn.open()
         if not options.use_ssl and options.start_tls and not conn.start_tls():

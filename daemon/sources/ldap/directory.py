@@ -61,6 +61,20 @@ class SearchStats:
     groups: int = 0
 
 
+def connection(options: LdapOptions, dn: str, password: str, **extra: Any) -> ldap3.Connection:
+    """An unopened ldap3 connection that binds as ``dn``; it never follows referrals."""
+    return ldap3.Connection(
+        server(options),
+        user=dn,
+        password=password,
+        raise_exceptions=False,
+        receive_timeout=int(options.timeout),
+        # Following a referral would send the bind credentials to another host.
+        auto_referrals=False,
+        **extra,
+    )
+
+
 def server(options: LdapOptions) -> ldap3.Server:
     """The ldap3 server for ``options.url``, with TLS set up as the options ask."""
     parts = urlsplit(options.url)
@@ -86,14 +100,10 @@ def connect(options: LdapOptions, dn: str, password: str) -> ldap3.Connection:
     Raises :class:`SourceError` when the server cannot be reached, TLS fails,
     or the bind is refused. The password never appears in the message.
     """
-    conn = ldap3.Connection(
-        server(options),
-        user=dn,
-        password=password,
-        raise_exceptions=False,
-        receive_timeout=int(options.timeout),
-        # Following a referral would send our bind credentials to another host.
-        auto_referrals=False,
+    conn = connection(
+        options,
+        dn,
+        password,
         read_only=True,
         # Absent attributes stay absent (not padded with empty lists under
         # the requested spelling, next to the lower-cased names we keep).
