@@ -62,7 +62,8 @@ def rates(fns: list[Callable[[], object]], seconds: float, rounds: int = 10) -> 
     return [n / t for n, t in zip(counts, spent, strict=True)]
 
 
-def signing(seconds: float) -> list[tuple[str, float]]:
+def signing(seconds: float) -> list[tuple[str, float, int]]:
+    """(measure, calls per second, RSA signatures per call) for raw signing and two Responses."""
     key = generate_signing_key("bench IdP")
     data = os.urandom(64)
     idp = IdentityProvider(
@@ -86,9 +87,9 @@ def signing(seconds: float) -> list[tuple[str, float]]:
         seconds,
     )
     return [
-        ("raw RSA-2048 PKCS#1 v1.5 SHA-256 signatures", raw),
-        ("Responses, Assertion and Response signed (default)", full),
-        ("Responses, Assertion signed only", half),
+        ("raw RSA-2048 PKCS#1 v1.5 SHA-256 signatures", raw, 1),
+        ("Responses, Assertion and Response signed (default)", full, 2),
+        ("Responses, Assertion signed only", half, 1),
     ]
 
 
@@ -168,10 +169,16 @@ def main() -> None:
     print()
     results = signing(args.seconds)
     raw = results[0][1]
-    print("| measure | per second, one core | ratio to raw signatures |")
-    print("|---|---:|---:|")
-    for label, value in results:
-        print(f"| {label} | {value:,.0f} | {value / raw:.2f} |")
+    # A Response with both elements signed needs two RSA signatures, so its
+    # ratio per Response cannot pass 0.5; the last column compares the XML
+    # work around each signature instead.
+    print(
+        "| measure | per second, one core | ratio to raw signatures | "
+        "RSA signatures each | signatures per second, ratio to raw |"
+    )
+    print("|---|---:|---:|---:|---:|")
+    for label, value, each in results:
+        print(f"| {label} | {value:,.0f} | {value / raw:.2f} | {each} | {value * each / raw:.2f} |")
     latencies = sorted(anyio.run(clicks, args.clicks))
     p50 = statistics.median(latencies) * 1000
     p99 = latencies[max(0, int(len(latencies) * 0.99) - 1)] * 1000

@@ -105,3 +105,34 @@ def test_both_signatures_off_is_a_config_error():
 
     with pytest.raises(SamlConfigError, match="unsigned assertion"):
         ServiceProvider(entity_id=AUDIENCE, acs_url=ACS, sign_assertion=False, sign_response=False)
+
+
+def test_each_signature_references_its_own_element_with_the_agreed_algorithms(idp, sp):
+    """RSA-SHA256, SHA-256 digest, exclusive c14n, enveloped, by the parent's ID.
+
+    The signer is left to derive the Reference URI from the element's ID; a
+    signature that pointed anywhere else would let a wrapped copy pass.
+    """
+    root = etree.fromstring(build_response(idp, sp, ALICE))
+    ds = f"{{{NS_DS}}}"
+    signatures = root.findall(f".//{ds}Signature")
+    assert len(signatures) == 2
+    for signature in signatures:
+        parent = signature.getparent()
+        info = signature.find(f"{ds}SignedInfo")
+        references = info.findall(f"{ds}Reference")
+        assert [r.get("URI") for r in references] == [f"#{parent.get('ID')}"]
+        transforms = [t.get("Algorithm") for t in references[0].iter(f"{ds}Transform")]
+        assert transforms == [
+            "http://www.w3.org/2000/09/xmldsig#enveloped-signature",
+            "http://www.w3.org/2001/10/xml-exc-c14n#",
+        ]
+        assert references[0].find(f"{ds}DigestMethod").get("Algorithm") == (
+            "http://www.w3.org/2001/04/xmlenc#sha256"
+        )
+        assert info.find(f"{ds}SignatureMethod").get("Algorithm") == (
+            "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"
+        )
+        assert info.find(f"{ds}CanonicalizationMethod").get("Algorithm") == (
+            "http://www.w3.org/2001/10/xml-exc-c14n#"
+        )
