@@ -200,19 +200,6 @@ class LdapSource:
         if mark is not None:
             user_filter = since_filter(user_filter, change, mark)
             group_filter = since_filter(group_filter, change, mark)
-        user_entries = list(
-            reader.search(layout.user_base, user_filter, layout.user_attributes(), stats)
-        )
-        group_entries = []
-        if layout.group_base:
-            group_entries = list(
-                reader.search(layout.group_base, group_filter, layout.group_attributes(), stats)
-            )
-        stats.users += len(user_entries)
-        stats.groups += len(group_entries)
-        nothing_new = mark is not None and not user_entries and not group_entries
-        if nothing_new and layout.nested_groups != "in_chain":
-            return base
         state = DirectoryState(
             users=dict(base.users),
             groups=dict(base.groups),
@@ -221,22 +208,31 @@ class LdapSource:
         )
         marks: list[str] = [state.mark] if state.mark else []
         renames = mark is not None
-        marks += _merge(
-            user_entries,
+        # Entries are mapped as each page arrives: the reader has already asked
+        # for the next page, so the server prepares it while this one is mapped.
+        stats.users, user_marks = _merge(
+            reader.search(layout.user_base, user_filter, layout.user_attributes(), stats),
             user_reader(layout, url),
             state.users,
             state.skipped,
             lambda r: r.user.id,
             renames,
         )
-        marks += _merge(
-            group_entries,
-            group_reader(layout, url),
-            state.groups,
-            state.skipped,
-            lambda r: r.id,
-            renames,
-        )
+        group_marks: list[str] = []
+        stats.groups = 0
+        if layout.group_base:
+            stats.groups, group_marks = _merge(
+                reader.search(layout.group_base, group_filter, layout.group_attributes(), stats),
+                group_reader(layout, url),
+                state.groups,
+                state.skipped,
+                lambda r: r.id,
+                renames,
+            )
+        nothing_new = mark is not None and not stats.users and not stats.groups
+        if nothing_new and layout.nested_groups != "in_chain":
+            return base
+        marks += user_marks + group_marks
         if layout.nested_groups == "in_chain":
             self._read_in_chain(reader, state, stats)
         state.mark = high_water_mark(marks, counter=layout.change_is_counter)
@@ -337,8 +333,8 @@ def _merge(
     skipped: dict[str, SkippedRecord],
     id_of: Callable[[R], str],
     renames: bool,
-) -> list[str]:
-    """Put freshly read entries into ``table`` by DN; the change marks they carry.
+) -> tuple[int, list[str]]:
+    """Put freshly read entries into ``table`` by DN; how many came, and their change marks.
 
     With ``renames`` (an incremental read), an entry renamed since the last
     read comes back under a new DN with the same id: its record under the old
@@ -346,7 +342,9 @@ def _merge(
     """
     by_id = {id_of(r): k for k, r in table.items()} if renames else {}
     marks: list[str] = []
+    count = 0
     for entry in entries:
+        count += 1
         key = dn_key(entry.dn)
         table.pop(key, None)
         skipped.pop(key, None)
@@ -360,4 +358,4 @@ def _merge(
         table[key] = rec
         if rec.change:
             marks.append(rec.change)
-    return marks
+    return count, marks
