@@ -213,6 +213,52 @@ async def test_truncated_read_fails_instead_of_losing_users(
         server.stop()
 
 
+async def test_a_read_failing_midway_leaves_the_last_good_state(
+    make_source: MakeSource, slapd: Slapd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entries are mapped while the read is still arriving; a later failure must undo them.
+
+    The reader is the real one; only its search is cut short after a few
+    entries (page 2 of a real read failing, as a server restart would).
+    """
+    from daemon.sources.ldap import source as source_module
+
+    source = make_source(page_size=2)
+    first = await full(source)
+    slapd.modify(
+        f"dn: uid=alice,{seed.PEOPLE}\nchangetype: modify\nreplace: title\ntitle: Changed\n"
+    )
+    real_open = source_module.open_reader
+
+    def failing_open(*args: object) -> object:
+        reader = real_open(*args)  # type: ignore[arg-type]
+        search = reader.search
+
+        def cut_short(*a: object, **k: object):  # type: ignore[no-untyped-def]
+            for n, entry in enumerate(search(*a, **k)):  # type: ignore[arg-type]
+                if n == 2:
+                    raise SourceError("LDAP: connection reset; the read was discarded")
+                yield entry
+
+        reader.search = cut_short  # type: ignore[method-assign]
+        return reader
+
+    monkeypatch.setattr(source_module, "open_reader", failing_open)
+    with pytest.raises(SourceError, match="discarded"):
+        await source.fetch(first.version)  # incremental: alice's change is in it
+    with pytest.raises(SourceError, match="discarded"):
+        await source.fetch(None)
+    monkeypatch.setattr(source_module, "open_reader", real_open)
+
+    # Nothing of the failed reads stuck: the next poll still sees alice's change.
+    after = await source.fetch(first.version)
+    assert after is not None
+    assert by_name(after)["alice"].title == "Changed"
+    assert {n: u for n, u in by_name(after).items() if n != "alice"} == {
+        n: u for n, u in by_name(first).items() if n != "alice"
+    }
+
+
 async def test_wrong_bind_password_fails_loudly_without_the_password(
     make_source: MakeSource, tmp_path: Path
 ) -> None:
