@@ -136,3 +136,17 @@ def test_each_signature_references_its_own_element_with_the_agreed_algorithms(id
         assert info.find(f"{ds}CanonicalizationMethod").get("Algorithm") == (
             "http://www.w3.org/2001/10/xml-exc-c14n#"
         )
+
+
+def test_key_info_carries_the_certificate_of_the_key_that_signed(idp, sp):
+    """KeyInfo is built from a cache per certificate: a second key must not get the first's."""
+    import dataclasses
+
+    from daemon.saml.keys import generate_signing_key
+
+    ds = f"{{{NS_DS}}}"
+    other = dataclasses.replace(idp, signing_key=generate_signing_key("next IdP key"))
+    for party in (idp, other, idp):
+        root = etree.fromstring(build_response(party, sp, ALICE))
+        certs = [c.text for c in root.iter(f"{ds}X509Certificate")]
+        assert certs == [party.signing_key.certificate_base64] * 2
