@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # README command 2: install everything the tests need, then lint, type-check
-# and run the whole test suite (real peers: slapd, PostgreSQL, scim2-server,
-# pysaml2 with xmlsec1, Chromium).
+# and run the whole test suite (real peers: slapd, scim2-server, pysaml2 with
+# xmlsec1, Chromium). PostgreSQL is installed for the HA state backend, which
+# is not built yet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
