@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 import secrets
-import threading
 
 from cryptography import x509
 from lxml import etree
@@ -28,31 +28,23 @@ def add_signature_placeholder(element: etree._Element) -> None:
     issuer.addnext(placeholder)
 
 
-#: Serialized ``ds:KeyInfo`` per certificate, by ``id``; the certificate is
-#: kept beside it so a recycled id can never match another certificate.
-_KEY_INFO: dict[int, tuple[x509.Certificate, bytes]] = {}
-_KEY_INFO_LOCK = threading.Lock()
+@functools.lru_cache(maxsize=8)
+def _key_info_xml(cert: x509.Certificate) -> bytes:
+    """``ds:KeyInfo`` carrying ``cert``, serialized (certificates hash and compare by DER)."""
+    ds = f"{{{NS_DS}}}"
+    key_info = etree.Element(f"{ds}KeyInfo", nsmap={"ds": NS_DS})
+    data = etree.SubElement(key_info, f"{ds}X509Data")
+    etree.SubElement(data, f"{ds}X509Certificate").text = certificate_base64(cert)
+    return etree.tostring(key_info)
 
 
 def _key_info(cert: x509.Certificate) -> etree._Element:
-    """A fresh ``ds:KeyInfo`` carrying ``cert``, built from a cached serialization.
+    """A fresh ``ds:KeyInfo`` carrying ``cert`` (each signature needs its own element).
 
     signxml would otherwise PEM-encode the certificate and strip the armour
-    again for every signature; the parse of a cached copy is cheaper, and
-    each signature needs its own element.
+    again for every signature; parsing a cached serialization is cheaper.
     """
-    hit = _KEY_INFO.get(id(cert))
-    if hit is None or hit[0] is not cert:
-        ds = f"{{{NS_DS}}}"
-        key_info = etree.Element(f"{ds}KeyInfo", nsmap={"ds": NS_DS})
-        data = etree.SubElement(key_info, f"{ds}X509Data")
-        etree.SubElement(data, f"{ds}X509Certificate").text = certificate_base64(cert)
-        hit = (cert, etree.tostring(key_info))
-        with _KEY_INFO_LOCK:
-            if len(_KEY_INFO) >= 16:  # keys change a few times a year; stay bounded anyway
-                _KEY_INFO.clear()
-            _KEY_INFO[id(cert)] = hit
-    return etree.fromstring(hit[1])
+    return etree.fromstring(_key_info_xml(cert))
 
 
 def sign(element: etree._Element, key: SigningKey) -> etree._Element:
