@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon.secrets import SecretStore
+from daemon.secrets import SecretFile, SecretStore, resolve_secret_path
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,3 +21,10 @@ class PluginContext:
     config_dir: Path
     state_dir: Path
     secrets: SecretStore
+
+    def secret_file(self, value: str | Path) -> SecretFile:
+        """The secret file a setting names, found as :func:`resolve_secret_path` finds it.
+
+        Raises :class:`~daemon.secrets.SecretError` when it cannot be read.
+        """
+        return self.secrets.file(resolve_secret_path(value, self.config_dir))

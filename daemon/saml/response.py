@@ -58,9 +58,11 @@ def build_response(
     if sp.sign_assertion:
         add_signature_placeholder(assertion)
         assertion = sign(assertion, idp.signing_key)
-    response = _response_shell(idp, sp, STATUS_SUCCESS, None, None, in_response_to, now)
+    response = status_response(
+        "Response", idp, sp.acs_url, STATUS_SUCCESS, in_response_to=in_response_to, now=now
+    )
     response.append(assertion)
-    return _finish(response, idp, sp.sign_response)
+    return finish(response, idp, sp.sign_response)
 
 
 def build_status_response(
@@ -80,33 +82,50 @@ def build_status_response(
     SP; keep it free of internal detail. Always signed.
     """
     now = now or datetime.now(UTC)
-    response = _response_shell(idp, sp, status, sub_status, message, in_response_to, now)
-    return _finish(response, idp, True)
+    response = status_response(
+        "Response",
+        idp,
+        sp.acs_url,
+        status,
+        sub_status=sub_status,
+        message=message,
+        in_response_to=in_response_to,
+        now=now,
+    )
+    return finish(response, idp, True)
 
 
-def _finish(response: etree._Element, idp: IdentityProvider, signed: bool) -> bytes:
+def finish(response: etree._Element, idp: IdentityProvider, signed: bool) -> bytes:
+    """``response`` serialized with an XML declaration, signed first when ``signed``."""
     if signed:
         add_signature_placeholder(response)
         response = sign(response, idp.signing_key)
     return etree.tostring(response, xml_declaration=True, encoding="UTF-8")
 
 
-def _response_shell(
+def status_response(
+    tag: str,
     idp: IdentityProvider,
-    sp: ServiceProvider,
+    destination: str,
     status: str,
-    sub_status: str | None,
-    message: str | None,
-    in_response_to: str | None,
+    *,
+    sub_status: str | None = None,
+    message: str | None = None,
+    in_response_to: str | None = None,
     now: datetime,
 ) -> etree._Element:
+    """A ``samlp:<tag>`` (Response, LogoutResponse) with its Issuer and Status, unsigned.
+
+    The StatusResponseType every SAML response shares: ID, version, issue
+    time and ``destination``, then the Issuer and the status code(s).
+    """
     response = etree.Element(
-        f"{_SAMLP}Response",
+        f"{_SAMLP}{tag}",
         nsmap={"samlp": NS_SAMLP, "saml": NS_SAML},
         ID=new_id(),
         Version="2.0",
         IssueInstant=format_instant(now),
-        Destination=sp.acs_url,
+        Destination=destination,
     )
     if in_response_to is not None:
         response.set("InResponseTo", in_response_to)

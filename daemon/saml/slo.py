@@ -10,16 +10,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from lxml import etree
-
 from daemon.saml.bindings import InboundMessage
 from daemon.saml.errors import SamlConfigError, SamlRequestError
-from daemon.saml.names import ENTITY_FORMAT, NS_SAML, NS_SAMLP, STATUS_SUCCESS
+from daemon.saml.names import NS_SAML, NS_SAMLP, STATUS_SUCCESS
 from daemon.saml.parties import IdentityProvider, ServiceProvider
 from daemon.saml.replay import RequestIdStore
 from daemon.saml.request import DEFAULT_REQUEST_LIFETIME, open_request
-from daemon.saml.signing import add_signature_placeholder, new_id, sign
-from daemon.saml.timefmt import format_instant
+from daemon.saml.response import finish, status_response
 
 _MAX_SESSION_INDEXES: Final = 32
 
@@ -85,18 +82,7 @@ def build_logout_response(
     if sp.slo_url is None:
         raise SamlConfigError(f"service provider {sp.entity_id} has no logout URL configured")
     now = now or datetime.now(UTC)
-    response = etree.Element(
-        f"{{{NS_SAMLP}}}LogoutResponse",
-        nsmap={"samlp": NS_SAMLP, "saml": NS_SAML},
-        ID=new_id(),
-        Version="2.0",
-        IssueInstant=format_instant(now),
-        Destination=sp.slo_url,
-        InResponseTo=in_response_to,
+    response = status_response(
+        "LogoutResponse", idp, sp.slo_url, status, in_response_to=in_response_to, now=now
     )
-    issuer = etree.SubElement(response, f"{{{NS_SAML}}}Issuer", Format=ENTITY_FORMAT)
-    issuer.text = idp.entity_id
-    status_el = etree.SubElement(response, f"{{{NS_SAMLP}}}Status")
-    etree.SubElement(status_el, f"{{{NS_SAMLP}}}StatusCode", Value=status)
-    add_signature_placeholder(response)
-    return etree.tostring(sign(response, idp.signing_key), xml_declaration=True, encoding="UTF-8")
+    return finish(response, idp, True)

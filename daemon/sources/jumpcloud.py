@@ -39,7 +39,7 @@ from daemon.hookspecs import hookimpl
 from daemon.loopback import is_loopback_host
 from daemon.model import AccountState, Group, SkippedRecord, Snapshot, User, make_group
 from daemon.runtime import PluginContext
-from daemon.secrets import SecretError, resolve_secret_path
+from daemon.secrets import SecretError
 from daemon.sources import metrics
 from daemon.sources.base import Source, SourceError, SourceType
 
@@ -177,9 +177,7 @@ class JumpCloudSource:
     ) -> None:
         self.options = options
         try:
-            self._key = context.secrets.file(
-                resolve_secret_path(options.api_key_file, context.config_dir)
-            )
+            self._key = context.secret_file(options.api_key_file)
         except SecretError as exc:
             raise SourceError(f"JumpCloud: api_key_file: {exc}") from None
         self._redact = context.secrets.redact

@@ -38,7 +38,6 @@ from daemon.scim import (
     ScimPermanentError,
     Timeouts,
 )
-from daemon.secrets import resolve_secret_path
 from daemon.targets.base import Delta, Outcome, TargetType
 from plugins.alexishr import metrics
 from plugins.alexishr.groups import remove_group, upsert_group
@@ -88,7 +87,7 @@ class AlexisHRTarget:
         self.options = options
         self.context = context
         scim = options.scim
-        self.token = context.secrets.file(resolve_secret_path(scim.token_file, context.config_dir))
+        self.token = context.secret_file(scim.token_file)
         ca_file: Path | None = None
         if scim.ca_bundle is not None:
             ca_file = (

@@ -16,7 +16,7 @@ from ldap3.utils.conv import escape_filter_chars
 
 from daemon.model import SkippedRecord, Snapshot
 from daemon.runtime import PluginContext
-from daemon.secrets import SecretError, resolve_secret_path
+from daemon.secrets import SecretError
 from daemon.sources import metrics
 from daemon.sources.base import SourceError
 from daemon.sources.ldap.auth import authenticate_sync
@@ -112,9 +112,7 @@ class LdapSource:
         self.options = options
         self.layout: Layout = options.layout()
         try:
-            self._password = context.secrets.file(
-                resolve_secret_path(options.bind_password_file, context.config_dir)
-            )
+            self._password = context.secret_file(options.bind_password_file)
         except SecretError as exc:
             raise SourceError(f"LDAP {options.url}: bind_password_file: {exc}") from None
         self._redact = context.secrets.redact
