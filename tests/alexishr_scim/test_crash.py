@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import random
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.alexishr_scim.world import dump
 from tests.daemon.harness import Deployment, directory
 from tests.scim.harness import running_scim_server
 
@@ -19,21 +18,6 @@ pytestmark = pytest.mark.slow
 
 USERS = 1000
 KILLS = 10
-
-
-def _dump(url: str, resource: str) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    start = 1
-    while True:
-        with urllib.request.urlopen(
-            f"{url}/{resource}?startIndex={start}&count=500", timeout=30
-        ) as resp:
-            page = json.loads(resp.read())
-        items = page.get("Resources", [])
-        out += items
-        start += len(items)
-        if not items or start > page["totalResults"]:
-            return out
 
 
 def test_sigkill_during_first_sync_then_converges_without_duplicates(tmp_path: Path) -> None:
@@ -70,7 +54,7 @@ def test_sigkill_during_first_sync_then_converges_without_duplicates(tmp_path: P
             time.sleep(rng.uniform(0.2, 2.0))
             daemon.proc.kill()
             daemon.proc.wait(timeout=10)
-            seen.append(len(_dump(server.url, "Users")))
+            seen.append(len(dump(server.url, "Users")))
         assert seen[0] < USERS  # the kills did land during the first sync
         for _ in range(5):
             report = json.loads(deployment.cli("sync", "--once").stdout or "{}")
@@ -78,10 +62,10 @@ def test_sigkill_during_first_sync_then_converges_without_duplicates(tmp_path: P
             if status["targets"]["alexishr"]["dirty"] == 0:
                 break
         assert status["targets"]["alexishr"]["dirty"] == 0, (report, status)
-        users = _dump(server.url, "Users")
+        users = dump(server.url, "Users")
         by_external = Counter(u.get("externalId") for u in users)
         assert len(users) == USERS
         assert max(by_external.values()) == 1
-        groups = _dump(server.url, "Groups")
+        groups = dump(server.url, "Groups")
         assert [g["displayName"] for g in groups] == ["App Users"]
         assert len(groups[0]["members"]) == USERS

@@ -53,6 +53,21 @@ def person(uid: str, **kw: Any) -> User:
     return User(**fields)
 
 
+def dump(base_url: str, resource: str) -> list[dict[str, Any]]:
+    """Every ``resource`` (``Users``, ``Groups``) on the SCIM server at ``base_url``, all pages."""
+    out: list[dict[str, Any]] = []
+    start = 1
+    while True:
+        url = f"{base_url}/{resource}?startIndex={start}&count=500"
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            page = json.loads(resp.read())
+        items = page.get("Resources", [])
+        out += items
+        start += len(items)
+        if not items or start > page["totalResults"]:
+            return out
+
+
 @dataclass
 class World:
     engine: Engine
@@ -64,17 +79,7 @@ class World:
 
     def dump(self, resource: str) -> list[dict[str, Any]]:
         """Every resource on the server, read directly (not through the proxy)."""
-        out: list[dict[str, Any]] = []
-        start = 1
-        while True:
-            url = f"{self.upstream}/{resource}?startIndex={start}&count=500"
-            with urllib.request.urlopen(url, timeout=30) as resp:
-                page = json.loads(resp.read())
-            items = page.get("Resources", [])
-            out += items
-            start += len(items)
-            if not items or start > page["totalResults"]:
-                return out
+        return dump(self.upstream, resource)
 
     def raw(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """One request straight to the server (a human editing AlexisHR by hand)."""
