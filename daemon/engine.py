@@ -50,6 +50,7 @@ class TargetSlot:
     settings: TargetSettings
     target: Target
     index: TargetIndex | None = None
+    started: bool = False
 
     @property
     def name(self) -> str:
@@ -329,8 +330,18 @@ class Engine:
                 target_report = report.targets.setdefault(slot.name, TargetReport())
                 tg.start_soon(self._deliver, slot, target_report)
 
+    async def start_target(self, slot: TargetSlot) -> None:
+        """Give the target its state from the store, once (the optional ``Target.start``)."""
+        if slot.started:
+            return
+        start = getattr(slot.target, "start", None)
+        if start is not None:
+            await start(self.store)
+        slot.started = True
+
     async def _deliver(self, slot: TargetSlot, report: TargetReport) -> None:
         with structlog.contextvars.bound_contextvars(target=slot.name):
+            await self.start_target(slot)
             total = (await self.store.counts(slot.name))[0] if self.progress else 0
             done = 0
             while not self.stopping:

@@ -77,6 +77,16 @@ class ScimTransientError(ScimError):
     transient = True
 
 
+class ScimOutcomeUnknownError(ScimTransientError):
+    """A request that is not safe to repeat may or may not have taken effect.
+
+    Raised for a ``POST`` whose answer was lost (the connection dropped after
+    the request went out, or no answer came in time): the server may have
+    created the resource. It is never retried blindly; the caller
+    looks for the resource before sending it again.
+    """
+
+
 class ScimRateLimitedError(ScimTransientError):
     """429 or 503 that outlived the retry budget; see :attr:`retry_after`."""
 

@@ -14,6 +14,11 @@ independent of any resource class. Rules, by attribute kind:
   entries differ as a set. Group ``members`` are better sent as explicit
   add/remove operations by the caller, since some servers drop members on a
   whole-list replace.
+
+Values are compared the way a server compares them: ``userName`` and
+``emails.value`` are case-insensitive (``caseExact: false`` in RFC 7643), so a
+server that stores ``Ada@Example.com`` as ``Ada@example.com`` holds the same
+value and needs no PATCH.
 """
 
 from __future__ import annotations
@@ -26,6 +31,24 @@ from scim2_models import PatchOperation, Path, ScimFilter
 
 #: Keys that describe the resource rather than hold data, and are read-only.
 NOT_PATCHED = frozenset({"schemas", "id", "meta"})
+
+
+#: Attributes RFC 7643 makes case-insensitive that servers are known to rewrite.
+CASE_INSENSITIVE = frozenset({"userName", "emails"})
+
+
+def _comparable(path: str, value: Any) -> Any:
+    """``value`` as the server compares it at ``path`` (top-level attribute name)."""
+    attribute = path.split("[", 1)[0].split(".", 1)[0]
+    if attribute not in CASE_INSENSITIVE:
+        return value
+    if isinstance(value, str):
+        return value.casefold()
+    if isinstance(value, dict) and isinstance(value.get("value"), str):
+        return {**value, "value": value["value"].casefold()}
+    if isinstance(value, list):
+        return [_comparable(path, v) for v in value]
+    return value
 
 
 def _absent(value: Any) -> bool:
@@ -63,7 +86,7 @@ def _diff_simple(path: str, old: Any, new: Any) -> list[PatchOperation[Any]]:
         return [_op("remove", path)]
     if _absent(old):
         return [_op("add", path, new)]
-    if _canonical(old) != _canonical(new):
+    if _canonical(_comparable(path, old)) != _canonical(_comparable(path, new)):
         return [_op("replace", path, new)]
     return []
 
@@ -80,7 +103,9 @@ def _diff_complex(
 def _diff_multi(path: str, old: Any, new: Any) -> list[PatchOperation[Any]]:
     old_list = old if isinstance(old, list) else []
     new_list = new if isinstance(new, list) else []
-    if sorted(map(_canonical, old_list)) == sorted(map(_canonical, new_list)):
+    if sorted(_canonical(_comparable(path, v)) for v in old_list) == sorted(
+        _canonical(_comparable(path, v)) for v in new_list
+    ):
         return []
     old_typed, new_typed = _typed_entries(old_list), _typed_entries(new_list)
     if old_typed is None or new_typed is None or not old_list or not new_list:

@@ -33,6 +33,7 @@ from .errors import (
     ScimError,
     ScimInvalidResponseError,
     ScimNotFoundError,
+    ScimOutcomeUnknownError,
     ScimPermanentError,
     ScimRateLimitedError,
     ScimTransientError,
@@ -219,6 +220,8 @@ class ScimTransport:
         while True:
             attempts += 1
             status: int | None = None
+            # Whether a failed request may have reached the server and taken effect.
+            sent = False
             # The limiter is passed only once a connection slot is held: a request
             # that passed it and then queued for a slot would go out during a
             # Retry-After pause the server asked for meanwhile.
@@ -247,11 +250,19 @@ class ScimTransport:
                         endpoint=path,
                     )
                     reason = "timeout"
+                    sent = True
+                except aiohttp.ClientConnectorError as exc:
+                    # Never connected: the request did not go out, so any method may retry.
+                    failure = ScimTransientError(
+                        f"connection failed: {type(exc).__name__}", method=method, endpoint=path
+                    )
+                    reason = "connection"
                 except (aiohttp.ClientError, OSError) as exc:
                     failure = ScimTransientError(
                         f"connection failed: {type(exc).__name__}", method=method, endpoint=path
                     )
                     reason = "connection"
+                    sent = True
                 finally:
                     self._emit(RequestDone(method, resource, status, time.monotonic() - started))
             # Nothing below awaits before on_pushback(), so a request woken by the slot
@@ -281,6 +292,18 @@ class ScimTransport:
             failure.attempts = attempts
             if not failure.transient:
                 raise failure
+            # An error answer means the server handled the request and said no; a lost
+            # answer (dropped after sending, or none in time) says nothing.
+            if method == "POST" and sent:
+                # A create may have happened: repeating it blindly could make a second
+                # object (group names need not be unique). The caller looks first.
+                raise ScimOutcomeUnknownError(
+                    f"the answer was lost ({failure.detail}); the request may have taken effect",
+                    status=status,
+                    method=method,
+                    endpoint=path,
+                    attempts=attempts,
+                )
             delay = (
                 retry_after if retry_after is not None else self.retry.backoff(attempts, self._rng)
             )

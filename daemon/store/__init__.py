@@ -8,7 +8,7 @@ SQLite-only functions) so a PostgreSQL backend can follow.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from daemon.model import DirectoryObject, ObjectKind, User
 
@@ -115,6 +115,53 @@ class ObjectStatus:
     next_attempt_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class Link:
+    """What a target last wrote for one object: its remote id and the body sent.
+
+    ``remote_id`` is ``None`` for an object deliberately not created (a user
+    deactivated before its first delivery). ``body`` is the target's own
+    representation (for SCIM, the JSON last written): the baseline of minimal
+    updates and of reconciliation.
+    """
+
+    remote_id: str | None
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Deactivation:
+    """A user deactivated remotely whose deletion waits for a grace period."""
+
+    remote_id: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TargetLinks:
+    """Everything a target remembers about its remote objects (see :class:`Link`)."""
+
+    links: dict[Key, Link]
+    deactivations: dict[str, Deactivation]
+
+
+@dataclass(frozen=True, slots=True)
+class LinkChanges:
+    """Changes to a target's :class:`TargetLinks`, written in one transaction.
+
+    ``links`` maps a key to its new link, or ``None`` to forget it; likewise
+    ``deactivations``. ``meta`` sets per-target values (see
+    :meth:`Store.target_meta`) in the same transaction.
+    """
+
+    links: dict[Key, Link | None] = field(default_factory=dict)
+    deactivations: dict[str, Deactivation | None] = field(default_factory=dict)
+    meta: dict[str, str] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.links or self.deactivations or self.meta)
+
+
 class Store(Protocol):
     """What the engine needs from durable state. All methods are atomic."""
 
@@ -177,3 +224,19 @@ class Store(Protocol):
     async def get_meta(self, key: str) -> str | None: ...
 
     async def set_meta(self, key: str, value: str) -> None: ...
+
+    # -- what targets remember (no target opens a database of its own) ---------------
+
+    async def target_links(self, target: str) -> TargetLinks:
+        """Every link and pending deactivation the target recorded."""
+        ...
+
+    async def save_links(self, target: str, changes: LinkChanges) -> None:
+        """Apply ``changes`` to the target's links in one transaction."""
+        ...
+
+    async def target_meta(self, target: str, key: str) -> str | None:
+        """A value the target stored for itself (for example when it last reconciled)."""
+        ...
+
+    async def set_target_meta(self, target: str, key: str, value: str) -> None: ...

@@ -15,12 +15,16 @@ import anyio
 from daemon.model import DirectoryObject, ObjectKind, User, decode, encode
 from daemon.store import (
     Committed,
+    Deactivation,
     DueRow,
     Hold,
     Key,
+    Link,
+    LinkChanges,
     ObjectStatus,
     Result,
     TargetIndex,
+    TargetLinks,
     TargetPlan,
     phase,
 )
@@ -73,6 +77,31 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE directory_objects ADD COLUMN login_email TEXT;
     CREATE INDEX directory_objects_username ON directory_objects (login_username);
     CREATE INDEX directory_objects_email ON directory_objects (login_email);
+    """,
+    # 3: what targets remember about their remote objects (formerly a private
+    # file per target), and per-target values.
+    """
+    CREATE TABLE target_links (
+        target TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        object_id TEXT NOT NULL,
+        remote_id TEXT,
+        body TEXT NOT NULL,
+        PRIMARY KEY (target, kind, object_id)
+    );
+    CREATE TABLE target_deactivations (
+        target TEXT NOT NULL,
+        object_id TEXT NOT NULL,
+        remote_id TEXT NOT NULL,
+        deactivated_at REAL NOT NULL,
+        PRIMARY KEY (target, object_id)
+    );
+    CREATE TABLE target_meta (
+        target TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (target, key)
+    );
     """,
 )
 
@@ -278,9 +307,13 @@ class SqliteStore:
                 for row in plan.desired
             ],
         )
+        released = [(target, k[0], k[1]) for k in plan.released]
         await self.db.executemany(
-            "DELETE FROM target_objects WHERE target = ? AND kind = ? AND object_id = ?",
-            [(target, k[0], k[1]) for k in plan.released],
+            "DELETE FROM target_objects WHERE target = ? AND kind = ? AND object_id = ?", released
+        )
+        # A released object is no longer managed: the target forgets its link too.
+        await self.db.executemany(
+            "DELETE FROM target_links WHERE target = ? AND kind = ? AND object_id = ?", released
         )
         # A removal of something never confirmed written needs no delivery.
         await self.db.execute(
@@ -427,6 +460,73 @@ class SqliteStore:
         async with self._tx:
             await self.db.execute("UPDATE holds SET approved = 1 WHERE target = ?", (target,))
         return len(hold.keys)
+
+
+    async def target_links(self, target: str) -> TargetLinks:
+        links: dict[Key, Link] = {}
+        sql = "SELECT kind, object_id, remote_id, body FROM target_links WHERE target = ?"
+        async with self.db.execute(sql, (target,)) as cur:
+            async for kind, object_id, remote_id, body in cur:
+                links[(_kind(kind), object_id)] = Link(remote_id, json.loads(body))
+        deactivations: dict[str, Deactivation] = {}
+        sql = (
+            "SELECT object_id, remote_id, deactivated_at FROM target_deactivations "
+            "WHERE target = ?"
+        )
+        async with self.db.execute(sql, (target,)) as cur:
+            async for object_id, remote_id, at in cur:
+                deactivations[object_id] = Deactivation(remote_id, float(at))
+        return TargetLinks(links, deactivations)
+
+    async def save_links(self, target: str, changes: LinkChanges) -> None:
+        if not changes:
+            return
+        put = [(k, v) for k, v in changes.links.items() if v is not None]
+        gone = [k for k, v in changes.links.items() if v is None]
+        async with self._transaction():
+            await self.db.executemany(
+                "INSERT INTO target_links (target, kind, object_id, remote_id, body) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (target, kind, object_id) DO UPDATE SET "
+                "remote_id = excluded.remote_id, body = excluded.body",
+                [(target, k[0], k[1], v.remote_id, json.dumps(v.body)) for k, v in put],
+            )
+            await self.db.executemany(
+                "DELETE FROM target_links WHERE target = ? AND kind = ? AND object_id = ?",
+                [(target, k[0], k[1]) for k in gone],
+            )
+            await self.db.executemany(
+                "INSERT INTO target_deactivations (target, object_id, remote_id, deactivated_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (target, object_id) DO UPDATE SET "
+                "remote_id = excluded.remote_id, deactivated_at = excluded.deactivated_at",
+                [
+                    (target, oid, d.remote_id, d.at)
+                    for oid, d in changes.deactivations.items()
+                    if d is not None
+                ],
+            )
+            await self.db.executemany(
+                "DELETE FROM target_deactivations WHERE target = ? AND object_id = ?",
+                [(target, oid) for oid, d in changes.deactivations.items() if d is None],
+            )
+            for key, value in changes.meta.items():
+                await self._set_target_meta(target, key, value)
+
+    async def target_meta(self, target: str, key: str) -> str | None:
+        sql = "SELECT value FROM target_meta WHERE target = ? AND key = ?"
+        async with self.db.execute(sql, (target, key)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else str(row[0])
+
+    async def set_target_meta(self, target: str, key: str, value: str) -> None:
+        async with self._transaction():
+            await self._set_target_meta(target, key, value)
+
+    async def _set_target_meta(self, target: str, key: str, value: str) -> None:
+        await self.db.execute(
+            "INSERT INTO target_meta (target, key, value) VALUES (?, ?, ?) "
+            "ON CONFLICT (target, key) DO UPDATE SET value = excluded.value",
+            (target, key, value),
+        )
 
 
 def _logins(obj: DirectoryObject) -> tuple[str | None, str | None]:

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from daemon.changes import Change
 from daemon.model import DirectoryObject, ObjectKind
 from daemon.runtime import PluginContext
+from daemon.store import Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +104,18 @@ class Target(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+class StatefulTarget(Target, Protocol):
+    """A target that remembers things between deliveries, in the core's store.
+
+    ``start(store)`` is optional: when a target has it, the engine calls it once,
+    before the first delivery. A target keeps everything it must remember
+    through the store (``Store.target_links``, ``Store.save_links``,
+    ``Store.target_meta``) and never opens a database of its own.
+    """
+
+    async def start(self, store: Store) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,11 +80,17 @@ async def upsert_group(link: Link, delta: Delta) -> Outcome:
             return Outcome.success(delta)
         else:
             first = members[: link.chunk]
-            created = await link.client.create(group_resource(group.name, group.id, first))
-            if not created.id:
-                raise ScimTransientError("AlexisHR created the group but returned no id")
-            remote_id = created.id
-            remote = {"displayName": group.name, "externalId": group.id, "members": first}
+            created = await link.create_once(
+                lambda: link.client.create(group_resource(group.name, group.id, first)),
+                lambda: link.find_group(group.name, group.id),
+            )
+            if isinstance(created, tuple):
+                remote_id, remote = created  # the lost create went through
+            else:
+                if not created.id:
+                    raise ScimTransientError("AlexisHR created the group but returned no id")
+                remote_id = created.id
+                remote = {"displayName": group.name, "externalId": group.id, "members": first}
             kind = "group_create"
     assert remote is not None
     await converge(link, remote_id, remote, group.name, group.id, members)
@@ -92,7 +98,13 @@ async def upsert_group(link: Link, delta: Delta) -> Outcome:
         "group",
         group.id,
         remote_id,
-        {"displayName": group.name, "externalId": group.id, "members": members},
+        {
+            "displayName": group.name,
+            "externalId": group.id,
+            "members": members,
+            # Directory ids: repairs resolve them to the users' remote ids of the day.
+            "member_ids": sorted(group.members),
+        },
     )
     metrics.operation(link.name, kind, "ok")
     if waiting:

@@ -9,10 +9,11 @@ Users and groups provisiond does not manage are never touched.
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
-from daemon.scim import ScimError, ScimNotFoundError, diff_operations
+from daemon.scim import ScimError, ScimNotFoundError, ScimTransientError, diff_operations
 from plugins.alexishr import metrics
-from plugins.alexishr.groups import converge
+from plugins.alexishr.groups import converge, resolve_members
 from plugins.alexishr.mapping import SKIP, MappedUser, strip_skip
 from plugins.alexishr.remote import Link
 from plugins.alexishr.users import write_user
@@ -27,21 +28,26 @@ async def reconcile(link: Link) -> Counter[str]:
             continue
         desired = strip_skip(written.body)
         remote = link.index.users.get(written.remote_id)
-        if remote is None:
-            if desired.get("active") is True:
-                created = await link.client.create(link.schema.resource(written.body))
-                if created.id:
-                    link.mirror.put("user", object_id, created.id, written.body)
-                    link.index.add_user(created.id, desired)
-                    repaired["user_deleted"] += 1
-            continue
-        current = link.schema.project(remote, written.body.get(SKIP, ()))
-        if not diff_operations(current, desired):
-            continue
         try:
+            if remote is None:
+                if desired.get("active") is True:
+                    remote_id = await _recreate(link, object_id, written.body)
+                    link.mirror.put("user", object_id, remote_id, written.body)
+                    link.index.add_user(remote_id, desired)
+                    repaired["user_deleted"] += 1
+                continue
+            current = link.schema.project(remote, written.body.get(SKIP, ()))
+            if not diff_operations(current, desired):
+                continue
             await write_user(link, written.remote_id, current, MappedUser(written.body))
         except ScimNotFoundError:
             continue  # deleted meanwhile: the next pass re-creates it
+        except ScimError as exc:
+            # One user the server refuses must not stop the repair of all the others.
+            link.log.warning(
+                "repairing a user failed", object=f"user:{object_id}", error=str(exc)
+            )
+            continue
         if current.get("active") is True and desired.get("active") is False:
             repaired["user_reactivated"] += 1
         else:
@@ -54,7 +60,11 @@ async def reconcile(link: Link) -> Counter[str]:
             remote = link.index.groups.get(written.remote_id)
             if remote is None:
                 continue  # deleted by hand; its next delivery creates it again
-            members = list(written.body.get("members") or ())
+            ids = written.body.get("member_ids")
+            if ids is None:  # written before member ids were kept: remote ids as sent
+                members = list(written.body.get("members") or ())
+            else:
+                members, _ = await resolve_members(link, list(ids))
             try:
                 changed = await converge(
                     link,
@@ -72,8 +82,21 @@ async def reconcile(link: Link) -> Counter[str]:
             repaired["group_renamed"] += changed["renamed"]
             repaired["group_stray_member"] += changed["removed"]
             repaired["group_missing_member"] += changed["added"]
-    link.mirror.flush()
+    await link.mirror.flush()
     for what, n in repaired.items():
         if n:
             metrics.DRIFT_REPAIRED.labels(link.name, what).inc(n)
     return +repaired
+
+
+async def _recreate(link: Link, object_id: str, body: dict[str, Any]) -> str:
+    """Create a managed user deleted by hand again; its new remote id."""
+    created = await link.create_once(
+        lambda: link.client.create(link.schema.resource(body)),
+        lambda: link.find_user(str(body.get("userName", "")), object_id, fresh=True),
+    )
+    if isinstance(created, tuple):
+        return created[0]
+    if not created.id:
+        raise ScimTransientError("the server created the user but returned no id")
+    return created.id

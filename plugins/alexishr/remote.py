@@ -9,17 +9,20 @@ lookups (a first sync), one paged listing of every user replaces them: the
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from scim2_models import Group
 
-from daemon.scim import Capabilities, ScimClient, eq_filter
+from daemon.scim import Capabilities, ScimClient, ScimOutcomeUnknownError, eq_filter
+from daemon.targets.scim.links import Links
 from plugins.alexishr.mapping import UserSchema
-from plugins.alexishr.mirror import Mirror
 from plugins.alexishr.options import ScimOptions
+
+T = TypeVar("T")
+Found = tuple[str, dict[str, Any]]
 
 #: Up to this many unmatched users in one batch are looked up one by one with
 #: filters; more (a first sync) read one listing of every user instead.
@@ -69,7 +72,7 @@ class Link:
     options: ScimOptions
     client: ScimClient
     schema: UserSchema
-    mirror: Mirror
+    mirror: Links
     clock: Callable[[], float] = time.time
     index: RemoteIndex = field(default_factory=RemoteIndex)
     log: Any = None
@@ -131,8 +134,42 @@ class Link:
         if not self.can_filter or unmatched > FILTER_LOOKUPS_MAX:
             await self.load_users()
 
-    async def find_user(self, email: str, external_id: str) -> tuple[str, dict[str, Any]] | None:
-        """The remote user to adopt for this directory user, or ``None``."""
+    def owner(self, remote_id: str) -> str | None:
+        """The directory user the store links to ``remote_id``, if any."""
+        return self.mirror.by_remote.get(remote_id)
+
+    async def create_once(
+        self,
+        post: Callable[[], Awaitable[T]],
+        lookup: Callable[[], Awaitable[Found | None]],
+        tries: int = 3,
+    ) -> T | Found:
+        """``post()`` a create; when its answer is lost, ``lookup()`` before sending it again.
+
+        Returns what ``post`` returned, or what ``lookup`` found: the object the
+        lost create made. Nothing is ever created twice by a blind repeat.
+        """
+        for attempt in range(1, tries + 1):
+            try:
+                return await post()
+            except ScimOutcomeUnknownError:
+                found = await lookup()
+                if found is not None:
+                    self.log.info("a create whose answer was lost had gone through")
+                    return found
+                if attempt == tries:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def find_user(
+        self, email: str, external_id: str, *, fresh: bool = False
+    ) -> tuple[str, dict[str, Any]] | None:
+        """The remote user to adopt for this directory user, or ``None``.
+
+        ``fresh``: ask the server now, never an earlier listing.
+        """
+        if fresh:
+            self.index.loaded_at = None
         if self.index_fresh() or not self.can_filter:
             if not self.index_fresh():
                 await self.load_users()

@@ -38,12 +38,13 @@ from daemon.scim import (
     ScimPermanentError,
     Timeouts,
 )
+from daemon.store import Store
 from daemon.targets.base import Delta, Outcome, TargetType
+from daemon.targets.scim.links import Links
 from plugins.alexishr import metrics
 from plugins.alexishr.groups import remove_group, upsert_group
 from plugins.alexishr.health import ACCESS_REVOKED, Health
 from plugins.alexishr.mapping import UserSchema
-from plugins.alexishr.mirror import Mirror
 from plugins.alexishr.options import AlexisHROptions
 from plugins.alexishr.reconcile import reconcile
 from plugins.alexishr.remote import Link
@@ -52,6 +53,9 @@ from plugins.alexishr.users import remove_user, upsert_user
 log = structlog.get_logger("provisiond.target.alexishr")
 
 Handler = Callable[[Link, Delta], Awaitable[Outcome]]
+
+#: The target's meta key for the time of the last reconciliation.
+LAST_RECONCILE = "last_reconcile"
 
 #: Every AlexisHR target alive in this process (for the reconciliation hook).
 _LIVE: weakref.WeakSet[AlexisHRTarget] = weakref.WeakSet()
@@ -114,8 +118,9 @@ class AlexisHRTarget:
             extra_mappings=scim.extra_mappings,
             alexis_extension=scim.alexis_extension,
         )
-        mirror = Mirror(context.state_dir / f"alexishr-{name}.db")
-        self.link = Link(name, scim, self.client, schema, mirror, clock=clock)
+        # Installations before the single store kept these links in a file of their own.
+        links = Links(name, legacy_file=context.state_dir / f"alexishr-{name}.db")
+        self.link = Link(name, scim, self.client, schema, links, clock=clock)
         self.health = Health(
             name,
             after=scim.quarantine_after,
@@ -126,9 +131,24 @@ class AlexisHRTarget:
         )
         self.clock = clock
         self.log = log.bind(target=name)
-        self.last_reconcile = clock()
+        #: When reconciliation last ran (kept in the store, so restarts and
+        #: ``sync --once`` runs do not reset the timer); ``None`` until started.
+        self.last_reconcile: float | None = None
+        self._store: Store | None = None
         self._discovered = False
         _LIVE.add(self)
+
+    async def start(self, store: Store) -> None:
+        """Load what this target remembers from the core's store (once, before delivering)."""
+        await self.link.mirror.load(store)
+        self._store = store
+        stored = await store.target_meta(self.name, LAST_RECONCILE)
+        if stored is None:
+            # The first start begins the period; the first pass is one period later.
+            self.last_reconcile = self.clock()
+            await store.set_target_meta(self.name, LAST_RECONCILE, repr(self.last_reconcile))
+        else:
+            self.last_reconcile = float(stored)
 
     # -- delivery ----------------------------------------------------------------
 
@@ -148,7 +168,7 @@ class AlexisHRTarget:
                 outcomes[delta.key] = await self._failure(delta, exc, retry=None)
         else:
             await self._deliver_phases(deltas, outcomes, stats)
-        self.link.mirror.flush()
+        await self.link.mirror.flush()
         if self.health.end_round(stats.calls, stats.transient):
             self.log.error(
                 "target quarantined: most AlexisHR calls failed in consecutive rounds",
@@ -303,6 +323,8 @@ class AlexisHRTarget:
     async def reconcile(self) -> dict[str, int]:
         """One full pass over AlexisHR now; returns the repairs by kind."""
         self.last_reconcile = self.clock()
+        if self._store is not None:
+            await self._store.set_target_meta(self.name, LAST_RECONCILE, repr(self.last_reconcile))
         try:
             await self._ready()
             repaired = await reconcile(self.link)
@@ -316,6 +338,8 @@ class AlexisHRTarget:
 
     async def reconcile_if_due(self) -> None:
         """Run :meth:`reconcile` when ``reconcile_every`` has passed (and the target is usable)."""
+        if self.last_reconcile is None:
+            return  # not started: nothing delivered yet in this process
         if self.clock() - self.last_reconcile < self.options.scim.reconcile_every:
             return
         if self.health.blocked(self.token.changed) is not None:
@@ -383,8 +407,11 @@ class AlexisHRTarget:
 
     async def aclose(self) -> None:
         _LIVE.discard(self)
-        await self.client.aclose()
-        self.link.mirror.close()
+        try:
+            if self.link.mirror.loaded:
+                await self.link.mirror.flush()
+        finally:
+            await self.client.aclose()
 
 
 def _yes(flag: bool) -> str:
@@ -420,9 +447,8 @@ def provisiond_objects_released(target: object, keys: Sequence[tuple[str, str]])
     """Forget groups unbound from the target: they stay in AlexisHR as they are."""
     if not isinstance(target, AlexisHRTarget):
         return
-    for kind, object_id in keys:
-        target.link.mirror.drop(kind, object_id)
-    target.link.mirror.flush()
+    # The store forgot their links in the same transaction that released them.
+    target.link.mirror.forget(list(keys))
     target.link.log.info("stopped managing unbound objects", objects=len(keys))
 
 

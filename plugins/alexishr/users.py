@@ -35,6 +35,8 @@ async def upsert_user(link: Link, delta: Delta) -> Outcome:
     kind = "update"
     if remote_id is None:
         found = await link.find_user(user.email, user.id)
+        if found is not None and link.owner(found[0]) not in (None, user.id):
+            found = None  # another directory user's account: never taken over
         if found is not None:
             remote_id, remote = found
             baseline = link.schema.project(remote, mapped.body.get(SKIP, ()))
@@ -95,7 +97,10 @@ async def create_user(link: Link, user: User, mapped: MappedUser) -> tuple[str, 
     """POST the user; on 409, find the existing one and adopt it. Returns (id, kind)."""
     link.schema.check(mapped.body)
     try:
-        created = await link.client.create_json(link.schema.model, strip_skip(mapped.body))
+        created = await link.create_once(
+            lambda: link.client.create_json(link.schema.model, strip_skip(mapped.body)),
+            lambda: link.find_user(user.email, user.id, fresh=True),
+        )
     except ScimConflictError:
         found = await link.find_user(user.email, user.id)
         if found is None and link.index_fresh():
@@ -107,11 +112,24 @@ async def create_user(link: Link, user: User, mapped: MappedUser) -> tuple[str, 
                 "or directory id; trying again later",
                 status=409,
             ) from None
+        owner = link.owner(found[0])
+        if owner not in (None, user.id):
+            raise ScimTransientError(
+                f"AlexisHR already holds {user.email} as the account of directory user "
+                f"{owner!r}; it is not taken over for {user.id!r} (trying again later)",
+                status=409,
+            ) from None
         remote_id, remote = found
         baseline = link.schema.project(remote, mapped.body.get(SKIP, ()))
         await write_user(link, remote_id, baseline, mapped)
         link.log.info("adopted the existing AlexisHR user", object=f"user:{user.id}")
         return remote_id, "adopt"
+    if isinstance(created, tuple):
+        # The create went through although its answer was lost; found by the lookup.
+        remote_id, remote = created
+        baseline = link.schema.project(remote, mapped.body.get(SKIP, ()))
+        await write_user(link, remote_id, baseline, mapped)
+        return remote_id, "create"
     return str(created["id"]), "create"
 
 

@@ -2,7 +2,8 @@
 
 Sits on its own loopback port in front of a real SCIM server (see
 ``tests.scim.harness``) and, per request, either forwards it or plays a fault:
-429 with ``Retry-After`` in seconds or as an HTTP-date, 503, 500, a connection
+429 with ``Retry-After`` in seconds or as an HTTP-date, 503, 500, a reply lost
+after the request was applied upstream, a connection
 reset, a hang past the client's timeout, a slow answer, a body that is not
 JSON, or a body that breaks the SCIM schema. Faults come from a script (the
 next matching requests, in order: deterministic) and/or from per-fault rates
@@ -40,6 +41,7 @@ class Fault(enum.Enum):
     UNAVAILABLE = "503"
     SERVER_ERROR = "500"
     RESET = "reset"
+    LOST_REPLY = "lost-reply"  # forwarded and applied upstream, then the connection drops
     HANG = "hang"
     SLOW = "slow"
     NOT_JSON = "not-json"
@@ -216,6 +218,10 @@ class FaultProxy:
         if fault is Fault.SLOW:
             await asyncio.sleep(self.slow_seconds)
         status, headers, payload = await self._forward(request, body)
+        if fault is Fault.LOST_REPLY:
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=599)
         if fault is Fault.NOT_JSON:
             return web.Response(
                 status=status, text="<html>proxy error</html>", content_type="text/html"
