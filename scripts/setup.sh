@@ -61,3 +61,21 @@ make_venv() {
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".[$1]"
 }
+
+# npm_peer DIR: install a Node.js test peer's npm packages (npm ci, from its
+# package-lock.json) when node_modules is missing or was installed from another
+# lock. Node.js and npm come from Debian when their commands are missing (a
+# NodeSource nodejs already brings npm; Debian's npm would conflict with it).
+npm_peer() {
+  local dir=$1 stamp="$1/node_modules/.provisiond-lock.sha256" digest
+  command -v node >/dev/null 2>&1 || apt_install nodejs
+  command -v npm >/dev/null 2>&1 || apt_install npm
+  digest=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$digest" ]; then
+    return 0
+  fi
+  echo "==> installing the npm packages of $dir"
+  rm -f "$stamp"
+  npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error
+  echo "$digest" >"$stamp"
+}

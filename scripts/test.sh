@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # README command 2: install everything the tests need, then lint, type-check
-# and run the whole test suite (real peers: slapd, scim2-server, pysaml2 with
-# xmlsec1, Chromium). PostgreSQL is installed for the HA state backend, which
-# is not built yet.
+# and run the whole test suite (real peers: slapd, scim2-server, a second SCIM
+# server on SCIMMY under Node.js, pysaml2 with xmlsec1, Chromium). PostgreSQL
+# is installed for the HA state backend, which is not built yet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
 apt_install xmlsec1 slapd ldap-utils chromium postgresql systemd prometheus \
   build-essential libldap-dev libsasl2-dev
 make_venv test
+npm_peer tests/peers/scimmy
 
 echo "==> ruff"
 .venv/bin/ruff check daemon plugins tests bench

@@ -1,4 +1,9 @@
-"""An engine, a fed directory, and a real AlexisHR target before scim2-server (via FaultProxy)."""
+"""An engine, a fed directory, and a real AlexisHR target before a SCIM server (via FaultProxy).
+
+The server is scim2-server by default; ``world(..., peer="scimmy")`` puts the
+independent SCIMMY server (``tests.peers.harness``) there instead, so a test
+can be run against both.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,10 @@ import contextlib
 import json
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 
@@ -25,6 +30,7 @@ from daemon.store.sqlite import SqliteStore
 from plugins.alexishr.options import AlexisHROptions
 from plugins.alexishr.target import AlexisHRTarget
 from tests.core.support import FedSource
+from tests.peers.harness import running_scimmy_server
 from tests.scim.faults import FaultProxy
 from tests.scim.harness import running_scim_server
 
@@ -32,6 +38,8 @@ BOUND = "AlexisHR Users"
 TOKEN = "alexishr-test-token-0123456789"
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "directory.yaml"
 FAST_RETRY = RetryPolicy(max_attempts=6, max_total_wait=20.0, base_delay=0.02, max_delay=0.2)
+Peer = Literal["scim2-server", "scimmy"]
+PEERS: tuple[Peer, ...] = ("scim2-server", "scimmy")
 
 
 async def example_snapshot() -> Snapshot:
@@ -53,13 +61,22 @@ def person(uid: str, **kw: Any) -> User:
     return User(**fields)
 
 
-def dump(base_url: str, resource: str) -> list[dict[str, Any]]:
-    """Every ``resource`` (``Users``, ``Groups``) on the SCIM server at ``base_url``, all pages."""
+def _headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def dump(base_url: str, resource: str, token: str | None = None) -> list[dict[str, Any]]:
+    """Every ``resource`` (``Users``, ``Groups``) on the SCIM server at ``base_url``, all pages.
+
+    ``token``: the bearer token, for a server that requires one.
+    """
     out: list[dict[str, Any]] = []
     start = 1
     while True:
-        url = f"{base_url}/{resource}?startIndex={start}&count=500"
-        with urllib.request.urlopen(url, timeout=30) as resp:
+        request = urllib.request.Request(
+            f"{base_url}/{resource}?startIndex={start}&count=500", headers=_headers(token)
+        )
+        with urllib.request.urlopen(request, timeout=30) as resp:
             page = json.loads(resp.read())
         items = page.get("Resources", [])
         out += items
@@ -76,10 +93,13 @@ class World:
     proxy: FaultProxy
     upstream: str
     root: Path
+    peer: Peer = "scim2-server"
+    #: The bearer token the server itself requires (scim2-server here requires none).
+    upstream_token: str | None = None
 
     def dump(self, resource: str) -> list[dict[str, Any]]:
         """Every resource on the server, read directly (not through the proxy)."""
-        return dump(self.upstream, resource)
+        return dump(self.upstream, resource, self.upstream_token)
 
     def raw(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """One request straight to the server (a human editing AlexisHR by hand)."""
@@ -88,7 +108,7 @@ class World:
             f"{self.upstream}{path}",
             data=data,
             method=method,
-            headers={"Content-Type": "application/scim+json"},
+            headers={"Content-Type": "application/scim+json", **_headers(self.upstream_token)},
         )
         with urllib.request.urlopen(request, timeout=30) as resp:
             text = resp.read()
@@ -114,23 +134,46 @@ def options(url: str, token_file: Path, **scim: Any) -> AlexisHROptions:
     )
 
 
+@contextlib.contextmanager
+def _server(
+    peer: Peer, spc: dict[str, Any] | None, extensions: dict[str, list[str]] | None
+) -> Iterator[tuple[str, str | None]]:
+    """The SCIM server of a world: (base URL, the bearer token it requires)."""
+    if peer == "scimmy":
+        if spc is not None:
+            raise ValueError("the SCIMMY server publishes its own ServiceProviderConfig")
+        with running_scimmy_server(token=TOKEN, extensions=extensions) as scimmy:
+            yield scimmy.url, scimmy.token
+        return
+    if extensions:
+        raise ValueError("scim2-server's schemas are fixed here; extensions are for SCIMMY")
+    with running_scim_server(service_provider_config=spc) as server:
+        yield server.url, None
+
+
 @contextlib.asynccontextmanager
 async def world(
     tmp_path: Path,
     snapshot: Snapshot,
     *,
+    peer: Peer = "scim2-server",
     spc: dict[str, Any] | None = None,
+    extensions: dict[str, list[str]] | None = None,
     proxy_kw: dict[str, Any] | None = None,
     engine_kw: dict[str, Any] | None = None,
     clock: Any = None,
     bound: list[str] | None = None,
     **scim: Any,
 ) -> AsyncIterator[World]:
-    """Everything for one test; the server starts empty."""
+    """Everything for one test; the server (``peer``) starts empty.
+
+    ``spc`` configures scim2-server; ``extensions`` (URN → attribute names)
+    declares more User schema extensions on the SCIMMY server.
+    """
     token_file = tmp_path / "alexishr.token"
     token_file.write_text(TOKEN)
-    with running_scim_server(service_provider_config=spc) as server:
-        async with FaultProxy(server.url, **(proxy_kw or {})) as proxy:
+    with _server(peer, spc, extensions) as (upstream, upstream_token):
+        async with FaultProxy(upstream, **(proxy_kw or {})) as proxy:
             context = PluginContext(tmp_path, tmp_path / "state", SecretStore())
             scim.setdefault("rate_limit", 1000.0)
             extra: dict[str, Any] = {"retry": FAST_RETRY}
@@ -158,7 +201,7 @@ async def world(
                 **({"clock": clock} if clock is not None else {}),
             )
             try:
-                yield World(eng, source, target, proxy, server.url, tmp_path)
+                yield World(eng, source, target, proxy, upstream, tmp_path, peer, upstream_token)
             finally:
                 await target.aclose()
                 await store.aclose()
