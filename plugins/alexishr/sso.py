@@ -22,7 +22,6 @@ module never redirects to it, and IdP-initiated sign-in sends none.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -206,7 +205,7 @@ class AlexisHRSignOn:
                     request.rel_url.raw_query_string, max_bytes=MAX_REQUEST_BYTES
                 )
                 authn = await self._receive(message, portal)
-                return await self._handle(request, portal, authn, time.time())
+                return await self._handle(request, portal, authn, portal.clock())
             if "resume" in request.query:
                 parked = self.pending.take(request.query["resume"])
                 if parked is None:
@@ -231,7 +230,7 @@ class AlexisHRSignOn:
         try:
             message = decode_post(await _form(request), max_bytes=MAX_REQUEST_BYTES)
             authn = await self._receive(message, portal)
-            handle = self.pending.park(authn)
+            handle = self.pending.park(authn, portal.clock())
         except SamlRequestError as exc:
             return portal.refused(request, str(exc), reason="invalid_request")
         except PendingFull:

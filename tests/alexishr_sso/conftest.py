@@ -14,6 +14,7 @@ import html
 import io
 import re
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -121,6 +122,16 @@ def sp_key() -> SigningKey:
     return generate_signing_key("AlexisHR stand-in SP")
 
 
+class Clock:
+    """The portal's clock: real time moved by ``offset`` seconds (sign in "an hour ago")."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
 @dataclass
 class World:
     """Everything a test drives."""
@@ -133,6 +144,7 @@ class World:
     base_url: str
     app: web.Application | None = None
     log: io.StringIO = field(default_factory=io.StringIO)
+    clock: Clock = field(default_factory=Clock)
 
     def write_directory(self, doc: dict[str, Any]) -> None:
         path = self.tmp / "directory.yaml"
@@ -196,6 +208,7 @@ def build_app(w: World, **public: Any) -> web.Application:
         [provisiond_public_routes(targets=targets, directory=w.directory)],
         state_dir=w.tmp,
         config_dir=w.tmp,
+        clock=w.clock,
     )
     return w.app
 
