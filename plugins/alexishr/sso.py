@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -180,6 +181,10 @@ class AlexisHRSignOn:
             name_id=user.email,
             attributes=attributes,
             session_index=signed_in.session.session_index,
+            # When the password was checked, not when this Response is issued:
+            # an SP that asked for ForceAuthn, or limits the age of a sign-in,
+            # judges by it.
+            authn_instant=datetime.fromtimestamp(signed_in.session.authenticated_at, UTC),
         )
 
     # -- routes --------------------------------------------------------------------

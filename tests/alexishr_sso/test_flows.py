@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
 from saml2 import BINDING_HTTP_POST, BINDING_HTTP_REDIRECT
@@ -196,3 +197,57 @@ def test_password_is_a_registered_secret():
     from daemon.secrets import SECRETS
 
     assert PASSWORD not in SECRETS.redact(PASSWORD)
+
+
+def _authn_instant(response) -> str:
+    return response.assertion.authn_statement[0].authn_instant
+
+
+def _instant(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def test_authn_instant_is_when_the_user_signed_in(client, world, sp_key):
+    sp = await _sp(client, world, sp_key)
+    # Signed in 50 minutes ago, seen on the portal 25 minutes ago (within the idle timeout).
+    world.clock.offset = -3000
+    signed_in_at = world.clock()
+    assert (await sign_in(client, "alice")).status == 303
+    world.clock.offset = -1500
+    assert (await client.get("/", allow_redirects=False)).status == 200
+    world.clock.offset = 0
+    page = await client.get(IDP_PATH)
+    response = sp.parse_authn_request_response(
+        hidden_fields(await page.text())["SAMLResponse"], BINDING_HTTP_POST
+    )
+    assert _authn_instant(response) == _instant(signed_in_at)
+    assert response.response.issue_instant != _instant(signed_in_at)
+
+
+async def test_authn_instant_after_force_authn_is_the_new_sign_in(client, world, sp_key):
+    sp = await _sp(client, world, sp_key)
+    world.clock.offset = -1500
+    first = world.clock()
+    await sign_in(client, "alice")
+    # AlexisHR asks for a fresh sign-in (ForceAuthn) 10 minutes later; alice signs in again.
+    world.clock.offset = -900
+    request_id, info = sp.prepare_for_authenticate(
+        binding=BINDING_HTTP_REDIRECT, force_authn="true"
+    )
+    location = urlsplit(dict(info["headers"])["Location"])
+    parked = await client.get(f"{location.path}?{location.query}", allow_redirects=False)
+    assert parked.status == 303
+    assert "force=1" in parked.headers["Location"]
+    world.clock.offset = -600
+    second = world.clock()
+    done = await sign_in(client, "alice", next_path=_next_of(parked.headers["Location"]))
+    world.clock.offset = 0
+    page = await client.get(done.headers["Location"])
+    response = sp.parse_authn_request_response(
+        hidden_fields(await page.text())["SAMLResponse"],
+        BINDING_HTTP_POST,
+        outstanding={request_id: "/"},
+    )
+    assert response.in_response_to == request_id
+    assert _authn_instant(response) == _instant(second)
+    assert _authn_instant(response) != _instant(first)
