@@ -75,10 +75,12 @@ class SpProfile:
             raise SamlConfigError(
                 f"{where}: path {self.path!r} must be lowercase letters, digits, '-' and '_'"
             )
-        for name, source in [("NameID", self.name_id_field), *self.attributes.items()]:
+        named = [("the NameID", self.name_id_field)]
+        named += [(f"attribute {name!r}", source) for name, source in self.attributes.items()]
+        for what, source in named:
             if source not in SOURCE_FIELDS:
                 raise SamlConfigError(
-                    f"{where}: {name} comes from {source!r}, which is not a directory field "
+                    f"{where}: {what} comes from {source!r}, which is not a directory field "
                     f"(one of {', '.join(SOURCE_FIELDS)})"
                 )
 
