@@ -26,6 +26,7 @@ BUILTIN_PLUGINS = {
     "ldap": "daemon.sources.ldap",
     "jumpcloud": "daemon.sources.jumpcloud",
     "log": "daemon.targets.log",
+    "saml": "daemon.saml.endpoint",
     "alexishr": "plugins.alexishr",
 }
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Final
 
@@ -42,11 +43,13 @@ def build_public_app(
     config_dir: Path,
     secrets: SecretStore = SECRETS,
     sessions: SessionStore | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> web.Application:
     """The public listener's application.
 
     ``plugin_routes`` is what ``provisiond_public_routes`` returned, one
     sequence per plugin. ``sessions`` defaults to an in-memory store.
+    ``clock`` (Unix seconds) times sessions and sign-ins; tests move it.
     Raises :class:`~daemon.portal.site.PortalConfigError` or
     :class:`~daemon.portal.session_key.SessionKeyError` when the settings
     cannot be served safely.
@@ -60,7 +63,13 @@ def build_public_app(
         FailureWindow(settings.login_max_failures_per_address, settings.login_failure_window),
     )
     portal = Portal(
-        settings, directory, key, sessions or MemorySessionStore(), throttle, templates()
+        settings,
+        directory,
+        key,
+        sessions or MemorySessionStore(),
+        throttle,
+        templates(),
+        clock=clock,
     )
     app = web.Application(
         middlewares=[

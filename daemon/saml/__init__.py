@@ -1,8 +1,10 @@
-"""A reusable SAML 2.0 identity-provider engine.
+"""A reusable SAML 2.0 identity-provider engine, and the sign-on endpoint built on it.
 
-Nothing here knows about a particular service provider: an application
-plugin describes its SP with :class:`~daemon.saml.parties.ServiceProvider`
-and drives the flow through these modules, in the order a login takes:
+Nothing here knows about a particular service provider. An application
+describes its SP with an :class:`~daemon.saml.profile.SpProfile` (built from
+its ``sso`` block, :mod:`daemon.saml.options`), and
+:mod:`daemon.saml.endpoint` serves it on the public listener. The endpoint
+drives the flow through these modules, in the order a login takes:
 
 - :mod:`daemon.saml.bindings` decodes an inbound message and builds the
   HTTP-POST form that carries the answer;
@@ -10,6 +12,7 @@ and drives the flow through these modules, in the order a login takes:
 - :mod:`daemon.saml.response` builds and signs the Response;
 - :mod:`daemon.saml.metadata` publishes the IdP's metadata;
 - :mod:`daemon.saml.slo` answers a LogoutRequest;
-- :mod:`daemon.saml.keys` makes and loads the signing key and certificate;
+- :mod:`daemon.saml.keys` makes and loads the signing key and certificate,
+  and follows their rotation;
 - :mod:`daemon.saml.safexml` parses untrusted XML.
 """

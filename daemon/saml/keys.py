@@ -1,4 +1,4 @@
-"""The IdP's signing key and certificate: make them, store them, load them."""
+"""The IdP's signing key and certificate: make them, store them, load them, follow rotations."""
 
 from __future__ import annotations
 
@@ -10,13 +10,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final
 
+import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from daemon.saml.errors import SamlConfigError
-from daemon.secrets import SECRETS, SecretStore
+from daemon.secrets import SECRETS, SecretError, SecretStore
+
+log = structlog.get_logger("provisiond.saml")
 
 KEY_SIZES: Final = (2048, 3072)
 
@@ -173,3 +176,57 @@ def load_signing_key(
         )
     cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
     return SigningKey(private_key=key, certificate=cert, certificate_pem=cert_pem)
+
+
+class SigningKeys:
+    """One application's signing key and certificates, re-read when their files change.
+
+    A rotation needs no restart: the files are looked at (inode, size,
+    mtime) on every use, and loaded again when any of them changed. A change
+    that does not load (a half-written file, a mismatched pair, a file
+    briefly missing) keeps the previous key and logs why. Only the first
+    load raises.
+    """
+
+    def __init__(
+        self,
+        key_file: Path,
+        cert_file: Path,
+        next_cert_file: Path | None = None,
+        *,
+        secrets: SecretStore = SECRETS,
+    ) -> None:
+        self._files = (key_file, cert_file, next_cert_file)
+        self._secrets = secrets
+        self._stamp = self._stat()
+        self._key, self._next = self._load()
+
+    def current(self) -> tuple[SigningKey, tuple[x509.Certificate, ...]]:
+        """The signing key, and the extra certificates to publish (the next one)."""
+        stamp = self._stat()
+        if stamp != self._stamp:
+            self._stamp = stamp
+            try:
+                self._key, self._next = self._load()
+                log.info("SAML signing key reloaded", key_file=str(self._files[0]))
+            except (SamlConfigError, SecretError) as exc:
+                log.error(
+                    "SAML signing key change not loaded; the previous key stays", error=str(exc)
+                )
+        return self._key, self._next
+
+    def _stat(self) -> tuple[tuple[int, int, int] | None, ...]:
+        out: list[tuple[int, int, int] | None] = []
+        for path in self._files:
+            try:
+                st = os.stat(path) if path is not None else None
+            except OSError:
+                st = None
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns) if st else None)
+        return tuple(out)
+
+    def _load(self) -> tuple[SigningKey, tuple[x509.Certificate, ...]]:
+        key_file, cert_file, next_file = self._files
+        key = load_signing_key(key_file, cert_file, secrets=self._secrets)
+        extra = (load_certificate(next_file),) if next_file is not None else ()
+        return key, extra

@@ -12,10 +12,11 @@ from pathlib import Path
 import phonenumbers
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from daemon.saml.options import SsoOptions
+
 PRODUCTION_SCIM_URL = "https://api.alexishr.com/v1/scim/v2"
 SANDBOX_SCIM_URL = "https://api.sandbox.alexishr.com/v1/scim/v2"
 _CONNECTION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_PATH = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
 class _Options(BaseModel):
@@ -78,33 +79,24 @@ class ScimOptions(_Options):
         return region
 
 
-class SsoOptions(_Options):
-    """``options.sso``: provisiond as AlexisHR's SAML identity provider."""
+#: What AlexisHR reads from an assertion: SAML attribute name -> directory field.
+ALEXISHR_ATTRIBUTES = {"email": "email", "firstName": "given_name", "lastName": "family_name"}
 
-    enabled: bool = True
-    #: The IdP URL is ``<http.public.base_url>/saml2/<path>``. Default: the target name.
-    path: str | None = None
-    #: Signing key and certificate files (``provisiond saml keygen`` makes them).
-    key_file: Path
-    cert_file: Path
-    #: A certificate to publish in metadata ahead of a key rotation.
-    next_cert_file: Path | None = None
-    sign_response: bool = True
-    sign_assertion: bool = True
+
+class AlexisHRSsoOptions(SsoOptions):
+    """``options.sso``: provisiond as AlexisHR's SAML identity provider.
+
+    The settings every SAML application shares, with AlexisHR's defaults:
+    NameID emailAddress from the work email, and the attributes ``email``,
+    ``firstName`` and ``lastName``.
+    """
+
+    attributes: dict[str, str] = Field(default_factory=lambda: dict(ALEXISHR_ATTRIBUTES))
     #: Override the SP entity ID (default ``urn:auth0:alexishr:<connection>``).
     audience: str | None = None
     #: Override the ACS URL (default
     #: ``https://auth.alexishr.com/login/callback?connection=<connection>``).
     acs_url: str | None = None
-    want_requests_signed: bool = False
-    sp_cert_file: Path | None = None
-
-    @field_validator("path")
-    @classmethod
-    def _path(cls, v: str | None) -> str | None:
-        if v is not None and not _PATH.match(v):
-            raise ValueError("use lowercase letters, digits, '-' and '_' only")
-        return v
 
 
 class AlexisHROptions(_Options):
@@ -115,7 +107,7 @@ class AlexisHROptions(_Options):
     #: Use AlexisHR's sandbox tenant defaults (app.sandbox.alexishr.com).
     sandbox: bool = False
     scim: ScimOptions
-    sso: SsoOptions | None = None
+    sso: AlexisHRSsoOptions | None = None
 
     @field_validator("connection")
     @classmethod

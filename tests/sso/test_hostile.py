@@ -14,20 +14,11 @@ from saml2 import BINDING_HTTP_POST, BINDING_HTTP_REDIRECT
 from daemon.metrics import REGISTRY
 from daemon.portal.views import LOGIN_FAILED, LOGIN_THROTTLED
 from daemon.saml.bindings import deflate
-from tests.alexishr_sso.conftest import (
-    ACS,
-    AUDIENCE,
-    PASSWORD,
-    form_action,
-    hidden_fields,
-    make_sp,
-    sign_in,
-)
-
-IDP_PATH = "/saml2/alexishr"
+from tests.sso.conftest import ACS, ENTITY_ID, IDP_PATH, make_sp
+from tests.sso.stack import PASSWORD, form_action, hidden_fields, sign_in
 
 
-def _authn(world, *, issuer=AUDIENCE, acs=ACS, request_id="_r1", doctype="", body="") -> bytes:
+def _authn(world, *, issuer=ENTITY_ID, acs=ACS, request_id="_r1", doctype="", body="") -> bytes:
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return (
         f'<?xml version="1.0"?>{doctype}'
@@ -97,7 +88,7 @@ async def test_bad_base64_and_bad_deflate_are_refused(client, no_leaks):
 
 
 async def test_unknown_issuer_is_refused(client, world, no_leaks):
-    xml = _authn(world, issuer="urn:auth0:alexishr:someone-else")
+    xml = _authn(world, issuer="https://other.example.test/saml/metadata")
     await _refused(
         await client.get(f"{IDP_PATH}?{_redirect_query(xml)}"), "unknown service provider"
     )
@@ -156,8 +147,8 @@ async def test_login_next_is_a_local_path_only(client, next_path, no_leaks):
 
 
 async def test_login_next_local_path_is_kept(client, no_leaks):
-    done = await sign_in(client, "alice", next_path="/saml2/alexishr")
-    assert done.headers["Location"] == "/saml2/alexishr"
+    done = await sign_in(client, "alice", next_path=IDP_PATH)
+    assert done.headers["Location"] == IDP_PATH
 
 
 async def test_failed_sign_in_says_the_same_for_every_reason(client, world, no_leaks):
@@ -262,7 +253,7 @@ async def test_forged_session_cookie_is_ignored(client, world, no_leaks):
 
 
 async def test_security_headers_on_every_page(client, no_leaks):
-    for path in ("/login", "/", "/saml2/alexishr/metadata", "/no-such-page"):
+    for path in ("/login", "/", f"{IDP_PATH}/metadata", "/no-such-page"):
         response = await client.get(path, allow_redirects=False)
         csp = response.headers["Content-Security-Policy"]
         assert "frame-ancestors 'none'" in csp
@@ -280,7 +271,7 @@ async def test_hsts_and_secure_cookies_behind_tls(serve, world, no_leaks):
     response = await client.get("/login", headers={"X-Forwarded-Proto": "https"})
     assert response.headers["Strict-Transport-Security"].startswith("max-age=")
     # An https base URL makes every cookie Secure with the __Host- prefix.
-    from tests.alexishr_sso.conftest import build_app
+    from tests.sso.stack import build_app
 
     world.base_url = "https://sso.nordlys.example"
     app = build_app(world)
