@@ -103,9 +103,12 @@ async def create_user(link: Link, user: User, mapped: MappedUser) -> tuple[str, 
         )
     except ScimConflictError:
         found = await link.find_user(user.email, user.id)
-        if found is None and link.index_fresh():
-            link.index.loaded_at = None  # the listing predates the conflicting user
-            found = await link.find_user(user.email, user.id)
+        if found is None:
+            # Filters may compare case exactly where the uniqueness check does not, and a
+            # listing may predate the conflicting user: read a listing now.
+            await link.load_users()
+            remote_id = link.index.match_user(user.email, user.id)
+            found = (remote_id, link.index.users[remote_id]) if remote_id else None
         if found is None:
             raise ScimTransientError(
                 "AlexisHR reports the user exists (409) but no user matches its e-mail "

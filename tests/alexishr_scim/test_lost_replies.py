@@ -14,7 +14,9 @@ from pathlib import Path
 from daemon.model import Snapshot, make_group
 from tests.scim.faults import Fault
 
-from .world import converge, person, world
+import pytest
+
+from .world import PEERS, Peer, converge, person, world
 
 GROUPS = 20
 
@@ -28,10 +30,10 @@ def _org() -> Snapshot:
     return Snapshot.of(users, groups)
 
 
-async def _lost_replies_converge_exactly(tmp_path: Path, **scim: object) -> None:
+async def _lost_replies_converge_exactly(tmp_path: Path, peer: Peer, **scim: object) -> None:
     snapshot = _org()
     names = [g.name for g in snapshot.groups.values()]
-    async with world(tmp_path, snapshot, bound=names, **scim) as w:
+    async with world(tmp_path, snapshot, bound=names, peer=peer, **scim) as w:
         w.proxy.script(*[Fault.LOST_REPLY] * GROUPS, method="POST", path="/Groups")
         w.proxy.script(*[Fault.LOST_REPLY] * 10, method="POST", path="/Users")
         await converge(w)
@@ -56,10 +58,11 @@ async def _lost_replies_converge_exactly(tmp_path: Path, **scim: object) -> None
         assert w.writes(before) == []
 
 
-async def test_lost_replies_to_creates_make_no_duplicates(tmp_path: Path) -> None:
-    await _lost_replies_converge_exactly(tmp_path)
+@pytest.mark.parametrize("peer", PEERS)
+async def test_lost_replies_to_creates_make_no_duplicates(tmp_path: Path, peer: Peer) -> None:
+    await _lost_replies_converge_exactly(tmp_path, peer)
 
 
 async def test_lost_replies_without_filter_support_make_no_duplicates(tmp_path: Path) -> None:
     spc_filter_off = {"proxy_kw": {"hide_filter": True}}
-    await _lost_replies_converge_exactly(tmp_path, **spc_filter_off)
+    await _lost_replies_converge_exactly(tmp_path, "scim2-server", **spc_filter_off)

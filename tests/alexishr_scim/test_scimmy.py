@@ -228,12 +228,12 @@ async def test_a_user_deleted_by_hand_is_created_again(tmp_path: Path, peer: Pee
         await _quiet(w)
 
 
-async def test_a_hand_made_user_in_another_case_is_adopted_on_the_second_attempt(
+async def test_a_hand_made_user_in_another_case_is_adopted_at_the_first_409(
     tmp_path: Path,
 ) -> None:
     # SCIMMY filters userName case-sensitively (scim2-server does not), so the
     # lookup before the create misses "A2@corp.example"; the POST meets 409, and
-    # the target finds the user in a full listing on its next attempt.
+    # the target finds the user in a full listing at once.
     snap = Snapshot.of([person("a2", title="Lead")], [make_group("g-app", BOUND, ["a2"])])
     async with world(tmp_path, snap, peer="scimmy") as w:
         existing = w.raw(
@@ -244,7 +244,7 @@ async def test_a_hand_made_user_in_another_case_is_adopted_on_the_second_attempt
                 "userName": "A2@corp.example",
             },
         )
-        await converge(w)
+        assert await converge(w) == 1
         users = w.dump("Users")
         assert [u["id"] for u in users] == [existing["id"]]
         assert users[0]["externalId"] == "a2" and users[0]["title"] == "Lead"
