@@ -123,11 +123,11 @@ async def clicks(n: int) -> list[float]:
         from daemon.plugins import plugin_manager
         from daemon.portal import build_public_app
         from daemon.runtime import PluginContext
+        from daemon.saml.endpoint import provisiond_public_routes
         from daemon.saml.keys import write_signing_key
         from daemon.secrets import SECRETS
         from daemon.sources import file as file_source
         from daemon.store.sqlite import SqliteStore
-        from plugins.alexishr.sso import provisiond_public_routes
 
         logs.configure("error", "json")
         write_signing_key(generate_signing_key("bench IdP"), tmp / "idp.key", tmp / "idp.crt")

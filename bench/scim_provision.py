@@ -40,7 +40,7 @@ from daemon.plugins import plugin_manager
 from daemon.runtime import PluginContext
 from daemon.secrets import SecretStore
 from daemon.store.sqlite import SqliteStore
-from plugins.alexishr import target as target_module
+from daemon.targets.scim import target as target_module
 from plugins.alexishr.mapping import UserSchema
 from plugins.alexishr.options import AlexisHROptions
 from plugins.alexishr.target import AlexisHRTarget

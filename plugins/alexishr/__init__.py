@@ -1,17 +1,9 @@
-"""The AlexisHR plugin: SCIM 2.0 provisioning and the SAML 2.0 SP profile for AlexisHR."""
+"""The AlexisHR plugin: AlexisHR's SCIM profile and mapping, and its SAML SP profile.
 
-from plugins.alexishr.sso import provisiond_public_routes
-from plugins.alexishr.target import (
-    provisiond_cycle_finished,
-    provisiond_objects_released,
-    provisiond_target_status,
-    provisiond_target_types,
-)
+The engines are the core's (:mod:`daemon.targets.scim`, :mod:`daemon.saml.endpoint`);
+this plugin holds only what is AlexisHR's own.
+"""
 
-__all__ = [
-    "provisiond_cycle_finished",
-    "provisiond_objects_released",
-    "provisiond_public_routes",
-    "provisiond_target_status",
-    "provisiond_target_types",
-]
+from plugins.alexishr.target import provisiond_target_types
+
+__all__ = ["provisiond_target_types"]

@@ -13,6 +13,7 @@ import phonenumbers
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from daemon.saml.options import SsoOptions
+from daemon.targets.scim.options import ScimOptions as BaseScimOptions
 
 PRODUCTION_SCIM_URL = "https://api.alexishr.com/v1/scim/v2"
 SANDBOX_SCIM_URL = "https://api.sandbox.alexishr.com/v1/scim/v2"
@@ -23,18 +24,13 @@ class _Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ScimOptions(_Options):
-    """``options.scim``: provisioning over SCIM 2.0."""
+class ScimOptions(BaseScimOptions):
+    """``options.scim``: provisioning over SCIM 2.0, with AlexisHR's mapping settings."""
 
     #: Default: production, or the sandbox when ``sandbox: true`` (unconfirmed path).
     base_url: str | None = None
     #: File holding the AlexisHR access token (Settings -> Access tokens).
     token_file: Path
-    ca_bundle: Path | None = None
-    manage_groups: bool = True
-    #: Seconds after deactivation before a user removed from the directory is
-    #: deleted in AlexisHR. None (default): never delete, only deactivate.
-    hard_delete_after: float | None = Field(default=None, ge=0)
     #: Extra SCIM attribute paths filled from directory fields, e.g.
     #: ``{"nickName": "username"}``.
     extra_mappings: dict[str, str] = Field(default_factory=dict)
@@ -42,33 +38,9 @@ class ScimOptions(_Options):
     #: ``urn:ietf:params:scim:schemas:extension:alexis:2.0:User``, filled from
     #: directory fields.
     alexis_extension: dict[str, str] = Field(default_factory=dict)
-    max_concurrency: int = Field(default=8, ge=1, le=64)
-    timeout: float = Field(default=30.0, gt=0)
-    #: Seconds between full reconciliation passes (list remote, repair drift).
-    reconcile_every: float = Field(default=6 * 3600.0, ge=60)
     #: Region (ISO 3166 code) used to read phone numbers written without a
     #: country code, before they are normalised to E.164.
     phone_region: str = "SE"
-    #: Most SCIM requests per second; the client slows below this when the
-    #: server answers 429/503, and recovers afterwards. AlexisHR publishes no
-    #: limit, so the default is cautious.
-    rate_limit: float = Field(default=20.0, gt=0, le=10000)
-    #: Members per membership PATCH request. Default: the server's
-    #: ``bulk.maxOperations`` when it gives one, else 100.
-    membership_chunk: int | None = Field(default=None, ge=1, le=1000)
-    #: After a 401/403, seconds to wait for the token file to change (a
-    #: rotation in progress) before the target is marked unhealthy.
-    token_rotation_wait: float = Field(default=10.0, ge=0, le=300)
-    #: Seconds between attempts while AlexisHR refuses the token (a changed
-    #: token file ends the wait at once).
-    auth_retry_after: float = Field(default=600.0, ge=1)
-    #: Consecutive delivery rounds in which most calls failed before the
-    #: target is quarantined (backed off without calling AlexisHR).
-    quarantine_after: int = Field(default=3, ge=1)
-    #: First quarantine, in seconds; doubles per further failed round ...
-    quarantine_base: float = Field(default=30.0, gt=0)
-    #: ... up to this ceiling.
-    quarantine_max: float = Field(default=900.0, gt=0)
 
     @field_validator("phone_region")
     @classmethod

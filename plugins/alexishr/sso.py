@@ -12,15 +12,8 @@ target name>``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
-
-from aiohttp import web
-
-from daemon.directory import Directory
-from daemon.hookspecs import hookimpl
 from daemon.runtime import PluginContext
-from daemon.saml.endpoint import SpProfile, sign_on_routes
+from daemon.saml.endpoint import SpProfile
 from plugins.alexishr.options import AlexisHROptions
 
 
@@ -37,29 +30,3 @@ def sso_profile(name: str, options: AlexisHROptions, context: PluginContext) -> 
     return sso.profile(
         name, context, entity_id=options.audience, acs_url=options.acs_url, title=title(options)
     )
-
-
-def profiles(targets: Mapping[str, Any]) -> dict[str, SpProfile]:
-    """Target name -> profile, for every AlexisHR target with ``sso`` enabled.
-
-    A target that answers ``sso_profile()`` itself is left to the core's
-    endpoint hook, so that no route is added twice.
-    """
-    out: dict[str, SpProfile] = {}
-    for name, target in targets.items():
-        if getattr(target, "kind", None) != "alexishr" or hasattr(target, "sso_profile"):
-            continue
-        options = target.options
-        if isinstance(options, AlexisHROptions):
-            profile = sso_profile(name, options, target.context)
-            if profile is not None:
-                out[name] = profile
-    return out
-
-
-@hookimpl
-def provisiond_public_routes(
-    targets: Mapping[str, Any], directory: Directory
-) -> Sequence[web.AbstractRouteDef]:
-    """The SAML routes of every AlexisHR target with ``sso`` enabled."""
-    return sign_on_routes(profiles(targets), directory)

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from daemon.model import Snapshot, make_group
 from tests.scim.faults import Fault
-
-import pytest
 
 from .world import PEERS, Peer, converge, person, world
 

@@ -20,8 +20,10 @@ from saml2.client import Saml2Client
 
 from daemon.runtime import PluginContext
 from daemon.saml.keys import SigningKey, generate_signing_key
+from daemon.saml.profile import SpProfile
 from daemon.targets.base import Delta, Outcome
 from plugins.alexishr.options import AlexisHROptions
+from plugins.alexishr.sso import sso_profile
 from tests.sso import stack
 from tests.sso.stack import (
     PASSWORD,
@@ -78,6 +80,9 @@ class StandInTarget:
 
     async def aclose(self) -> None:
         return None
+
+    def sso_profile(self) -> SpProfile | None:
+        return sso_profile(self.name, self.options, self.context)
 
 
 @pytest.fixture(scope="session")

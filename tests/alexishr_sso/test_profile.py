@@ -8,10 +8,11 @@ import pytest
 from pydantic import ValidationError
 
 from daemon.runtime import PluginContext
+from daemon.saml.endpoint import profiles_of
 from daemon.saml.names import NAMEID_EMAIL
 from daemon.secrets import SECRETS
 from plugins.alexishr.options import AlexisHROptions
-from plugins.alexishr.sso import profiles, sso_profile
+from plugins.alexishr.sso import sso_profile
 from tests.alexishr_sso.conftest import ACS, AUDIENCE, StandInTarget, make_options
 
 
@@ -72,18 +73,21 @@ def test_no_profile_without_sso_or_when_disabled(tmp_path):
     assert sso_profile("alexishr", none, _context(tmp_path)) is None
 
 
-def test_the_plugin_serves_only_alexishr_targets(tmp_path):
+def test_the_endpoint_serves_only_targets_that_give_a_profile(tmp_path):
     context = _context(tmp_path)
     mine = StandInTarget("alexishr", make_options(tmp_path), context)
-    other_kind = StandInTarget("other", make_options(tmp_path), context, kind="log")
 
-    class WithOwnProfile(StandInTarget):
+    class WithoutSso:  # a target with no SAML side at all (for example the log target)
+        name, kind = "other", "log"
+
+    class WithNoProfile(StandInTarget):
         def sso_profile(self) -> None:
             return None
 
-    # A target that answers sso_profile() itself is the core endpoint's to serve.
-    own = WithOwnProfile("own", make_options(tmp_path), context)
-    assert list(profiles({"alexishr": mine, "other": other_kind, "own": own})) == ["alexishr"]
+    own = WithNoProfile("own", make_options(tmp_path), context)
+    assert list(profiles_of({"alexishr": mine, "other": WithoutSso(), "own": own})) == [
+        "alexishr"
+    ]
 
 
 def test_alexishr_sso_block_refuses_what_the_shared_block_refuses(tmp_path):

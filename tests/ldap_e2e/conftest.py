@@ -23,11 +23,11 @@ from daemon.engine import Engine, TargetSlot
 from daemon.plugins import plugin_manager
 from daemon.portal import build_public_app
 from daemon.runtime import PluginContext
+from daemon.saml.endpoint import provisiond_public_routes
 from daemon.saml.keys import SigningKey, write_signing_key
 from daemon.secrets import SECRETS
 from daemon.sources.ldap import LdapSource
 from daemon.store.sqlite import SqliteStore
-from plugins.alexishr.sso import provisiond_public_routes
 from tests.alexishr_sso.conftest import StandInTarget, free_port, idp_key, make_options
 from tests.ldap import seed
 from tests.ldap.conftest import context, make_source, slapd

@@ -1,6 +1,6 @@
-"""What the target's parts share, and finding AlexisHR objects before creating any.
+"""What the target's parts share, and finding remote objects before creating any.
 
-Matching follows ALEXISHR.md: ``userName eq "<email>"``, then ``externalId eq
+Matching: ``userName eq "<email>"``, then ``externalId eq
 "<directory id>"``. When the server cannot filter, or a batch would need many
 lookups (a first sync), one paged listing of every user replaces them: the
 :class:`RemoteIndex`. It is also what reconciliation compares against.
@@ -18,8 +18,10 @@ from scim2_models import Group
 
 from daemon.scim import Capabilities, ScimClient, ScimOutcomeUnknownError, eq_filter
 from daemon.targets.scim.links import Links
-from plugins.alexishr.mapping import UserSchema
-from plugins.alexishr.options import ScimOptions
+from daemon.targets.scim.metrics import TargetMetrics
+from daemon.targets.scim.options import ScimOptions
+from daemon.targets.scim.profile import ScimProfile
+from daemon.targets.scim.schema import UserSchema
 
 T = TypeVar("T")
 Found = tuple[str, dict[str, Any]]
@@ -66,20 +68,28 @@ class RemoteIndex:
 
 @dataclass
 class Link:
-    """One target's connection to AlexisHR and the state its parts share."""
+    """One target's connection to its application and the state its parts share."""
 
     name: str
     options: ScimOptions
     client: ScimClient
     schema: UserSchema
     mirror: Links
+    profile: ScimProfile
+    metrics: TargetMetrics
     clock: Callable[[], float] = time.time
     index: RemoteIndex = field(default_factory=RemoteIndex)
     log: Any = None
 
     def __post_init__(self) -> None:
         if self.log is None:
-            self.log = structlog.get_logger("provisiond.target.alexishr").bind(target=self.name)
+            logger = structlog.get_logger(f"provisiond.target.{self.profile.kind}")
+            self.log = logger.bind(target=self.name)
+
+    @property
+    def app(self) -> str:
+        """How messages name the application."""
+        return self.profile.app
 
     @property
     def capabilities(self) -> Capabilities:
@@ -112,7 +122,7 @@ class Link:
                 index.add_user(resource.id, self.schema.to_json(resource))
         index.loaded_at = started
         self.index = index
-        self.log.debug("listed AlexisHR users", users=len(index.users))
+        self.log.debug(f"listed {self.app} users", users=len(index.users))
 
     async def load_groups(self) -> None:
         groups: dict[str, dict[str, Any]] = {}

@@ -1,6 +1,6 @@
-"""The periodic full pass: list AlexisHR, find drift from what provisiond wrote, repair it.
+"""The periodic full pass: list the application, find drift from what provisiond wrote, repair it.
 
-Drift is anything changed in AlexisHR by hand on objects provisiond manages
+Drift is anything changed in the application by hand on objects provisiond manages
 (the mirror's objects): a deactivated user reactivated, a managed attribute
 edited, a user deleted, a managed group renamed or given a stray member.
 Users and groups provisiond does not manage are never touched.
@@ -12,11 +12,10 @@ from collections import Counter
 from typing import Any
 
 from daemon.scim import ScimError, ScimNotFoundError, ScimTransientError, diff_operations
-from plugins.alexishr import metrics
-from plugins.alexishr.groups import converge, resolve_members
-from plugins.alexishr.mapping import SKIP, MappedUser, strip_skip
-from plugins.alexishr.remote import Link
-from plugins.alexishr.users import write_user
+from daemon.targets.scim.groups import converge, resolve_members
+from daemon.targets.scim.remote import Link
+from daemon.targets.scim.schema import SKIP, MappedUser, strip_skip
+from daemon.targets.scim.users import write_user
 
 
 async def reconcile(link: Link) -> Counter[str]:
@@ -85,7 +84,7 @@ async def reconcile(link: Link) -> Counter[str]:
     await link.mirror.flush()
     for what, n in repaired.items():
         if n:
-            metrics.DRIFT_REPAIRED.labels(link.name, what).inc(n)
+            link.metrics.drift_repaired.labels(link.name, what).inc(n)
     return +repaired
 
 

@@ -1,4 +1,4 @@
-"""When the target stops calling AlexisHR: a refused token, or quarantine.
+"""When a SCIM target stops calling its application: a refused token, or quarantine.
 
 Both make :meth:`Health.blocked` return a reason and a wait; the target then
 fails its deltas with that ``retry_after`` without touching the server, so a
@@ -12,13 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from plugins.alexishr import metrics
-
-ACCESS_REVOKED = (
-    "AlexisHR refused the access token: it was revoked, or the AlexisHR user who created it "
-    "lost the rights it needs. Create a new token (Settings -> Access tokens) and write it to "
-    "the token file; provisiond picks it up without a restart"
-)
+from daemon.targets.scim.metrics import TargetMetrics
 
 
 @dataclass
@@ -34,6 +28,9 @@ class Health:
     """
 
     target: str
+    metrics: TargetMetrics
+    #: What the operator reads while the application refuses the token.
+    access_revoked: str
     after: int = 3
     base: float = 30.0
     ceiling: float = 900.0
@@ -46,9 +43,9 @@ class Health:
     auth_blocked_until: float = 0.0
 
     def __post_init__(self) -> None:
-        metrics.QUARANTINED.labels(self.target).set(0)
-        metrics.QUARANTINE_UNTIL.labels(self.target).set(0)
-        metrics.AUTH_OK.labels(self.target).set(1)
+        self.metrics.quarantined.labels(self.target).set(0)
+        self.metrics.quarantine_until.labels(self.target).set(0)
+        self.metrics.auth_ok.labels(self.target).set(1)
 
     def blocked(self, token_changed: bool) -> tuple[str, float] | None:
         """``(reason, seconds to wait)`` while the target must not call the server."""
@@ -57,11 +54,11 @@ class Health:
             if token_changed:
                 self.auth_ok()  # a new token deserves a try at once
             else:
-                return ACCESS_REVOKED, self.auth_blocked_until - now
+                return self.access_revoked, self.auth_blocked_until - now
         if self.quarantined_until > now:
             until = time.strftime("%H:%M:%S", time.localtime(self.quarantined_until))
             return (
-                f"target quarantined: most AlexisHR calls failed in {self.bad_rounds} "
+                f"target quarantined: most {self.metrics.app} calls failed in {self.bad_rounds} "
                 f"consecutive rounds; next try at {until}",
                 self.quarantined_until - now,
             )
@@ -69,11 +66,11 @@ class Health:
 
     def auth_refused(self) -> None:
         self.auth_blocked_until = self.clock() + self.auth_wait
-        metrics.AUTH_OK.labels(self.target).set(0)
+        self.metrics.auth_ok.labels(self.target).set(0)
 
     def auth_ok(self) -> None:
         self.auth_blocked_until = 0.0
-        metrics.AUTH_OK.labels(self.target).set(1)
+        self.metrics.auth_ok.labels(self.target).set(1)
 
     @property
     def quarantined(self) -> bool:
@@ -89,14 +86,14 @@ class Health:
                 wait = min(self.ceiling, self.base * 2.0 ** (self.bad_rounds - self.after))
                 self.quarantined_until = self.clock() + wait
                 self.quarantines += 1
-                metrics.QUARANTINED.labels(self.target).set(1)
-                metrics.QUARANTINE_UNTIL.labels(self.target).set(self.quarantined_until)
+                self.metrics.quarantined.labels(self.target).set(1)
+                self.metrics.quarantine_until.labels(self.target).set(self.quarantined_until)
                 return True
             return False
         self.bad_rounds = 0
         self.quarantined_until = 0.0
-        metrics.QUARANTINED.labels(self.target).set(0)
-        metrics.QUARANTINE_UNTIL.labels(self.target).set(0)
+        self.metrics.quarantined.labels(self.target).set(0)
+        self.metrics.quarantine_until.labels(self.target).set(0)
         return False
 
     def describe(self) -> dict[str, object]:

@@ -19,13 +19,12 @@ from scim2_models import Group, ScimFilter
 from daemon.model import Group as DirectoryGroup
 from daemon.scim import ScimNotFoundError, ScimTransientError
 from daemon.targets.base import Delta, Outcome
-from plugins.alexishr import metrics
-from plugins.alexishr.mapping import group_resource
-from plugins.alexishr.remote import Link, group_json
+from daemon.targets.scim.remote import Link, group_json
+from daemon.targets.scim.schema import group_resource
 
 
 async def resolve_members(link: Link, members: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Remote ids of ``members`` (directory ids), and the members not in AlexisHR yet.
+    """Remote ids of ``members`` (directory ids), and the members not in the application yet.
 
     Users deliberately not created (deactivated before their first delivery)
     are neither.
@@ -51,7 +50,7 @@ async def resolve_members(link: Link, members: Sequence[str]) -> tuple[list[str]
 
 
 async def upsert_group(link: Link, delta: Delta) -> Outcome:
-    """Make AlexisHR hold the group with its (resolvable) members."""
+    """Make the application hold the group with its (resolvable) members."""
     group = delta.desired
     assert isinstance(group, DirectoryGroup)
     members, waiting = await resolve_members(link, group.members)
@@ -64,7 +63,7 @@ async def upsert_group(link: Link, delta: Delta) -> Outcome:
             remote = group_json(await link.client.get(Group, remote_id))
         except ScimNotFoundError:
             link.log.warning(
-                "group was deleted in AlexisHR; creating it again", object=f"group:{group.id}"
+                f"group was deleted in {link.app}; creating it again", object=f"group:{group.id}"
             )
             remote_id = None
     if remote_id is None:
@@ -72,10 +71,10 @@ async def upsert_group(link: Link, delta: Delta) -> Outcome:
         if found is not None:
             remote_id, remote = found
             kind = "group_adopt"
-            link.log.info("took over the existing AlexisHR group", object=f"group:{group.id}")
+            link.log.info(f"took over the existing {link.app} group", object=f"group:{group.id}")
         elif not members:
             if waiting:
-                return _wait(delta, waiting)
+                return _wait(link, delta, waiting)
             # Empty groups are not created; it will be when it gains a member.
             return Outcome.success(delta)
         else:
@@ -88,7 +87,7 @@ async def upsert_group(link: Link, delta: Delta) -> Outcome:
                 remote_id, remote = created  # the lost create went through
             else:
                 if not created.id:
-                    raise ScimTransientError("AlexisHR created the group but returned no id")
+                    raise ScimTransientError(f"{link.app} created the group but returned no id")
                 remote_id = created.id
                 remote = {"displayName": group.name, "externalId": group.id, "members": first}
             kind = "group_create"
@@ -106,13 +105,13 @@ async def upsert_group(link: Link, delta: Delta) -> Outcome:
             "member_ids": sorted(group.members),
         },
     )
-    metrics.operation(link.name, kind, "ok")
+    link.metrics.operation(link.name, kind, "ok")
     if waiting:
-        return _wait(delta, waiting, remote_id)
+        return _wait(link, delta, waiting, remote_id)
     return Outcome.success(delta, remote_id=remote_id)
 
 
-def _wait(delta: Delta, waiting: list[str], remote_id: str | None = None) -> Outcome:
+def _wait(link: Link, delta: Delta, waiting: list[str], remote_id: str | None = None) -> Outcome:
     # Short, growing waits: the users are normally created in the same cycle.
     retry = float(min(60, 2 ** min(delta.attempts, 6)))
     return Outcome(
@@ -120,7 +119,7 @@ def _wait(delta: Delta, waiting: list[str], remote_id: str | None = None) -> Out
         delta.object_id,
         False,
         remote_id=remote_id or delta.remote_id,
-        error=f"waiting for {len(waiting)} member(s) to exist in AlexisHR first",
+        error=f"waiting for {len(waiting)} member(s) to exist in {link.app} first",
         retry_after=retry,
     )
 
@@ -174,12 +173,12 @@ async def converge(
 
 
 async def remove_group(link: Link, delta: Delta) -> Outcome:
-    """The group was deleted in the directory: delete it in AlexisHR."""
+    """The group was deleted in the directory: delete it in the application."""
     mirrored = link.mirror.get("group", delta.object_id)
     remote_id = (mirrored.remote_id if mirrored else None) or delta.remote_id
     if remote_id is not None:
         with contextlib.suppress(ScimNotFoundError):
             await link.client.delete(Group, remote_id)
-        metrics.operation(link.name, "group_delete", "ok")
+        link.metrics.operation(link.name, "group_delete", "ok")
     link.mirror.drop("group", delta.object_id)
     return Outcome.success(delta)

@@ -16,18 +16,17 @@ from daemon.scim import (
     diff_operations,
 )
 from daemon.targets.base import Delta, Outcome
-from plugins.alexishr import metrics
-from plugins.alexishr.mapping import SKIP, MappedUser, strip_skip
-from plugins.alexishr.remote import Link
+from daemon.targets.scim.remote import Link
+from daemon.targets.scim.schema import SKIP, MappedUser, strip_skip
 
 
 async def upsert_user(link: Link, delta: Delta) -> Outcome:
-    """Make AlexisHR hold ``delta.desired`` (active or deactivated)."""
+    """Make the application hold ``delta.desired`` (active or deactivated)."""
     user = delta.desired
     assert isinstance(user, User)
     mapped = link.schema.body(user)
     if mapped.problems:
-        metrics.PHONE_ERRORS.labels(link.name).inc()
+        link.metrics.phone_errors.labels(link.name).inc()
     link.mirror.pardon(user.id)  # back in the directory during a grace period
     mirrored = link.mirror.get("user", user.id)
     remote_id = (mirrored.remote_id if mirrored else None) or delta.remote_id
@@ -44,7 +43,7 @@ async def upsert_user(link: Link, delta: Delta) -> Outcome:
         elif not user.active:
             # Nothing to deactivate, and a deactivated account is not worth creating.
             link.mirror.put("user", user.id, None, mapped.body)
-            metrics.operation(link.name, "skip_inactive", "ok")
+            link.metrics.operation(link.name, "skip_inactive", "ok")
             return Outcome.success(delta)
         else:
             remote_id, kind = await create_user(link, user, mapped)
@@ -61,7 +60,7 @@ async def upsert_user(link: Link, delta: Delta) -> Outcome:
             await write_user(link, remote_id, baseline, mapped)
         except ScimNotFoundError:
             link.log.warning(
-                "user was deleted in AlexisHR; creating it again",
+                f"user was deleted in {link.app}; creating it again",
                 object=f"user:{user.id}",
             )
             link.index.forget_user(remote_id)
@@ -69,7 +68,7 @@ async def upsert_user(link: Link, delta: Delta) -> Outcome:
             kind = "recreate" if kind == "create" else kind
     link.mirror.put("user", user.id, remote_id, mapped.body)
     link.index.add_user(remote_id, strip_skip(mapped.body))
-    metrics.operation(link.name, kind, "ok")
+    link.metrics.operation(link.name, kind, "ok")
     if mapped.problems:
         return Outcome(
             "user",
@@ -111,21 +110,21 @@ async def create_user(link: Link, user: User, mapped: MappedUser) -> tuple[str, 
             found = (remote_id, link.index.users[remote_id]) if remote_id else None
         if found is None:
             raise ScimTransientError(
-                "AlexisHR reports the user exists (409) but no user matches its e-mail "
+                f"{link.app} reports the user exists (409) but no user matches its e-mail "
                 "or directory id; trying again later",
                 status=409,
             ) from None
         owner = link.owner(found[0])
         if owner not in (None, user.id):
             raise ScimTransientError(
-                f"AlexisHR already holds {user.email} as the account of directory user "
+                f"{link.app} already holds {user.email} as the account of directory user "
                 f"{owner!r}; it is not taken over for {user.id!r} (trying again later)",
                 status=409,
             ) from None
         remote_id, remote = found
         baseline = link.schema.project(remote, mapped.body.get(SKIP, ()))
         await write_user(link, remote_id, baseline, mapped)
-        link.log.info("adopted the existing AlexisHR user", object=f"user:{user.id}")
+        link.log.info(f"adopted the existing {link.app} user", object=f"user:{user.id}")
         return remote_id, "adopt"
     if isinstance(created, tuple):
         # The create went through although its answer was lost; found by the lookup.
@@ -170,7 +169,7 @@ async def remove_user(link: Link, delta: Delta) -> Outcome:
             await _deactivate(link, remote_id, user, mirrored.body if mirrored else None)
         except ScimNotFoundError:
             return _gone(link, delta)
-        metrics.operation(link.name, "deactivate", "ok")
+        link.metrics.operation(link.name, "deactivate", "ok")
         if grace is None:
             body = dict(mirrored.body) if mirrored else {}
             body["active"] = False
@@ -186,13 +185,13 @@ async def remove_user(link: Link, delta: Delta) -> Outcome:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since + grace))
         return Outcome.failure(
             delta,
-            f"deactivated in AlexisHR; deletion waits for the hard-delete grace period "
+            f"deactivated in {link.app}; deletion waits for the hard-delete grace period "
             f"(not an error), until {when}",
             retry_after=remaining,
         )
     with contextlib.suppress(ScimNotFoundError):
         await link.client.delete(link.schema.model, remote_id)
-    metrics.operation(link.name, "delete", "ok")
+    link.metrics.operation(link.name, "delete", "ok")
     return _gone(link, delta)
 
 
