@@ -119,6 +119,19 @@ class Engine:
         #: Called as ``progress(target, done, total)`` while delivering (CLI progress bars).
         self.progress: Callable[[str, int, int], None] | None = None
 
+    def reconfigure(
+        self, source: Source, targets: Sequence[TargetSlot], settings: EngineSettings
+    ) -> None:
+        """Run the next cycles with a new source, targets and settings (a reload).
+
+        Call it between cycles. The next cycle plans every target again, since
+        the bound groups or guard settings may have changed.
+        """
+        self.source = source
+        self.targets = list(targets)
+        self.settings = settings
+        self.force_plan = True
+
     # -- one cycle ---------------------------------------------------------------
 
     async def cycle(self) -> CycleReport:

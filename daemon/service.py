@@ -459,12 +459,9 @@ class Service:
         async with self._cycle_lock:
             previous, self.parts = self.parts, parts
             self.config = config
-            self.engine.source = parts.source
+            self.engine.reconfigure(parts.source, parts.slots, config.settings.engine)
             if self.directory is not None:
                 self.directory.replace_source(parts.source)
-            self.engine.targets = parts.slots
-            self.engine.settings = config.settings.engine
-            self.engine.force_plan = True
         await previous.aclose()
         logs.configure(config.settings.logging.level, config.settings.logging.format)
         log.info("configuration reloaded", targets=list(parts.targets))
