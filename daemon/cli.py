@@ -26,10 +26,9 @@ from daemon.service import (
     assemble,
     open_store,
     read_config,
-    report_dict,
-    target_status,
 )
 from daemon.sources.base import SourceError
+from daemon.status import report_dict, store_status
 from daemon.store import Store
 from daemon.store.sqlite import StateError
 
@@ -279,14 +278,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     async def status_() -> dict[str, Any]:
         store = await open_store(config)
         try:
-            from daemon.engine import TargetSlot
-
-            slots = [TargetSlot(t, None) for t in config.settings.targets]  # type: ignore[arg-type]
-            return {
-                "snapshot_version": await store.get_meta("snapshot_version"),
-                "snapshot_committed_at": await store.get_meta("snapshot_committed_at"),
-                "targets": await target_status(store, slots),
-            }
+            return await store_status(store, config.settings.targets)
         finally:
             await store.aclose()
 
