@@ -1,7 +1,7 @@
 """The ``provisiond`` command (console script ``daemon.cli:main``).
 
 One module per group of commands; :mod:`daemon.cli.common` holds what they
-share. Nothing outside this package imports it.
+share. Only `python -m daemon` (daemon.__main__) imports it.
 """
 
 from __future__ import annotations
