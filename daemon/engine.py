@@ -14,7 +14,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import anyio
 import pluggy
@@ -27,6 +27,7 @@ from daemon.config import EngineSettings, GuardSettings, TargetSettings
 from daemon.diff import delivery_order, diff_object
 from daemon.model import Snapshot
 from daemon.plugins import await_me_maybe
+from daemon.report import CycleReport, TargetReport
 from daemon.sources.base import Source, SourceError
 from daemon.store import (
     Committed,
@@ -59,37 +60,6 @@ class TargetSlot:
     @property
     def assignment(self) -> Assignment:
         return Assignment(self.settings.name, tuple(self.settings.groups))
-
-
-@dataclass
-class TargetReport:
-    planned: int = 0
-    held: int = 0
-    delivered: int = 0
-    failed: int = 0
-    dirty: int = 0
-    error: str | None = None
-
-
-@dataclass
-class CycleReport:
-    """What one cycle did (passed to ``provisiond_cycle_finished``)."""
-
-    id: str
-    started_at: float
-    finished_at: float = 0.0
-    result: str = "quiet"  # ok | quiet | failed
-    error: str | None = None
-    snapshot_version: str | None = None
-    users: int | None = None
-    groups: int | None = None
-    skipped: int = 0
-    changes: dict[str, int] = field(default_factory=dict)
-    targets: dict[str, TargetReport] = field(default_factory=dict)
-
-    @property
-    def duration(self) -> float:
-        return self.finished_at - self.started_at
 
 
 @dataclass(frozen=True)
@@ -149,6 +119,19 @@ class Engine:
         self.last_report: CycleReport | None = None
         #: Called as ``progress(target, done, total)`` while delivering (CLI progress bars).
         self.progress: Callable[[str, int, int], None] | None = None
+
+    def reconfigure(
+        self, source: Source, targets: Sequence[TargetSlot], settings: EngineSettings
+    ) -> None:
+        """Run the next cycles with a new source, targets and settings (a reload).
+
+        Call it between cycles. The next cycle plans every target again, since
+        the bound groups or guard settings may have changed.
+        """
+        self.source = source
+        self.targets = list(targets)
+        self.settings = settings
+        self.force_plan = True
 
     # -- one cycle ---------------------------------------------------------------
 

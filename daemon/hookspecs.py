@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from daemon.directory import Directory
-    from daemon.engine import CycleReport
+    from daemon.report import CycleReport
     from daemon.sources.base import Source, SourceType
     from daemon.targets.base import Delta, Outcome, Target, TargetType
 

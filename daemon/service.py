@@ -16,7 +16,6 @@ import contextlib
 import importlib
 import random
 import signal
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from daemon import __version__, logs
 from daemon.config import Config, ConfigError, read_file
 from daemon.config import load as load_config
 from daemon.directory import Directory
-from daemon.engine import CycleReport, Engine, TargetSlot
+from daemon.engine import Engine, TargetSlot
 from daemon.http import serve
 from daemon.http.ops import build_ops_app
 from daemon.notify import Notifier
@@ -42,6 +41,7 @@ from daemon.runtime import PluginContext
 from daemon.saml.errors import SamlConfigError
 from daemon.secrets import SECRETS, SecretError, SecretFile, SecretStore, resolve_secret_path
 from daemon.sources.base import Source
+from daemon.status import daemon_status, summary_line
 from daemon.store import Store
 from daemon.store.sqlite import SqliteStore
 from daemon.targets.base import Target
@@ -132,43 +132,6 @@ async def open_store(config: Config) -> Store:
     return store
 
 
-async def target_status(
-    store: Store, slots: list[TargetSlot], pm: pluggy.PluginManager | None = None
-) -> dict[str, Any]:
-    """Per-target status read from the store (shared by the API and ``provisiond status``).
-
-    With ``pm``, plugins add their own fields (``provisiond_target_status``).
-    """
-    out: dict[str, Any] = {}
-    for slot in slots:
-        dirty, failed = await store.counts(slot.name)
-        hold = await store.hold(slot.name)
-        problems = await store.problems(slot.name, 10)
-        out[slot.name] = {
-            "kind": slot.settings.kind,
-            "bound_groups": list(slot.settings.groups),
-            "dirty": dirty,
-            "failed": failed,
-            "held_removals": len(hold.keys) if hold else 0,
-            "hold_since": hold.created_at if hold else None,
-            "hold_approved": hold.approved if hold else False,
-            "problems": [
-                {
-                    "object": f"{p.key[0]}:{p.key[1]}",
-                    "attempts": p.attempts,
-                    "error": p.last_error,
-                    "next_attempt_at": p.next_attempt_at,
-                }
-                for p in problems
-            ],
-        }
-        if pm is not None:
-            for extra in pm.hook.provisiond_target_status(target=slot.target):
-                if extra:
-                    out[slot.name].update(extra)
-    return out
-
-
 def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
     for exc in group.exceptions:
         if isinstance(exc, BaseExceptionGroup):
@@ -185,31 +148,6 @@ def _on_exit(stack: contextlib.AsyncExitStack, close: Callable[[], Awaitable[Non
             await close()
 
     stack.push_async_callback(shielded)
-
-
-def report_dict(report: CycleReport | None) -> dict[str, Any] | None:
-    if report is None:
-        return None
-    return {
-        "id": report.id,
-        "result": report.result,
-        "error": report.error,
-        "started_at": report.started_at,
-        "seconds": round(report.duration, 4),
-        "users": report.users,
-        "groups": report.groups,
-        "skipped_records": report.skipped,
-        "changes": report.changes,
-        "targets": {
-            name: {
-                "planned": t.planned,
-                "held": t.held,
-                "delivered": t.delivered,
-                "failed": t.failed,
-            }
-            for name, t in report.targets.items()
-        },
-    }
 
 
 class Service:
@@ -382,31 +320,23 @@ class Service:
 
     def _summary(self) -> str:
         """One line for systemctl status."""
-        report = self.engine.last_report if self.engine else None
-        if report is None:
-            return "starting"
-        dirty = sum(t.get("dirty", 0) for t in self._status.get("targets", {}).values())
-        held = sum(t.get("held_removals", 0) for t in self._status.get("targets", {}).values())
-        return f"last cycle {report.result}: {report.users or 0} users, {dirty} dirty" + (
-            f", {held} removals held" if held else ""
-        )
+        return summary_line(self.engine.last_report if self.engine else None, self._status)
 
     async def _refresh_status(self) -> None:
         assert self.store is not None and self.parts is not None and self.engine is not None
         try:
-            targets = await target_status(self.store, self.parts.slots, self.pm)
+            self._status = await daemon_status(
+                self.store,
+                [slot.settings for slot in self.parts.slots],
+                pm=self.pm,
+                targets=self.parts.targets,
+                source_kind=self.parts.config.settings.source.kind,
+                last_report=self.engine.last_report,
+                live=self._live,
+                ready=self._ready,
+            )
         except Exception:
             log.exception("reading status from the state store failed")
-            return
-        self._status = {
-            "version": __version__,
-            "live": self._live,
-            "ready": self._ready,
-            "source": self.parts.config.settings.source.kind,
-            "last_cycle": report_dict(self.engine.last_report),
-            "targets": targets,
-            "updated_at": time.time(),
-        }
 
     async def _signals(self, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
@@ -459,12 +389,9 @@ class Service:
         async with self._cycle_lock:
             previous, self.parts = self.parts, parts
             self.config = config
-            self.engine.source = parts.source
+            self.engine.reconfigure(parts.source, parts.slots, config.settings.engine)
             if self.directory is not None:
                 self.directory.replace_source(parts.source)
-            self.engine.targets = parts.slots
-            self.engine.settings = config.settings.engine
-            self.engine.force_plan = True
         await previous.aclose()
         logs.configure(config.settings.logging.level, config.settings.logging.format)
         log.info("configuration reloaded", targets=list(parts.targets))

@@ -15,5 +15,7 @@ echo "==> ruff"
 .venv/bin/ruff check daemon plugins tests bench
 echo "==> mypy --strict"
 .venv/bin/mypy daemon plugins
+echo "==> lint-imports (layering contracts in pyproject.toml)"
+.venv/bin/lint-imports --no-cache --no-logo
 echo "==> pytest"
 .venv/bin/python -m pytest "$@"

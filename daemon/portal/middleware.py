@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -13,7 +14,6 @@ from aiohttp.typedefs import Middleware
 from multidict import CIMultiDict
 
 from daemon.portal.site import NONCE_KEY, PORTAL
-from daemon.saml.bindings import new_nonce
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = structlog.get_logger("provisiond.portal")
@@ -62,7 +62,7 @@ async def security_headers(request: web.Request, handler: Handler) -> web.Stream
     form) keeps it; everything else gets the portal's policy, which allows
     no script at all and styles only by nonce.
     """
-    nonce = new_nonce()
+    nonce = secrets.token_urlsafe(16)  # 128 random bits, base64url
     request[NONCE_KEY] = nonce
     https = request.app[PORTAL].secure or request.scheme == "https"
     try:

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from daemon.cli import main
+from daemon.cli import saml as saml_cli
 from daemon.config import Config, Settings
-from daemon.saml import cli as saml_cli
 from daemon.saml.keys import load_signing_key
 from daemon.sources.file import FileSourceOptions
 from tests.alexishr_sso.conftest import make_options

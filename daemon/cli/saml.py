@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Final
+from typing import Final, NoReturn
 
 import argon2
 import click
@@ -13,24 +13,23 @@ from daemon.config import Config, ConfigError
 from daemon.plugins import PluginError, plugin_manager
 from daemon.saml.errors import SamlConfigError
 from daemon.saml.keys import generate_signing_key, load_signing_key, write_signing_key
+from daemon.saml.signon import SignOnBlock, SignOnOptions, endpoint_path
 from daemon.secrets import SECRETS, SecretError, resolve_secret_path
+from daemon.service import read_config
 
 MIN_PASSWORD_LENGTH: Final = 8
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(f"error: {SECRETS.redact(message)}", err=True)
     sys.exit(2)
 
 
 def _config(ctx: click.Context) -> Config:
-    from daemon.service import read_config
-
     try:
         return read_config(ctx.obj, plugin_manager())
     except (ConfigError, PluginError) as exc:
         _fail(str(exc))
-    raise AssertionError("unreachable")
 
 
 @click.group()
@@ -88,17 +87,16 @@ def info(ctx: click.Context, target: str) -> None:
     settings = next((t for t in config.settings.targets if t.name == target), None)
     if settings is None:
         _fail(f"no target named {target!r} in the configuration")
-    assert settings is not None
-    if settings.kind != "alexishr":
-        _fail(f"target {target!r} (kind {settings.kind}) has no SAML sign-in")
-    from plugins.alexishr.options import AlexisHROptions
-
+    # Any target kind whose options carry an ``sso`` block of the core's shape.
     options = config.target_options[target]
-    assert isinstance(options, AlexisHROptions)
+    no_sign_in = f"target {target!r} (kind {settings.kind}) has no SAML sign-in"
+    if not isinstance(options, SignOnOptions):
+        _fail(no_sign_in)
     sso = options.sso
+    if sso is not None and not isinstance(sso, SignOnBlock):
+        _fail(no_sign_in)
     if sso is None or not sso.enabled:
         _fail(f"target {target!r} has no options.sso block, or it is disabled")
-    assert sso is not None
     public = config.settings.http.public
     base = (public.base_url or f"http://{public.host}:{public.port}").rstrip("/")
     try:
@@ -107,7 +105,7 @@ def info(ctx: click.Context, target: str) -> None:
         )
     except (SamlConfigError, SecretError) as exc:
         _fail(str(exc))
-    idp_url = f"{base}/saml2/{sso.path or target}"
+    idp_url = base + endpoint_path(sso, target)
     click.echo(f"SSO URL:            {idp_url}")
     click.echo(f"Sign-out URL:       {idp_url}/slo")
     click.echo(f"Metadata:           {idp_url}/metadata")

@@ -1,0 +1,67 @@
+"""Commands on the state store: ``status`` and ``approve``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+from rich.table import Table
+
+from daemon.cli.common import fail, load_config, out, run_async
+from daemon.service import open_store
+from daemon.status import store_status
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Show each target's dirty, failed and held objects (read from the state store)."""
+    config = load_config(ctx)
+
+    async def status_() -> dict[str, Any]:
+        store = await open_store(config)
+        try:
+            return await store_status(store, config.settings.targets)
+        finally:
+            await store.aclose()
+
+    doc = run_async(status_)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    out.print(f"directory snapshot: {doc['snapshot_version'] or 'none committed yet'}")
+    table = Table()
+    for col in ("target", "kind", "dirty", "failed", "held removals"):
+        table.add_column(col)
+    for name, t in doc["targets"].items():
+        held = str(t["held_removals"]) + (" (approved)" if t["hold_approved"] else "")
+        table.add_row(name, t["kind"], str(t["dirty"]), str(t["failed"]), held)
+    out.print(table)
+    for name, t in doc["targets"].items():
+        for p in t["problems"]:
+            out.print(f"  {name} {p['object']}: {p['error']} (attempts {p['attempts']})")
+
+
+@click.command()
+@click.argument("target")
+@click.pass_context
+def approve(ctx: click.Context, target: str) -> None:
+    """Release the removals the mass-removal guard holds for TARGET."""
+    config = load_config(ctx)
+    if target not in {t.name for t in config.settings.targets}:
+        fail(f"no target named {target!r} in the configuration")
+
+    async def approve_() -> int:
+        store = await open_store(config)
+        try:
+            return await store.approve(target)
+        finally:
+            await store.aclose()
+
+    n = run_async(approve_)
+    if n == 0:
+        out.print(f"target {target} has no held removals")
+        return
+    out.print(f"approved {n} held removal(s) for {target}; they are sent in the next cycle")

@@ -1,0 +1,118 @@
+"""The status document (``daemon.status``): read from the store and the last report."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from daemon.config import TargetSettings
+from daemon.engine import Engine, TargetSlot
+from daemon.hookspecs import hookimpl
+from daemon.model import Snapshot, make_group
+from daemon.plugins import plugin_manager
+from daemon.report import CycleReport, TargetReport
+from daemon.status import daemon_status, report_dict, store_status, summary_line, target_status
+
+from .support import FedSource, RecordingTarget, engine, slot, user
+
+BOUND = "App Users"
+
+
+def org(n: int) -> Snapshot:
+    users = [user(f"u{i}") for i in range(n)]
+    return Snapshot.of(users, [make_group("g-app", BOUND, [u.id for u in users])])
+
+
+@pytest.fixture
+async def engines(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Engine]]]:
+    """Builds engines over stores in ``tmp_path`` and closes the stores afterwards."""
+    built: list[Engine] = []
+
+    async def make(source: FedSource, slots: list[TargetSlot]) -> Engine:
+        where = tmp_path / f"engine-{len(built)}"
+        where.mkdir()
+        eng = await engine(where, source, slots)
+        built.append(eng)
+        return eng
+
+    yield make
+    for eng in built:
+        await eng.store.aclose()  # type: ignore[attr-defined]
+
+
+class Quarantine:
+    """A plugin that adds a field for one target object only."""
+
+    def __init__(self, target: object) -> None:
+        self.target = target
+
+    @hookimpl
+    def provisiond_target_status(self, target: object) -> dict[str, object] | None:
+        return {"quarantined": True} if target is self.target else None
+
+
+async def test_target_status_counts_failures_problems_and_holds(engines) -> None:
+    target = RecordingTarget()
+    target.fail = {"u3"}
+    source = FedSource(org(40))
+    eng = await engines(source, [slot(target, [BOUND])])
+    await eng.cycle()
+    source.set(Snapshot.of([], []))
+    await eng.cycle()  # the guard holds 40 removals
+    disabled = TargetSettings(name="later", kind="log", enabled=False, groups=["x"])
+    doc = await store_status(eng.store, [eng.targets[0].settings, disabled])
+    assert doc["snapshot_version"] is not None
+    app = doc["targets"]["app"]
+    assert (app["kind"], app["bound_groups"]) == ("recording", [BOUND])
+    assert (app["dirty"], app["failed"]) == (1, 1)
+    assert (app["held_removals"], app["hold_approved"]) == (40, False)
+    assert app["hold_since"] is not None
+    assert [p["object"] for p in app["problems"]] == ["user:u3"]
+    assert app["problems"][0]["error"] == "refused by the test"
+    # A configured target that is not running is still listed, from the store alone.
+    later = doc["targets"]["later"]
+    assert (later["dirty"], later["failed"], later["held_removals"]) == (0, 0, 0)
+    assert later["problems"] == []
+
+
+async def test_plugins_add_fields_only_for_the_targets_they_own(engines) -> None:
+    mine, other = RecordingTarget("mine"), RecordingTarget("other")
+    eng = await engines(FedSource(org(2)), [slot(mine, [BOUND]), slot(other, [BOUND])])
+    report = await eng.cycle()
+    pm = plugin_manager(entry_points=False, extra=[Quarantine(mine)])
+    settings = [s.settings for s in eng.targets]
+    targets = {"mine": mine, "other": other}
+    doc = await daemon_status(
+        eng.store,
+        settings,
+        pm=pm,
+        targets=targets,
+        source_kind="fed",
+        last_report=report,
+        live=True,
+        ready=False,
+    )
+    assert (doc["live"], doc["ready"], doc["source"]) == (True, False, "fed")
+    assert doc["last_cycle"] == report_dict(report)
+    assert doc["targets"]["mine"]["quarantined"] is True
+    assert "quarantined" not in doc["targets"]["other"]
+    # Without a plugin manager (``provisiond status``), no plugin is asked.
+    plain = await target_status(eng.store, settings, None, targets)
+    assert "quarantined" not in plain["mine"]
+
+
+def test_report_dict_and_the_systemd_line() -> None:
+    assert report_dict(None) is None
+    report = CycleReport(id="c1", started_at=10.0, finished_at=10.5, result="ok", users=3)
+    report.targets["app"] = TargetReport(planned=2, held=1, delivered=1, failed=1, dirty=4)
+    doc = report_dict(report)
+    assert doc is not None
+    assert doc["seconds"] == 0.5
+    assert doc["targets"] == {"app": {"planned": 2, "held": 1, "delivered": 1, "failed": 1}}
+    assert summary_line(None, {}) == "starting"
+    status = {"targets": {"a": {"dirty": 2, "held_removals": 0}, "b": {"dirty": 1}}}
+    assert summary_line(report, status) == "last cycle ok: 3 users, 3 dirty"
+    status["targets"]["b"]["held_removals"] = 5
+    assert summary_line(report, status) == "last cycle ok: 3 users, 3 dirty, 5 removals held"
