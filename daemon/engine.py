@@ -221,12 +221,13 @@ class Engine:
 
     async def _release(self, slot: TargetSlot, keys: list[Key]) -> None:
         log.info("objects released from the target", target=slot.name, objects=len(keys))
+        release = getattr(slot.target, "release", None)
+        if release is None:
+            return
         try:
-            hook = self.pm.hook.provisiond_objects_released
-            for result in hook(target=slot.target, keys=keys):
-                await await_me_maybe(result)
+            await await_me_maybe(release(keys))
         except Exception:
-            log.exception("a provisiond_objects_released hook failed", target=slot.name)
+            log.exception("the target failed to release objects", target=slot.name)
 
     def _report_snapshot(self, snapshot: Snapshot) -> None:
         metrics.DIRECTORY_OBJECTS.labels("user").set(len(snapshot.users))
@@ -321,6 +322,24 @@ class Engine:
         if start is not None:
             await start(self.store)
         slot.started = True
+
+    async def periodic(self, slot: TargetSlot) -> None:
+        """The target's own periodic work (the optional ``Target.periodic``), when due."""
+        work = getattr(slot.target, "periodic", None)
+        if work is None or self.stopping:
+            return
+        with structlog.contextvars.bound_contextvars(target=slot.name):
+            try:
+                await self.start_target(slot)
+                await work()
+            except Exception:
+                log.exception("a target's periodic work failed")
+
+    async def periodic_all(self) -> None:
+        """Every target's periodic work, concurrently (``sync --once`` runs it once)."""
+        async with anyio.create_task_group() as tg:
+            for slot in self.targets:
+                tg.start_soon(self.periodic, slot)
 
     async def _deliver(self, slot: TargetSlot, report: TargetReport) -> None:
         with structlog.contextvars.bound_contextvars(target=slot.name):

@@ -111,27 +111,6 @@ def provisiond_cycle_finished(report: CycleReport) -> Awaitable[None] | None:
 
 
 @hookspec
-def provisiond_objects_released(
-    target: Target, keys: Sequence[tuple[str, str]]
-) -> Awaitable[None] | None:
-    """Called after a cycle released objects from ``target``; may be async.
-
-    Released objects are groups unbound from the target (still in the
-    directory): the target should stop managing them and leave them as they
-    are remotely. ``keys`` are ``(kind, id)`` pairs. Exceptions are logged.
-    """
-
-
-@hookspec
-def provisiond_target_status(target: Target) -> dict[str, object] | None:
-    """Called when the status document is built; extra fields for ``target``, or None.
-
-    For example ``{"quarantined": true, "reason": "..."}``. Never put
-    secrets here. Not firstresult: the dictionaries are merged.
-    """
-
-
-@hookspec
 def provisiond_shutdown() -> Awaitable[None] | None:
     """Called once while the daemon stops, after the last cycle; may be async."""
 
@@ -142,11 +121,9 @@ __all__: list[str] = [
     "provisiond_authenticate",
     "provisiond_cycle_finished",
     "provisiond_deliver",
-    "provisiond_objects_released",
     "provisiond_public_routes",
     "provisiond_shutdown",
     "provisiond_source_types",
     "provisiond_startup",
-    "provisiond_target_status",
     "provisiond_target_types",
 ]

@@ -46,6 +46,9 @@ from daemon.store import Store
 from daemon.store.sqlite import SqliteStore
 from daemon.targets.base import Target
 
+#: Seconds between looks at whether a target's periodic work (reconciliation) is due.
+PERIODIC_EVERY = 30.0
+
 log = structlog.get_logger("provisiond.service")
 
 
@@ -263,8 +266,34 @@ class Service:
             self.notifier.ready(f"serving; ops on port {ops.port}")
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self.notifier.watchdog)
+                tg.start_soon(self._periodic)
                 await self._poll()
                 tg.cancel_scope.cancel()
+
+    async def _periodic(self) -> None:
+        """Each target's periodic work (reconciliation) in a task of its own.
+
+        One target's long drift check never delays another target, nor the
+        cycles (a target serialises it against its own deliveries).
+        """
+        engine = self.engine
+        assert engine is not None
+        running: set[int] = set()
+
+        async def one(slot: TargetSlot) -> None:
+            try:
+                await engine.periodic(slot)
+            finally:
+                running.discard(id(slot.target))
+
+        async with anyio.create_task_group() as tg:
+            while not engine.stopping:
+                # engine.targets is replaced on reload; new targets get their task.
+                for slot in list(engine.targets):
+                    if id(slot.target) not in running:
+                        running.add(id(slot.target))
+                        tg.start_soon(one, slot)
+                await anyio.sleep(PERIODIC_EVERY)
 
     async def _not_live(self) -> None:
         self._live = False
@@ -328,7 +357,6 @@ class Service:
             self._status = await daemon_status(
                 self.store,
                 [slot.settings for slot in self.parts.slots],
-                pm=self.pm,
                 targets=self.parts.targets,
                 source_kind=self.parts.config.settings.source.kind,
                 last_report=self.engine.last_report,

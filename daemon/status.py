@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 from daemon import __version__
 
 if TYPE_CHECKING:
-    import pluggy
 
     from daemon.config import TargetSettings
     from daemon.report import CycleReport
@@ -51,13 +50,12 @@ def report_dict(report: CycleReport | None) -> dict[str, Any] | None:
 async def target_status(
     store: Store,
     settings: Sequence[TargetSettings],
-    pm: pluggy.PluginManager | None = None,
     targets: Mapping[str, Target] | None = None,
 ) -> dict[str, Any]:
     """Per-target status read from the store, one entry per ``settings`` item.
 
-    With ``pm``, plugins add their own fields (``provisiond_target_status``)
-    for each target built in ``targets``.
+    Each target built in ``targets`` that has the optional ``status()`` method
+    adds its own fields (for example token and quarantine state).
     """
     out: dict[str, Any] = {}
     for target in settings:
@@ -83,10 +81,10 @@ async def target_status(
             ],
         }
         built = (targets or {}).get(target.name)
-        if pm is not None and built is not None:
-            for extra in pm.hook.provisiond_target_status(target=built):
-                if extra:
-                    out[target.name].update(extra)
+        status = getattr(built, "status", None)
+        if status is not None:
+            # The target's own fields (for example token and quarantine state).
+            out[target.name].update(status() or {})
     return out
 
 
@@ -103,15 +101,14 @@ async def daemon_status(
     store: Store,
     settings: Sequence[TargetSettings],
     *,
-    pm: pluggy.PluginManager,
     targets: Mapping[str, Target],
     source_kind: str,
     last_report: CycleReport | None,
     live: bool,
     ready: bool,
 ) -> dict[str, Any]:
-    """The running daemon's document (``GET /api/v1/status``), with plugins' fields."""
-    per_target = await target_status(store, settings, pm, targets)
+    """The running daemon's document (``GET /api/v1/status``), with the targets' fields."""
+    per_target = await target_status(store, settings, targets)
     return {
         "version": __version__,
         "live": live,

@@ -72,6 +72,8 @@ def sync(ctx: click.Context, once: bool, dry_run: bool) -> None:
                     report = await engine.cycle()
             else:
                 report = await engine.cycle()
+            # Work that is due by the store's clock (reconciliation) runs here too.
+            await engine.periodic_all()
             return report_dict(report)
 
     report = run_async(once_)

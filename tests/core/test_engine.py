@@ -230,20 +230,16 @@ async def test_directory_answers_sign_in_questions_from_committed_state(world) -
 
 
 async def test_targets_hear_which_objects_were_released(tmp_path: Path) -> None:
-    from daemon.hookspecs import hookimpl
-
     released: list[tuple[str, list[tuple[str, str]]]] = []
 
-    class Listener:
-        @hookimpl
-        def provisiond_objects_released(self, target, keys):  # type: ignore[no-untyped-def]
-            released.append((target.name, list(keys)))
+    class Releasing(RecordingTarget):
+        def release(self, keys):  # type: ignore[no-untyped-def]
+            released.append((self.name, list(keys)))
 
     source = FedSource(org())
-    target = RecordingTarget()
+    target = Releasing()
     s = slot(target, [BOUND, "Engineering"])
     eng = await engine(tmp_path, source, [s])
-    eng.pm.register(Listener())
     await eng.cycle()
     s.settings.groups = [BOUND]
     eng.force_plan = True

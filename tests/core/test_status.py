@@ -9,9 +9,7 @@ import pytest
 
 from daemon.config import TargetSettings
 from daemon.engine import Engine, TargetSlot
-from daemon.hookspecs import hookimpl
 from daemon.model import Snapshot, make_group
-from daemon.plugins import plugin_manager
 from daemon.report import CycleReport, TargetReport
 from daemon.status import daemon_status, report_dict, store_status, summary_line, target_status
 
@@ -42,15 +40,11 @@ async def engines(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Engin
         await eng.store.aclose()  # type: ignore[attr-defined]
 
 
-class Quarantine:
-    """A plugin that adds a field for one target object only."""
+class Quarantined(RecordingTarget):
+    """A target that adds a field of its own to the status document."""
 
-    def __init__(self, target: object) -> None:
-        self.target = target
-
-    @hookimpl
-    def provisiond_target_status(self, target: object) -> dict[str, object] | None:
-        return {"quarantined": True} if target is self.target else None
+    def status(self) -> dict[str, object]:
+        return {"quarantined": True}
 
 
 async def test_target_status_counts_failures_problems_and_holds(engines) -> None:
@@ -77,17 +71,15 @@ async def test_target_status_counts_failures_problems_and_holds(engines) -> None
     assert later["problems"] == []
 
 
-async def test_plugins_add_fields_only_for_the_targets_they_own(engines) -> None:
-    mine, other = RecordingTarget("mine"), RecordingTarget("other")
+async def test_targets_add_their_own_fields(engines) -> None:
+    mine, other = Quarantined("mine"), RecordingTarget("other")
     eng = await engines(FedSource(org(2)), [slot(mine, [BOUND]), slot(other, [BOUND])])
     report = await eng.cycle()
-    pm = plugin_manager(entry_points=False, extra=[Quarantine(mine)])
     settings = [s.settings for s in eng.targets]
     targets = {"mine": mine, "other": other}
     doc = await daemon_status(
         eng.store,
         settings,
-        pm=pm,
         targets=targets,
         source_kind="fed",
         last_report=report,
@@ -98,8 +90,8 @@ async def test_plugins_add_fields_only_for_the_targets_they_own(engines) -> None
     assert doc["last_cycle"] == report_dict(report)
     assert doc["targets"]["mine"]["quarantined"] is True
     assert "quarantined" not in doc["targets"]["other"]
-    # Without a plugin manager (``provisiond status``), no plugin is asked.
-    plain = await target_status(eng.store, settings, None, targets)
+    # Without running targets (``provisiond status``), only the store is read.
+    plain = await target_status(eng.store, settings)
     assert "quarantined" not in plain["mine"]
 
 

@@ -136,6 +136,8 @@ class ScimTarget:
         self.last_reconcile: float | None = None
         self._store: Store | None = None
         self._discovered = False
+        # Deliveries and reconciliation share the links and the index: one at a time.
+        self._busy = anyio.Lock()
 
     async def start(self, store: Store) -> None:
         """Load what this target remembers from the core's store (once, before delivering)."""
@@ -153,6 +155,10 @@ class ScimTarget:
 
     async def deliver(self, deltas: Sequence[Delta]) -> list[Outcome]:
         """One :class:`Outcome` per delta, in order (see the module docstring)."""
+        async with self._busy:
+            return await self._deliver(deltas)
+
+    async def _deliver(self, deltas: Sequence[Delta]) -> list[Outcome]:
         blocked = self.health.blocked(self.token.changed)
         if blocked is not None:
             reason, wait = blocked
@@ -323,6 +329,10 @@ class ScimTarget:
 
     async def reconcile(self) -> dict[str, int]:
         """One full pass over the application now; returns the repairs by kind."""
+        async with self._busy:
+            return await self._reconcile()
+
+    async def _reconcile(self) -> dict[str, int]:
         self.last_reconcile = self.clock()
         if self._store is not None:
             await self._store.set_target_meta(self.name, LAST_RECONCILE, repr(self.last_reconcile))
