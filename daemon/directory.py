@@ -32,20 +32,19 @@ class Directory:
     async def authenticate(self, login: str, password: str) -> User | None:
         """The user, if ``password`` is theirs and their account is active; else ``None``.
 
-        The source's plugin checks the password (``provisiond_authenticate``)
-        with the username as the directory knows it. Empty passwords never
-        reach a plugin.
+        The source checks the password (its optional ``authenticate`` method)
+        with the username as the directory knows it; a source without one
+        signs nobody in. Empty passwords never reach a source.
         """
         if not password:
             return None
         user = await self.find_user(login)
         if user is None or not user.active:
             return None
-        verdict = await await_me_maybe(
-            self.pm.hook.provisiond_authenticate(
-                source=self.source, username=user.username, password=password
-            )
-        )
+        check = getattr(self.source, "authenticate", None)
+        if check is None:
+            return None
+        verdict = await await_me_maybe(check(user.username, password))
         return user if verdict is True else None
 
     async def granted(self, target: str, user: User) -> bool:

@@ -389,9 +389,7 @@ class Engine:
         if not deltas:
             return {}
         try:
-            outcomes = await await_me_maybe(
-                self.pm.hook.provisiond_deliver(target=slot.target, deltas=deltas)
-            )
+            outcomes = await slot.target.deliver(deltas)
         except Exception as exc:
             # One broken plugin must not stop the others; everything retries.
             log.exception("target raised during delivery", error=f"{type(exc).__name__}: {exc}")

@@ -10,6 +10,13 @@ entry-point group::
 The built-in ``file`` source and ``log`` target are registered exactly this
 way; read :mod:`daemon.targets.log` as the reference target.
 
+Hooks are for what is cross-cutting. What the core asks of one source or
+target object is a method on its protocol instead, optional where marked
+(:class:`daemon.sources.base.Source`, ``authenticate``;
+:class:`daemon.targets.base.Target`, ``start``, ``release``, ``status``,
+``periodic`` and ``sso_profile``), so no plugin has to filter for "is this
+object mine?".
+
 pluggy calls hooks synchronously. A hook documented as *may be async* can
 return a value or an awaitable, and the core awaits it when it is awaitable
 (see :func:`daemon.plugins.await_me_maybe`). All hooks are called with
@@ -28,8 +35,8 @@ if TYPE_CHECKING:
 
     from daemon.directory import Directory
     from daemon.report import CycleReport
-    from daemon.sources.base import Source, SourceType
-    from daemon.targets.base import Delta, Outcome, Target, TargetType
+    from daemon.sources.base import SourceType
+    from daemon.targets.base import Target, TargetType
 
 hookspec = pluggy.HookspecMarker("provisiond")
 hookimpl = pluggy.HookimplMarker("provisiond")
@@ -55,21 +62,6 @@ def provisiond_target_types() -> Sequence[TargetType]:
     raise NotImplementedError
 
 
-@hookspec(firstresult=True)
-def provisiond_deliver(
-    target: Target, deltas: Sequence[Delta]
-) -> Awaitable[list[Outcome]] | list[Outcome] | None:
-    """Called once per cycle for each target with due deltas; may be async.
-
-    firstresult: the first non-``None`` answer is used. The core's own
-    implementation runs last and calls ``target.deliver(deltas)``, so a target
-    plugin normally implements ``Target.deliver`` and not this hook. Implement
-    it (``tryfirst``) only to take over delivery for some targets, and return
-    ``None`` for the others. Must return one :class:`Outcome` per delta.
-    """
-    raise NotImplementedError
-
-
 @hookspec
 def provisiond_public_routes(
     targets: dict[str, Target], directory: Directory
@@ -80,19 +72,6 @@ def provisiond_public_routes(
     serve per-target pages (SSO, metadata); ``directory`` answers sign-in and
     authorisation questions. Not firstresult: all routes are added; a clash
     in path is a start-up error.
-    """
-    raise NotImplementedError
-
-
-@hookspec(firstresult=True)
-def provisiond_authenticate(
-    source: Source, username: str, password: str
-) -> Awaitable[bool | None] | bool | None:
-    """Called at sign-in to check a password against the directory; may be async.
-
-    firstresult: return ``None`` when ``source`` is not yours, else ``True``
-    or ``False``. ``username`` is the directory's username of an existing,
-    active user; the password is never empty. Never log the password.
     """
     raise NotImplementedError
 
@@ -118,9 +97,7 @@ def provisiond_shutdown() -> Awaitable[None] | None:
 __all__: list[str] = [
     "hookimpl",
     "hookspec",
-    "provisiond_authenticate",
     "provisiond_cycle_finished",
-    "provisiond_deliver",
     "provisiond_public_routes",
     "provisiond_shutdown",
     "provisiond_source_types",

@@ -12,7 +12,7 @@ import pluggy
 
 from daemon import hookspecs
 from daemon.sources.base import SourceType
-from daemon.targets.base import Delta, Outcome, Target, TargetType
+from daemon.targets.base import TargetType
 
 T = TypeVar("T")
 
@@ -42,21 +42,10 @@ async def await_me_maybe(value: T | Awaitable[T]) -> T:
     return value
 
 
-class _CoreDelivery:
-    """The core's own ``provisiond_deliver``: ask the target itself, last."""
-
-    @hookspecs.hookimpl(trylast=True)
-    def provisiond_deliver(
-        self, target: Target, deltas: Sequence[Delta]
-    ) -> Awaitable[list[Outcome]]:
-        return target.deliver(deltas)
-
-
 def plugin_manager(*, entry_points: bool = True, extra: Sequence[Any] = ()) -> pluggy.PluginManager:
     """A plugin manager with the built-ins, installed plugins and ``extra`` registered."""
     pm = pluggy.PluginManager("provisiond")
     pm.add_hookspecs(hookspecs)
-    pm.register(_CoreDelivery(), name="provisiond.core")
     if entry_points:
         pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
     for name, module in BUILTIN_PLUGINS.items():

@@ -40,6 +40,17 @@ class Source(Protocol):
     async def aclose(self) -> None: ...
 
 
+class PasswordSource(Source, Protocol):
+    """A source that can check portal passwords (the optional ``authenticate``).
+
+    ``authenticate(username, password)`` gets the directory's username of an
+    existing, active user and a non-empty password, and answers ``True`` or
+    ``False``. Never log the password.
+    """
+
+    async def authenticate(self, username: str, password: str) -> bool: ...
+
+
 @dataclass(frozen=True, slots=True)
 class SourceType:
     """A kind of source a plugin offers (returned by ``provisiond_source_types``).

@@ -85,14 +85,6 @@ def provisiond_source_types() -> list[SourceType]:
     ]
 
 
-@hookimpl
-def provisiond_authenticate(source: object, username: str, password: str) -> Any:
-    """Check a portal password against the user's ``password_hash`` (argon2id)."""
-    if not isinstance(source, FileSource):
-        return None
-    return source.verify_password(username, password)
-
-
 def create(options: BaseModel, context: PluginContext) -> FileSource:
     """Build a :class:`FileSource` from validated options."""
     assert isinstance(options, FileSourceOptions)
@@ -154,6 +146,10 @@ class FileSource:
         username.
         """
         return (self._hashes or {}).get(username)
+
+    async def authenticate(self, username: str, password: str) -> bool:
+        """Check a portal password against the user's ``password_hash`` (argon2id)."""
+        return await self.verify_password(username, password)
 
     async def verify_password(self, username: str, password: str) -> bool:
         """Whether ``password`` matches the user's argon2id hash (``False`` without one)."""

@@ -19,14 +19,6 @@ def _create(options: BaseModel, context: PluginContext) -> Source:
 
 
 @hookimpl
-def provisiond_authenticate(source: object, username: str, password: str) -> object:
-    """Check a portal password by binding to the directory as the user."""
-    if not isinstance(source, LdapSource):
-        return None
-    return source.authenticate(username, password)
-
-
-@hookimpl
 def provisiond_source_types() -> Sequence[SourceType]:
     """The ``ldap`` source kind."""
     return [
@@ -39,4 +31,4 @@ def provisiond_source_types() -> Sequence[SourceType]:
     ]
 
 
-__all__ = ["LdapOptions", "LdapSource", "provisiond_authenticate", "provisiond_source_types"]
+__all__ = ["LdapOptions", "LdapSource", "provisiond_source_types"]
