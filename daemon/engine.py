@@ -21,11 +21,11 @@ import pluggy
 import structlog
 
 from daemon import metrics
-from daemon.assignment import Assignment, ScopedPlan, plan
+from daemon.assignment import Assignment, MemberLosses, ScopedPlan, member_losses, plan
 from daemon.changes import Change, describe
 from daemon.config import EngineSettings, GuardSettings, TargetSettings
 from daemon.diff import delivery_order, diff_object
-from daemon.model import Snapshot
+from daemon.model import Group, Snapshot
 from daemon.plugins import await_me_maybe
 from daemon.sources.base import Source, SourceError
 from daemon.store import (
@@ -110,17 +110,45 @@ class _Observation:
     plans: dict[str, tuple[ScopedPlan, frozenset[Key]]]
 
 
-def guard(scoped: ScopedPlan, settings: GuardSettings, approved: frozenset[Key]) -> frozenset[Key]:
-    """The deactivations to hold back, or an empty set.
+NO_LOSSES = MemberLosses({}, [], 0, 0)
 
-    Trips when at least ``min_count`` users *and* more than ``max_share`` of
-    the target's active users would be deactivated or removed in one cycle.
-    Removals an operator approved are not counted again.
+
+def guard(
+    scoped: ScopedPlan,
+    settings: GuardSettings,
+    approved: frozenset[Key],
+    losses: MemberLosses = NO_LOSSES,
+) -> frozenset[Key]:
+    """The rows to hold back, or an empty set.
+
+    Three measures, each against the target's recorded state; a measure
+    trips when it reaches ``min_count`` *and* exceeds ``max_share`` of its
+    denominator:
+
+    - users deactivated or removed, of the target's active users;
+    - memberships removed (group rows that lose members, deleted groups
+      counting all of theirs), of the target's recorded memberships;
+    - groups deleted, of the target's recorded groups.
+
+    When one trips, every destructive row of the cycle is held together: the
+    deactivations, the groups that lose members and the group deletions, so
+    that a wipe can go out neither as deactivations nor as PATCHes emptying
+    the groups. Keys an operator approved are neither counted nor held again.
     """
-    pending = [k for k in scoped.deactivations if k not in approved]
-    n = len(pending)
-    if n >= settings.min_count and n > settings.max_share * scoped.active_before:
-        return frozenset(pending)
+    users = [k for k in scoped.deactivations if k not in approved]
+    groups = [k for k in losses.groups if k not in approved]
+    lost = sum(losses.groups[k] for k in groups)
+    deleted = [k for k in losses.deleted if k not in approved]
+
+    def past(n: int, of: int) -> bool:
+        return n >= settings.min_count and n > settings.max_share * of
+
+    if (
+        past(len(users), scoped.active_before)
+        or past(lost, losses.memberships)
+        or past(len(deleted), losses.groups_before)
+    ):
+        return frozenset(users).union(groups, deleted)
     return frozenset()
 
 
@@ -213,10 +241,12 @@ class Engine:
             metrics.HELD_REMOVALS.labels(slot.name).set(len(held))
             if held:
                 log.warning(
-                    "mass-removal guard is holding deactivations; run `provisiond approve "
-                    f"{slot.name}` to release them",
+                    "mass-removal guard is holding deactivations and membership removals; "
+                    f"run `provisiond approve {slot.name}` to release them",
                     target=slot.name,
                     held=len(held),
+                    held_users=sum(1 for k in held if k[0] == "user"),
+                    held_groups=sum(1 for k in held if k[0] == "group"),
                     active_users=scoped.active_before,
                 )
         planned = any(t.planned or t.held for t in report.targets.values())
@@ -294,7 +324,28 @@ class Engine:
         scoped = plan(snapshot, hashes, slot.assignment, slot.index)
         hold = await self.store.hold(slot.name)
         approved = hold.keys if hold is not None and hold.approved else frozenset()
-        return scoped, guard(scoped, slot.settings.guard, approved)
+        losses = await self._member_losses(slot, scoped)
+        return scoped, guard(scoped, slot.settings.guard, approved, losses)
+
+    async def _member_losses(self, slot: TargetSlot, scoped: ScopedPlan) -> MemberLosses:
+        """What the plan's group rows take away, from the target's recorded group rows."""
+        index = slot.index
+        assert index is not None
+        changed = [
+            r for r in scoped.desired if r.key[0] == "group" and index.hashes.get(r.key) is not None
+        ]
+        if not changed:
+            return NO_LOSSES
+        recorded = _groups(await self.store.rows(slot.name, [r.key for r in changed]))
+        losing, deleted = member_losses(changed, recorded)
+        known = [k for k, h in index.hashes.items() if k[0] == "group" and h is not None]
+        memberships = 0
+        if sum(losing.values()) >= slot.settings.guard.min_count:
+            # Only then can the share matter: read every recorded group once.
+            rest = [k for k in known if k not in recorded]
+            recorded.update(_groups(await self.store.rows(slot.name, rest)))
+            memberships = sum(len(g.members) for g in recorded.values())
+        return MemberLosses(losing, deleted, memberships, len(known))
 
     # -- preview (``provisiond plan``) ---------------------------------------------
 
@@ -430,6 +481,11 @@ def _due_delta(row: DueRow) -> Delta:
         row.remote_id,
         row.attempts,
     )
+
+
+def _groups(rows: dict[Key, DueRow]) -> dict[Key, Group]:
+    """The recorded desired group records among ``rows``."""
+    return {k: r.desired for k, r in rows.items() if isinstance(r.desired, Group)}
 
 
 def _apply_to_index(index: TargetIndex | None, target_plan: TargetPlan) -> None:

@@ -86,7 +86,7 @@ LAST_SUCCESS = Gauge(
 )
 HELD_REMOVALS = Gauge(
     "provisiond_held_removals",
-    "deactivations and removals held by the mass-removal guard",
+    "objects held by the mass-removal guard (users to deactivate or remove, groups to shrink)",
     ["target"],
     registry=REGISTRY,
 )

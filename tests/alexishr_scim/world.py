@@ -124,9 +124,10 @@ async def world(
     engine_kw: dict[str, Any] | None = None,
     clock: Any = None,
     bound: list[str] | None = None,
+    guard: GuardSettings | None = None,
     **scim: Any,
 ) -> AsyncIterator[World]:
-    """Everything for one test; the server starts empty."""
+    """Everything for one test; the server starts empty (and the guard is off unless given)."""
     token_file = tmp_path / "alexishr.token"
     token_file.write_text(TOKEN)
     with running_scim_server(service_provider_config=spc) as server:
@@ -146,7 +147,7 @@ async def world(
                 name="alexishr",
                 kind="alexishr",
                 groups=bound or [BOUND],
-                guard=GuardSettings(max_share=1.0, min_count=100000),
+                guard=guard or GuardSettings(max_share=1.0, min_count=100000),
             )
             kw = {"retry_base": 0.05, "retry_max": 0.5, **(engine_kw or {})}
             eng = Engine(
