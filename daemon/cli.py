@@ -19,6 +19,7 @@ from daemon.config import Config, ConfigError
 from daemon.engine import Engine, PlannedDelta
 from daemon.http.serve import ListenError
 from daemon.plugins import PluginError, plugin_manager
+from daemon.screening import stale_objects
 from daemon.secrets import SECRETS
 from daemon.service import (
     Parts,
@@ -247,15 +248,25 @@ def check(ctx: click.Context, write_test: bool) -> None:
             ]
             for slot in session.parts.slots:
                 checks.append((f"target {slot.name}", _bind_check(slot.target, write_test)))
+            source_ok = True
             for label, fn in checks:
                 try:
                     lines = await fn()
                 except Exception as exc:
                     healthy = False
+                    source_ok = source_ok and fn is not checks[0][1]
                     out.print(f"[red]FAIL[/] {label}: {SECRETS.redact(str(exc))}", highlight=False)
                     continue
                 for line in lines:
                     out.print(f"[green]ok[/]  {SECRETS.redact(line)}", highlight=False)
+            if source_ok:
+                for stale in await session.engine().stale_now():
+                    problems = "; ".join(str(p) for p in stale.problems)
+                    out.print(
+                        f"[yellow]warn[/] {stale.name} is unusable in the directory now; its "
+                        f"last good state is kept: {SECRETS.redact(problems)}",
+                        highlight=False,
+                    )
         return healthy
 
     if not _run(check_):
@@ -286,6 +297,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
             return {
                 "snapshot_version": await store.get_meta("snapshot_version"),
                 "snapshot_committed_at": await store.get_meta("snapshot_committed_at"),
+                "stale_objects": await stale_objects(store),
                 "targets": await target_status(store, slots),
             }
         finally:
@@ -306,6 +318,12 @@ def status(ctx: click.Context, as_json: bool) -> None:
     for name, t in doc["targets"].items():
         for p in t["problems"]:
             out.print(f"  {name} {p['object']}: {p['error']} (attempts {p['attempts']})")
+    for stale in doc["stale_objects"]:
+        out.print(
+            f"  directory {stale['object']}: unusable now, last good state kept: "
+            + "; ".join(stale["problems"]),
+            highlight=False,
+        )
 
 
 @main.command()

@@ -9,6 +9,7 @@ costs one source check and one indexed query per target.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 import uuid
@@ -27,6 +28,7 @@ from daemon.config import EngineSettings, GuardSettings, TargetSettings
 from daemon.diff import delivery_order, diff_object
 from daemon.model import Group, Snapshot
 from daemon.plugins import await_me_maybe
+from daemon.screening import STALE_META, Screened, StaleObject, screen, stale_doc, stale_objects
 from daemon.sources.base import Source, SourceError
 from daemon.store import (
     Committed,
@@ -83,6 +85,7 @@ class CycleReport:
     users: int | None = None
     groups: int | None = None
     skipped: int = 0
+    stale: int = 0
     changes: dict[str, int] = field(default_factory=dict)
     targets: dict[str, TargetReport] = field(default_factory=dict)
 
@@ -219,14 +222,16 @@ class Engine:
         if await self.store.approved_holds():
             self.force_plan = True
         known = None if self.force_plan else self._committed.version
-        snapshot = await self.source.fetch(known)
-        if snapshot is None:
+        fetched = await self.source.fetch(known)
+        if fetched is None:
             return
+        screened = await self._screen(fetched)
+        snapshot = screened.snapshot
         obs = await self._compare(snapshot)
         report.snapshot_version = snapshot.version
         report.users, report.groups = len(snapshot.users), len(snapshot.groups)
-        report.skipped = len(snapshot.skipped)
-        self._report_snapshot(snapshot)
+        report.skipped, report.stale = len(snapshot.skipped), len(screened.stale)
+        self._report_snapshot(screened)
         report.changes = dict(Counter(c.name for c in obs.changes))
         for name, n in report.changes.items():
             metrics.CHANGES.labels(name).inc(n)
@@ -258,6 +263,7 @@ class Engine:
             target_plans,
         )
         self._committed = Committed(snapshot.version, obs.hashes)
+        await self._record_stale(screened.stale)
         for slot in self.targets:
             if slot.name in target_plans:
                 _apply_to_index(slot.index, target_plans[slot.name])
@@ -274,14 +280,48 @@ class Engine:
         except Exception:
             log.exception("a provisiond_objects_released hook failed", target=slot.name)
 
-    def _report_snapshot(self, snapshot: Snapshot) -> None:
+    def _report_snapshot(self, screened: Screened) -> None:
+        snapshot = screened.snapshot
         metrics.DIRECTORY_OBJECTS.labels("user").set(len(snapshot.users))
         metrics.DIRECTORY_OBJECTS.labels("group").set(len(snapshot.groups))
         by_kind = Counter(s.kind for s in snapshot.skipped)
+        stale_by_kind = Counter(s.key[0] for s in screened.stale)
         for kind in ("user", "group"):
             metrics.DIRECTORY_SKIPPED.labels(kind).set(by_kind.get(kind, 0))
+            metrics.DIRECTORY_STALE.labels(kind).set(stale_by_kind.get(kind, 0))
         for skipped in snapshot.skipped:
             log.warning("directory record skipped", **skipped.log_fields())
+        for stale in screened.stale:
+            log.warning(
+                "directory record is unusable now; its last good state is kept and nothing "
+                "downstream changes for it until the record is fixed or removed",
+                object=stale.name,
+                problems=[str(p) for p in stale.problems],
+            )
+
+    async def _screen(self, snapshot: Snapshot) -> Screened:
+        """Unique logins, and last good state for known objects the source skipped."""
+        assert self._committed is not None
+        where = f"{self.source.kind} source"
+        return await screen(snapshot, self._committed.hashes, self.store.records, where)
+
+    async def _record_stale(self, stale: list[StaleObject]) -> None:
+        """Keep the stale objects in the store, for ``status`` (written only when they change)."""
+        previous = await stale_objects(self.store)
+        if not stale and not previous:
+            return
+        doc = stale_doc(stale, previous, self.clock())
+        shown = [(d["object"], d["problems"]) for d in json.loads(doc)]
+        if shown != [(p.get("object"), p.get("problems")) for p in previous]:
+            await self.store.set_meta(STALE_META, doc)
+
+    async def stale_now(self) -> list[StaleObject]:
+        """Read the directory now: the known objects it would keep at their last good state."""
+        if self._committed is None:
+            self._committed = await self.store.committed()
+        snapshot = await self.source.fetch(None)
+        assert snapshot is not None
+        return (await self._screen(snapshot)).stale
 
     async def _compare(self, snapshot: Snapshot) -> _Observation:
         assert self._committed is not None
@@ -353,9 +393,11 @@ class Engine:
         """What the next cycle would send, without writing anything."""
         if self._committed is None:
             self._committed = await self.store.committed()
-        snapshot = await self.source.fetch(None)
-        assert snapshot is not None
-        self._report_snapshot(snapshot)
+        fetched = await self.source.fetch(None)
+        assert fetched is not None
+        screened = await self._screen(fetched)
+        self._report_snapshot(screened)
+        snapshot = screened.snapshot
         hashes = snapshot.hashes()
         out: list[PlannedDelta] = []
         for slot in self.targets:

@@ -40,6 +40,7 @@ from daemon.portal import PortalConfigError, build_public_app
 from daemon.portal.session_key import SessionKeyError
 from daemon.runtime import PluginContext
 from daemon.saml.errors import SamlConfigError
+from daemon.screening import stale_objects
 from daemon.secrets import SECRETS, SecretError, SecretFile, SecretStore, resolve_secret_path
 from daemon.sources.base import Source
 from daemon.store import Store
@@ -199,6 +200,7 @@ def report_dict(report: CycleReport | None) -> dict[str, Any] | None:
         "users": report.users,
         "groups": report.groups,
         "skipped_records": report.skipped,
+        "stale_objects": report.stale,
         "changes": report.changes,
         "targets": {
             name: {
@@ -395,6 +397,7 @@ class Service:
         assert self.store is not None and self.parts is not None and self.engine is not None
         try:
             targets = await target_status(self.store, self.parts.slots, self.pm)
+            stale = await stale_objects(self.store)
         except Exception:
             log.exception("reading status from the state store failed")
             return
@@ -404,6 +407,7 @@ class Service:
             "ready": self._ready,
             "source": self.parts.config.settings.source.kind,
             "last_cycle": report_dict(self.engine.last_report),
+            "stale_objects": stale,
             "targets": targets,
             "updated_at": time.time(),
         }

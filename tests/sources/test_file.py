@@ -307,7 +307,9 @@ async def test_unusable_document_raises(tmp_path: Path, text: str) -> None:
         await source_for(path).fetch(None)
 
 
-@pytest.mark.parametrize(("name", "text"), [("dir.json", ""), ("dir.yaml", ""), ("dir.json", " \n\n")])
+@pytest.mark.parametrize(
+    ("name", "text"), [("dir.json", ""), ("dir.yaml", ""), ("dir.json", " \n\n")]
+)
 async def test_an_empty_file_says_it_is_empty(tmp_path: Path, name: str, text: str) -> None:
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
