@@ -126,6 +126,27 @@ async def test_a_record_that_becomes_invalid_keeps_its_last_good_state(
     assert ("user", "u1") not in w.target.holding
 
 
+async def test_a_group_record_that_becomes_invalid_keeps_its_members(
+    file_world: FileWorld,
+) -> None:
+    w = file_world
+    ids = ["u0", "u1", "u2"]
+    w.write([person(u) for u in ids], ids)
+    await w.engine.cycle()
+    held = dict(w.target.holding)
+    doc = json.loads(w.path.read_text())
+    del doc["groups"][1]["name"]  # Engineering loses its name: the record is skipped
+    doc["users"].append(person("u3"))  # a newcomer is still provisioned
+    doc["groups"][0]["members"].append("u3")
+    w.path.write_text(json.dumps(doc))
+    w.target.calls.clear()
+    report = await w.engine.cycle()
+    assert sorted(w.target.changes()) == ["members_added", "user_added"]
+    assert w.target.holding[("group", "g-eng")] == held[("group", "g-eng")]
+    assert report.stale == 1 and stale_gauge("group") == 1
+    assert [s["object"] for s in await stale_objects(w.engine.store)] == ["group:g-eng"]
+
+
 async def test_a_stale_record_survives_a_restart_and_an_unknown_invalid_one_is_not_created(
     file_world: FileWorld, tmp_path: Path
 ) -> None:
