@@ -147,7 +147,7 @@ async def screen(snapshot: Snapshot, known: Collection[Key], load: Loader, where
         conflicts = duplicate_logins(users.values())
 
     stale_users = {k[1] for k in restored if k[0] == "user"}
-    if stale_users or left_out:
+    if stale_users or left_out or any(k[0] == "group" for k in restored):
         await _keep_memberships(groups, users, stale_users, left_out, restored, known, load)
     out = Snapshot(users=users, groups=groups, version=snapshot.version, skipped=skipped_out)
     stale = [StaleObject(k, tuple(problems[k])) for k in sorted(restored) if k in problems]
