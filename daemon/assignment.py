@@ -9,6 +9,7 @@ their members filtered to the users the target holds.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import msgspec
@@ -116,3 +117,49 @@ def plan(
         if key[0] == "user" and key[1] in index.active:
             deactivations.append(key)
     return ScopedPlan(desired, released, deactivations, len(index.active))
+
+
+@dataclass(frozen=True, slots=True)
+class MemberLosses:
+    """The memberships a plan takes away from a target's groups (the guard's second measure).
+
+    Counted against the target's recorded desired state. ``groups`` maps each
+    group row that loses members to how many it loses (a deleted group loses
+    all of them); ``deleted`` lists the groups removed from the directory.
+    ``memberships`` is every recorded membership of the target and
+    ``groups_before`` every recorded group: the denominators.
+    """
+
+    groups: dict[Key, int]
+    deleted: list[Key]
+    memberships: int
+    groups_before: int
+
+    @property
+    def lost(self) -> int:
+        return sum(self.groups.values())
+
+
+def member_losses(
+    desired: list[DesiredRow], recorded: Mapping[Key, Group]
+) -> tuple[dict[Key, int], list[Key]]:
+    """Per group row of ``desired``, the members it drops from its ``recorded`` state.
+
+    Returns the groups that lose members (with how many) and the groups that
+    are deleted. A group with no recorded state loses nothing.
+    """
+    losing: dict[Key, int] = {}
+    deleted: list[Key] = []
+    for row in desired:
+        if row.key[0] != "group":
+            continue
+        old = recorded.get(row.key)
+        if row.obj is None:
+            deleted.append(row.key)
+        if old is None:
+            continue
+        new = row.obj.members if isinstance(row.obj, Group) else ()
+        lost = len(set(old.members).difference(new))
+        if lost:
+            losing[row.key] = lost
+    return losing, deleted

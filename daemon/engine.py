@@ -9,6 +9,7 @@ costs one source check and one indexed query per target.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 import uuid
@@ -21,13 +22,14 @@ import pluggy
 import structlog
 
 from daemon import metrics
-from daemon.assignment import Assignment, ScopedPlan, plan
+from daemon.assignment import Assignment, MemberLosses, ScopedPlan, member_losses, plan
 from daemon.changes import Change, describe
 from daemon.config import EngineSettings, GuardSettings, TargetSettings
 from daemon.diff import delivery_order, diff_object
-from daemon.model import Snapshot
+from daemon.model import Group, Snapshot
 from daemon.plugins import await_me_maybe
 from daemon.report import CycleReport, TargetReport
+from daemon.screening import STALE_META, Screened, StaleObject, screen, stale_doc, stale_objects
 from daemon.sources.base import Source, SourceError
 from daemon.store import (
     Committed,
@@ -81,17 +83,45 @@ class _Observation:
     plans: dict[str, tuple[ScopedPlan, frozenset[Key]]]
 
 
-def guard(scoped: ScopedPlan, settings: GuardSettings, approved: frozenset[Key]) -> frozenset[Key]:
-    """The deactivations to hold back, or an empty set.
+NO_LOSSES = MemberLosses({}, [], 0, 0)
 
-    Trips when at least ``min_count`` users *and* more than ``max_share`` of
-    the target's active users would be deactivated or removed in one cycle.
-    Removals an operator approved are not counted again.
+
+def guard(
+    scoped: ScopedPlan,
+    settings: GuardSettings,
+    approved: frozenset[Key],
+    losses: MemberLosses = NO_LOSSES,
+) -> frozenset[Key]:
+    """The rows to hold back, or an empty set.
+
+    Three measures, each against the target's recorded state; a measure
+    trips when it reaches ``min_count`` *and* exceeds ``max_share`` of its
+    denominator:
+
+    - users deactivated or removed, of the target's active users;
+    - memberships removed (group rows that lose members, deleted groups
+      counting all of theirs), of the target's recorded memberships;
+    - groups deleted, of the target's recorded groups.
+
+    When one trips, every destructive row of the cycle is held together: the
+    deactivations, the groups that lose members and the group deletions, so
+    that a wipe can go out neither as deactivations nor as PATCHes emptying
+    the groups. Keys an operator approved are neither counted nor held again.
     """
-    pending = [k for k in scoped.deactivations if k not in approved]
-    n = len(pending)
-    if n >= settings.min_count and n > settings.max_share * scoped.active_before:
-        return frozenset(pending)
+    users = [k for k in scoped.deactivations if k not in approved]
+    groups = [k for k in losses.groups if k not in approved]
+    lost = sum(losses.groups[k] for k in groups)
+    deleted = [k for k in losses.deleted if k not in approved]
+
+    def past(n: int, of: int) -> bool:
+        return n >= settings.min_count and n > settings.max_share * of
+
+    if (
+        past(len(users), scoped.active_before)
+        or past(lost, losses.memberships)
+        or past(len(deleted), losses.groups_before)
+    ):
+        return frozenset(users).union(groups, deleted)
     return frozenset()
 
 
@@ -175,14 +205,16 @@ class Engine:
         if await self.store.approved_holds():
             self.force_plan = True
         known = None if self.force_plan else self._committed.version
-        snapshot = await self.source.fetch(known)
-        if snapshot is None:
+        fetched = await self.source.fetch(known)
+        if fetched is None:
             return
+        screened = await self._screen(fetched)
+        snapshot = screened.snapshot
         obs = await self._compare(snapshot)
         report.snapshot_version = snapshot.version
         report.users, report.groups = len(snapshot.users), len(snapshot.groups)
-        report.skipped = len(snapshot.skipped)
-        self._report_snapshot(snapshot)
+        report.skipped, report.stale = len(snapshot.skipped), len(screened.stale)
+        self._report_snapshot(screened)
         report.changes = dict(Counter(c.name for c in obs.changes))
         for name, n in report.changes.items():
             metrics.CHANGES.labels(name).inc(n)
@@ -197,10 +229,12 @@ class Engine:
             metrics.HELD_REMOVALS.labels(slot.name).set(len(held))
             if held:
                 log.warning(
-                    "mass-removal guard is holding deactivations; run `provisiond approve "
-                    f"{slot.name}` to release them",
+                    "mass-removal guard is holding deactivations and membership removals; "
+                    f"run `provisiond approve {slot.name}` to release them",
                     target=slot.name,
                     held=len(held),
+                    held_users=sum(1 for k in held if k[0] == "user"),
+                    held_groups=sum(1 for k in held if k[0] == "group"),
                     active_users=scoped.active_before,
                 )
         planned = any(t.planned or t.held for t in report.targets.values())
@@ -212,6 +246,7 @@ class Engine:
             target_plans,
         )
         self._committed = Committed(snapshot.version, obs.hashes)
+        await self._record_stale(screened.stale)
         for slot in self.targets:
             if slot.name in target_plans:
                 _apply_to_index(slot.index, target_plans[slot.name])
@@ -229,14 +264,48 @@ class Engine:
         except Exception:
             log.exception("the target failed to release objects", target=slot.name)
 
-    def _report_snapshot(self, snapshot: Snapshot) -> None:
+    def _report_snapshot(self, screened: Screened) -> None:
+        snapshot = screened.snapshot
         metrics.DIRECTORY_OBJECTS.labels("user").set(len(snapshot.users))
         metrics.DIRECTORY_OBJECTS.labels("group").set(len(snapshot.groups))
         by_kind = Counter(s.kind for s in snapshot.skipped)
+        stale_by_kind = Counter(s.key[0] for s in screened.stale)
         for kind in ("user", "group"):
             metrics.DIRECTORY_SKIPPED.labels(kind).set(by_kind.get(kind, 0))
+            metrics.DIRECTORY_STALE.labels(kind).set(stale_by_kind.get(kind, 0))
         for skipped in snapshot.skipped:
             log.warning("directory record skipped", **skipped.log_fields())
+        for stale in screened.stale:
+            log.warning(
+                "directory record is unusable now; its last good state is kept and nothing "
+                "downstream changes for it until the record is fixed or removed",
+                object=stale.name,
+                problems=[str(p) for p in stale.problems],
+            )
+
+    async def _screen(self, snapshot: Snapshot) -> Screened:
+        """Unique logins, and last good state for known objects the source skipped."""
+        assert self._committed is not None
+        where = f"{self.source.kind} source"
+        return await screen(snapshot, self._committed.hashes, self.store.records, where)
+
+    async def _record_stale(self, stale: list[StaleObject]) -> None:
+        """Keep the stale objects in the store, for ``status`` (written only when they change)."""
+        previous = await stale_objects(self.store)
+        if not stale and not previous:
+            return
+        doc = stale_doc(stale, previous, self.clock())
+        shown = [(d["object"], d["problems"]) for d in json.loads(doc)]
+        if shown != [(p.get("object"), p.get("problems")) for p in previous]:
+            await self.store.set_meta(STALE_META, doc)
+
+    async def stale_now(self) -> list[StaleObject]:
+        """Read the directory now: the known objects it would keep at their last good state."""
+        if self._committed is None:
+            self._committed = await self.store.committed()
+        snapshot = await self.source.fetch(None)
+        assert snapshot is not None
+        return (await self._screen(snapshot)).stale
 
     async def _compare(self, snapshot: Snapshot) -> _Observation:
         assert self._committed is not None
@@ -279,7 +348,28 @@ class Engine:
         scoped = plan(snapshot, hashes, slot.assignment, slot.index)
         hold = await self.store.hold(slot.name)
         approved = hold.keys if hold is not None and hold.approved else frozenset()
-        return scoped, guard(scoped, slot.settings.guard, approved)
+        losses = await self._member_losses(slot, scoped)
+        return scoped, guard(scoped, slot.settings.guard, approved, losses)
+
+    async def _member_losses(self, slot: TargetSlot, scoped: ScopedPlan) -> MemberLosses:
+        """What the plan's group rows take away, from the target's recorded group rows."""
+        index = slot.index
+        assert index is not None
+        changed = [
+            r for r in scoped.desired if r.key[0] == "group" and index.hashes.get(r.key) is not None
+        ]
+        if not changed:
+            return NO_LOSSES
+        recorded = _groups(await self.store.rows(slot.name, [r.key for r in changed]))
+        losing, deleted = member_losses(changed, recorded)
+        known = [k for k, h in index.hashes.items() if k[0] == "group" and h is not None]
+        memberships = 0
+        if sum(losing.values()) >= slot.settings.guard.min_count:
+            # Only then can the share matter: read every recorded group once.
+            rest = [k for k in known if k not in recorded]
+            recorded.update(_groups(await self.store.rows(slot.name, rest)))
+            memberships = sum(len(g.members) for g in recorded.values())
+        return MemberLosses(losing, deleted, memberships, len(known))
 
     # -- preview (``provisiond plan``) ---------------------------------------------
 
@@ -287,9 +377,11 @@ class Engine:
         """What the next cycle would send, without writing anything."""
         if self._committed is None:
             self._committed = await self.store.committed()
-        snapshot = await self.source.fetch(None)
-        assert snapshot is not None
-        self._report_snapshot(snapshot)
+        fetched = await self.source.fetch(None)
+        assert fetched is not None
+        screened = await self._screen(fetched)
+        self._report_snapshot(screened)
+        snapshot = screened.snapshot
         hashes = snapshot.hashes()
         out: list[PlannedDelta] = []
         for slot in self.targets:
@@ -441,6 +533,11 @@ def _due_delta(row: DueRow) -> Delta:
         row.remote_id,
         row.attempts,
     )
+
+
+def _groups(rows: dict[Key, DueRow]) -> dict[Key, Group]:
+    """The recorded desired group records among ``rows``."""
+    return {k: r.desired for k, r in rows.items() if isinstance(r.desired, Group)}
 
 
 def _apply_to_index(index: TargetIndex | None, target_plan: TargetPlan) -> None:

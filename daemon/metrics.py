@@ -55,6 +55,12 @@ DIRECTORY_SKIPPED = Gauge(
     ["kind"],
     registry=REGISTRY,
 )
+DIRECTORY_STALE = Gauge(
+    "provisiond_directory_stale_objects",
+    "known objects whose directory record is unusable now; their last good state is kept",
+    ["kind"],
+    registry=REGISTRY,
+)
 CHANGES = Counter(
     "provisiond_changes",
     "Changes found by diffing snapshots, by kind (user_added, group_renamed, ...).",
@@ -86,7 +92,7 @@ LAST_SUCCESS = Gauge(
 )
 HELD_REMOVALS = Gauge(
     "provisiond_held_removals",
-    "deactivations and removals held by the mass-removal guard",
+    "objects held by the mass-removal guard (users to deactivate or remove, groups to shrink)",
     ["target"],
     registry=REGISTRY,
 )

@@ -115,7 +115,10 @@ class SkippedRecord:
 
     ``where`` names the place (a file, a DN, an API URL), ``record`` the
     record's id or, when it has none, its index; ``field`` the attribute at
-    fault.
+    fault. ``object_id`` is the directory id of the object the record
+    describes, when the source could read it (for an LDAP entry ``record`` is
+    the DN). The engine uses it to tell "this known object is invalid now"
+    from "this object is gone" (see :mod:`daemon.screening`).
     """
 
     where: str
@@ -123,19 +126,28 @@ class SkippedRecord:
     field: str
     reason: str
     kind: ObjectKind = "user"
+    object_id: str | None = None
 
     def __str__(self) -> str:
         return f"{self.where}: {self.kind} {self.record}: field {self.field!r}: {self.reason}"
 
+    @property
+    def key(self) -> tuple[ObjectKind, str] | None:
+        """``(kind, object_id)``, or ``None`` when the source could not read the id."""
+        return None if self.object_id is None else (self.kind, self.object_id)
+
     def log_fields(self) -> dict[str, str]:
         """Key-value pairs for a structured log line."""
-        return {
+        fields = {
             "where": self.where,
             "kind": self.kind,
             "record": self.record,
             "field": self.field,
             "reason": self.reason,
         }
+        if self.object_id is not None and self.object_id != self.record:
+            fields["object_id"] = self.object_id
+        return fields
 
 
 @dataclass(slots=True)

@@ -32,6 +32,7 @@ class CycleReport:
     users: int | None = None
     groups: int | None = None
     skipped: int = 0
+    stale: int = 0
     changes: dict[str, int] = field(default_factory=dict)
     targets: dict[str, TargetReport] = field(default_factory=dict)
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from daemon import __version__
+from daemon.screening import stale_objects
 
 if TYPE_CHECKING:
 
@@ -34,6 +35,7 @@ def report_dict(report: CycleReport | None) -> dict[str, Any] | None:
         "users": report.users,
         "groups": report.groups,
         "skipped_records": report.skipped,
+        "stale_objects": report.stale,
         "changes": report.changes,
         "targets": {
             name: {
@@ -93,6 +95,7 @@ async def store_status(store: Store, settings: Sequence[TargetSettings]) -> dict
     return {
         "snapshot_version": await store.get_meta("snapshot_version"),
         "snapshot_committed_at": await store.get_meta("snapshot_committed_at"),
+        "stale_objects": await stale_objects(store),
         "targets": await target_status(store, settings),
     }
 
@@ -109,12 +112,14 @@ async def daemon_status(
 ) -> dict[str, Any]:
     """The running daemon's document (``GET /api/v1/status``), with the targets' fields."""
     per_target = await target_status(store, settings, targets)
+    stale = await stale_objects(store)
     return {
         "version": __version__,
         "live": live,
         "ready": ready,
         "source": source_kind,
         "last_cycle": report_dict(last_report),
+        "stale_objects": stale,
         "targets": per_target,
         "updated_at": time.time(),
     }

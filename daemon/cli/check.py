@@ -34,15 +34,25 @@ def check(ctx: click.Context, write_test: bool) -> None:
             ]
             for slot in session.parts.slots:
                 checks.append((f"target {slot.name}", _bind_check(slot.target, write_test)))
+            source_ok = True
             for label, fn in checks:
                 try:
                     lines = await fn()
                 except Exception as exc:
                     healthy = False
+                    source_ok = source_ok and fn is not checks[0][1]
                     out.print(f"[red]FAIL[/] {label}: {SECRETS.redact(str(exc))}", highlight=False)
                     continue
                 for line in lines:
                     out.print(f"[green]ok[/]  {SECRETS.redact(line)}", highlight=False)
+            if source_ok:
+                for stale in await session.engine().stale_now():
+                    problems = "; ".join(str(p) for p in stale.problems)
+                    out.print(
+                        f"[yellow]warn[/] {stale.name} is unusable in the directory now; its "
+                        f"last good state is kept: {SECRETS.redact(problems)}",
+                        highlight=False,
+                    )
         return healthy
 
     if not run_async(check_):

@@ -78,7 +78,8 @@ def sync(ctx: click.Context, once: bool, dry_run: bool) -> None:
 
     report = run_async(once_)
     out.print_json(json.dumps(report))
-    if report and report["result"] == "failed":
+    failed = report and any(t["failed"] for t in report["targets"].values())
+    if report and (report["result"] == "failed" or failed):
         sys.exit(1)
 
 

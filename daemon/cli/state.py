@@ -42,6 +42,12 @@ def status(ctx: click.Context, as_json: bool) -> None:
     for name, t in doc["targets"].items():
         for p in t["problems"]:
             out.print(f"  {name} {p['object']}: {p['error']} (attempts {p['attempts']})")
+    for stale in doc["stale_objects"]:
+        out.print(
+            f"  directory {stale['object']}: unusable now, last good state kept: "
+            + "; ".join(stale["problems"]),
+            highlight=False,
+        )
 
 
 @click.command()

@@ -24,8 +24,10 @@ class Source(Protocol):
     whose ``version`` is ``known_version``. A source that can read increments
     (``incremental = True``) still returns a whole snapshot: it merges the
     increment into the last one it read itself. Records that cannot be used go
-    into ``Snapshot.skipped``; a source that cannot be read raises
-    :class:`SourceError`.
+    into ``Snapshot.skipped``, with ``object_id`` set when the record's id
+    could be read: the engine then keeps an object it already knows at its
+    last good state instead of removing it. A source that cannot be read
+    raises :class:`SourceError`.
     """
 
     kind: str

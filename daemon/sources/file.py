@@ -248,6 +248,13 @@ def _count(n: int, noun: str) -> str:
 
 def decode(data: bytes, fmt: Literal["yaml", "json"], where: str) -> Any:
     """Parse the file's bytes into builtins; :class:`SourceError` names the line and column."""
+    if not data.strip():
+        # An emptied file (a failed export, a truncating editor) is not an
+        # empty directory; the parsers would only say "truncated" or "nothing".
+        raise SourceError(
+            f"directory file {where}: the file is empty; an empty directory is written "
+            "'users: []' and 'groups: []'"
+        )
     try:
         if fmt == "json":
             try:
@@ -359,8 +366,12 @@ class _Normaliser:
         snapshot = Snapshot(users=users, groups=groups, version=version, skipped=self.skipped)
         return snapshot, {users[uid].username: h for uid, h in hashes.items() if uid in users}
 
-    def _skip(self, kind: Literal["user", "group"], record: str, fld: str, reason: str) -> None:
-        self.skipped.append(SkippedRecord(self.where, record, fld, reason, kind))
+    def _skip(
+        self, kind: Literal["user", "group"], record: str, fld: str, reason: str, known: bool
+    ) -> None:
+        """Report a record; ``known``: ``record`` is the record's id, not its index."""
+        object_id = record if known else None
+        self.skipped.append(SkippedRecord(self.where, record, fld, reason, kind, object_id))
 
     def _users(self, raw_users: list[Any]) -> tuple[dict[str, User], dict[str, str]]:
         users: dict[str, User] = {}
@@ -369,10 +380,10 @@ class _Normaliser:
         by_username: dict[str, str] = {}  # casefolded username -> id
         by_email: dict[str, str] = {}  # casefolded email -> id
         for index, raw in enumerate(raw_users):
-            record = f"#{index}"
+            record, known = f"#{index}", False
             try:
                 uid = _record_id(raw)
-                record = uid
+                record, known = uid, True
                 if uid in first_at:
                     raise _BadField("id", f"duplicate id: users[{first_at[uid]}] already has it")
                 # Claimed even if the record turns out bad, so that a later
@@ -387,7 +398,7 @@ class _Normaliser:
                     if owner is not None:
                         raise _BadField(name, f"duplicate {name}: user {owner!r} already has it")
             except _BadField as bad:
-                self._skip("user", record, bad.field, bad.reason)
+                self._skip("user", record, bad.field, bad.reason, known)
                 continue
             by_username[user.username.casefold()] = uid
             by_email[user.email.casefold()] = uid
@@ -396,7 +407,8 @@ class _Normaliser:
                 hashes[uid] = password_hash
         for uid, user in users.items():
             if user.manager is not None and user.manager not in users:
-                self._skip("user", uid, "manager", _missing("manager", user.manager, first_at))
+                reason = _missing("manager", user.manager, first_at)
+                self._skip("user", uid, "manager", reason, True)
                 users[uid] = msgspec.structs.replace(user, manager=None)
         return users, hashes
 
@@ -405,10 +417,10 @@ class _Normaliser:
         first_at: dict[str, int] = {}
         by_name: dict[str, str] = {}
         for index, raw in enumerate(raw_groups):
-            record = f"#{index}"
+            record, known = f"#{index}", False
             try:
                 gid = _record_id(raw)
-                record = gid
+                record, known = gid, True
                 if gid in first_at:
                     raise _BadField("id", f"duplicate id: groups[{first_at[gid]}] already has it")
                 first_at[gid] = index
@@ -417,12 +429,13 @@ class _Normaliser:
                 if owner is not None:
                     raise _BadField("name", f"duplicate name: group {owner!r} already has it")
             except _BadField as bad:
-                self._skip("group", record, bad.field, bad.reason)
+                self._skip("group", record, bad.field, bad.reason, known)
                 continue
             by_name[name.casefold()] = gid
             kept = [m for m in members if m in users]
             for missing in sorted(set(members) - set(kept)):
-                self._skip("group", gid, "members", _missing("member", missing, self.user_ids))
+                reason = _missing("member", missing, self.user_ids)
+                self._skip("group", gid, "members", reason, True)
             groups[gid] = make_group(gid, name, kept)
         return groups
 

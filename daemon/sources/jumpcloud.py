@@ -142,12 +142,13 @@ def user_from_record(record: object, index: int, where: str) -> User | SkippedRe
         return SkippedRecord(where, f"#{index}", "_id", "missing")
     username = _text(record, "username")
     if username is None:
-        return SkippedRecord(where, user_id, "username", "missing")
+        return SkippedRecord(where, user_id, "username", "missing", object_id=user_id)
     mail = _text(record, "email")
     if mail is None:
-        return SkippedRecord(where, user_id, "email", "missing")
+        return SkippedRecord(where, user_id, "email", "missing", object_id=user_id)
     if "@" not in mail.strip("@"):
-        return SkippedRecord(where, user_id, "email", f"{mail[:64]!r} is not an email address")
+        reason = f"{mail[:64]!r} is not an email address"
+        return SkippedRecord(where, user_id, "email", reason, object_id=user_id)
     return User(
         id=user_id,
         username=username,
@@ -213,7 +214,9 @@ class JumpCloudSource:
             if isinstance(user, SkippedRecord):
                 snapshot.skipped.append(user)
             elif user.id in snapshot.users:
-                snapshot.skipped.append(SkippedRecord(where, user.id, "_id", "duplicate id"))
+                snapshot.skipped.append(
+                    SkippedRecord(where, user.id, "_id", "duplicate id", object_id=user.id)
+                )
             else:
                 snapshot.users[user.id] = user
                 if user.manager:
@@ -284,7 +287,8 @@ class JumpCloudSource:
             if group_id is None or name is None:
                 field = "id" if group_id is None else "name"
                 record = group_id or f"#{index}"
-                snapshot.skipped.append(SkippedRecord(where, record, field, "missing", "group"))
+                skip = SkippedRecord(where, record, field, "missing", "group", group_id)
+                snapshot.skipped.append(skip)
                 continue
             found.append((group_id, name))
         members: dict[str, list[object]] = {}

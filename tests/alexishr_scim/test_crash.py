@@ -57,7 +57,8 @@ def test_sigkill_during_first_sync_then_converges_without_duplicates(tmp_path: P
             seen.append(len(dump(server.url, "Users")))
         assert seen[0] < USERS  # the kills did land during the first sync
         for _ in range(5):
-            report = json.loads(deployment.cli("sync", "--once").stdout or "{}")
+            # Exit 1 while deliveries still fail; the loop tolerates that.
+            report = json.loads(deployment.cli("sync", "--once", check=False).stdout or "{}")
             status = json.loads(deployment.cli("status", "--json").stdout)
             if status["targets"]["alexishr"]["dirty"] == 0:
                 break

@@ -163,9 +163,10 @@ async def world(
     engine_kw: dict[str, Any] | None = None,
     clock: Any = None,
     bound: list[str] | None = None,
+    guard: GuardSettings | None = None,
     **scim: Any,
 ) -> AsyncIterator[World]:
-    """Everything for one test; the server (``peer``) starts empty.
+    """Everything for one test; the server (``peer``) starts empty, the guard off unless given.
 
     ``spc`` configures scim2-server; ``extensions`` (URN → attribute names)
     declares more User schema extensions on the SCIMMY server.
@@ -189,7 +190,7 @@ async def world(
                 name="alexishr",
                 kind="alexishr",
                 groups=bound or [BOUND],
-                guard=GuardSettings(max_share=1.0, min_count=100000),
+                guard=guard or GuardSettings(max_share=1.0, min_count=100000),
             )
             kw = {"retry_base": 0.05, "retry_max": 0.5, **(engine_kw or {})}
             eng = Engine(

@@ -153,18 +153,105 @@ async def test_the_guard_holds_mass_removals_until_approved(tmp_path: Path) -> N
     source.set(Snapshot.of([], []))
     target.calls.clear()
     report = await eng.cycle()
-    assert report.targets["app"].held == 40
+    # 40 users and the bound group, which the directory deleted.
+    assert report.targets["app"].held == 41
     assert [c for c in target.changes() if c.startswith("user")] == []
+    assert "group_removed" not in target.changes()
     hold = await eng.store.hold("app")
-    assert hold is not None and len(hold.keys) == 40
+    assert hold is not None and len(hold.keys) == 41
+    assert ("group", "g-app") in hold.keys
     # A quiet cycle keeps holding.
     await eng.cycle()
     assert len([k for k in target.holding if k[0] == "user"]) == 40
+    assert len(target.holding[("group", "g-app")].members) == 40  # type: ignore[union-attr]
 
-    assert await eng.store.approve("app") == 40
+    assert await eng.store.approve("app") == 41
     await eng.cycle()
     assert [k for k in target.holding if k[0] == "user"] == []
+    assert ("group", "g-app") not in target.holding
     assert await eng.store.hold("app") is None
+    await eng.store.aclose()  # type: ignore[attr-defined]
+
+
+async def test_the_guard_holds_groups_emptied_with_the_users(tmp_path: Path) -> None:
+    source = FedSource(org(40))
+    target = RecordingTarget()
+    eng = await engine(tmp_path, source, [slot(target, [BOUND])])
+    await eng.cycle()
+    members = target.holding[("group", "g-app")].members  # type: ignore[union-attr]
+    assert len(members) == 40
+
+    # The groups come back empty while the users are still there: every user
+    # leaves the target's scope, and the bound group would lose every member.
+    source.set(org(40, bound=[]))
+    target.calls.clear()
+    report = await eng.cycle()
+    assert "members_removed" not in target.changes()
+    assert "user_suspended" not in target.changes()
+    assert target.holding[("group", "g-app")].members == members  # type: ignore[union-attr]
+    hold = await eng.store.hold("app")
+    assert hold is not None and ("group", "g-app") in hold.keys
+    assert report.targets["app"].held == 41
+    # The held group row keeps its recorded state, like the held users.
+    assert await eng.store.counts("app") == (0, 0)
+    planned = {p.delta.object_id: p.status for p in await eng.preview()}
+    assert planned["g-app"] == "held"
+
+    assert await eng.store.approve("app") == 41
+    target.calls.clear()
+    await eng.cycle()
+    assert target.holding[("group", "g-app")].members == ()  # type: ignore[union-attr]
+    assert target.changes().count("user_suspended") == 40
+    assert await eng.store.hold("app") is None
+    await eng.store.aclose()  # type: ignore[attr-defined]
+
+
+async def test_the_guard_holds_a_membership_wipe_that_deactivates_nobody(tmp_path: Path) -> None:
+    # Everyone is in two bound groups; one of them comes back empty. Nobody
+    # leaves the target, but 40 of its 80 memberships would go.
+    users = [user(f"u{i}") for i in range(40)]
+    ids = [u.id for u in users]
+    both = [make_group("g-app", BOUND, ids), make_group("g-team", "Team", ids)]
+    source = FedSource(Snapshot.of(users, both))
+    target = RecordingTarget()
+    eng = await engine(tmp_path, source, [slot(target, [BOUND, "Team"])])
+    await eng.cycle()
+    source.set(Snapshot.of(users, [both[0], make_group("g-team", "Team", [])]))
+    target.calls.clear()
+    report = await eng.cycle()
+    assert report.targets["app"].held == 1
+    assert target.changes() == []
+    assert len(target.holding[("group", "g-team")].members) == 40  # type: ignore[union-attr]
+
+    # A later directory change re-plans; it goes through, the wipe stays held.
+    retitled = [msgspec.structs.replace(users[0], title="CTO"), *users[1:]]
+    source.set(Snapshot.of(retitled, [both[0], make_group("g-team", "Team", [])]))
+    await eng.cycle()
+    assert target.changes() == ["user_changed"]
+    assert len(target.holding[("group", "g-team")].members) == 40  # type: ignore[union-attr]
+    target.calls.clear()
+
+    assert await eng.store.approve("app") == 1
+    await eng.cycle()
+    assert target.changes() == ["members_removed"]
+    assert target.holding[("group", "g-team")].members == ()  # type: ignore[union-attr]
+    await eng.store.aclose()  # type: ignore[attr-defined]
+
+
+async def test_the_guard_lets_small_membership_removals_through(tmp_path: Path) -> None:
+    users = [user(f"u{i}") for i in range(40)]
+    ids = [u.id for u in users]
+    both = [make_group("g-app", BOUND, ids), make_group("g-team", "Team", ids)]
+    source = FedSource(Snapshot.of(users, both))
+    target = RecordingTarget()
+    eng = await engine(tmp_path, source, [slot(target, [BOUND, "Team"], share=0.5)])
+    await eng.cycle()
+    source.set(Snapshot.of(users, [both[0], make_group("g-team", "Team", ids[:10])]))
+    target.calls.clear()
+    report = await eng.cycle()  # 30 of 80 memberships: past min_count, under the share
+    assert report.targets["app"].held == 0
+    assert target.changes() == ["members_removed"]
+    assert len(target.holding[("group", "g-team")].members) == 10  # type: ignore[union-attr]
     await eng.store.aclose()  # type: ignore[attr-defined]
 
 

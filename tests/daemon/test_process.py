@@ -144,19 +144,22 @@ def test_emptying_the_directory_holds_every_removal_until_approved(deployment: D
     assert len(replay_journal(deployment.journal)[0]) == 41
     deployment.write_directory({"users": [], "groups": []})
     report = json.loads(deployment.cli("sync", "--once").stdout)
-    assert report["targets"]["app"]["held"] == 40
+    # The 40 users and the bound group the directory deleted.
+    assert report["targets"]["app"]["held"] == 41
     holding, _ = replay_journal(deployment.journal)
     assert sum(1 for k in holding if k.startswith("user:")) == 40
+    assert "group:g-app" in holding
     status = json.loads(deployment.cli("status", "--json").stdout)
-    assert status["targets"]["app"]["held_removals"] == 40
+    assert status["targets"]["app"]["held_removals"] == 41
     plan = json.loads(deployment.cli("plan", "--json").stdout)
     assert {c["status"] for c in plan["changes"] if c["object"].startswith("user:")} == {"held"}
+    assert {c["status"] for c in plan["changes"] if c["object"] == "group:g-app"} == {"held"}
     # Quiet cycles keep holding.
     deployment.cli("sync", "--once")
     assert sum(1 for k in replay_journal(deployment.journal)[0] if k.startswith("user:")) == 40
 
     out = deployment.cli("approve", "app").stdout
-    assert "approved 40" in out
+    assert "approved 41" in out
     deployment.cli("sync", "--once")
     holding, _ = replay_journal(deployment.journal)
     assert holding == {}

@@ -105,6 +105,12 @@ async def test_bad_records_are_skipped(fake: FakeJumpCloud, make_source: MakeSou
         ("#5", "-"),
     }
     assert all(s.where.endswith("/api/systemusers") for s in snapshot.skipped)
+    # The id travels with the report whenever the record had one (for stale objects).
+    ids = {s.record: s.object_id for s in snapshot.skipped}
+    assert ids[fake.users[1]["_id"]] == fake.users[1]["_id"]
+    assert ids[nameless["_id"]] == nameless["_id"]
+    assert ids[fake.users[4]["_id"]] == fake.users[4]["_id"]
+    assert ids["#3"] is None and ids["#5"] is None
 
 
 async def test_group_membership(fake: FakeJumpCloud, make_source: MakeSource) -> None:

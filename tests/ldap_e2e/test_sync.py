@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from daemon.config import EngineSettings, TargetSettings
 from daemon.engine import Engine, TargetSlot
 from daemon.model import AccountState
 from daemon.plugins import plugin_manager
 from daemon.runtime import PluginContext
+from daemon.screening import stale_objects
 from daemon.sources.ldap import LdapSource
 from daemon.store.sqlite import SqliteStore
 from daemon.targets.log import LogOptions, LogTarget
@@ -156,3 +158,72 @@ async def test_directory_down_changes_nothing_downstream(world: World, slapd: Sl
     assert "cannot connect" in (report.error or "")
     assert world.journal.read_text() == before
     assert world.recording.calls == []
+
+
+async def test_two_entries_with_one_mail_are_not_both_planned(world: World, slapd: Slapd) -> None:
+    await world.cycle()
+    alice = held_users(world)["alice"]
+    journal = world.journal.read_text()
+    # A second entry, in scope, with alice's mail in another case.
+    slapd.modify(
+        seed.person("eve", extra="title: Intern").replace(
+            "mail: eve@example.org", "mail: ALICE@Example.org"
+        )
+        + f"dn: cn=engineering,{seed.GROUPS}\nchangetype: modify\nadd: member\n"
+        f"member: uid=eve,{seed.PEOPLE}\n"
+    )
+    world.recording.calls.clear()
+    with structlog.testing.capture_logs() as logged:
+        report = await world.engine.cycle()
+    # Neither target hears of eve, and alice is not taken over.
+    assert world.recording.changes() == []
+    assert world.journal.read_text() == journal
+    assert held_users(world)["alice"] == alice
+    conflict = [e for e in logged if e["event"] == "directory record skipped"]
+    conflict = [e for e in conflict if e["field"] == "email"]
+    assert len(conflict) == 2
+    eve_id = next(e["record"] for e in conflict if e["record"] != alice["id"])
+    for event in conflict:
+        assert event["where"] == "ldap source"
+        assert "'alice'" in event["reason"] and "'eve'" in event["reason"]
+        assert "same email" in event["reason"]
+    assert report.stale == 1  # alice keeps her last good state
+    (stale,) = await stale_objects(world.engine.store)
+    assert stale["object"] == f"user:{alice['id']}"
+
+    # eve gets her own mail: now she is provisioned, and nothing is stale.
+    slapd.modify(
+        f"dn: uid=eve,{seed.PEOPLE}\nchangetype: modify\nreplace: mail\nmail: eve@example.org\n"
+    )
+    report = await world.engine.cycle()
+    assert report.stale == 0
+    assert held_users(world)["eve"]["id"] == eve_id
+    assert held_users(world)["alice"] == alice
+
+
+async def test_an_entry_that_becomes_invalid_keeps_its_last_good_state(
+    world: World, slapd: Slapd
+) -> None:
+    await world.cycle()
+    alice = held_users(world)["alice"]
+    held = dict(world.recording.holding)
+    slapd.modify(
+        f"dn: uid=alice,{seed.PEOPLE}\nchangetype: modify\nreplace: mail\nmail: alice.example.org\n"
+    )
+    world.recording.calls.clear()
+    report = await world.engine.cycle()
+    assert world.recording.changes() == []
+    assert world.recording.holding == held
+    assert held_users(world)["alice"] == alice
+    assert report.stale == 1
+    # A full read (within the next polls) sees the same.
+    for _ in range(3):
+        world.recording.calls.clear()
+        await world.engine.cycle()
+        if read_kind(world) == "full":
+            break
+    assert read_kind(world) == "full"
+    assert world.recording.changes() == []
+    (stale,) = await stale_objects(world.engine.store)
+    assert stale["object"] == f"user:{alice['id']}"
+    assert "is not an email address" in stale["problems"][0]

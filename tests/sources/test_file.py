@@ -307,6 +307,18 @@ async def test_unusable_document_raises(tmp_path: Path, text: str) -> None:
         await source_for(path).fetch(None)
 
 
+@pytest.mark.parametrize(
+    ("name", "text"), [("dir.json", ""), ("dir.yaml", ""), ("dir.json", " \n\n")]
+)
+async def test_an_empty_file_says_it_is_empty(tmp_path: Path, name: str, text: str) -> None:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(SourceError) as err:
+        await source_for(path).fetch(None)
+    assert str(err.value).startswith(f"directory file {name}: the file is empty")
+    assert "truncated" not in str(err.value)
+
+
 async def test_deep_json_raises(tmp_path: Path) -> None:
     path = tmp_path / "dir.json"
     path.write_text("[" * 5000, encoding="utf-8")

@@ -127,8 +127,10 @@ def user_reader(layout: Layout, where: str) -> UserReader:
 
     def read(entry: Entry) -> UserRecord | SkippedRecord:
         attrs = entry.attrs
+        object_id: str | None = None
         try:
-            values: dict[str, str | None] = {"id": _object_id(attrs, id_attr, id_key, guid)}
+            object_id = _object_id(attrs, id_attr, id_key, guid)
+            values: dict[str, str | None] = {"id": object_id}
             for name, attr, key in fields:
                 values[name] = _first_text(attrs.get(key), attr)
             for name, attr in required:
@@ -146,7 +148,11 @@ def user_reader(layout: Layout, where: str) -> UserReader:
             changed = _first_text(attrs.get(change_key), change)
         except _Bad as bad:
             return SkippedRecord(
-                where=where, record=entry.dn, field=bad.attribute, reason=bad.reason
+                where=where,
+                record=entry.dn,
+                field=bad.attribute,
+                reason=bad.reason,
+                object_id=object_id,
             )
         manager_dn = values.pop("manager", None)
         user = User(
@@ -206,6 +212,7 @@ def group_reader(layout: Layout, where: str) -> GroupReader:
 
     def read(entry: Entry) -> GroupRecord | SkippedRecord:
         attrs = entry.attrs
+        group_id: str | None = None
         try:
             group_id = _object_id(attrs, id_attr, id_key, guid)
             name = _first_text(attrs.get(name_key), name_attr)
@@ -215,7 +222,12 @@ def group_reader(layout: Layout, where: str) -> GroupReader:
             changed = _first_text(attrs.get(change_key), change)
         except _Bad as bad:
             return SkippedRecord(
-                where=where, record=entry.dn, field=bad.attribute, reason=bad.reason, kind="group"
+                where=where,
+                record=entry.dn,
+                field=bad.attribute,
+                reason=bad.reason,
+                kind="group",
+                object_id=group_id,
             )
         return GroupRecord(entry.dn, group_id, name, tuple(sorted(members)), changed)
 
@@ -246,7 +258,9 @@ def assemble(
     user_ids: dict[str, str] = {}
     for key, rec in users.items():
         if rec.user.id in out.users:
-            out.skipped.append(SkippedRecord(where, rec.dn, id_attribute, "duplicate id"))
+            out.skipped.append(
+                SkippedRecord(where, rec.dn, id_attribute, "duplicate id", object_id=rec.user.id)
+            )
             continue
         user_ids[key] = rec.user.id
         out.users[rec.user.id] = rec.user
@@ -265,7 +279,9 @@ def assemble(
     for key, grec in groups.items():
         if grec.id in out.groups:
             out.skipped.append(
-                SkippedRecord(where, grec.dn, id_attribute, "duplicate id", kind="group")
+                SkippedRecord(
+                    where, grec.dn, id_attribute, "duplicate id", kind="group", object_id=grec.id
+                )
             )
             continue
         members = _members(key, groups, user_ids, flatten)
