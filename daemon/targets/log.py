@@ -9,7 +9,7 @@ must change nothing.
 
 A plugin is a module with hook implementations; this one offers one target
 kind through :func:`provisiond_target_types`. Delivery itself is
-``LogTarget.deliver``: the core's default ``provisiond_deliver`` calls it.
+``LogTarget.deliver``, which the engine calls for each batch.
 """
 
 from __future__ import annotations

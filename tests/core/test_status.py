@@ -54,14 +54,14 @@ async def test_target_status_counts_failures_problems_and_holds(engines) -> None
     eng = await engines(source, [slot(target, [BOUND])])
     await eng.cycle()
     source.set(Snapshot.of([], []))
-    await eng.cycle()  # the guard holds 40 removals
+    await eng.cycle()  # the guard holds 40 removals and the bound group's deletion
     disabled = TargetSettings(name="later", kind="log", enabled=False, groups=["x"])
     doc = await store_status(eng.store, [eng.targets[0].settings, disabled])
     assert doc["snapshot_version"] is not None
     app = doc["targets"]["app"]
     assert (app["kind"], app["bound_groups"]) == ("recording", [BOUND])
     assert (app["dirty"], app["failed"]) == (1, 1)
-    assert (app["held_removals"], app["hold_approved"]) == (40, False)
+    assert (app["held_removals"], app["hold_approved"]) == (41, False)
     assert app["hold_since"] is not None
     assert [p["object"] for p in app["problems"]] == ["user:u3"]
     assert app["problems"][0]["error"] == "refused by the test"
