@@ -12,6 +12,7 @@ from daemon.runtime import PluginContext
 from daemon.saml.profile import SpProfile
 from daemon.scim import RetryPolicy
 from daemon.targets.base import TargetType
+from daemon.targets.scim import metrics
 from daemon.targets.scim.profile import ScimProfile
 from daemon.targets.scim.target import ScimTarget
 from plugins.alexishr.mapping import UserSchema
@@ -36,6 +37,8 @@ PROFILE = ScimProfile(
     # provisiond 0.1 kept each AlexisHR target's links in a file of its own.
     legacy_state_file="alexishr-{name}.db",
 )
+# Registered with the plugin, so /metrics lists the families before a target exists.
+metrics.for_prefix(PROFILE.metric_prefix, PROFILE.app)
 
 
 class AlexisHRTarget(ScimTarget):
