@@ -136,9 +136,17 @@ def options(url: str, token_file: Path, **scim: Any) -> AlexisHROptions:
 
 @contextlib.contextmanager
 def _server(
-    peer: Peer, spc: dict[str, Any] | None, extensions: dict[str, list[str]] | None
+    peer: Peer,
+    spc: dict[str, Any] | None,
+    extensions: dict[str, list[str]] | None,
+    running: str | None = None,
 ) -> Iterator[tuple[str, str | None]]:
     """The SCIM server of a world: (base URL, the bearer token it requires)."""
+    if running is not None:
+        if spc is not None or extensions:
+            raise ValueError("a server already running is configured already")
+        yield running, None
+        return
     if peer == "scimmy":
         if spc is not None:
             raise ValueError("the SCIMMY server publishes its own ServiceProviderConfig")
@@ -164,16 +172,20 @@ async def world(
     clock: Any = None,
     bound: list[str] | None = None,
     guard: GuardSettings | None = None,
+    server: str | None = None,
     **scim: Any,
 ) -> AsyncIterator[World]:
     """Everything for one test; the server (``peer``) starts empty, the guard off unless given.
 
     ``spc`` configures scim2-server; ``extensions`` (URN → attribute names)
-    declares more User schema extensions on the SCIMMY server.
+    declares more User schema extensions on the SCIMMY server. ``server``:
+    the base URL of a scim2-server the test runs itself (one already holding
+    data, say), used instead of starting one. The state directory is
+    ``tmp_path / "state"``; whatever it holds is opened as it is.
     """
     token_file = tmp_path / "alexishr.token"
     token_file.write_text(TOKEN)
-    with _server(peer, spc, extensions) as (upstream, upstream_token):
+    with _server(peer, spc, extensions, server) as (upstream, upstream_token):
         async with FaultProxy(upstream, **(proxy_kw or {})) as proxy:
             context = PluginContext(tmp_path, tmp_path / "state", SecretStore())
             scim.setdefault("rate_limit", 1000.0)

@@ -167,4 +167,12 @@ async def read_legacy(path: Path) -> LinkChanges:
             async with db.execute(sql) as cur:
                 async for object_id, remote_id, at in cur:
                     changes.deactivations[object_id] = Deactivation(remote_id, float(at))
+    # 0.1 deactivated a user removed from the directory but kept the body it had
+    # upserted last (active) while the deletion waited: reconciliation would have
+    # reactivated it. The body written last is the deactivated one.
+    for object_id in changes.deactivations:
+        link = changes.links.get(("user", object_id))
+        if link is not None and link.body.get("active") is not False:
+            deactivated = {**link.body, "active": False}
+            changes.links[("user", object_id)] = Link(link.remote_id, deactivated)
     return changes

@@ -170,11 +170,13 @@ async def remove_user(link: Link, delta: Delta) -> Outcome:
         except ScimNotFoundError:
             return _gone(link, delta)
         link.metrics.operation(link.name, "deactivate", "ok")
-        if grace is None:
-            body = dict(mirrored.body) if mirrored else {}
-            body["active"] = False
-            # Kept so reconciliation can undo a reactivation by hand.
+        body = _deactivated(link, mirrored.body if mirrored else None, user)
+        if body is not None:
+            # The baseline is now the deactivated account, during a grace period too:
+            # reconciliation keeps it deactivated (and does not re-create it), and an
+            # upsert meanwhile (the user back in the directory) reactivates it.
             link.mirror.put("user", delta.object_id, remote_id, body)
+        if grace is None:
             return Outcome.success(delta, remote_id=remote_id)
     if grace is None:
         link.mirror.pardon(delta.object_id)
@@ -193,6 +195,17 @@ async def remove_user(link: Link, delta: Delta) -> Outcome:
         await link.client.delete(link.schema.model, remote_id)
     link.metrics.operation(link.name, "delete", "ok")
     return _gone(link, delta)
+
+
+def _deactivated(
+    link: Link, body: dict[str, Any] | None, user: User | None
+) -> dict[str, Any] | None:
+    """The body last written, as deactivated; ``None`` when nothing was written."""
+    if body is None:
+        if user is None:
+            return None
+        body = link.schema.body(user).body
+    return {**body, "active": False}
 
 
 def _gone(link: Link, delta: Delta) -> Outcome:
