@@ -285,7 +285,17 @@ class SqliteStore:
                 desired_hash = excluded.desired_hash,
                 desired = excluded.desired,
                 active = excluded.active,
-                dirty = CASE WHEN target_objects.written_hash IS excluded.desired_hash
+                -- After a failed attempt the application may hold a partial change (a
+                -- removal that deactivated and waits to delete): what was written is no
+                -- longer known, so a desired state equal to it is still delivered.
+                written_hash = CASE WHEN target_objects.attempts > 0
+                                     AND excluded.desired_hash IS NOT NULL
+                                    THEN NULL ELSE target_objects.written_hash END,
+                written = CASE WHEN target_objects.attempts > 0
+                                AND excluded.desired_hash IS NOT NULL
+                               THEN NULL ELSE target_objects.written END,
+                dirty = CASE WHEN target_objects.attempts = 0
+                              AND target_objects.written_hash IS excluded.desired_hash
                              THEN 0 ELSE 1 END,
                 phase = excluded.phase,
                 attempts = 0,

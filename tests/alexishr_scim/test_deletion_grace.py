@@ -69,11 +69,6 @@ async def test_reconciliation_keeps_a_user_pending_deletion_deactivated(
         assert "p1" not in w.users_by_external()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine: the user's row is back to what was last recorded as written, so no "
-    "delta reaches the target, though the failed removal attempt deactivated the user",
-)
 async def test_a_user_back_in_the_directory_during_the_grace_is_reactivated(
     tmp_path: Path,
 ) -> None:
