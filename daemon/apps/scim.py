@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import phonenumbers
@@ -32,7 +32,6 @@ from daemon.targets.scim.target import ScimTarget
 __all__ = [
     "DEFAULT_TITLE",
     "KIND",
-    "Constant",
     "GenericScimOptions",
     "GenericScimTarget",
     "MappedScimOptions",
@@ -47,14 +46,6 @@ DEFAULT_TITLE: Final = "SCIM application"
 METRIC_PREFIX: Final = "scim_target"
 
 
-class Constant(BaseModel):
-    """``{const: <text>}``: a mapping value that is the same for every user."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    const: str = Field(min_length=1)
-
-
 class MappedScimOptions(ScimOptions):
     """``options.scim`` of a generic SCIM application: the connection and the mapping."""
 
@@ -62,7 +53,7 @@ class MappedScimOptions(ScimOptions):
     base_url: str
     #: SCIM path -> directory field, ``"{template}"`` or ``{const: text}``, over the
     #: default mapping (see docs/connecting-an-application.md).
-    mapping: dict[str, str | Constant] = Field(default_factory=dict)
+    mapping: dict[str, Any] = Field(default_factory=dict)
     #: Paths (or whole attributes, such as ``name`` or an extension URN) never sent.
     omit: list[str] = Field(default_factory=list)
     #: Region (ISO 3166 code) to normalise the work phone to E.164 with; unset: the
@@ -79,8 +70,8 @@ class MappedScimOptions(ScimOptions):
 
     @field_validator("mapping")
     @classmethod
-    def _mapping(cls, v: dict[str, str | Constant]) -> dict[str, str | Constant]:
-        compile_mapping(_raw(v))
+    def _mapping(cls, v: dict[str, Any]) -> dict[str, Any]:
+        compile_mapping(v)  # the values are checked here, for messages that name the key
         return v
 
     @field_validator("omit")
@@ -89,7 +80,7 @@ class MappedScimOptions(ScimOptions):
         mapping = info.data.get("mapping")
         if mapping is None:
             return v  # the mapping itself is at fault, and said so
-        compile_mapping(_raw(mapping), v)
+        compile_mapping(mapping, v)
         return v
 
     @field_validator("phone_region")
@@ -104,11 +95,7 @@ class MappedScimOptions(ScimOptions):
 
     def user_schema(self) -> MappedSchema:
         """The user schema this block describes."""
-        return MappedSchema(_raw(self.mapping), self.omit, phone_region=self.phone_region)
-
-
-def _raw(mapping: dict[str, str | Constant]) -> dict[str, object]:
-    return {k: v.model_dump() if isinstance(v, Constant) else v for k, v in mapping.items()}
+        return MappedSchema(self.mapping, self.omit, phone_region=self.phone_region)
 
 
 class GenericScimOptions(BaseModel):

@@ -26,6 +26,7 @@ that names the key at fault.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 import string
@@ -106,7 +107,9 @@ def _aliases(model: type[pydantic.BaseModel]) -> tuple[str, ...]:
 _NAME_PARTS: Final = _aliases(Name)
 _ENTERPRISE_ATTRIBUTES: Final = tuple(a for a in _aliases(EnterpriseUser) if a != "manager")
 _KNOWN_CORE: Final = (*_SIMPLE, "name", *_MULTI, *_FORBIDDEN, *_UNSUPPORTED_MULTI)
-_URN: Final = re.compile(r"^urn:[A-Za-z0-9][A-Za-z0-9-]{0,31}:[A-Za-z0-9()+,\-.=@;$_!*'%/?#:]+$")
+_URN: Final = re.compile(
+    r"^urn:[A-Za-z0-9][A-Za-z0-9-]{0,31}:[A-Za-z0-9()+,\-.=@;$_!*'%/?#:]+$", re.IGNORECASE
+)
 #: RFC 7643 ATTRNAME: ALPHA *(ALPHA / DIGIT / "-" / "_").
 _ATTRNAME: Final = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 _FILTERED: Final = re.compile(r'^(\w+)\[\s*type\s+eq\s+"([^"]*)"\s*\]\.(\w+)$')
@@ -183,6 +186,8 @@ def parse_value(raw: object) -> Value:
         if set(raw) != {"const"} or not isinstance(raw["const"], str) or not raw["const"]:
             raise MappingError("a constant is written {const: <non-empty text>}")
         return Constant(raw["const"])
+    if raw is None:
+        raise MappingError("no value; to send nothing there, list the path under omit")
     if not isinstance(raw, str):
         raise MappingError(
             "the value must be a directory field, a template in quotes, or {const: <text>}"
@@ -392,6 +397,10 @@ def compile_mapping(
             problems.append(f"{key!r}: userName must differ per user; map a field or a template")
             continue
         given[folded] = key
+        keys = (r.path.key for r in rules.values())
+        same = next((k for k in keys if k.casefold() == path.key.casefold()), None)
+        if same is not None:
+            path = dataclasses.replace(path, key=same)  # one spelling per extension URN
         rules[folded] = Rule(path, value)
     for entry in omit:
         try:
