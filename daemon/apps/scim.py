@@ -12,11 +12,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Annotated, Any, Final
 from urllib.parse import urlsplit
 
 import phonenumbers
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 
 from daemon.hookspecs import hookimpl
 from daemon.runtime import PluginContext
@@ -24,7 +31,13 @@ from daemon.saml.options import GenericSsoOptions
 from daemon.saml.profile import SpProfile
 from daemon.scim import RetryPolicy
 from daemon.targets.base import TargetType
-from daemon.targets.scim.mapping import MappedSchema, MappingError, compile_mapping
+from daemon.targets.scim.mapping import (
+    MappedSchema,
+    MappingError,
+    compile_mapping,
+    parse_path,
+    parse_value,
+)
 from daemon.targets.scim.options import ScimOptions
 from daemon.targets.scim.profile import ScimProfile, generic_access_revoked
 from daemon.targets.scim.target import ScimTarget
@@ -46,6 +59,22 @@ DEFAULT_TITLE: Final = "SCIM application"
 METRIC_PREFIX: Final = "scim_target"
 
 
+def _path(key: str) -> str:
+    parse_path(key)  # a MappingError is a ValueError: the error's location names the key
+    return key
+
+
+def _value(raw: Any) -> Any:
+    parse_value(raw)
+    return raw
+
+
+#: A mapping key, checked on its own (``mapping.<key>.[key]: ...`` names a bad one) ...
+MappingKey = Annotated[str, AfterValidator(_path)]
+#: ... and a value (any YAML: the mapping says what it accepts, ``mapping.<key>: ...``).
+MappingValue = Annotated[Any, AfterValidator(_value)]
+
+
 class MappedScimOptions(ScimOptions):
     """``options.scim`` of a generic SCIM application: the connection and the mapping."""
 
@@ -53,7 +82,7 @@ class MappedScimOptions(ScimOptions):
     base_url: str
     #: SCIM path -> directory field, ``"{template}"`` or ``{const: text}``, over the
     #: default mapping (see docs/connecting-an-application.md).
-    mapping: dict[str, Any] = Field(default_factory=dict)
+    mapping: dict[MappingKey, MappingValue] = Field(default_factory=dict)
     #: Paths (or whole attributes, such as ``name`` or an extension URN) never sent.
     omit: list[str] = Field(default_factory=list)
     #: Region (ISO 3166 code) to normalise the work phone to E.164 with; unset: the
@@ -71,7 +100,7 @@ class MappedScimOptions(ScimOptions):
     @field_validator("mapping")
     @classmethod
     def _mapping(cls, v: dict[str, Any]) -> dict[str, Any]:
-        compile_mapping(v)  # the values are checked here, for messages that name the key
+        compile_mapping(v)  # what no entry shows alone (the same attribute twice ...)
         return v
 
     @field_validator("omit")

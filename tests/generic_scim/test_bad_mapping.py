@@ -125,21 +125,49 @@ def _write(tmp_path: Path, mapping: dict[str, Any], omit: list[str]) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case", CASES.values(), ids=list(CASES))
-def test_the_configuration_is_refused_naming_target_and_key(
-    tmp_path: Path, case: tuple[dict[str, Any], list[str], str, str]
-) -> None:
-    mapping, omit, key, problem = case
+#: Cases whose value is at fault (the rest: the path, or two entries together).
+BAD_VALUES = {
+    "unknown field",
+    "field typo",
+    "state",
+    "template field",
+    "template syntax",
+    "template format",
+    "template without field",
+    "empty constant",
+    "constant typo",
+    "no value",
+}
+#: Cases only the whole mapping shows.
+TOGETHER = {"constant userName", "same attribute twice"}
+
+
+def _where(name: str, mapping: dict[str, Any], omit: list[str]) -> str:
+    """Where the configuration error is: the mapping key itself, its value, or the list."""
+    if omit:
+        return "targets[1].options.scim.omit: omit "
+    if name in TOGETHER:
+        return "targets[1].options.scim.mapping: "
+    [key] = mapping
+    if name in BAD_VALUES:
+        return f"targets[1].options.scim.mapping.{key}: "
+    return f"targets[1].options.scim.mapping.{key}.[key]: "
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_the_configuration_is_refused_naming_target_and_key(tmp_path: Path, name: str) -> None:
+    mapping, omit, key, problem = CASES[name]
     path = _write(tmp_path, mapping, omit)
     with pytest.raises(ConfigError) as caught:
         read_config(path, plugin_manager(entry_points=False))
     [line] = caught.value.problems
-    setting = "omit" if omit else "mapping"
-    assert line.startswith(f"targets[1].options.scim.{setting}: {key}"), line
+    assert line.startswith(_where(name, mapping, omit)), line
     assert problem in line, line
-    # Building the schema by hand says the same (a plugin reusing the mapping).
-    with pytest.raises(MappingError, match="^" + key.replace("[", r"\[").replace(".", r"\.")):
+    # Building the schema by hand says the same, with the key first.
+    with pytest.raises(MappingError) as direct:
         MappedSchema(mapping, omit)
+    assert str(direct.value).startswith(key), direct.value
+    assert problem in str(direct.value)
 
 
 def test_the_daemon_refuses_to_start_with_exit_2(tmp_path: Path) -> None:
@@ -147,10 +175,15 @@ def test_the_daemon_refuses_to_start_with_exit_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["-c", str(path), "check"])
     assert result.exit_code == 2, result.output
     text = " ".join(result.output.split())
-    assert "targets[1].options.scim.mapping:" in text
-    # Every problem of the mapping at once, each with its key.
-    assert "'displayName': template '{given_name} {surname}': 'surname' is not a" in text
-    assert "'id': cannot be mapped: id is assigned by the application" in text
+    # Every problem of the mapping at once, each naming its key.
+    assert (
+        "targets[1].options.scim.mapping.displayName: template '{given_name} {surname}': "
+        "'surname' is not a directory field"
+    ) in text
+    assert (
+        "targets[1].options.scim.mapping.id.[key]: cannot be mapped: id is assigned by the "
+        "application"
+    ) in text
 
 
 def test_a_base_url_and_phone_region_are_checked(tmp_path: Path) -> None:
