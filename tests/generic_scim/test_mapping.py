@@ -199,3 +199,5 @@ def test_one_extension_urn_written_in_two_cases_is_one_extension() -> None:
     body = schema.body(FULL).body
     assert body["schemas"] == [CORE_USER, ENTERPRISE, ACME]
     assert body[ACME] == {"team": "Platform", "site": "Nordlys"}
+    upper = MappedSchema({"URN" + ACME[3:] + ":team": "department"})
+    assert upper.body(FULL).body[ACME] == {"team": "Platform"}

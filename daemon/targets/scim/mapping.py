@@ -1,6 +1,6 @@
 """A user mapping written in configuration: SCIM attribute paths filled from directory fields.
 
-Used by the generic ``scim`` application kind (:mod:`daemon.targets.scim.generic`),
+Used by the generic ``scim`` application kind (:mod:`daemon.apps.scim`),
 whose ``options.scim.mapping`` maps a SCIM path to a value:
 
 - ``department``: a directory field (:data:`daemon.model.USER_FIELDS`, all but ``state``);
@@ -96,7 +96,14 @@ _SIMPLE: Final = (
 #: ``profileUrl`` is a URI reference: bodies that hold one are checked by the model.
 _CONSTRAINED: Final = frozenset({"profileUrl"})
 _MULTI: Final = ("emails", "phoneNumbers")
-_UNSUPPORTED_MULTI: Final = ("ims", "photos", "addresses", "entitlements", "roles")
+_UNSUPPORTED_MULTI: Final = (
+    "ims",
+    "photos",
+    "addresses",
+    "entitlements",
+    "roles",
+    "x509Certificates",
+)
 
 
 def _aliases(model: type[pydantic.BaseModel]) -> tuple[str, ...]:
@@ -339,7 +346,7 @@ def _extension_path(text: str) -> Path:
             f"{attribute!r} is not a SCIM attribute name (a letter, then letters, "
             "digits, '-' or '_'; sub-attributes of extensions are not mapped)"
         )
-    return Path(schema, attribute)
+    return Path("urn:" + schema[4:], attribute)  # the scheme in lower case, as it is keyed
 
 
 # -- the compiled mapping ----------------------------------------------------
