@@ -27,6 +27,7 @@ BUILTIN_PLUGINS = {
     "jumpcloud": "daemon.sources.jumpcloud",
     "log": "daemon.targets.log",
     "saml": "daemon.saml.endpoint",
+    "scim": "daemon.apps.scim",
     "alexishr": "plugins.alexishr",
 }
 

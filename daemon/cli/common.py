@@ -9,6 +9,7 @@ from typing import NoReturn, TypeVar
 import anyio
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from daemon.config import Config, ConfigError
 from daemon.engine import Engine
@@ -26,7 +27,9 @@ err = Console(stderr=True)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]error:[/] {SECRETS.redact(message)}", highlight=False)
+    # The message is text, not markup: a setting path such as ``mapping.title.[key]``
+    # or ``emails[type eq "work"]`` would otherwise lose its brackets.
+    err.print(f"[bold red]error:[/] {escape(SECRETS.redact(message))}", highlight=False)
     sys.exit(code)
 
 

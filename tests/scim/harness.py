@@ -20,7 +20,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,43 @@ def default_service_provider_config() -> dict[str, Any]:
     return load_default_service_provider_config().model_dump(mode="json")
 
 
+def _extension_files(
+    tmp: Path, extensions: Mapping[str, Sequence[str]]
+) -> tuple[Path, Path]:
+    """Schema and resource-type files: RFC 7643's, plus User extensions of string attributes."""
+    from scim2_server.utils import load_default_resource_types, load_default_schemas
+
+    schemas = [s.model_dump(mode="json") for s in load_default_schemas().values()]
+    types = [t.model_dump(mode="json") for t in load_default_resource_types().values()]
+    for urn, attributes in extensions.items():
+        schemas.append(
+            {
+                "id": urn,
+                "name": urn.rsplit(":", 2)[-2],
+                "description": "A User extension declared by a test",
+                "attributes": [
+                    {
+                        "name": name,
+                        "type": "string",
+                        "multiValued": False,
+                        "required": False,
+                        "caseExact": False,
+                        "mutability": "readWrite",
+                        "returned": "default",
+                        "uniqueness": "none",
+                    }
+                    for name in attributes
+                ],
+            }
+        )
+        user = next(t for t in types if t["id"] == "User")
+        user["schemaExtensions"].append({"schema": urn, "required": False})
+    schema_file, type_file = tmp / "schemas.json", tmp / "resource-types.json"
+    schema_file.write_text(json.dumps(schemas))
+    type_file.write_text(json.dumps(types))
+    return schema_file, type_file
+
+
 def _wait_until_up(url: str, process: subprocess.Popen[bytes], token: str | None) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT
     request = urllib.request.Request(f"{url}/ServiceProviderConfig")
@@ -75,6 +112,7 @@ def running_scim_server(
     *,
     bearer_tokens: Sequence[str] = (),
     service_provider_config: dict[str, Any] | None = None,
+    extensions: Mapping[str, Sequence[str]] | None = None,
 ) -> Iterator[ScimServer]:
     """Start ``scim2-server`` on a free loopback port; stop it on exit.
 
@@ -82,6 +120,8 @@ def running_scim_server(
     ``service_provider_config``: a ServiceProviderConfig JSON object; features it
     marks unsupported are refused by the server with 501 (see
     :func:`default_service_provider_config` for a starting point).
+    ``extensions``: more User schema extensions, URN → string attribute names
+    (RFC 7643's enterprise extension is always there).
     """
     with tempfile.TemporaryDirectory(prefix="scim2-server-") as tmp:
         port = free_port()
@@ -101,6 +141,9 @@ def running_scim_server(
             config_file = Path(tmp) / "spc.json"
             config_file.write_text(json.dumps(service_provider_config))
             args += ["--service-provider-config", str(config_file)]
+        if extensions:
+            schema_file, type_file = _extension_files(Path(tmp), extensions)
+            args += ["--schema", str(schema_file), "--resource-type", str(type_file)]
         log = (Path(tmp) / "server.log").open("wb")
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"

@@ -4,7 +4,7 @@ The engine (:mod:`daemon.targets.scim.target`) does everything a SCIM 2.0
 service provider needs: matching and adoption, minimal PATCHes, chunked
 member PATCHes, lost-reply lookups, health and quarantine, token rotation,
 reconciliation and metrics. An application supplies a :class:`ScimProfile`
-(its name and wording) and a user mapping (:class:`~daemon.targets.scim.schema.UserMapping`).
+(its name and wording) and a user mapping (:class:`~daemon.targets.scim.schema.UserSchema`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,10 @@ class ScimProfile:
     metric_prefix: str
     access_revoked: str
     discovery_hint: str = "Check options.scim.base_url"
+    #: How metric help texts name the application (default: ``app``). The families
+    #: of one ``metric_prefix`` are registered once, so targets that share a prefix
+    #: but not a name (generic SCIM applications) share this instead.
+    metric_app: str | None = None
     #: Where a removed user's legacy private state file lived, by target name
     #: (provisiond 0.1 kept one SQLite file per target); ``None``: never had one.
     legacy_state_file: str | None = None

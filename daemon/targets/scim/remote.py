@@ -1,7 +1,7 @@
 """What the target's parts share, and finding remote objects before creating any.
 
-Matching: ``userName eq "<email>"``, then ``externalId eq
-"<directory id>"``. When the server cannot filter, or a batch would need many
+Matching: ``userName eq "<the mapped userName, by default the email>"``, then
+``externalId eq "<directory id>"``. When the server cannot filter, or a batch would need many
 lookups (a first sync), one paged listing of every user replaces them: the
 :class:`RemoteIndex`. It is also what reconciliation compares against.
 """
@@ -62,8 +62,10 @@ class RemoteIndex:
         if self.user_by_name.get(name) == remote_id:
             del self.user_by_name[name]
 
-    def match_user(self, email: str, external_id: str) -> str | None:
-        return self.user_by_name.get(email.casefold()) or self.user_by_external.get(external_id)
+    def match_user(self, user_name: str, external_id: str) -> str | None:
+        return self.user_by_name.get(user_name.casefold()) or self.user_by_external.get(
+            external_id
+        )
 
 
 @dataclass
@@ -172,7 +174,7 @@ class Link:
         raise AssertionError("unreachable")
 
     async def find_user(
-        self, email: str, external_id: str, *, fresh: bool = False
+        self, user_name: str, external_id: str, *, fresh: bool = False
     ) -> tuple[str, dict[str, Any]] | None:
         """The remote user to adopt for this directory user, or ``None``.
 
@@ -183,9 +185,9 @@ class Link:
         if self.index_fresh() or not self.can_filter:
             if not self.index_fresh():
                 await self.load_users()
-            remote_id = self.index.match_user(email, external_id)
+            remote_id = self.index.match_user(user_name, external_id)
             return (remote_id, self.index.users[remote_id]) if remote_id else None
-        for attribute, value in (("userName", email), ("externalId", external_id)):
+        for attribute, value in (("userName", user_name), ("externalId", external_id)):
             found = await self.client.find(self.schema.model, eq_filter(attribute, value))
             if found and found[0].id:
                 return found[0].id, self.schema.to_json(found[0])

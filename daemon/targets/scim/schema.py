@@ -75,6 +75,13 @@ class UserSchema:
         """Attributes this mapping manages; sub-attribute sets for complex ones."""
         raise NotImplementedError
 
+    def user_name(self, user: DirectoryUser) -> str:
+        """The ``userName`` :meth:`body` gives ``user``: what matching looks up.
+
+        The work e-mail unless a mapping sends something else as ``userName``.
+        """
+        return user.email
+
     def project(
         self, remote: Mapping[str, Any], skip: list[str] | tuple[str, ...] = ()
     ) -> dict[str, Any]:

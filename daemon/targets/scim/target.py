@@ -89,7 +89,9 @@ class ScimTarget:
         self.profile = profile
         self.context = context
         self.base_url = base_url.rstrip("/")
-        self.metrics = metrics.for_prefix(profile.metric_prefix, profile.app)
+        self.metrics = metrics.for_prefix(
+            profile.metric_prefix, profile.metric_app or profile.app
+        )
         self.token = context.secret_file(scim.token_file)
         ca_file: Path | None = None
         if scim.ca_bundle is not None:

@@ -33,7 +33,7 @@ async def upsert_user(link: Link, delta: Delta) -> Outcome:
     baseline: dict[str, Any] | None = None
     kind = "update"
     if remote_id is None:
-        found = await link.find_user(user.email, user.id)
+        found = await link.find_user(link.schema.user_name(user), user.id)
         if found is not None and link.owner(found[0]) not in (None, user.id):
             found = None  # another directory user's account: never taken over
         if found is not None:
@@ -98,15 +98,15 @@ async def create_user(link: Link, user: User, mapped: MappedUser) -> tuple[str, 
     try:
         created = await link.create_once(
             lambda: link.client.create_json(link.schema.model, strip_skip(mapped.body)),
-            lambda: link.find_user(user.email, user.id, fresh=True),
+            lambda: link.find_user(link.schema.user_name(user), user.id, fresh=True),
         )
     except ScimConflictError:
-        found = await link.find_user(user.email, user.id)
+        found = await link.find_user(link.schema.user_name(user), user.id)
         if found is None:
             # Filters may compare case exactly where the uniqueness check does not, and a
             # listing may predate the conflicting user: read a listing now.
             await link.load_users()
-            remote_id = link.index.match_user(user.email, user.id)
+            remote_id = link.index.match_user(link.schema.user_name(user), user.id)
             found = (remote_id, link.index.users[remote_id]) if remote_id else None
         if found is None:
             raise ScimTransientError(
@@ -117,8 +117,9 @@ async def create_user(link: Link, user: User, mapped: MappedUser) -> tuple[str, 
         owner = link.owner(found[0])
         if owner not in (None, user.id):
             raise ScimTransientError(
-                f"{link.app} already holds {user.email} as the account of directory user "
-                f"{owner!r}; it is not taken over for {user.id!r} (trying again later)",
+                f"{link.app} already holds {link.schema.user_name(user)} as the account of "
+                f"directory user {owner!r}; it is not taken over for {user.id!r} (trying again "
+                "later)",
                 status=409,
             ) from None
         remote_id, remote = found
@@ -157,7 +158,7 @@ async def remove_user(link: Link, delta: Delta) -> Outcome:
     mirrored = link.mirror.get("user", delta.object_id)
     remote_id = (mirrored.remote_id if mirrored else None) or delta.remote_id
     if remote_id is None and user is not None:
-        found = await link.find_user(user.email, user.id)
+        found = await link.find_user(link.schema.user_name(user), user.id)
         remote_id = found[0] if found else None
     if remote_id is None:
         link.mirror.drop("user", delta.object_id)
