@@ -109,3 +109,13 @@ async def engine(
     await store.open()
     settings = EngineSettings(**engine_kw)  # type: ignore[arg-type]
     return Engine(source, slots, store, plugin_manager(entry_points=False), settings)
+
+
+#: The bound group of :func:`org`.
+BOUND = "App Users"
+
+
+def org(n: int) -> Snapshot:
+    """``n`` users, all in the one bound group."""
+    users = [user(f"u{i}") for i in range(n)]
+    return Snapshot.of(users, [make_group("g-app", BOUND, [u.id for u in users])])

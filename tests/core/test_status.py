@@ -2,42 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
-
-import pytest
-
 from daemon.config import TargetSettings
-from daemon.engine import Engine, TargetSlot
-from daemon.model import Snapshot, make_group
+from daemon.model import Snapshot
 from daemon.report import CycleReport, TargetReport
 from daemon.status import daemon_status, report_dict, store_status, summary_line, target_status
 
-from .support import FedSource, RecordingTarget, engine, slot, user
-
-BOUND = "App Users"
-
-
-def org(n: int) -> Snapshot:
-    users = [user(f"u{i}") for i in range(n)]
-    return Snapshot.of(users, [make_group("g-app", BOUND, [u.id for u in users])])
-
-
-@pytest.fixture
-async def engines(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Engine]]]:
-    """Builds engines over stores in ``tmp_path`` and closes the stores afterwards."""
-    built: list[Engine] = []
-
-    async def make(source: FedSource, slots: list[TargetSlot]) -> Engine:
-        where = tmp_path / f"engine-{len(built)}"
-        where.mkdir()
-        eng = await engine(where, source, slots)
-        built.append(eng)
-        return eng
-
-    yield make
-    for eng in built:
-        await eng.store.aclose()  # type: ignore[attr-defined]
+from .support import BOUND, FedSource, RecordingTarget, org, slot
 
 
 class Quarantined(RecordingTarget):
