@@ -20,10 +20,13 @@ from daemon.store import (
     Key,
     ObjectStatus,
     Result,
+    StateError,
     TargetIndex,
     TargetPlan,
     phase,
 )
+
+__all__ = ["MIGRATIONS", "SqliteStore", "StateError"]
 
 # Each entry upgrades the schema by one version. Never edit a released entry;
 # append a new one.
@@ -75,10 +78,6 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX directory_objects_email ON directory_objects (login_email);
     """,
 )
-
-
-class StateError(Exception):
-    """The state database cannot be opened or is newer than this provisiond."""
 
 
 def _dump(obj: DirectoryObject | None) -> str | None:
