@@ -138,7 +138,10 @@ class SqliteStore:
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[None]:
         async with self._tx:
-            await self.db.execute("BEGIN IMMEDIATE")
+            # Shielded like the end: a BEGIN that ran but whose caller was
+            # cancelled would leave a transaction open that nobody ends.
+            with anyio.CancelScope(shield=True):
+                await self.db.execute("BEGIN IMMEDIATE")
             try:
                 yield
             except BaseException:
@@ -147,7 +150,12 @@ class SqliteStore:
                     await self.db.execute("ROLLBACK")
                 raise
             with anyio.CancelScope(shield=True):
-                await self.db.execute("COMMIT")
+                try:
+                    await self.db.execute("COMMIT")
+                except BaseException:
+                    if self.db.in_transaction:
+                        await self.db.execute("ROLLBACK")
+                    raise
 
     async def aclose(self) -> None:
         if self._db is not None:

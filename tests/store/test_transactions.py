@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+from collections.abc import Awaitable, Callable, Iterator
+
+import anyio
+import anyio.lowlevel
 import pytest
 
 from daemon.store import Store
@@ -17,7 +23,7 @@ from tests.store.data import (
     want,
     world,
 )
-from tests.store.state import read_state
+from tests.store.state import State, read_state
 
 TARGETS = ("a", "b", "z")
 SWEPT = ("a", "b")
@@ -94,3 +100,126 @@ class TestRecord:
         assert await read_state(store, TARGETS, ("marker",)) == before
         await store.record("b", results[:-1], 100.0)
         assert (await store.counts("b"))[0] == 1
+
+
+# -- cancellation -------------------------------------------------------------------
+
+
+async def run_cancelled_after(
+    turns: int, seconds: float, call: Callable[[], Awaitable[None]]
+) -> bool:
+    """Run ``call``, cancelled after ``turns`` scheduler turns and ``seconds``; if it returned."""
+    returned = False
+    async with anyio.create_task_group() as tg:
+
+        async def cancel() -> None:
+            for _ in range(turns):
+                await anyio.lowlevel.checkpoint()
+            await anyio.sleep(seconds)
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(cancel)
+        await call()
+        returned = True
+        tg.cancel_scope.cancel()
+    return returned
+
+
+def cancel_points() -> Iterator[tuple[int, float]]:
+    """Ever later points to cancel at: turn by turn first, then by time, however slow the disk."""
+    turns = 0
+    while turns < 60:
+        yield turns, 0.0
+        turns += 1 + turns // 8
+    seconds = 0.001
+    while seconds < 20:
+        yield turns, seconds
+        seconds *= 1.5
+
+
+def timeless(state: State) -> State:
+    """``state`` without the wall-clock times a store stamps (they differ between two stores)."""
+    targets = {
+        name: dataclasses.replace(
+            t, hold=None if t.hold is None else dataclasses.replace(t.hold, created_at=0.0)
+        )
+        for name, t in state.targets.items()
+    }
+    meta = {**state.meta, "snapshot_committed_at": None}
+    return dataclasses.replace(state, targets=targets, meta=meta)
+
+
+async def sweep(
+    store: Store, reference: Store, step: Callable[[Store, int], Awaitable[None]]
+) -> tuple[int, int]:
+    """Cancel ``step`` at ever later points until it keeps completing.
+
+    ``reference`` gets every step uncancelled. After each cancelled attempt
+    the store must hold either its state before the step or exactly the
+    reference's state after it. If the step left nothing behind it is run
+    again, uncancelled, and must then succeed: the store is still usable.
+    Returns how many attempts were interrupted before they took effect, and
+    how many ran to the end.
+    """
+    undone = completed = streak = 0
+    before = timeless(await read_state(store, SWEPT))
+    for i, (turns, seconds) in enumerate(cancel_points(), start=1):
+        if streak == 3:
+            break
+        returned = await run_cancelled_after(turns, seconds, functools.partial(step, store, i))
+        await step(reference, i)
+        after = timeless(await read_state(store, SWEPT))
+        expected = timeless(await read_state(reference, SWEPT))
+        if after == before:
+            assert not returned, f"step {i} returned but changed nothing"
+            undone += 1
+            await step(store, i)
+            after = timeless(await read_state(store, SWEPT))
+        assert after == expected, f"step {i}, cancelled at {turns} turns, {seconds} s: a mix"
+        before = after
+        completed += returned
+        streak = streak + 1 if returned else 0
+    return undone, completed
+
+
+class TestCancellation:
+    async def test_a_cancelled_commit_is_all_or_nothing_and_the_store_stays_usable(
+        self, store_factory: StoreFactory, store: Store
+    ) -> None:
+        reference = await (await store_factory.another("reference")).open()
+        try:
+            for s in (store, reference):
+                await populate(s)
+
+            async def step(s: Store, i: int) -> None:
+                await s.commit(*world(i + 1, **SMALL).commit_args())
+
+            undone, completed = await sweep(store, reference, step)
+        finally:
+            await reference.aclose()
+        assert undone > 0 and completed > 0
+
+    async def test_a_cancelled_record_is_all_or_nothing_and_the_store_stays_usable(
+        self, store_factory: StoreFactory, store: Store
+    ) -> None:
+        reference = await (await store_factory.another("reference")).open()
+        try:
+            for s in (store, reference):
+                await populate(s)
+                await s.commit(*world(2, **SMALL).commit_args())
+            due = await reference.due("a", 0.0, 1000)
+
+            async def step(s: Store, i: int) -> None:
+                # Every step changes every row: a failure counts an attempt.
+                results = [
+                    ok(r.key, r.desired_hash, f"r{i}")
+                    if (n + i) % 3 == 0
+                    else failed(r.key, r.desired_hash, f"e{i}", float(i), f"r{i}")
+                    for n, r in enumerate(due)
+                ]
+                await s.record("a", results, float(i))
+
+            undone, completed = await sweep(store, reference, step)
+        finally:
+            await reference.aclose()
+        assert undone > 0 and completed > 0
