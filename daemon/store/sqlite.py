@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import aiosqlite
 import anyio
@@ -92,13 +93,37 @@ def _kind(kind: str) -> ObjectKind:
     return "user" if kind == "user" else "group"
 
 
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _read(
+    method: Callable[Concatenate[SqliteStore, _P], Awaitable[_T]],
+) -> Callable[Concatenate[SqliteStore, _P], Coroutine[Any, Any, _T]]:
+    """Run a read method under the store's lock, in one read transaction."""
+
+    @functools.wraps(method)
+    async def read(self: SqliteStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        async with self._reading():
+            return await method(self, *args, **kwargs)
+
+    return read
+
+
 class SqliteStore:
-    """:class:`daemon.store.Store` on one SQLite file."""
+    """:class:`daemon.store.Store` on one SQLite file.
+
+    One connection serves every task, so every method runs under one lock,
+    reads included, and inside a transaction: ``_transaction()`` for writes,
+    ``@_read`` (``_reading()``) for reads. Without it a read could see another
+    task's uncommitted rows, and a write could join (and roll back with)
+    another task's transaction. A method holding the lock calls only the
+    underscored helpers, never another public method.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
-        # One connection serves every task; transactions must not interleave.
         self._tx = anyio.Lock()
 
     @property
@@ -136,12 +161,12 @@ class SqliteStore:
                 await self.db.execute(f"PRAGMA user_version={version + 1}")
 
     @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[None]:
+    async def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> AsyncIterator[None]:
         async with self._tx:
             # Shielded like the end: a BEGIN that ran but whose caller was
             # cancelled would leave a transaction open that nobody ends.
             with anyio.CancelScope(shield=True):
-                await self.db.execute("BEGIN IMMEDIATE")
+                await self.db.execute(begin)
             try:
                 yield
             except BaseException:
@@ -157,31 +182,45 @@ class SqliteStore:
                         await self.db.execute("ROLLBACK")
                     raise
 
+    def _reading(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """A read: committed data only, one snapshot for all its statements."""
+        return self._transaction("BEGIN")
+
     async def aclose(self) -> None:
         if self._db is not None:
             db, self._db = self._db, None
             await db.close()
 
     async def get_meta(self, key: str) -> str | None:
+        async with self._reading():
+            return await self._get_meta(key)
+
+    async def set_meta(self, key: str, value: str) -> None:
+        async with self._transaction():
+            await self._set_meta(key, value)
+
+    async def _get_meta(self, key: str) -> str | None:
         async with self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
             row = await cur.fetchone()
         return None if row is None else str(row[0])
 
-    async def set_meta(self, key: str, value: str) -> None:
+    async def _set_meta(self, key: str, value: str) -> None:
         await self.db.execute(
             "INSERT INTO meta (key, value) VALUES (?, ?) "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
 
+    @_read
     async def committed(self) -> Committed:
-        version = await self.get_meta("snapshot_version")
+        version = await self._get_meta("snapshot_version")
         hashes: dict[Key, str] = {}
         async with self.db.execute("SELECT kind, object_id, hash FROM directory_objects") as cur:
             async for kind, object_id, h in cur:
                 hashes[(_kind(kind), object_id)] = h
         return Committed(version, hashes)
 
+    @_read
     async def records(self, keys: list[Key]) -> dict[Key, DirectoryObject]:
         out: dict[Key, DirectoryObject] = {}
         for chunk in _chunks(keys, 400):
@@ -195,6 +234,7 @@ class SqliteStore:
                     out[(_kind(kind), object_id)] = obj
         return out
 
+    @_read
     async def find_user(self, login: str) -> User | None:
         folded = login.strip().casefold()
         sql = (
@@ -209,6 +249,7 @@ class SqliteStore:
         assert isinstance(user, User)
         return user
 
+    @_read
     async def granted(self, target: str, user_id: str) -> bool:
         sql = (
             "SELECT active FROM target_objects WHERE target = ? AND kind = 'user' "
@@ -218,6 +259,7 @@ class SqliteStore:
             row = await cur.fetchone()
         return bool(row and row[0])
 
+    @_read
     async def target_index(self, target: str) -> TargetIndex:
         index = TargetIndex()
         sql = "SELECT kind, object_id, desired_hash, active FROM target_objects WHERE target = ?"
@@ -250,8 +292,8 @@ class SqliteStore:
             await self.db.executemany(
                 "DELETE FROM directory_objects WHERE kind = ? AND object_id = ?", deletes
             )
-            await self.set_meta("snapshot_version", version)
-            await self.set_meta("snapshot_committed_at", repr(now))
+            await self._set_meta("snapshot_version", version)
+            await self._set_meta("snapshot_committed_at", repr(now))
 
     async def _write_plan(self, target: str, plan: TargetPlan, now: float) -> None:
         await self.db.executemany(
@@ -307,6 +349,7 @@ class SqliteStore:
                 (target, keys, now),
             )
 
+    @_read
     async def due(self, target: str, now: float, limit: int) -> list[DueRow]:
         sql = """
             SELECT kind, object_id, remote_id, desired_hash, desired, written, attempts
@@ -330,6 +373,7 @@ class SqliteStore:
                 )
         return rows
 
+    @_read
     async def rows(self, target: str, keys: list[Key] | None) -> dict[Key, DueRow]:
         base = (
             "SELECT kind, object_id, remote_id, desired_hash, desired, written, attempts "
@@ -352,6 +396,7 @@ class SqliteStore:
                     )
         return out
 
+    @_read
     async def approved_holds(self) -> list[str]:
         async with self.db.execute("SELECT target FROM holds WHERE approved = 1") as cur:
             return [str(row[0]) async for row in cur]
@@ -394,6 +439,7 @@ class SqliteStore:
                 ],
             )
 
+    @_read
     async def counts(self, target: str) -> tuple[int, int]:
         sql = (
             "SELECT COUNT(*), COALESCE(SUM(CASE WHEN attempts > 0 THEN 1 ELSE 0 END), 0) "
@@ -404,6 +450,7 @@ class SqliteStore:
         assert row is not None
         return int(row[0]), int(row[1])
 
+    @_read
     async def problems(self, target: str, limit: int) -> list[ObjectStatus]:
         sql = """
             SELECT kind, object_id, attempts, last_error, next_attempt_at FROM target_objects
@@ -418,7 +465,11 @@ class SqliteStore:
                 )
         return out
 
+    @_read
     async def hold(self, target: str) -> Hold | None:
+        return await self._hold(target)
+
+    async def _hold(self, target: str) -> Hold | None:
         sql = "SELECT keys, created_at, approved FROM holds WHERE target = ?"
         async with self.db.execute(sql, (target,)) as cur:
             row = await cur.fetchone()
@@ -428,10 +479,11 @@ class SqliteStore:
         return Hold(target, keys, float(row[1]), bool(row[2]))
 
     async def approve(self, target: str) -> int:
-        hold = await self.hold(target)
-        if hold is None:
-            return 0
-        async with self._tx:
+        # One transaction: the count returned is that of the hold approved.
+        async with self._transaction():
+            hold = await self._hold(target)
+            if hold is None:
+                return 0
             await self.db.execute("UPDATE holds SET approved = 1 WHERE target = ?", (target,))
         return len(hold.keys)
 
