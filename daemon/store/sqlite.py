@@ -142,19 +142,27 @@ class SqliteStore:
             await self.db.execute("PRAGMA busy_timeout=5000")
             await self._migrate()
         except (OSError, aiosqlite.Error) as exc:
-            await self.aclose()
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
             raise StateError(f"cannot open state database {self.path}: {exc}") from None
+        except BaseException:
+            # A connection left open is a thread that keeps the process alive.
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
+            raise
 
     async def _migrate(self) -> None:
         async with self.db.execute("PRAGMA user_version") as cur:
             row = await cur.fetchone()
         current = int(row[0]) if row else 0
-        if current > len(MIGRATIONS):
+        expected = len(MIGRATIONS)
+        if current > expected:
             raise StateError(
-                f"state database {self.path} has schema version {current}, newer than this "
-                f"provisiond understands ({len(MIGRATIONS)}); upgrade provisiond"
+                f"state database {self.path} is at schema version {current}, but this "
+                f"provisiond expects schema version {expected}: it was written by a "
+                "newer provisiond; upgrade provisiond"
             )
-        for version in range(current, len(MIGRATIONS)):
+        for version in range(current, expected):
             async with self._transaction():
                 for statement in _statements(MIGRATIONS[version]):
                     await self.db.execute(statement)

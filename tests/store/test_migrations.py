@@ -7,8 +7,10 @@ older version held, :meth:`StoreFactory.seed` learns to write that.
 
 from __future__ import annotations
 
+import pytest
+
 from daemon.model import AccountState
-from daemon.store import Committed, Hold, ObjectStatus, Store, TargetIndex
+from daemon.store import Committed, Hold, ObjectStatus, StateError, Store, TargetIndex
 from tests.store.backends import StoreFactory
 from tests.store.data import Seed, SeedHold, SeedRow, group, key, upsert, user
 
@@ -100,3 +102,21 @@ async def test_data_written_at_the_latest_version_reads_back(store_factory: Stor
     await store_factory.create_at(store_factory.latest_version)
     await store_factory.seed(SEED)
     await assert_seed(await store_factory.open())
+
+
+async def test_a_store_newer_than_the_code_is_refused(store_factory: StoreFactory) -> None:
+    store = await store_factory.open()
+    await store.set_meta("marker", "kept")
+    await store.aclose()
+    latest = store_factory.latest_version
+    newer = latest + 1
+    await store_factory.set_schema_version(newer)
+    with pytest.raises(StateError) as refused:
+        await store_factory.open()
+    message = str(refused.value)
+    assert f"schema version {newer}" in message
+    assert f"expects schema version {latest}" in message
+    # Refused means untouched: a newer provisiond can still use it.
+    assert await store_factory.schema_version() == newer
+    await store_factory.set_schema_version(latest)
+    assert await (await store_factory.open()).get_meta("marker") == "kept"

@@ -32,6 +32,22 @@ async def test_a_file_that_is_no_database_is_refused_by_name(tmp_path: Path) -> 
     await settled(threads)
 
 
+async def test_a_refused_store_leaves_no_connection_behind(tmp_path: Path) -> None:
+    # An open connection is a live thread: the process could not exit.
+    path = tmp_path / "state.db"
+    store = SqliteStore(path)
+    await store.open()
+    await store.aclose()
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA user_version={len(MIGRATIONS) + 1}")
+    threads = threading.active_count()
+    with pytest.raises(StateError):
+        await store.open()
+    with pytest.raises(StateError, match="not open"):
+        await store.committed()
+    await settled(threads)
+
+
 async def test_durable_settings(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "state.db")
     await store.open()
