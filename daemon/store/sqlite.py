@@ -136,10 +136,10 @@ class SqliteStore:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = await aiosqlite.connect(self.path, isolation_level=None)
-            await self.db.execute("PRAGMA journal_mode=WAL")
+            await self.db.execute("PRAGMA busy_timeout=5000")
+            await self._use_wal()
             # FULL: a committed cycle survives power loss, not only kill -9.
             await self.db.execute("PRAGMA synchronous=FULL")
-            await self.db.execute("PRAGMA busy_timeout=5000")
             await self._migrate()
         except (OSError, aiosqlite.Error) as exc:
             with anyio.CancelScope(shield=True):
@@ -151,22 +151,39 @@ class SqliteStore:
                 await self.aclose()
             raise
 
+    async def _use_wal(self) -> None:
+        # Two processes opening a new file at once: the switch to WAL can fail
+        # at once with "database is locked", without waiting; try again.
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                await self.db.execute("PRAGMA journal_mode=WAL")
+                return
+            except aiosqlite.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                await anyio.sleep(0.01)
+
     async def _migrate(self) -> None:
-        async with self.db.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        current = int(row[0]) if row else 0
         expected = len(MIGRATIONS)
-        if current > expected:
-            raise StateError(
-                f"state database {self.path} is at schema version {current}, but this "
-                f"provisiond expects schema version {expected}: it was written by a "
-                "newer provisiond; upgrade provisiond"
-            )
-        for version in range(current, expected):
+        while True:
+            # The version is read in the transaction that upgrades it: another
+            # process opening the same new file at once waits, then sees it.
             async with self._transaction():
-                for statement in _statements(MIGRATIONS[version]):
+                async with self.db.execute("PRAGMA user_version") as cur:
+                    row = await cur.fetchone()
+                current = int(row[0]) if row else 0
+                if current > expected:
+                    raise StateError(
+                        f"state database {self.path} is at schema version {current}, but this "
+                        f"provisiond expects schema version {expected}: it was written by a "
+                        "newer provisiond; upgrade provisiond"
+                    )
+                if current == expected:
+                    break
+                for statement in _statements(MIGRATIONS[current]):
                     await self.db.execute(statement)
-                await self.db.execute(f"PRAGMA user_version={version + 1}")
+                await self.db.execute(f"PRAGMA user_version={current + 1}")
 
     @contextlib.asynccontextmanager
     async def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> AsyncIterator[None]:

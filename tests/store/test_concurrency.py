@@ -127,6 +127,20 @@ class TestOneStoreManyTasks:
 
 
 class TestTwoStoresOneDatabase:
+    async def test_two_stores_opening_a_new_database_at_once(
+        self, store_factory: StoreFactory
+    ) -> None:
+        # Two processes starting together on a new state directory both migrate it.
+        for i in range(25):
+            factory = await store_factory.another(f"new-{i}")
+            try:
+                async with anyio.create_task_group() as tg:
+                    for _ in range(3):
+                        tg.start_soon(factory.open)
+                assert await factory.schema_version() == factory.latest_version
+            finally:
+                await factory.aclose()
+
     async def test_two_connections_wait_for_each_other(self, store_factory: StoreFactory) -> None:
         one, two = await store_factory.open(), await store_factory.open()
         worlds = {n: world(n) for n in range(1, 11)}
