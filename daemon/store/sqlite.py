@@ -437,16 +437,23 @@ class SqliteStore:
                 "AND desired_hash IS NULL",
                 [(target, r.key[0], r.key[1]) for r in ok if r.delivered_hash is None],
             )
+            # The remote id is kept even when the hash guard refuses the rest:
+            # the object exists remotely, and without its id the next delivery
+            # would create it a second time.
+            await self.db.executemany(
+                "UPDATE target_objects SET remote_id = ? "
+                "WHERE target = ? AND kind = ? AND object_id = ?",
+                [(r.remote_id, target, r.key[0], r.key[1]) for r in ok if r.remote_id is not None],
+            )
             await self.db.executemany(
                 """
                 UPDATE target_objects SET
                     written_hash = desired_hash, written = desired, dirty = 0,
-                    remote_id = COALESCE(?, remote_id), attempts = 0, last_error = NULL,
-                    next_attempt_at = 0, updated_at = ?
+                    attempts = 0, last_error = NULL, next_attempt_at = 0, updated_at = ?
                 WHERE target = ? AND kind = ? AND object_id = ? AND desired_hash IS ?
                 """,
                 [
-                    (r.remote_id, now, target, r.key[0], r.key[1], r.delivered_hash)
+                    (now, target, r.key[0], r.key[1], r.delivered_hash)
                     for r in ok
                     if r.delivered_hash is not None
                 ],

@@ -498,6 +498,20 @@ class TestRecord:
         [row] = await store.due("app", 5.0, 10)
         assert (row.desired, row.written, row.attempts) == (None, a, 1)
 
+    async def test_a_delivery_of_an_outdated_state_leaves_the_new_one_due(
+        self, store: Store
+    ) -> None:
+        a, a2 = user("a"), user("a", title="Changed meanwhile")
+        await store.commit("v1", [], [], {"app": plan(want(a))})
+        [row] = await store.due("app", 0.0, 10)
+        await store.commit("v2", [], [], {"app": plan(want(a2))})
+        await store.record("app", [ok(row.key, row.desired_hash, "r-a")], 1.0)
+        [again] = await store.due("app", 1.0, 10)
+        assert (again.desired, again.written) == (a2, None)
+        # The object now exists remotely: its id must not be lost, or the
+        # next delivery would create it a second time.
+        assert again.remote_id == "r-a"
+
     async def test_a_removal_delivered_after_a_comeback_keeps_the_object(
         self, store: Store
     ) -> None:
