@@ -184,6 +184,22 @@ class SqliteStore:
                 for statement in _statements(MIGRATIONS[current]):
                     await self.db.execute(statement)
                 await self.db.execute(f"PRAGMA user_version={current + 1}")
+        await self._fill_logins()
+
+    async def _fill_logins(self) -> None:
+        """Fold the sign-in names of users stored before migration 2 added their columns."""
+        missing = "FROM directory_objects WHERE kind = 'user' AND login_username IS NULL"
+        async with self.db.execute(f"SELECT 1 {missing} LIMIT 1") as cur:
+            if await cur.fetchone() is None:
+                return
+        async with self._transaction():
+            async with self.db.execute(f"SELECT object_id, data {missing}") as cur:
+                rows = [(*_logins(decode("user", data)), oid) async for oid, data in cur]
+            await self.db.executemany(
+                "UPDATE directory_objects SET login_username = ?, login_email = ? "
+                "WHERE kind = 'user' AND object_id = ?",
+                rows,
+            )
 
     @contextlib.asynccontextmanager
     async def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> AsyncIterator[None]:

@@ -12,7 +12,7 @@ import pytest
 from daemon.model import AccountState
 from daemon.store import Committed, Hold, ObjectStatus, StateError, Store, TargetIndex
 from tests.store.backends import StoreFactory
-from tests.store.data import Seed, SeedHold, SeedRow, group, key, upsert, user
+from tests.store.data import Seed, SeedHold, SeedRow, group, key, plan, upsert, user, want
 
 ALICE = user("1", username="Alice", email="Alice.Smith@Example.org", title="CTO")
 BOB = user("2", username="bob", email="bob@example.org", state=AccountState.SUSPENDED)
@@ -102,6 +102,34 @@ async def test_data_written_at_the_latest_version_reads_back(store_factory: Stor
     await store_factory.create_at(store_factory.latest_version)
     await store_factory.seed(SEED)
     await assert_seed(await store_factory.open())
+
+
+async def test_every_older_version_upgrades_and_keeps_its_data(
+    store_factory: StoreFactory,
+) -> None:
+    latest = store_factory.latest_version
+    assert latest >= 2
+    for version in range(1, latest):
+        factory = await store_factory.another(f"at-{version}")
+        await factory.create_at(version)
+        assert await factory.schema_version() == version
+        await factory.seed(SEED)
+        try:
+            store = await factory.open()
+            assert await factory.schema_version() == latest, f"from version {version}"
+            await assert_seed(store)
+            # And it works on as a current store.
+            dave = user("4", username="Dave")
+            await store.commit("snap-8", [upsert(dave)], [], {"app": plan(want(dave))})
+            assert await store.find_user("dave") == dave
+            assert await store.find_user("alice") == ALICE
+            await store.aclose()
+            # Opening an upgraded store again changes nothing.
+            again = await factory.open()
+            assert await factory.schema_version() == latest
+            assert await again.find_user("dave") == dave
+        finally:
+            await factory.aclose()
 
 
 async def test_a_store_newer_than_the_code_is_refused(store_factory: StoreFactory) -> None:
