@@ -28,6 +28,10 @@ def phase(kind: ObjectKind, removal: bool) -> int:
     return PHASE_GROUP_REMOVAL if removal else PHASE_GROUP
 
 
+class StateError(Exception):
+    """The state store cannot be opened, or its schema is newer than this provisiond."""
+
+
 @dataclass(frozen=True, slots=True)
 class Committed:
     """The last committed snapshot: its version and the hash of every object."""

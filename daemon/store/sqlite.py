@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import aiosqlite
 import anyio
@@ -23,11 +24,14 @@ from daemon.store import (
     LinkChanges,
     ObjectStatus,
     Result,
+    StateError,
     TargetIndex,
     TargetLinks,
     TargetPlan,
     phase,
 )
+
+__all__ = ["MIGRATIONS", "SqliteStore", "StateError"]
 
 # Each entry upgrades the schema by one version. Never edit a released entry;
 # append a new one.
@@ -106,10 +110,6 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
-class StateError(Exception):
-    """The state database cannot be opened or is newer than this provisiond."""
-
-
 def _dump(obj: DirectoryObject | None) -> str | None:
     return None if obj is None else encode(obj).decode()
 
@@ -122,13 +122,37 @@ def _kind(kind: str) -> ObjectKind:
     return "user" if kind == "user" else "group"
 
 
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _read(
+    method: Callable[Concatenate[SqliteStore, _P], Awaitable[_T]],
+) -> Callable[Concatenate[SqliteStore, _P], Coroutine[Any, Any, _T]]:
+    """Run a read method under the store's lock, in one read transaction."""
+
+    @functools.wraps(method)
+    async def read(self: SqliteStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        async with self._reading():
+            return await method(self, *args, **kwargs)
+
+    return read
+
+
 class SqliteStore:
-    """:class:`daemon.store.Store` on one SQLite file."""
+    """:class:`daemon.store.Store` on one SQLite file.
+
+    One connection serves every task, so every method runs under one lock,
+    reads included, and inside a transaction: ``_transaction()`` for writes,
+    ``@_read`` (``_reading()``) for reads. Without it a read could see another
+    task's uncommitted rows, and a write could join (and roll back with)
+    another task's transaction. A method holding the lock calls only the
+    underscored helpers, never another public method.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
-        # One connection serves every task; transactions must not interleave.
         self._tx = anyio.Lock()
 
     @property
@@ -141,34 +165,78 @@ class SqliteStore:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = await aiosqlite.connect(self.path, isolation_level=None)
-            await self.db.execute("PRAGMA journal_mode=WAL")
+            await self.db.execute("PRAGMA busy_timeout=5000")
+            await self._use_wal()
             # FULL: a committed cycle survives power loss, not only kill -9.
             await self.db.execute("PRAGMA synchronous=FULL")
-            await self.db.execute("PRAGMA busy_timeout=5000")
             await self._migrate()
         except (OSError, aiosqlite.Error) as exc:
-            await self.aclose()
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
             raise StateError(f"cannot open state database {self.path}: {exc}") from None
+        except BaseException:
+            # A connection left open is a thread that keeps the process alive.
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
+            raise
+
+    async def _use_wal(self) -> None:
+        # Two processes opening a new file at once: the switch to WAL can fail
+        # at once with "database is locked", without waiting; try again.
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                await self.db.execute("PRAGMA journal_mode=WAL")
+                return
+            except aiosqlite.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                await anyio.sleep(0.01)
 
     async def _migrate(self) -> None:
-        async with self.db.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        current = int(row[0]) if row else 0
-        if current > len(MIGRATIONS):
-            raise StateError(
-                f"state database {self.path} has schema version {current}, newer than this "
-                f"provisiond understands ({len(MIGRATIONS)}); upgrade provisiond"
-            )
-        for version in range(current, len(MIGRATIONS)):
+        expected = len(MIGRATIONS)
+        while True:
+            # The version is read in the transaction that upgrades it: another
+            # process opening the same new file at once waits, then sees it.
             async with self._transaction():
-                for statement in _statements(MIGRATIONS[version]):
+                async with self.db.execute("PRAGMA user_version") as cur:
+                    row = await cur.fetchone()
+                current = int(row[0]) if row else 0
+                if current > expected:
+                    raise StateError(
+                        f"state database {self.path} is at schema version {current}, but this "
+                        f"provisiond expects schema version {expected}: it was written by a "
+                        "newer provisiond; upgrade provisiond"
+                    )
+                if current == expected:
+                    break
+                for statement in _statements(MIGRATIONS[current]):
                     await self.db.execute(statement)
-                await self.db.execute(f"PRAGMA user_version={version + 1}")
+                await self.db.execute(f"PRAGMA user_version={current + 1}")
+        await self._fill_logins()
+
+    async def _fill_logins(self) -> None:
+        """Fold the sign-in names of users stored before migration 2 added their columns."""
+        missing = "FROM directory_objects WHERE kind = 'user' AND login_username IS NULL"
+        async with self.db.execute(f"SELECT 1 {missing} LIMIT 1") as cur:
+            if await cur.fetchone() is None:
+                return
+        async with self._transaction():
+            async with self.db.execute(f"SELECT object_id, data {missing}") as cur:
+                rows = [(*_logins(decode("user", data)), oid) async for oid, data in cur]
+            await self.db.executemany(
+                "UPDATE directory_objects SET login_username = ?, login_email = ? "
+                "WHERE kind = 'user' AND object_id = ?",
+                rows,
+            )
 
     @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[None]:
+    async def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> AsyncIterator[None]:
         async with self._tx:
-            await self.db.execute("BEGIN IMMEDIATE")
+            # Shielded like the end: a BEGIN that ran but whose caller was
+            # cancelled would leave a transaction open that nobody ends.
+            with anyio.CancelScope(shield=True):
+                await self.db.execute(begin)
             try:
                 yield
             except BaseException:
@@ -177,7 +245,16 @@ class SqliteStore:
                     await self.db.execute("ROLLBACK")
                 raise
             with anyio.CancelScope(shield=True):
-                await self.db.execute("COMMIT")
+                try:
+                    await self.db.execute("COMMIT")
+                except BaseException:
+                    if self.db.in_transaction:
+                        await self.db.execute("ROLLBACK")
+                    raise
+
+    def _reading(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """A read: committed data only, one snapshot for all its statements."""
+        return self._transaction("BEGIN")
 
     async def aclose(self) -> None:
         if self._db is not None:
@@ -185,25 +262,35 @@ class SqliteStore:
             await db.close()
 
     async def get_meta(self, key: str) -> str | None:
+        async with self._reading():
+            return await self._get_meta(key)
+
+    async def set_meta(self, key: str, value: str) -> None:
+        async with self._transaction():
+            await self._set_meta(key, value)
+
+    async def _get_meta(self, key: str) -> str | None:
         async with self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
             row = await cur.fetchone()
         return None if row is None else str(row[0])
 
-    async def set_meta(self, key: str, value: str) -> None:
+    async def _set_meta(self, key: str, value: str) -> None:
         await self.db.execute(
             "INSERT INTO meta (key, value) VALUES (?, ?) "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
 
+    @_read
     async def committed(self) -> Committed:
-        version = await self.get_meta("snapshot_version")
+        version = await self._get_meta("snapshot_version")
         hashes: dict[Key, str] = {}
         async with self.db.execute("SELECT kind, object_id, hash FROM directory_objects") as cur:
             async for kind, object_id, h in cur:
                 hashes[(_kind(kind), object_id)] = h
         return Committed(version, hashes)
 
+    @_read
     async def records(self, keys: list[Key]) -> dict[Key, DirectoryObject]:
         out: dict[Key, DirectoryObject] = {}
         for chunk in _chunks(keys, 400):
@@ -217,6 +304,7 @@ class SqliteStore:
                     out[(_kind(kind), object_id)] = obj
         return out
 
+    @_read
     async def find_user(self, login: str) -> User | None:
         folded = login.strip().casefold()
         sql = (
@@ -231,6 +319,7 @@ class SqliteStore:
         assert isinstance(user, User)
         return user
 
+    @_read
     async def granted(self, target: str, user_id: str) -> bool:
         sql = (
             "SELECT active FROM target_objects WHERE target = ? AND kind = 'user' "
@@ -240,6 +329,7 @@ class SqliteStore:
             row = await cur.fetchone()
         return bool(row and row[0])
 
+    @_read
     async def target_index(self, target: str) -> TargetIndex:
         index = TargetIndex()
         sql = "SELECT kind, object_id, desired_hash, active FROM target_objects WHERE target = ?"
@@ -272,8 +362,8 @@ class SqliteStore:
             await self.db.executemany(
                 "DELETE FROM directory_objects WHERE kind = ? AND object_id = ?", deletes
             )
-            await self.set_meta("snapshot_version", version)
-            await self.set_meta("snapshot_committed_at", repr(now))
+            await self._set_meta("snapshot_version", version)
+            await self._set_meta("snapshot_committed_at", repr(now))
 
     async def _write_plan(self, target: str, plan: TargetPlan, now: float) -> None:
         await self.db.executemany(
@@ -343,6 +433,7 @@ class SqliteStore:
                 (target, keys, now),
             )
 
+    @_read
     async def due(self, target: str, now: float, limit: int) -> list[DueRow]:
         sql = """
             SELECT kind, object_id, remote_id, desired_hash, desired, written, attempts
@@ -366,6 +457,7 @@ class SqliteStore:
                 )
         return rows
 
+    @_read
     async def rows(self, target: str, keys: list[Key] | None) -> dict[Key, DueRow]:
         base = (
             "SELECT kind, object_id, remote_id, desired_hash, desired, written, attempts "
@@ -388,6 +480,7 @@ class SqliteStore:
                     )
         return out
 
+    @_read
     async def approved_holds(self) -> list[str]:
         async with self.db.execute("SELECT target FROM holds WHERE approved = 1") as cur:
             return [str(row[0]) async for row in cur]
@@ -403,16 +496,23 @@ class SqliteStore:
                 "AND desired_hash IS NULL",
                 [(target, r.key[0], r.key[1]) for r in ok if r.delivered_hash is None],
             )
+            # The remote id is kept even when the hash guard refuses the rest:
+            # the object exists remotely, and without its id the next delivery
+            # would create it a second time.
+            await self.db.executemany(
+                "UPDATE target_objects SET remote_id = ? "
+                "WHERE target = ? AND kind = ? AND object_id = ?",
+                [(r.remote_id, target, r.key[0], r.key[1]) for r in ok if r.remote_id is not None],
+            )
             await self.db.executemany(
                 """
                 UPDATE target_objects SET
                     written_hash = desired_hash, written = desired, dirty = 0,
-                    remote_id = COALESCE(?, remote_id), attempts = 0, last_error = NULL,
-                    next_attempt_at = 0, updated_at = ?
+                    attempts = 0, last_error = NULL, next_attempt_at = 0, updated_at = ?
                 WHERE target = ? AND kind = ? AND object_id = ? AND desired_hash IS ?
                 """,
                 [
-                    (r.remote_id, now, target, r.key[0], r.key[1], r.delivered_hash)
+                    (now, target, r.key[0], r.key[1], r.delivered_hash)
                     for r in ok
                     if r.delivered_hash is not None
                 ],
@@ -430,6 +530,7 @@ class SqliteStore:
                 ],
             )
 
+    @_read
     async def counts(self, target: str) -> tuple[int, int]:
         sql = (
             "SELECT COUNT(*), COALESCE(SUM(CASE WHEN attempts > 0 THEN 1 ELSE 0 END), 0) "
@@ -440,6 +541,7 @@ class SqliteStore:
         assert row is not None
         return int(row[0]), int(row[1])
 
+    @_read
     async def problems(self, target: str, limit: int) -> list[ObjectStatus]:
         sql = """
             SELECT kind, object_id, attempts, last_error, next_attempt_at FROM target_objects
@@ -454,7 +556,11 @@ class SqliteStore:
                 )
         return out
 
+    @_read
     async def hold(self, target: str) -> Hold | None:
+        return await self._hold(target)
+
+    async def _hold(self, target: str) -> Hold | None:
         sql = "SELECT keys, created_at, approved FROM holds WHERE target = ?"
         async with self.db.execute(sql, (target,)) as cur:
             row = await cur.fetchone()
@@ -464,14 +570,16 @@ class SqliteStore:
         return Hold(target, keys, float(row[1]), bool(row[2]))
 
     async def approve(self, target: str) -> int:
-        hold = await self.hold(target)
-        if hold is None:
-            return 0
-        async with self._tx:
+        # One transaction: the count returned is that of the hold approved.
+        async with self._transaction():
+            hold = await self._hold(target)
+            if hold is None:
+                return 0
             await self.db.execute("UPDATE holds SET approved = 1 WHERE target = ?", (target,))
         return len(hold.keys)
 
 
+    @_read
     async def target_links(self, target: str) -> TargetLinks:
         links: dict[Key, Link] = {}
         sql = "SELECT kind, object_id, remote_id, body FROM target_links WHERE target = ?"
@@ -521,6 +629,7 @@ class SqliteStore:
             for key, value in changes.meta.items():
                 await self._set_target_meta(target, key, value)
 
+    @_read
     async def target_meta(self, target: str, key: str) -> str | None:
         sql = "SELECT value FROM target_meta WHERE target = ? AND key = ?"
         async with self.db.execute(sql, (target, key)) as cur:
