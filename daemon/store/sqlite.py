@@ -139,15 +139,34 @@ def _read(
     return read
 
 
+def _read_one(
+    method: Callable[Concatenate[SqliteStore, _P], Awaitable[_T]],
+) -> Callable[Concatenate[SqliteStore, _P], Coroutine[Any, Any, _T]]:
+    """Run a read of ONE statement under the store's lock.
+
+    Under the lock no other task's transaction is open on the connection, and
+    one statement in autocommit mode reads one committed snapshot, so it needs
+    no BEGIN and COMMIT of its own (the hot path of a quiet cycle).
+    """
+
+    @functools.wraps(method)
+    async def read(self: SqliteStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        async with self._tx:
+            return await method(self, *args, **kwargs)
+
+    return read
+
+
 class SqliteStore:
     """:class:`daemon.store.Store` on one SQLite file.
 
     One connection serves every task, so every method runs under one lock,
-    reads included, and inside a transaction: ``_transaction()`` for writes,
-    ``@_read`` (``_reading()``) for reads. Without it a read could see another
-    task's uncommitted rows, and a write could join (and roll back with)
-    another task's transaction. A method holding the lock calls only the
-    underscored helpers, never another public method.
+    reads included: ``_transaction()`` for writes, ``@_read`` (``_reading()``,
+    one read transaction) for reads of several statements, and ``@_read_one``
+    for a read of one statement, which is its own snapshot. Without the lock a
+    read could see another task's uncommitted rows, and a write could join (and
+    roll back with) another task's transaction. A method holding the lock calls
+    only the underscored helpers, never another public method.
     """
 
     def __init__(self, path: Path) -> None:
@@ -261,9 +280,9 @@ class SqliteStore:
             db, self._db = self._db, None
             await db.close()
 
+    @_read_one
     async def get_meta(self, key: str) -> str | None:
-        async with self._reading():
-            return await self._get_meta(key)
+        return await self._get_meta(key)
 
     async def set_meta(self, key: str, value: str) -> None:
         async with self._transaction():
@@ -304,7 +323,7 @@ class SqliteStore:
                     out[(_kind(kind), object_id)] = obj
         return out
 
-    @_read
+    @_read_one
     async def find_user(self, login: str) -> User | None:
         folded = login.strip().casefold()
         sql = (
@@ -319,7 +338,7 @@ class SqliteStore:
         assert isinstance(user, User)
         return user
 
-    @_read
+    @_read_one
     async def granted(self, target: str, user_id: str) -> bool:
         sql = (
             "SELECT active FROM target_objects WHERE target = ? AND kind = 'user' "
@@ -329,7 +348,7 @@ class SqliteStore:
             row = await cur.fetchone()
         return bool(row and row[0])
 
-    @_read
+    @_read_one
     async def target_index(self, target: str) -> TargetIndex:
         index = TargetIndex()
         sql = "SELECT kind, object_id, desired_hash, active FROM target_objects WHERE target = ?"
@@ -433,7 +452,7 @@ class SqliteStore:
                 (target, keys, now),
             )
 
-    @_read
+    @_read_one
     async def due(self, target: str, now: float, limit: int) -> list[DueRow]:
         sql = """
             SELECT kind, object_id, remote_id, desired_hash, desired, written, attempts
@@ -480,7 +499,7 @@ class SqliteStore:
                     )
         return out
 
-    @_read
+    @_read_one
     async def approved_holds(self) -> list[str]:
         async with self.db.execute("SELECT target FROM holds WHERE approved = 1") as cur:
             return [str(row[0]) async for row in cur]
@@ -530,7 +549,7 @@ class SqliteStore:
                 ],
             )
 
-    @_read
+    @_read_one
     async def counts(self, target: str) -> tuple[int, int]:
         sql = (
             "SELECT COUNT(*), COALESCE(SUM(CASE WHEN attempts > 0 THEN 1 ELSE 0 END), 0) "
@@ -541,7 +560,7 @@ class SqliteStore:
         assert row is not None
         return int(row[0]), int(row[1])
 
-    @_read
+    @_read_one
     async def problems(self, target: str, limit: int) -> list[ObjectStatus]:
         sql = """
             SELECT kind, object_id, attempts, last_error, next_attempt_at FROM target_objects
@@ -556,7 +575,7 @@ class SqliteStore:
                 )
         return out
 
-    @_read
+    @_read_one
     async def hold(self, target: str) -> Hold | None:
         return await self._hold(target)
 
@@ -629,7 +648,7 @@ class SqliteStore:
             for key, value in changes.meta.items():
                 await self._set_target_meta(target, key, value)
 
-    @_read
+    @_read_one
     async def target_meta(self, target: str, key: str) -> str | None:
         sql = "SELECT value FROM target_meta WHERE target = ? AND key = ?"
         async with self.db.execute(sql, (target, key)) as cur:
