@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import msgspec
+import pytest
 
 from daemon.model import Snapshot, make_group
 from plugins.alexishr.mapping import ENTERPRISE
 
-from .world import BOUND, converge, example_snapshot, person, world
+from .world import BOUND, KINDS, Kind, converge, example_snapshot, person, world
 
 IN_SCOPE = {f"u-{n}" for n in range(1001, 1011)}  # u-1011 is suspended, u-9001 unbound
 
@@ -192,16 +193,18 @@ async def test_a_user_deleted_by_hand_is_created_again_on_update(tmp_path: Path)
         assert len(w.dump("Users")) == 1
 
 
-async def test_a_revoked_token_stops_the_rest_of_the_batch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_revoked_token_stops_the_rest_of_the_batch(tmp_path: Path, kind: Kind) -> None:
     first = person("r000")
     async with world(
         tmp_path,
         Snapshot.of([first], [make_group("g", BOUND, [first.id])]),
         max_concurrency=4,
         token_rotation_wait=0,
+        kind=kind,
     ) as w:
         await converge(w)
-        # The token is revoked in AlexisHR; 60 new people arrive in one batch.
+        # The token is revoked in the application; 60 new people arrive in one batch.
         w.proxy.required_token = "a-token-provisiond-does-not-have"
         users = [first, *(person(f"r{i:03d}") for i in range(1, 61))]
         w.source.set(Snapshot.of(users, [make_group("g", BOUND, [u.id for u in users])]))
@@ -212,4 +215,4 @@ async def test_a_revoked_token_stops_the_rest_of_the_batch(tmp_path: Path) -> No
         # already in progress do, and the rest of the batch is held back.
         assert "filter" not in refused[0].query
         assert 1 <= len(refused[1:]) <= 4
-        assert report.targets["alexishr"].failed == 61
+        assert report.targets[w.name].failed == 61

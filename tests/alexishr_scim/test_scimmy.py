@@ -17,7 +17,20 @@ import pytest
 from daemon.model import Snapshot, make_group
 from plugins.alexishr.mapping import ALEXIS, ENTERPRISE
 
-from .world import BOUND, PEERS, TOKEN, Peer, World, converge, example_snapshot, person, world
+from .world import (
+    BOUND,
+    KINDS,
+    PEERS,
+    Kind,
+    Peer,
+    World,
+    converge,
+    example_snapshot,
+    expected_mapping,
+    mapped,
+    person,
+    world,
+)
 
 IN_SCOPE = {f"u-{n}" for n in range(1001, 1011)}  # u-1011 is suspended, u-9001 unbound
 
@@ -312,22 +325,34 @@ async def test_150_members_go_in_one_patch_as_scimmy_allows_1000(tmp_path: Path)
         await _quiet(w)
 
 
-async def test_a_token_the_server_refuses_fails_the_cycle_and_recovers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_token_the_server_refuses_fails_the_cycle_and_recovers(
+    tmp_path: Path, kind: Kind
+) -> None:
     # Here the SCIMMY server itself checks the token (no proxy rule), and answers
     # 401 with a SCIM Error body but no WWW-Authenticate header.
     now = [1000.0]
     async with world(
-        tmp_path, _org(["p0"]), peer="scimmy", token_rotation_wait=0, clock=lambda: now[0]
+        tmp_path,
+        _org(["p0"]),
+        peer="scimmy",
+        token_rotation_wait=0,
+        clock=lambda: now[0],
+        kind=kind,
     ) as w:
         await converge(w)
-        (tmp_path / "alexishr.token").write_text("a-token-the-server-never-issued")
+        w.token_file.write_text("a-token-the-server-never-issued")
         w.source.set(_org(["p0"], titles={"p0": "Refused"}))
         report = await w.engine.cycle()
-        assert report.targets["alexishr"].failed == 1
+        assert report.targets[w.name].failed == 1
         assert w.proxy.log[-1].status == 401
-        problems = await w.engine.store.problems("alexishr", 5)
+        problems = await w.engine.store.problems(w.name, 5)
         assert "refused the access token" in (problems[0].last_error or "")
-        (tmp_path / "alexishr.token").write_text(TOKEN)
+        assert (problems[0].last_error or "").startswith(w.refusal)
+        w.token_file.write_text(w.token)
         now[0] += 601  # past auth_retry_after (600 s): the retry is due
         await converge(w)
         assert w.users_by_external()["p0"]["title"] == "Refused"
+        assert mapped(kind, w.users_by_external()["p0"]) == expected_mapping(
+            kind, w.source.snapshot.users["p0"]
+        )

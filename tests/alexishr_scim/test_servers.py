@@ -1,4 +1,8 @@
-"""Server variants (no PATCH, no filter), faults, tokens, hostile bodies, drift, quarantine."""
+"""Server variants (no PATCH, no filter), faults, tokens, hostile bodies, drift, quarantine.
+
+The token tests run against the AlexisHR preset and a ``kind: scim`` application
+configured in YAML (``kind``).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,25 @@ from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
+import pytest
 import structlog
 
 from daemon.model import Snapshot, make_group
+from daemon.secrets import REDACTED, SECRETS
 from tests.scim.faults import Fault
 from tests.scim.harness import default_service_provider_config
 
-from .world import BOUND, TOKEN, converge, person, world
+from .world import (
+    BOUND,
+    KIND_INFO,
+    KINDS,
+    Kind,
+    converge,
+    expected_mapping,
+    mapped,
+    person,
+    world,
+)
 
 
 def _org(n: int, title: str = "Engineer", members: int | None = None) -> Snapshot:
@@ -61,9 +77,13 @@ async def test_without_filter_matching_uses_a_paged_listing(tmp_path: Path) -> N
         assert {u["title"] for u in w.dump("Users")} == {"Lead"}
 
 
-async def test_token_rotation_needs_no_restart_and_fails_nothing(tmp_path: Path) -> None:
-    new = "alexishr-rotated-token-9876543210"
-    async with world(tmp_path, _org(10), proxy_kw={"required_token": TOKEN}) as w:
+@pytest.mark.parametrize("kind", KINDS)
+async def test_token_rotation_needs_no_restart_and_fails_nothing(
+    tmp_path: Path, kind: Kind
+) -> None:
+    token = KIND_INFO[kind].token
+    new = f"{kind}-rotated-token-9876543210"
+    async with world(tmp_path, _org(10), proxy_kw={"required_token": token}, kind=kind) as w:
         await converge(w)
         # The server switches to the new token; the file follows a moment later.
         w.proxy.required_token = new
@@ -72,43 +92,52 @@ async def test_token_rotation_needs_no_restart_and_fails_nothing(tmp_path: Path)
 
         async def rotate() -> None:
             await anyio.sleep(0.5)
-            (tmp_path / "alexishr.token").write_text(new)
+            w.token_file.write_text(new)
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(rotate)
             report = await w.engine.cycle()
-        assert report.targets["alexishr"].failed == 0
-        assert report.targets["alexishr"].dirty == 0
+        assert report.targets[w.name].failed == 0
+        assert report.targets[w.name].dirty == 0
         assert {u["title"] for u in w.dump("Users")} == {"Rotated"}
+        wanted = w.source.snapshot.users
+        for user in w.dump("Users"):
+            assert mapped(kind, user) == expected_mapping(kind, wanted[user["externalId"]])
 
 
+@pytest.mark.parametrize("kind", KINDS)
 async def test_a_revoked_token_marks_the_target_unhealthy_without_a_tight_loop(
-    tmp_path: Path,
+    tmp_path: Path, kind: Kind
 ) -> None:
+    token = KIND_INFO[kind].token
     async with world(
         tmp_path,
         _org(3),
         proxy_kw={"required_token": "some-other-token-123456"},
         token_rotation_wait=0.2,
+        kind=kind,
     ) as w:
         report = await w.engine.cycle()
-        assert report.targets["alexishr"].failed == 4
-        problems = await w.engine.store.problems("alexishr", 5)
+        assert report.targets[w.name].failed == 4
+        problems = await w.engine.store.problems(w.name, 5)
         assert all("revoked" in (p.last_error or "") for p in problems)
+        assert all((p.last_error or "").startswith(w.refusal) for p in problems)
         sent = len(w.proxy.log)
-        # The next deliveries are refused locally, without calling AlexisHR.
+        # The next deliveries are refused locally, without calling the application.
         outcomes = await w.target.deliver([])
         assert outcomes == []
         assert w.target.health.blocked(False) is not None
         assert len(w.proxy.log) == sent
         # A new token in the file ends the block at once.
-        w.proxy.required_token = TOKEN
-        (tmp_path / "alexishr.token").write_text(TOKEN + "-new")
-        w.proxy.required_token = TOKEN + "-new"
+        w.proxy.required_token = token
+        w.token_file.write_text(token + "-new")
+        w.proxy.required_token = token + "-new"
         assert w.target.health.blocked(w.target.token.changed) is None
 
 
-async def test_no_log_line_or_error_holds_the_token(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", KINDS)
+async def test_no_log_line_or_error_holds_the_token(tmp_path: Path, kind: Kind) -> None:
+    token = KIND_INFO[kind].token
     lines: list[str] = []
 
     def capture(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -118,16 +147,22 @@ async def test_no_log_line_or_error_holds_the_token(tmp_path: Path) -> None:
     structlog.configure(processors=[capture, structlog.processors.KeyValueRenderer()])
     try:
         async with world(
-            tmp_path, _org(3), proxy_kw={"required_token": TOKEN + "x"}, token_rotation_wait=0.1
+            tmp_path,
+            _org(3),
+            proxy_kw={"required_token": token + "x"},
+            token_rotation_wait=0.1,
+            kind=kind,
         ) as w:
+            # The token is known to the suite-wide secret scan (tests/conftest.py).
+            assert SECRETS.redact(f"Bearer {token}") == f"Bearer {REDACTED}"
             w.proxy.script(Fault.SERVER_ERROR, Fault.NOT_JSON)
             await w.engine.cycle()
-            problems = await w.engine.store.problems("alexishr", 10)
+            problems = await w.engine.store.problems(w.name, 10)
             texts = lines + [p.last_error or "" for p in problems]
             assert texts
-            assert not [t for t in texts if TOKEN in t]
+            assert not [t for t in texts if token in t]
             assert not list((tmp_path / "state").glob("*.db")) or all(
-                TOKEN.encode() not in p.read_bytes() for p in (tmp_path / "state").glob("*")
+                token.encode() not in p.read_bytes() for p in (tmp_path / "state").glob("*")
             )
     finally:
         structlog.reset_defaults()

@@ -1,49 +1,54 @@
-"""``provisiond sync --once`` exits 1 when deliveries failed (the README's exit codes)."""
+"""``provisiond sync --once`` exits 1 when deliveries failed (the README's exit codes).
+
+Run with an AlexisHR target and with a ``kind: scim`` application configured in
+YAML (``kind``).
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pytest
+
+from tests.alexishr_scim.world import KIND_INFO, KINDS, Kind, target_entry
 from tests.daemon.harness import Deployment, directory
 from tests.scim.harness import running_scim_server
 
 TOKEN = "sync-once-token-0123456789"
 
 
-def _deployment(tmp_path: Path, url: str, token: str) -> Deployment:
-    (tmp_path / "alexishr.token").write_text(token)
+def _deployment(tmp_path: Path, kind: Kind, url: str, token: str) -> Deployment:
+    (tmp_path / KIND_INFO[kind].token_file).write_text(token)
     d = Deployment(tmp_path)
     d.write_directory(directory(3))
     d.write_config(
         plugins=[],
-        targets=[
-            {
-                "name": "alexishr",
-                "kind": "alexishr",
-                "groups": ["App Users"],
-                "options": {
-                    "connection": "once",
-                    "scim": {"base_url": url, "token_file": "alexishr.token"},
-                },
-            }
-        ],
+        targets=[target_entry(kind, url, ["App Users"], connection="once")],
     )
     return d
 
 
-def test_a_refused_token_makes_sync_once_exit_1(tmp_path: Path) -> None:
-    with running_scim_server(bearer_tokens=[TOKEN]) as server:
-        d = _deployment(tmp_path, server.url, "not-the-token-9876543210")
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_refused_token_makes_sync_once_exit_1(tmp_path: Path, kind: Kind) -> None:
+    name = KIND_INFO[kind].name
+    extensions = KIND_INFO[kind].extensions
+    with running_scim_server(bearer_tokens=[TOKEN], extensions=extensions) as server:
+        wrong = "not-the-token-9876543210"
+        d = _deployment(tmp_path, kind, server.url, wrong)
         proc = d.cli("sync", "--once", check=False)
         report = json.loads(proc.stdout)
-        assert report["targets"]["alexishr"]["failed"] >= 1
-        assert report["targets"]["alexishr"]["delivered"] == 0
+        assert report["targets"][name]["failed"] >= 1
+        assert report["targets"][name]["delivered"] == 0
         assert proc.returncode == 1, proc.stdout + proc.stderr
+        # The operator is told in the application's words, and never shown the token.
+        assert KIND_INFO[kind].refusal in proc.stderr
+        assert wrong not in proc.stdout + proc.stderr
 
         # With the right token the same command succeeds and exits 0.
-        (tmp_path / "alexishr.token").write_text(TOKEN)
+        (tmp_path / KIND_INFO[kind].token_file).write_text(TOKEN)
         proc = d.cli("sync", "--once", check=False)
         report = json.loads(proc.stdout)
-        assert report["targets"]["alexishr"]["failed"] == 0
+        assert report["targets"][name]["failed"] == 0
         assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert TOKEN not in proc.stdout + proc.stderr
