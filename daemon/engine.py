@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 import pluggy
@@ -54,6 +54,8 @@ class TargetSlot:
     target: Target
     index: TargetIndex | None = None
     started: bool = False
+    #: The first delivery and the first periodic work may both start the target.
+    start_lock: anyio.Lock = field(default_factory=anyio.Lock)
 
     @property
     def name(self) -> str:
@@ -408,12 +410,13 @@ class Engine:
 
     async def start_target(self, slot: TargetSlot) -> None:
         """Give the target its state from the store, once (the optional ``Target.start``)."""
-        if slot.started:
-            return
-        start = getattr(slot.target, "start", None)
-        if start is not None:
-            await start(self.store)
-        slot.started = True
+        async with slot.start_lock:
+            if slot.started:
+                return
+            start = getattr(slot.target, "start", None)
+            if start is not None:
+                await start(self.store)
+            slot.started = True
 
     async def periodic(self, slot: TargetSlot) -> None:
         """The target's own periodic work (the optional ``Target.periodic``), when due."""
@@ -435,7 +438,14 @@ class Engine:
 
     async def _deliver(self, slot: TargetSlot, report: TargetReport) -> None:
         with structlog.contextvars.bound_contextvars(target=slot.name):
-            await self.start_target(slot)
+            try:
+                await self.start_target(slot)
+            except Exception as exc:
+                # This target's state could not be loaded: it waits for the next
+                # cycle, and the other targets deliver as usual.
+                log.exception("the target could not start; trying again next cycle")
+                report.error = f"target {slot.name} could not start: {type(exc).__name__}: {exc}"
+                return
             total = (await self.store.counts(slot.name))[0] if self.progress else 0
             done = 0
             while not self.stopping:

@@ -18,8 +18,7 @@ from daemon.plugins import PluginError, plugin_manager
 from daemon.secrets import SECRETS
 from daemon.service import Parts, admin_token, assemble, open_store, read_config
 from daemon.sources.base import SourceError
-from daemon.store import Store
-from daemon.store.sqlite import StateError
+from daemon.store import StateError, Store
 
 T = TypeVar("T")
 out = Console()

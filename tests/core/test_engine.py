@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import msgspec
 import pytest
 
@@ -332,4 +333,41 @@ async def test_targets_hear_which_objects_were_released(tmp_path: Path) -> None:
     eng.force_plan = True
     await eng.cycle()
     assert released == [("app", [("group", "g-eng")])]
+    await eng.store.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_target_is_started_once_though_delivery_and_periodic_work_race(
+    tmp_path: Path,
+) -> None:
+    class Slow(RecordingTarget):
+        starts = 0
+
+        async def start(self, store: object) -> None:
+            Slow.starts += 1
+            await anyio.sleep(0.05)  # the other caller arrives meanwhile
+
+        async def periodic(self) -> None:
+            return None
+
+    target = Slow()
+    s = slot(target, [BOUND])
+    eng = await engine(tmp_path, FedSource(org()), [s])
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(eng.periodic, s)
+        tg.start_soon(eng.cycle)
+    assert Slow.starts == 1
+    await eng.store.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_target_that_cannot_start_stops_no_other_target(tmp_path: Path) -> None:
+    class Broken(RecordingTarget):
+        async def start(self, store: object) -> None:
+            raise OSError("the state could not be read")
+
+    broken, fine = Broken("broken"), RecordingTarget("fine")
+    eng = await engine(tmp_path, FedSource(org()), [slot(broken, [BOUND]), slot(fine, [BOUND])])
+    report = await eng.cycle()
+    assert fine.holding and not broken.calls
+    assert "could not start" in (report.targets["broken"].error or "")
+    assert report.targets["fine"].delivered > 0
     await eng.store.aclose()  # type: ignore[attr-defined]

@@ -31,6 +31,8 @@ class Health:
     metrics: TargetMetrics
     #: What the operator reads while the application refuses the token.
     access_revoked: str
+    #: How messages name the application.
+    app: str = "the application"
     after: int = 3
     base: float = 30.0
     ceiling: float = 900.0
@@ -58,7 +60,7 @@ class Health:
         if self.quarantined_until > now:
             until = time.strftime("%H:%M:%S", time.localtime(self.quarantined_until))
             return (
-                f"target quarantined: most {self.metrics.app} calls failed in {self.bad_rounds} "
+                f"target quarantined: most {self.app} calls failed in {self.bad_rounds} "
                 f"consecutive rounds; next try at {until}",
                 self.quarantined_until - now,
             )

@@ -7,7 +7,6 @@ the core's ``provisiond_dirty_objects`` / ``provisiond_failed_objects``.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -72,9 +71,21 @@ class TargetMetrics:
         self.operations.labels(target, kind, result).inc()
 
 
-@functools.cache
+_FAMILIES: dict[str, TargetMetrics] = {}
+
+
 def for_prefix(prefix: str, app: str) -> TargetMetrics:
-    """The families for ``prefix`` (registered on the core's registry once)."""
+    """The families for ``prefix``, registered on the core's registry once.
+
+    ``app`` only words the help texts of the first registration; a prefix
+    always has one set of families, whatever the application is called.
+    """
+    if prefix not in _FAMILIES:
+        _FAMILIES[prefix] = _families(prefix, app)
+    return _FAMILIES[prefix]
+
+
+def _families(prefix: str, app: str) -> TargetMetrics:
     name = f"provisiond_{prefix}"
     return TargetMetrics(
         app,

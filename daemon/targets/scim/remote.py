@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import anyio
 import structlog
 from scim2_models import Group
 
@@ -81,6 +82,9 @@ class Link:
     metrics: TargetMetrics
     clock: Callable[[], float] = time.time
     index: RemoteIndex = field(default_factory=RemoteIndex)
+    #: Deliveries and reconciliation share the links and the index: a delivery
+    #: holds this for its batch, a reconciliation for one object at a time.
+    busy: anyio.Lock = field(default_factory=anyio.Lock)
     log: Any = None
 
     def __post_init__(self) -> None:

@@ -125,6 +125,7 @@ class ScimTarget:
             name,
             self.metrics,
             profile.access_revoked,
+            app=profile.app,
             after=scim.quarantine_after,
             base=scim.quarantine_base,
             ceiling=scim.quarantine_max,
@@ -138,8 +139,8 @@ class ScimTarget:
         self.last_reconcile: float | None = None
         self._store: Store | None = None
         self._discovered = False
-        # Deliveries and reconciliation share the links and the index: one at a time.
-        self._busy = anyio.Lock()
+        #: Set by :meth:`aclose`: periodic work that comes later does nothing.
+        self._closed = False
 
     async def start(self, store: Store) -> None:
         """Load what this target remembers from the core's store (once, before delivering)."""
@@ -157,7 +158,7 @@ class ScimTarget:
 
     async def deliver(self, deltas: Sequence[Delta]) -> list[Outcome]:
         """One :class:`Outcome` per delta, in order (see the module docstring)."""
-        async with self._busy:
+        async with self.link.busy:
             return await self._deliver(deltas)
 
     async def _deliver(self, deltas: Sequence[Delta]) -> list[Outcome]:
@@ -174,8 +175,12 @@ class ScimTarget:
             for delta in deltas:
                 outcomes[delta.key] = await self._failure(delta, exc, retry=None)
         else:
-            await self._deliver_phases(deltas, outcomes, stats)
-        await self.link.mirror.flush()
+            try:
+                await self._deliver_phases(deltas, outcomes, stats)
+            finally:
+                # What was written is kept even when a phase raised (the engine then
+                # retries the whole batch, and the links make that harmless).
+                await self.link.mirror.flush()
         if self.health.end_round(stats.calls, stats.transient):
             self.log.error(
                 f"target quarantined: most {self.profile.app} calls failed in consecutive rounds",
@@ -330,11 +335,14 @@ class ScimTarget:
     # -- reconciliation ----------------------------------------------------------
 
     async def reconcile(self) -> dict[str, int]:
-        """One full pass over the application now; returns the repairs by kind."""
-        async with self._busy:
-            return await self._reconcile()
+        """One full pass over the application now; returns the repairs by kind.
 
-    async def _reconcile(self) -> dict[str, int]:
+        Deliveries go on meanwhile: the pass takes the target's lock one object
+        at a time (:func:`daemon.targets.scim.reconcile.reconcile`), so a long
+        drift check holds up this target's cycle by one repair at most.
+        """
+        if self._closed:
+            return {}
         self.last_reconcile = self.clock()
         if self._store is not None:
             await self._store.set_target_meta(self.name, LAST_RECONCILE, repr(self.last_reconcile))
@@ -419,10 +427,12 @@ class ScimTarget:
 
     # -- what the core asks of a target (optional Target methods) ---------------------
 
-    def release(self, keys: Sequence[tuple[str, str]]) -> None:
+    async def release(self, keys: Sequence[tuple[str, str]]) -> None:
         """Forget objects released from the target (groups unbound): left as they are."""
-        # The store forgot their links in the same transaction that released them.
-        self.link.mirror.forget(list(keys))
+        # The store forgot their links in the same transaction that released them;
+        # under the lock, so a reconciliation in flight never repairs them again.
+        async with self.link.busy:
+            self.link.mirror.forget(list(keys))
         self.log.info("stopped managing unbound objects", objects=len(keys))
 
     def status(self) -> dict[str, object]:
@@ -431,14 +441,20 @@ class ScimTarget:
 
     async def periodic(self) -> None:
         """The target's own periodic work: reconciliation when it is due."""
-        await self.reconcile_if_due()
+        if not self._closed:
+            await self.reconcile_if_due()
 
     async def aclose(self) -> None:
-        try:
-            if self.link.mirror.loaded:
-                await self.link.mirror.flush()
-        finally:
-            await self.client.aclose()
+        # After the object being repaired, if a reconciliation is running: nothing
+        # of this target writes to the store after it closed (a reload's new target
+        # has loaded the links by then).
+        async with self.link.busy:
+            self._closed = True
+            try:
+                if self.link.mirror.loaded:
+                    await self.link.mirror.flush()
+            finally:
+                await self.client.aclose()
 
 
 def _yes(flag: bool) -> str:
