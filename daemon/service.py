@@ -274,7 +274,7 @@ class Service:
         """Each target's periodic work (reconciliation) in a task of its own.
 
         One target's long drift check never delays another target, nor the
-        cycles (a target serialises it against its own deliveries).
+        cycles (a SCIM target's reconciliation locks one repair at a time).
         """
         engine = self.engine
         assert engine is not None
