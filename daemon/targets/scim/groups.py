@@ -32,7 +32,7 @@ async def resolve_members(link: Link, members: Sequence[str]) -> tuple[list[str]
     resolved: list[str] = []
     unknown: list[str] = []
     for member in members:
-        written = link.mirror.get("user", member)
+        written = link.links.get("user", member)
         if written is not None and written.remote_id:
             resolved.append(written.remote_id)
         elif written is None:
@@ -54,8 +54,8 @@ async def upsert_group(link: Link, delta: Delta) -> Outcome:
     group = delta.desired
     assert isinstance(group, DirectoryGroup)
     members, waiting = await resolve_members(link, group.members)
-    mirrored = link.mirror.get("group", group.id)
-    remote_id = (mirrored.remote_id if mirrored else None) or delta.remote_id
+    linked = link.links.get("group", group.id)
+    remote_id = (linked.remote_id if linked else None) or delta.remote_id
     remote: dict[str, Any] | None = None
     kind = "group_update"
     if remote_id is not None:
@@ -93,7 +93,7 @@ async def upsert_group(link: Link, delta: Delta) -> Outcome:
             kind = "group_create"
     assert remote is not None
     await converge(link, remote_id, remote, group.name, group.id, members)
-    link.mirror.put(
+    link.links.put(
         "group",
         group.id,
         remote_id,
@@ -174,11 +174,11 @@ async def converge(
 
 async def remove_group(link: Link, delta: Delta) -> Outcome:
     """The group was deleted in the directory: delete it in the application."""
-    mirrored = link.mirror.get("group", delta.object_id)
-    remote_id = (mirrored.remote_id if mirrored else None) or delta.remote_id
+    linked = link.links.get("group", delta.object_id)
+    remote_id = (linked.remote_id if linked else None) or delta.remote_id
     if remote_id is not None:
         with contextlib.suppress(ScimNotFoundError):
             await link.client.delete(Group, remote_id)
         link.metrics.operation(link.name, "group_delete", "ok")
-    link.mirror.drop("group", delta.object_id)
+    link.links.drop("group", delta.object_id)
     return Outcome.success(delta)

@@ -1,7 +1,7 @@
 """The periodic full pass: list the application, find drift from what provisiond wrote, repair it.
 
 Drift is anything changed in the application by hand on objects provisiond manages
-(the mirror's objects): a deactivated user reactivated, a managed attribute
+(the objects the target's links hold): a deactivated user reactivated, a managed attribute
 edited, a user deleted, a managed group renamed or given a stray member.
 Users and groups provisiond does not manage are never touched.
 """
@@ -28,18 +28,18 @@ async def reconcile(link: Link) -> Counter[str]:
     repaired: Counter[str] = Counter()
     try:
         await link.load_users()
-        for object_id in [oid for kind, oid in list(link.mirror.objects) if kind == "user"]:
+        for object_id in [oid for kind, oid in list(link.links.objects) if kind == "user"]:
             async with link.busy:
                 await _repair_user(link, object_id, repaired)
         if link.options.manage_groups:
             await link.load_groups()
-            for object_id in [oid for kind, oid in list(link.mirror.objects) if kind == "group"]:
+            for object_id in [oid for kind, oid in list(link.links.objects) if kind == "group"]:
                 async with link.busy:
                     await _repair_group(link, object_id, repaired)
     finally:
         # Re-created users' new remote ids are kept even when the pass stops early.
         async with link.busy:
-            await link.mirror.flush()
+            await link.links.flush()
     for what, n in repaired.items():
         if n:
             link.metrics.drift_repaired.labels(link.name, what).inc(n)
@@ -47,7 +47,7 @@ async def reconcile(link: Link) -> Counter[str]:
 
 
 async def _repair_user(link: Link, object_id: str, repaired: Counter[str]) -> None:
-    written = link.mirror.get("user", object_id)
+    written = link.links.get("user", object_id)
     if written is None or written.remote_id is None:
         return
     desired = strip_skip(written.body)
@@ -56,7 +56,7 @@ async def _repair_user(link: Link, object_id: str, repaired: Counter[str]) -> No
         if remote is None:
             if desired.get("active") is True:
                 remote_id = await _recreate(link, object_id, written.body)
-                link.mirror.put("user", object_id, remote_id, written.body)
+                link.links.put("user", object_id, remote_id, written.body)
                 link.index.add_user(remote_id, desired)
                 repaired["user_deleted"] += 1
             return
@@ -77,7 +77,7 @@ async def _repair_user(link: Link, object_id: str, repaired: Counter[str]) -> No
 
 
 async def _repair_group(link: Link, object_id: str, repaired: Counter[str]) -> None:
-    written = link.mirror.get("group", object_id)
+    written = link.links.get("group", object_id)
     if written is None or written.remote_id is None:
         return
     remote = link.index.groups.get(written.remote_id)

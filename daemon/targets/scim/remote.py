@@ -77,7 +77,7 @@ class Link:
     options: ScimOptions
     client: ScimClient
     schema: UserSchema
-    mirror: Links
+    links: Links
     profile: ScimProfile
     metrics: TargetMetrics
     clock: Callable[[], float] = time.time
@@ -152,7 +152,7 @@ class Link:
 
     def owner(self, remote_id: str) -> str | None:
         """The directory user the store links to ``remote_id``, if any."""
-        return self.mirror.by_remote.get(remote_id)
+        return self.links.by_remote.get(remote_id)
 
     async def create_once(
         self,

@@ -144,7 +144,7 @@ class ScimTarget:
 
     async def start(self, store: Store) -> None:
         """Load what this target remembers from the core's store (once, before delivering)."""
-        await self.link.mirror.load(store)
+        await self.link.links.load(store)
         self._store = store
         stored = await store.target_meta(self.name, LAST_RECONCILE)
         if stored is None:
@@ -180,7 +180,7 @@ class ScimTarget:
             finally:
                 # What was written is kept even when a phase raised (the engine then
                 # retries the whole batch, and the links make that harmless).
-                await self.link.mirror.flush()
+                await self.link.links.flush()
         if self.health.end_round(stats.calls, stats.transient):
             self.log.error(
                 f"target quarantined: most {self.profile.app} calls failed in consecutive rounds",
@@ -204,7 +204,7 @@ class ScimTarget:
                 outcomes[delta.key] = Outcome.success(delta)
             groups, group_removals = [], []
         unmatched = sum(
-            1 for d in users if not (d.remote_id or self.link.mirror.get("user", d.object_id))
+            1 for d in users if not (d.remote_id or self.link.links.get("user", d.object_id))
         )
         try:
             await self.link.prepare_matching(unmatched)
@@ -432,7 +432,7 @@ class ScimTarget:
         # The store forgot their links in the same transaction that released them;
         # under the lock, so a reconciliation in flight never repairs them again.
         async with self.link.busy:
-            self.link.mirror.forget(list(keys))
+            self.link.links.forget(list(keys))
         self.log.info("stopped managing unbound objects", objects=len(keys))
 
     def status(self) -> dict[str, object]:
@@ -451,8 +451,8 @@ class ScimTarget:
         async with self.link.busy:
             self._closed = True
             try:
-                if self.link.mirror.loaded:
-                    await self.link.mirror.flush()
+                if self.link.links.loaded:
+                    await self.link.links.flush()
             finally:
                 await self.client.aclose()
 

@@ -27,9 +27,9 @@ async def upsert_user(link: Link, delta: Delta) -> Outcome:
     mapped = link.schema.body(user)
     if mapped.problems:
         link.metrics.phone_errors.labels(link.name).inc()
-    link.mirror.pardon(user.id)  # back in the directory during a grace period
-    mirrored = link.mirror.get("user", user.id)
-    remote_id = (mirrored.remote_id if mirrored else None) or delta.remote_id
+    link.links.pardon(user.id)  # back in the directory during a grace period
+    linked = link.links.get("user", user.id)
+    remote_id = (linked.remote_id if linked else None) or delta.remote_id
     baseline: dict[str, Any] | None = None
     kind = "update"
     if remote_id is None:
@@ -42,13 +42,13 @@ async def upsert_user(link: Link, delta: Delta) -> Outcome:
             kind = "adopt"
         elif not user.active:
             # Nothing to deactivate, and a deactivated account is not worth creating.
-            link.mirror.put("user", user.id, None, mapped.body)
+            link.links.put("user", user.id, None, mapped.body)
             link.metrics.operation(link.name, "skip_inactive", "ok")
             return Outcome.success(delta)
         else:
             remote_id, kind = await create_user(link, user, mapped)
-    elif mirrored is not None and mirrored.remote_id == remote_id:
-        baseline = strip_skip(mirrored.body)
+    elif linked is not None and linked.remote_id == remote_id:
+        baseline = strip_skip(linked.body)
     elif isinstance(delta.written, User):
         baseline = strip_skip(link.schema.body(delta.written).body)
     if kind in ("update", "adopt"):
@@ -66,7 +66,7 @@ async def upsert_user(link: Link, delta: Delta) -> Outcome:
             link.index.forget_user(remote_id)
             remote_id, kind = await create_user(link, user, mapped)
             kind = "recreate" if kind == "create" else kind
-    link.mirror.put("user", user.id, remote_id, mapped.body)
+    link.links.put("user", user.id, remote_id, mapped.body)
     link.index.add_user(remote_id, strip_skip(mapped.body))
     link.metrics.operation(link.name, kind, "ok")
     if mapped.problems:
@@ -155,34 +155,34 @@ async def write_user(
 async def remove_user(link: Link, delta: Delta) -> Outcome:
     """The user left the directory: deactivate, and delete after the grace when configured."""
     user = delta.written if isinstance(delta.written, User) else None
-    mirrored = link.mirror.get("user", delta.object_id)
-    remote_id = (mirrored.remote_id if mirrored else None) or delta.remote_id
+    linked = link.links.get("user", delta.object_id)
+    remote_id = (linked.remote_id if linked else None) or delta.remote_id
     if remote_id is None and user is not None:
         found = await link.find_user(link.schema.user_name(user), user.id)
         remote_id = found[0] if found else None
     if remote_id is None:
-        link.mirror.drop("user", delta.object_id)
+        link.links.drop("user", delta.object_id)
         return Outcome.success(delta)
     grace = link.options.hard_delete_after
     now = link.clock()
-    if delta.object_id not in link.mirror.doomed:
+    if delta.object_id not in link.links.doomed:
         try:
-            await _deactivate(link, remote_id, user, mirrored.body if mirrored else None)
+            await _deactivate(link, remote_id, user, linked.body if linked else None)
         except ScimNotFoundError:
             return _gone(link, delta)
         link.metrics.operation(link.name, "deactivate", "ok")
-        body = _deactivated(link, mirrored.body if mirrored else None, user)
+        body = _deactivated(link, linked.body if linked else None, user)
         if body is not None:
             # The baseline is now the deactivated account, during a grace period too:
             # reconciliation keeps it deactivated (and does not re-create it), and an
             # upsert meanwhile (the user back in the directory) reactivates it.
-            link.mirror.put("user", delta.object_id, remote_id, body)
+            link.links.put("user", delta.object_id, remote_id, body)
         if grace is None:
             return Outcome.success(delta, remote_id=remote_id)
     if grace is None:
-        link.mirror.pardon(delta.object_id)
+        link.links.pardon(delta.object_id)
         return Outcome.success(delta, remote_id=remote_id)
-    since = link.mirror.doom(delta.object_id, remote_id, now)
+    since = link.links.doom(delta.object_id, remote_id, now)
     remaining = since + grace - now
     if remaining > 0:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since + grace))
@@ -210,11 +210,11 @@ def _deactivated(
 
 
 def _gone(link: Link, delta: Delta) -> Outcome:
-    mirrored = link.mirror.get("user", delta.object_id)
-    if mirrored and mirrored.remote_id:
-        link.index.forget_user(mirrored.remote_id)
-    link.mirror.drop("user", delta.object_id)
-    link.mirror.pardon(delta.object_id)
+    linked = link.links.get("user", delta.object_id)
+    if linked and linked.remote_id:
+        link.index.forget_user(linked.remote_id)
+    link.links.drop("user", delta.object_id)
+    link.links.pardon(delta.object_id)
     return Outcome.success(delta)
 
 
