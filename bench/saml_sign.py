@@ -144,7 +144,7 @@ async def clicks(n: int) -> list[float]:
 
         (tmp / "directory.yaml").write_text(yaml.safe_dump(c.directory_doc()))
         await engine.cycle()
-        directory = Directory(store, source, pm)
+        directory = Directory(store, source)
         port = c.free_port()
         public = PublicListenerSettings(enabled=True, base_url=f"http://127.0.0.1:{port}")
         targets = {"alexishr": target}

@@ -7,8 +7,6 @@ the state store.
 
 from __future__ import annotations
 
-import pluggy
-
 from daemon.model import User
 from daemon.plugins import await_me_maybe
 from daemon.sources.base import Source
@@ -18,10 +16,9 @@ from daemon.store import Store
 class Directory:
     """Sign-in and authorisation questions, answered from the state store and the source."""
 
-    def __init__(self, store: Store, source: Source, pm: pluggy.PluginManager) -> None:
+    def __init__(self, store: Store, source: Source) -> None:
         self.store = store
         self.source = source
-        self.pm = pm
 
     async def find_user(self, login: str) -> User | None:
         """The user whose username or email is ``login``, as of the last committed cycle."""

@@ -236,7 +236,7 @@ class Service:
                 self.parts.source, self.parts.slots, self.store, self.pm, settings.engine
             )
             self.engine.stopping = self.stopping
-            self.directory = Directory(self.store, self.parts.source, self.pm)
+            self.directory = Directory(self.store, self.parts.source)
             ops = await serve.start(
                 build_ops_app(self, admin_token=token),
                 settings.http.ops.host,

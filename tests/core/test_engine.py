@@ -301,7 +301,7 @@ async def test_directory_answers_sign_in_questions_from_committed_state(world) -
 
     eng, source, target = world  # noqa: RUF059
     await eng.cycle()
-    directory = Directory(eng.store, source, eng.pm)
+    directory = Directory(eng.store, source)
     user = await directory.find_user("U1@X.example")
     assert user is not None and user.id == "u1"
     assert await directory.granted("app", user)

@@ -68,7 +68,7 @@ async def portal(
     engine = Engine(source, [slot], store, pm, EngineSettings())
     report = await engine.cycle()
     assert report.result == "ok", report.error
-    directory = Directory(store, source, pm)
+    directory = Directory(store, source)
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     app = build_public_app(

@@ -72,6 +72,17 @@ async def test_503_is_retried_after_its_retry_after(client: ScimClient, proxy: F
     assert gap >= proxy.retry_after - SLACK
 
 
+def _impatient_client(proxy: FaultProxy, events: list[ScimEvent]) -> ScimClient:
+    """A fresh client with a short timeout, recording its events."""
+    return ScimClient(
+        proxy.url,
+        lambda: TOKEN,
+        retry=FAST_RETRY,
+        timeouts=Timeouts(total=0.5, connect=0.5),
+        observer=events.append,
+    )
+
+
 @pytest.mark.parametrize(
     ("fault", "reason", "method"),
     [
@@ -91,13 +102,7 @@ async def test_transient_faults_are_retried(
     if method == "PUT":
         async with ScimClient(proxy.url, lambda: TOKEN, retry=FAST_RETRY) as setup:
             existing = await setup.create(User(user_name=f"{unique()}@example.org"))
-    async with ScimClient(
-        proxy.url,
-        lambda: TOKEN,
-        retry=FAST_RETRY,
-        timeouts=Timeouts(total=0.5, connect=0.5),
-        observer=events.append,
-    ) as client:
+    async with _impatient_client(proxy, events) as client:
         # A fresh connection: aiohttp itself repeats idempotent requests on a reused one.
         if method == "PUT":
             created: User[Any] = existing
@@ -126,13 +131,7 @@ async def test_a_post_whose_answer_was_lost_is_not_repeated(
 ) -> None:
     """It may have created the resource: the caller must look before sending it again."""
     events: list[ScimEvent] = []
-    async with ScimClient(
-        proxy.url,
-        lambda: TOKEN,
-        retry=FAST_RETRY,
-        timeouts=Timeouts(total=0.5, connect=0.5),
-        observer=events.append,
-    ) as client:
+    async with _impatient_client(proxy, events) as client:
         proxy.script(fault, method="POST")
         with pytest.raises(ScimOutcomeUnknownError) as caught:
             await client.create(User(user_name=f"{unique()}@example.org"))

@@ -181,7 +181,7 @@ async def open_world(
         tmp=tmp_path,
         engine=engine,
         store=store,
-        directory=Directory(store, source, pm),
+        directory=Directory(store, source),
         pm=pm,
         target=target,
         group=group,
