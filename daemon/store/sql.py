@@ -17,6 +17,7 @@ an argument and shares everything around it.
 
 from __future__ import annotations
 
+import functools
 import re
 
 # -- meta ---------------------------------------------------------------------------
@@ -206,6 +207,7 @@ def values(n: int) -> str:
 _PLACEHOLDER = re.compile(r"\?")
 
 
+@functools.cache
 def numbered(sql: str) -> str:
     """``sql`` with each ``?`` replaced by ``$1``, ``$2``, ... (PostgreSQL's placeholders).
 

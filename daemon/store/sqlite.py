@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
@@ -30,6 +31,7 @@ from daemon.store import (
     TargetPlan,
     phase,
     sql,
+    timed,
 )
 from daemon.store.codec import dump, hold_keys, kind_of, load, logins, read_hold
 
@@ -147,6 +149,7 @@ def _read_one(
     return read
 
 
+@timed
 class SqliteStore:
     """:class:`daemon.store.Store` on one SQLite file.
 
@@ -264,6 +267,16 @@ class SqliteStore:
         if self._db is not None:
             db, self._db = self._db, None
             await db.close()
+
+    @_read_one
+    async def check(self) -> list[str]:
+        async with self.db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        return [
+            f"state store SQLite {sqlite3.sqlite_version} database {self.path}",
+            f"state store schema version {row[0] if row else 0} "
+            f"(this provisiond: {len(MIGRATIONS)})",
+        ]
 
     @_read_one
     async def get_meta(self, key: str) -> str | None:
