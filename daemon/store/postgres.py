@@ -300,7 +300,7 @@ def dsn_passwords(dsn: str) -> list[str]:
 def _cause(exc: BaseException, timeout: float) -> str:
     """What went wrong connecting, in words (asyncpg's messages hold no password)."""
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS failed: {exc.verify_message or exc.reason}"
+        return f"TLS failed: the server's certificate did not verify ({exc.verify_message})"
     if isinstance(exc, ssl.SSLError):
         return f"TLS failed: {exc.reason or exc}"
     if isinstance(exc, ConnectionRefusedError):
