@@ -1,11 +1,23 @@
 """Cycle benchmark: full cycle on a changed file, a no-change cycle, the diff alone, peak RSS.
 
     python bench/cycle.py 10000 100000 [--repeat 5]
+    python bench/cycle.py 100000 --backend sqlite --backend postgresql --groups mixed \
+        [--rounds 2]
 
 Each size runs in its own process (so peak RSS is that size's alone) with
-the real file source, the SQLite store and a target that accepts everything
-(the log target at a level that is not printed). Five of the twenty groups
-are bound to the target. Prints a Markdown table of medians.
+the real file source, the store and a target that accepts everything (the
+log target at a level that is not printed). Five of the twenty groups are
+bound to the target; with ``--groups mixed`` (see ``bench/gen_directory.py``)
+All Staff, two departments and every tenth team are. Prints a Markdown table
+of medians.
+
+With several ``--backend`` values each round runs every backend in turn, on
+the same files, and the table gives each backend's medians over all rounds
+and the ratio to the first backend. ``postgresql`` runs on a private cluster
+(``tests/pg/cluster.py``) with PostgreSQL's durable defaults (fsync on,
+synchronous commit), as SQLite runs with ``synchronous=FULL``; each child
+gets a new database. The store column is the time the cycle spent in store
+calls (``provisiond_store_seconds``).
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -43,7 +56,27 @@ def _write(path: Path, data: object) -> None:
     os.utime(path, (old, old))
 
 
-async def _measure(n: int, repeat: int, workdir: Path) -> dict[str, float]:
+def _bound_groups(groups: str) -> list[str]:
+    if groups == "mixed":
+        return ["All Staff", "Engineering", "Sales", *(f"Team {t:04d}" for t in range(0, 200, 10))]
+    return [f"Group {g:02d}" for g in range(5)]
+
+
+def _store_seconds() -> float:
+    from daemon.metrics import REGISTRY
+
+    return sum(
+        sample.value
+        for family in REGISTRY.collect()
+        if family.name == "provisiond_store_seconds"
+        for sample in family.samples
+        if sample.name.endswith("_sum")
+    )
+
+
+async def _measure(
+    n: int, repeat: int, workdir: Path, backend: str, groups: str, dsn: str
+) -> dict[str, float]:
     import logging
 
     from daemon import logs
@@ -54,6 +87,8 @@ async def _measure(n: int, repeat: int, workdir: Path) -> dict[str, float]:
     from daemon.runtime import PluginContext
     from daemon.secrets import SECRETS
     from daemon.sources.file import FileSource
+    from daemon.store import Store
+    from daemon.store.postgres import PostgresStore
     from daemon.store.sqlite import SqliteStore
     from daemon.targets.log import LogOptions, LogTarget
 
@@ -63,11 +98,13 @@ async def _measure(n: int, repeat: int, workdir: Path) -> dict[str, float]:
     versions = [workdir / "v0.json", workdir / "v1.json"]
     _write(path, versions[0])
     source = FileSource(path=path, format="json", where="directory.json")
-    store = SqliteStore(workdir / "state.db")
+    store: Store = SqliteStore(workdir / "state.db")
+    if backend == "postgresql":
+        store = PostgresStore(dsn, ssl=False)
     await store.open()
     ctx = PluginContext(workdir, workdir, SECRETS)
     target = LogTarget("bench", LogOptions(level="debug"), ctx)
-    settings = TargetSettings(name="bench", kind="log", groups=[f"Group {g:02d}" for g in range(5)])
+    settings = TargetSettings(name="bench", kind="log", groups=_bound_groups(groups))
     engine = Engine(
         source,
         [TargetSlot(settings, target)],
@@ -79,12 +116,14 @@ async def _measure(n: int, repeat: int, workdir: Path) -> dict[str, float]:
     await engine.cycle()
     initial = time.perf_counter() - t0
 
-    changed, quiet, diffs, hashes_only = [], [], [], []
+    changed, quiet, diffs, hashes_only, in_store = [], [], [], [], []
     for i in range(repeat):
         _write(path, versions[(i + 1) % 2])
+        s0 = _store_seconds()
         t0 = time.perf_counter()
         report = await engine.cycle()
         changed.append(time.perf_counter() - t0)
+        in_store.append(_store_seconds() - s0)
         assert report.result == "ok", report
         t0 = time.perf_counter()
         report = await engine.cycle()
@@ -109,57 +148,102 @@ async def _measure(n: int, repeat: int, workdir: Path) -> dict[str, float]:
         assert len(changes) == n // 100
     await store.aclose()
     return {
-        "initial": initial,
-        "changed": statistics.median(changed),
-        "quiet": statistics.median(quiet),
-        "hash_compare": statistics.median(hashes_only),
-        "diff": statistics.median(diffs),
-        "rss_mb": rss_mb,
+        "initial": [initial],
+        "changed": changed,
+        "quiet": quiet,
+        "in_store": in_store,
+        "hash_compare": hashes_only,
+        "diff": diffs,
+        "rss_mb": [rss_mb],
     }
 
 
-def _child(n: int, repeat: int, workdir: Path) -> None:
+def _child(n: int, repeat: int, workdir: Path, backend: str, groups: str, dsn: str) -> None:
     try:
-        result = anyio.run(_measure, n, repeat, workdir)
+        result = anyio.run(_measure, n, repeat, workdir, backend, groups, dsn)
     except BaseException:
         traceback.print_exc()
         os._exit(1)  # the store's worker thread would keep the process alive
     print(json.dumps(result))
 
 
+def _run_child(args: argparse.Namespace, n: int, tmp: str, backend: str, dsn: str) -> Any:
+    argv = [sys.executable, __file__, str(n), "--repeat", str(args.repeat), "--child", tmp]
+    argv += ["--backend", backend, "--groups", args.groups, "--dsn", dsn]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        sys.exit(f"the {backend} child failed:\n{done.stdout}{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sizes", type=int, nargs="+")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--backend", action="append", choices=["sqlite", "postgresql"], dest="backends"
+    )
+    parser.add_argument("--groups", choices=["uniform", "mixed"], default="uniform")
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--dsn", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    backends: list[str] = args.backends or ["sqlite"]
     if args.child:
-        _child(args.sizes[0], args.repeat, args.child)
+        _child(args.sizes[0], args.repeat, args.child, backends[0], args.groups, args.dsn)
         return
+    cluster = None
+    if "postgresql" in backends:
+        from tests.pg.cluster import start_cluster
+
+        cluster = start_cluster(durable=True)
+    try:
+        _report(args, backends, cluster)
+    finally:
+        if cluster is not None:
+            cluster.destroy()
+
+
+def _report(args: argparse.Namespace, backends: list[str], cluster: Any) -> None:
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+        f"; load average {os.getloadavg()[0]:.2f}"
     )
+    if cluster is not None:
+        print(f"PostgreSQL: {cluster.psql('SHOW server_version')}, durable defaults")
     print()
     print(
-        "| users | initial sync | full cycle, 1% changed | no-change cycle "
-        "| diff | hash+compare | peak RSS |"
+        "| users | store | initial sync | full cycle, 1% changed | of which store "
+        "| no-change cycle | diff | hash+compare | peak RSS |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for n in args.sizes:
+        runs: dict[str, dict[str, list[float]]] = {b: {} for b in backends}
         with tempfile.TemporaryDirectory() as tmp:
             for i, change in enumerate((0.0, 0.01)):
-                (Path(tmp) / f"v{i}.json").write_text(json.dumps(generate(n, 1, change)))
-            out = subprocess.run(
-                [sys.executable, __file__, str(n), "--repeat", str(args.repeat), "--child", tmp],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-        r = json.loads(out.strip().splitlines()[-1])
-        print(
-            f"| {n:,} | {r['initial']:.2f} s | {r['changed']:.3f} s | {r['quiet'] * 1000:.1f} ms "
-            f"| {r['diff']:.3f} s | {r['hash_compare']:.3f} s | {r['rss_mb']:.0f} MB |"
-        )
+                data = generate(n, 1, change, args.groups)
+                (Path(tmp) / f"v{i}.json").write_text(json.dumps(data))
+            for _ in range(args.rounds):
+                for backend in backends:
+                    dsn = cluster.new_database() if backend == "postgresql" else ""
+                    for measure, values in _run_child(args, n, tmp, backend, dsn).items():
+                        runs[backend].setdefault(measure, []).extend(values)
+        first = {k: statistics.median(v) for k, v in runs[backends[0]].items()}
+        for backend in backends:
+            r = {k: statistics.median(v) for k, v in runs[backend].items()}
+            print(
+                f"| {n:,} | {backend} | {r['initial']:.2f} s | {r['changed']:.3f} s "
+                f"| {r['in_store']:.3f} s | {r['quiet'] * 1000:.1f} ms | {r['diff']:.3f} s "
+                f"| {r['hash_compare']:.3f} s | {r['rss_mb']:.0f} MB |"
+            )
+        for backend in backends[1:]:
+            r = {k: statistics.median(v) for k, v in runs[backend].items()}
+            print(
+                f"| {n:,} | {backend} / {backends[0]} | {r['initial'] / first['initial']:.2f} "
+                f"| {r['changed'] / first['changed']:.2f} "
+                f"| {r['in_store'] / first['in_store']:.2f} "
+                f"| {r['quiet'] / first['quiet']:.2f} | | | |"
+            )
 
 
 if __name__ == "__main__":

@@ -154,7 +154,6 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 # -- the bulk forms: one statement per batch, its rows as arrays ----------------------------
-# (The f-strings below join constants of this module, never values.)
 
 _KEYS = "unnest(?::text[], ?::text[]) AS k(kind, object_id)"
 
@@ -164,7 +163,7 @@ _UPSERT_DIRECTORY = numbered(
     )
 )
 _DELETE_DIRECTORY = numbered(
-    f"DELETE FROM directory_objects AS d USING {_KEYS} "  # noqa: S608
+    f"DELETE FROM directory_objects AS d USING {_KEYS} "
     "WHERE d.kind = k.kind AND d.object_id = k.object_id"
 )
 _UPSERT_PLAN = numbered(
@@ -177,14 +176,49 @@ _UPSERT_PLAN = numbered(
 )
 _RELEASE = {
     table: numbered(
-        f"DELETE FROM {table} AS t USING {_KEYS} "  # noqa: S608
+        f"DELETE FROM {table} AS t USING {_KEYS} "
         "WHERE t.target = ? AND t.kind = k.kind AND t.object_id = k.object_id"
     )
     for table in ("target_objects", "target_links")
 }
+# A delivery batch's results, one statement per kind of outcome (SQLite's _RECORD_*).
+_MATCH = "t.target = ? AND t.kind = r.kind AND t.object_id = r.object_id"
+_RECORD_REMOVED = numbered(
+    "DELETE FROM target_objects AS t USING unnest(?::text[], ?::text[]) AS r(kind, object_id) "
+    f"WHERE {_MATCH} AND t.desired_hash IS NULL"
+)
+# SQLite's RECORD_REMOTE_ID and RECORD_WRITTEN in one statement, so that a
+# delivered row gets one new version, not two: the remote id is kept whether
+# or not the hash guard lets the rest through.
+_CONFIRMED = "(r.hash IS NOT NULL AND t.desired_hash IS NOT DISTINCT FROM r.hash)"
+_RECORD_OK = numbered(
+    "UPDATE target_objects AS t SET remote_id = COALESCE(r.remote_id, t.remote_id), "
+    + ", ".join(
+        f"{column} = CASE WHEN {_CONFIRMED} THEN {value} ELSE t.{column} END"
+        for column, value in (
+            ("written_hash", "t.desired_hash"),
+            ("written", "t.desired"),
+            ("dirty", "FALSE"),
+            ("attempts", "0"),
+            ("last_error", "NULL"),
+            ("next_attempt_at", "0"),
+            ("updated_at", "?::double precision"),
+        )
+    )
+    + " FROM unnest(?::text[], ?::text[], ?::text[], ?::text[]) "
+    "AS r(kind, object_id, remote_id, hash) "
+    f"WHERE {_MATCH} AND (r.remote_id IS NOT NULL OR {_CONFIRMED})"
+)
+_RECORD_FAILED = numbered(
+    "UPDATE target_objects AS t SET remote_id = COALESCE(r.remote_id, t.remote_id), "
+    "attempts = t.attempts + 1, last_error = r.error, next_attempt_at = r.next_attempt_at, "
+    "updated_at = ? FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], "
+    "?::double precision[]) AS r(kind, object_id, remote_id, error, next_attempt_at) "
+    f"WHERE {_MATCH}"
+)
 _IN_KEYS = "(kind, object_id) IN (SELECT * FROM unnest(?::text[], ?::text[]))"
 _RECORDS = numbered(
-    f"SELECT kind, object_id, data FROM directory_objects WHERE {_IN_KEYS}"  # noqa: S608
+    f"SELECT kind, object_id, data FROM directory_objects WHERE {_IN_KEYS}"
 )
 _ROWS = numbered(f"{sql.ROWS} WHERE target = ? AND {_IN_KEYS}")
 _APPROVE = numbered(f"{sql.APPROVE} RETURNING keys")
@@ -201,6 +235,9 @@ _LOST: tuple[type[BaseException], ...] = (
 # Errors after which a write transaction can simply run again.
 _RETRY = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 _ATTEMPTS = 5
+# A commit writing this many rows or more may have grown the tables enough to
+# mislead the planner (see PostgresStore._analyze_if_grown).
+_ANALYZE_AFTER = 5000
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -507,10 +544,9 @@ class PostgresStore:
     @_reads
     async def committed(self, db: Connection) -> Committed:
         version = await db.fetchval(numbered(sql.GET_META), "snapshot_version")
-        hashes: dict[Key, str] = {
-            (kind_of(kind), object_id): h
-            for kind, object_id, h in await db.fetch(sql.COMMITTED_HASHES)
-        }
+        hashes: dict[Key, str] = {}
+        async for kind, object_id, h in _stream(db, sql.COMMITTED_HASHES):
+            hashes[(kind_of(kind), object_id)] = h
         return Committed(version, hashes)
 
     @_reads_one
@@ -538,19 +574,52 @@ class PostgresStore:
     async def granted(self, db: Connection, target: str, user_id: str) -> bool:
         return bool(await db.fetchval(numbered(sql.GRANTED), target, user_id))
 
-    @_reads_one
+    @_reads
     async def target_index(self, db: Connection, target: str) -> TargetIndex:
         index = TargetIndex()
-        for kind, object_id, desired_hash, active in await db.fetch(
-            numbered(sql.TARGET_INDEX), target
+        async for kind, object_id, desired_hash, active in _stream(
+            db, numbered(sql.TARGET_INDEX), target
         ):
             index.hashes[(kind_of(kind), object_id)] = desired_hash
             if kind == "user" and active:
                 index.active.add(object_id)
         return index
 
-    @_writes
     async def commit(
+        self,
+        version: str,
+        upserts: list[tuple[Key, str, DirectoryObject]],
+        deletes: list[Key],
+        plans: dict[str, TargetPlan],
+    ) -> None:
+        await self._commit(version, upserts, deletes, plans)
+        written = len(upserts) + sum(len(p.desired) for p in plans.values())
+        if written >= _ANALYZE_AFTER:
+            await self._analyze_if_grown(written)
+
+    async def _analyze_if_grown(self, written: int) -> None:
+        """Refresh the planner's statistics after a commit that (at least) doubled the tables.
+
+        Until autovacuum gets to it, the planner would take a table just
+        filled by a first sync for a small one, and read all of it for each
+        delivery batch instead of looking its rows up. Only statistics: not
+        part of the commit, and a failure here is no failure of the commit.
+        """
+        tables = ("directory_objects", "target_objects")
+        try:
+            async with self._connection() as db:
+                known = await db.fetchval(
+                    "SELECT sum(greatest(reltuples, 0)) FROM pg_class "
+                    "WHERE oid = ANY($1::regclass[])",
+                    list(tables),
+                )
+                if written > float(known or 0):
+                    await db.execute(f"ANALYZE {', '.join(tables)}")
+        except (StoreUnavailable, asyncpg.PostgresError):
+            return
+
+    @_writes
+    async def _commit(
         self,
         db: Connection,
         version: str,
@@ -563,47 +632,27 @@ class PostgresStore:
         # lock rows in the same order and rarely deadlock.
         for target in sorted(plans):
             await self._write_plan(db, target, plans[target], now)
-        rows = sorted(_last_wins((k, (h, obj)) for k, h, obj in upserts).items())
-        if rows:
-            await db.execute(
-                _UPSERT_DIRECTORY,
-                *_columns(
-                    [(k[0], k[1], h, encode(obj).decode(), *logins(obj)) for k, (h, obj) in rows],
-                    6,
-                ),
-            )
-        if deletes:
-            await db.execute(_DELETE_DIRECTORY, *_columns(sorted(set(deletes)), 2))
+        records = sorted(_last_wins((k, (h, obj)) for k, h, obj in upserts).items())
+        for chunk in _chunks(records):
+            rows = [(k[0], k[1], h, encode(obj).decode(), *logins(obj)) for k, (h, obj) in chunk]
+            await db.execute(_UPSERT_DIRECTORY, *_columns(rows, 6))
+        for gone in _chunks(sorted(set(deletes))):
+            await db.execute(_DELETE_DIRECTORY, *_columns(gone, 2))
         await db.execute(numbered(sql.SET_META), "snapshot_version", version)
         await db.execute(numbered(sql.SET_META), "snapshot_committed_at", repr(now))
 
     async def _write_plan(self, db: Connection, target: str, plan: TargetPlan, now: float) -> None:
         desired = sorted(_last_wins((row.key, row) for row in plan.desired).items())
-        if desired:
-            await db.execute(
-                _UPSERT_PLAN,
-                target,
-                now,
-                *_columns(
-                    [
-                        (
-                            key[0],
-                            key[1],
-                            row.hash,
-                            dump(row.obj),
-                            row.active,
-                            phase(key[0], row.obj is None),
-                        )
-                        for key, row in desired
-                    ],
-                    6,
-                ),
-            )
-        if plan.released:
-            released = _columns(sorted(set(plan.released)), 2)
-            await db.execute(_RELEASE["target_objects"], *released, target)
+        for chunk in _chunks(desired):
+            rows = [
+                (k[0], k[1], row.hash, dump(row.obj), row.active, phase(k[0], row.obj is None))
+                for k, row in chunk
+            ]
+            await db.execute(_UPSERT_PLAN, target, now, *_columns(rows, 6))
+        for released in _chunks(sorted(set(plan.released))):
+            await db.execute(_RELEASE["target_objects"], *_columns(released, 2), target)
             # A released object is no longer managed: the target forgets its link too.
-            await db.execute(_RELEASE["target_links"], *released, target)
+            await db.execute(_RELEASE["target_links"], *_columns(released, 2), target)
         await db.execute(numbered(sql.FORGET_UNWRITTEN), target)
         if plan.hold is None:
             await db.execute(numbered(sql.DELETE_HOLD), target)
@@ -616,49 +665,39 @@ class PostgresStore:
     async def due(self, db: Connection, target: str, now: float, limit: int) -> list[DueRow]:
         return [_due_row(r) for r in await db.fetch(numbered(sql.DUE), target, now, limit)]
 
-    @_reads_one
+    @_reads
     async def rows(self, db: Connection, target: str, keys: list[Key] | None) -> dict[Key, DueRow]:
         if keys is None:
-            found = await db.fetch(numbered(sql.DIRTY_ROWS), target)
+            found = _stream(db, numbered(sql.DIRTY_ROWS), target)
         elif not keys:
             return {}
         else:
-            found = await db.fetch(_ROWS, target, *_columns(keys, 2))
-        return {row.key: row for row in map(_due_row, found)}
+            found = _stream(db, _ROWS, target, *_columns(keys, 2))
+        out: dict[Key, DueRow] = {}
+        async for found_row in found:
+            row = _due_row(found_row)
+            out[row.key] = row
+        return out
 
     @_writes
     async def record(self, db: Connection, target: str, results: list[Result], now: float) -> None:
-        results = sorted(results, key=lambda r: r.key)
+        # One result per object, the last given (one statement changes a row once).
+        results = [r for _, r in sorted(_last_wins((r.key, r) for r in results).items())]
         ok = [r for r in results if r.ok]
         failed = [r for r in results if not r.ok]
-        statements: list[tuple[str, list[tuple[Any, ...]]]] = [
-            (
-                sql.RECORD_REMOVED,
-                [(target, r.key[0], r.key[1]) for r in ok if r.delivered_hash is None],
-            ),
-            (
-                sql.RECORD_REMOTE_ID,
-                [(r.remote_id, target, r.key[0], r.key[1]) for r in ok if r.remote_id is not None],
-            ),
-            (
-                sql.RECORD_WRITTEN,
-                [
-                    (now, target, r.key[0], r.key[1], r.delivered_hash)
-                    for r in ok
-                    if r.delivered_hash is not None
-                ],
-            ),
-            (
-                sql.RECORD_FAILED,
-                [
-                    (r.remote_id, r.error, r.next_attempt_at, now, target, r.key[0], r.key[1])
-                    for r in failed
-                ],
-            ),
+        removed = [r.key for r in ok if r.delivered_hash is None]
+        if removed:
+            await db.execute(_RECORD_REMOVED, *_columns(removed, 2), target)
+        confirmed = [
+            (*r.key, r.remote_id, r.delivered_hash)
+            for r in ok
+            if r.remote_id is not None or r.delivered_hash is not None
         ]
-        for statement, args in statements:
-            if args:
-                await db.executemany(numbered(statement), args)
+        if confirmed:
+            await db.execute(_RECORD_OK, now, *_columns(confirmed, 4), target)
+        if failed:
+            rows = [(*r.key, r.remote_id, r.error, r.next_attempt_at) for r in failed]
+            await db.execute(_RECORD_FAILED, now, *_columns(rows, 5), target)
 
     @_reads_one
     async def counts(self, db: Connection, target: str) -> tuple[int, int]:
@@ -763,6 +802,23 @@ _V = TypeVar("_V")
 def _last_wins(pairs: Iterable[tuple[_K, _V]]) -> dict[_K, _V]:
     """One entry per key, the last given: one statement may not change a row twice."""
     return dict(pairs)
+
+
+#: Rows per bulk statement, and per round trip of a streamed read: a first sync
+#: of 100,000 users goes as ten statements per table, and never holds all its
+#: encoded rows at once.
+_BATCH = 10_000
+
+
+def _chunks(items: Sequence[_V]) -> Iterable[Sequence[_V]]:
+    for i in range(0, len(items), _BATCH):
+        yield items[i : i + _BATCH]
+
+
+def _stream(db: Connection, query: str, *args: Any) -> AsyncIterator[Sequence[Any]]:
+    """The rows of ``query``, fetched :data:`_BATCH` at a time (in the caller's transaction)."""
+    cursor: AsyncIterator[Sequence[Any]] = db.cursor(query, *args, prefetch=_BATCH)
+    return cursor
 
 
 def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:

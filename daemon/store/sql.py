@@ -10,9 +10,10 @@ The statements here are in the dialect both engines accept:
   declares its key columns ``COLLATE "C"``, so delivery order is the same.
 
 The schemas differ in their types and stay with each backend, and so do the
-bulk forms PostgreSQL sends as arrays (``unnest``); a bulk statement takes
-its row source (``VALUES (?, ...)`` or ``SELECT ... FROM unnest(...)``) as
-an argument and shares everything around it.
+bulk writes: SQLite runs one statement per row (``executemany``), PostgreSQL
+sends a batch's rows as arrays (``unnest``). An upsert takes its row source
+(``VALUES (?, ...)`` or ``SELECT ... FROM unnest(...)``) as an argument and
+shares everything around it.
 """
 
 from __future__ import annotations
@@ -36,9 +37,6 @@ FIND_USER = (
     "SELECT data FROM directory_objects WHERE kind = 'user' AND "
     "(login_username = ? OR login_email = ?) ORDER BY login_username = ? DESC LIMIT 1"
 )
-
-DELETE_DIRECTORY = "DELETE FROM directory_objects WHERE kind = ? AND object_id = ?"
-
 
 def upsert_directory(rows: str) -> str:
     """Insert or replace directory records; ``rows`` yields (kind, id, hash, data, logins)."""
@@ -116,39 +114,11 @@ def upsert_plan(rows: str) -> str:
     """
 
 
-DELETE_TARGET_OBJECT = "DELETE FROM target_objects WHERE target = ? AND kind = ? AND object_id = ?"
-
 #: A removal of something never confirmed written needs no delivery.
 FORGET_UNWRITTEN = (
     "DELETE FROM target_objects WHERE target = ? AND desired_hash IS NULL "
     "AND written_hash IS NULL"
 )
-
-# -- delivery results ----------------------------------------------------------------
-
-#: A delivered removal is the end of the object for this target, unless the
-#: desired state changed meanwhile (hash guard).
-RECORD_REMOVED = f"{DELETE_TARGET_OBJECT} AND desired_hash IS NULL"
-
-#: The remote id is kept even when the hash guard refuses the rest: the object
-#: exists remotely, and without its id the next delivery would create it twice.
-RECORD_REMOTE_ID = (
-    "UPDATE target_objects SET remote_id = ? WHERE target = ? AND kind = ? AND object_id = ?"
-)
-
-RECORD_WRITTEN = """
-    UPDATE target_objects SET
-        written_hash = desired_hash, written = desired, dirty = FALSE,
-        attempts = 0, last_error = NULL, next_attempt_at = 0, updated_at = ?
-    WHERE target = ? AND kind = ? AND object_id = ? AND desired_hash IS NOT DISTINCT FROM ?
-"""
-
-RECORD_FAILED = """
-    UPDATE target_objects SET
-        remote_id = COALESCE(?, remote_id), attempts = attempts + 1,
-        last_error = ?, next_attempt_at = ?, updated_at = ?
-    WHERE target = ? AND kind = ? AND object_id = ?
-"""
 
 # -- the mass-removal guard ----------------------------------------------------------
 
@@ -197,11 +167,6 @@ FILL_LOGINS = (
     "UPDATE directory_objects SET login_username = ?, login_email = ? "
     "WHERE kind = 'user' AND object_id = ?"
 )
-
-
-def values(n: int) -> str:
-    """``VALUES (?, ?, ...)`` with ``n`` placeholders: one row per ``executemany`` call."""
-    return "VALUES (" + ", ".join("?" for _ in range(n)) + ")"
 
 
 _PLACEHOLDER = re.compile(r"\?")

@@ -114,6 +114,37 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
+# Row-at-a-time forms of the bulk writes (PostgreSQL sends arrays instead).
+_VALUES_DIRECTORY = "VALUES (?, ?, ?, ?, ?, ?)"
+_VALUES_PLAN = "VALUES (?, ?, ?, ?, ?, ?, TRUE, ?, 0, 0, ?)"
+_DELETE_DIRECTORY = "DELETE FROM directory_objects WHERE kind = ? AND object_id = ?"
+_DELETE_TARGET_OBJECT = "DELETE FROM target_objects WHERE target = ? AND kind = ? AND object_id = ?"
+
+#: A delivered removal is the end of the object for this target, unless the
+#: desired state changed meanwhile (hash guard).
+_RECORD_REMOVED = f"{_DELETE_TARGET_OBJECT} AND desired_hash IS NULL"
+
+#: The remote id is kept even when the hash guard refuses the rest: the object
+#: exists remotely, and without its id the next delivery would create it twice.
+_RECORD_REMOTE_ID = (
+    "UPDATE target_objects SET remote_id = ? WHERE target = ? AND kind = ? AND object_id = ?"
+)
+
+_RECORD_WRITTEN = """
+    UPDATE target_objects SET
+        written_hash = desired_hash, written = desired, dirty = FALSE,
+        attempts = 0, last_error = NULL, next_attempt_at = 0, updated_at = ?
+    WHERE target = ? AND kind = ? AND object_id = ? AND desired_hash IS NOT DISTINCT FROM ?
+"""
+
+_RECORD_FAILED = """
+    UPDATE target_objects SET
+        remote_id = COALESCE(?, remote_id), attempts = attempts + 1,
+        last_error = ?, next_attempt_at = ?, updated_at = ?
+    WHERE target = ? AND kind = ? AND object_id = ?
+"""
+
+
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
@@ -356,16 +387,16 @@ class SqliteStore:
             for target, plan in plans.items():
                 await self._write_plan(target, plan, now)
             await self.db.executemany(
-                sql.upsert_directory(sql.values(6)),
+                sql.upsert_directory(_VALUES_DIRECTORY),
                 [(k[0], k[1], h, encode(obj).decode(), *logins(obj)) for k, h, obj in upserts],
             )
-            await self.db.executemany(sql.DELETE_DIRECTORY, deletes)
+            await self.db.executemany(_DELETE_DIRECTORY, deletes)
             await self._set_meta("snapshot_version", version)
             await self._set_meta("snapshot_committed_at", repr(now))
 
     async def _write_plan(self, target: str, plan: TargetPlan, now: float) -> None:
         await self.db.executemany(
-            sql.upsert_plan("VALUES (?, ?, ?, ?, ?, ?, TRUE, ?, 0, 0, ?)"),
+            sql.upsert_plan(_VALUES_PLAN),
             [
                 (
                     target,
@@ -381,7 +412,7 @@ class SqliteStore:
             ],
         )
         released = [(target, k[0], k[1]) for k in plan.released]
-        await self.db.executemany(sql.DELETE_TARGET_OBJECT, released)
+        await self.db.executemany(_DELETE_TARGET_OBJECT, released)
         # A released object is no longer managed: the target forgets its link too.
         await self.db.executemany(sql.DELETE_LINK, released)
         await self.db.execute(sql.FORGET_UNWRITTEN, (target,))
@@ -437,15 +468,15 @@ class SqliteStore:
         failed = [r for r in results if not r.ok]
         async with self._transaction():
             await self.db.executemany(
-                sql.RECORD_REMOVED,
+                _RECORD_REMOVED,
                 [(target, r.key[0], r.key[1]) for r in ok if r.delivered_hash is None],
             )
             await self.db.executemany(
-                sql.RECORD_REMOTE_ID,
+                _RECORD_REMOTE_ID,
                 [(r.remote_id, target, r.key[0], r.key[1]) for r in ok if r.remote_id is not None],
             )
             await self.db.executemany(
-                sql.RECORD_WRITTEN,
+                _RECORD_WRITTEN,
                 [
                     (now, target, r.key[0], r.key[1], r.delivered_hash)
                     for r in ok
@@ -453,7 +484,7 @@ class SqliteStore:
                 ],
             )
             await self.db.executemany(
-                sql.RECORD_FAILED,
+                _RECORD_FAILED,
                 [
                     (r.remote_id, r.error, r.next_attempt_at, now, target, r.key[0], r.key[1])
                     for r in failed

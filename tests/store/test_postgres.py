@@ -228,3 +228,27 @@ async def test_delivery_order_is_bytewise_whatever_the_database_collation(
     finally:
         await store.aclose()
         pg_cluster.drop_database("collated")
+
+
+async def test_bulk_writes_and_reads_in_batches_lose_nothing(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Batches of 7 rows: every bulk statement and streamed read crosses batch boundaries.
+    monkeypatch.setattr(pg_store, "_BATCH", 7)
+    store = store_on(dsn)
+    await store.open()
+    try:
+        for n in (1, 2, 3):
+            w = world(n, users=60, groups=4)
+            await store.commit(*w.commit_args())
+            assert await store.committed() == w.committed
+            assert await store.target_index("a") == w.index()
+            assert await store.records(list(w.objects)) == w.objects
+            dirty = await store.rows("a", None)
+            assert {k: r.desired for k, r in dirty.items()} == w.objects
+            assert (await store.rows("a", list(w.objects))).keys() == w.objects.keys()
+        released = list(w.objects)[:20]
+        await store.commit(w.version, [], [], {"a": plan(released=released)})
+        assert (await store.target_index("a")).hashes.keys() == w.objects.keys() - set(released)
+    finally:
+        await store.aclose()
