@@ -235,8 +235,7 @@ _LOST: tuple[type[BaseException], ...] = (
 # Errors after which a write transaction can simply run again.
 _RETRY = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 _ATTEMPTS = 5
-# A commit writing this many rows or more may have grown the tables enough to
-# mislead the planner (see PostgresStore._analyze_if_grown).
+# Fewer rows written than this never refresh the statistics (PostgresStore._wrote).
 _ANALYZE_AFTER = 5000
 
 _P = ParamSpec("_P")
@@ -379,6 +378,7 @@ class PostgresStore:
         self.connect_timeout = connect_timeout
         self.application_name = application_name
         self._pool: asyncpg.Pool | None = None
+        self._since_analyze = 0  # rows written since the statistics were last refreshed
         self._hidden = dsn_passwords(dsn)
 
     def _scrub(self, text: str) -> str:
@@ -593,18 +593,21 @@ class PostgresStore:
         plans: dict[str, TargetPlan],
     ) -> None:
         await self._commit(version, upserts, deletes, plans)
-        written = len(upserts) + sum(len(p.desired) for p in plans.values())
-        if written >= _ANALYZE_AFTER:
-            await self._analyze_if_grown(written)
+        await self._wrote(len(upserts) + sum(len(p.desired) for p in plans.values()))
 
-    async def _analyze_if_grown(self, written: int) -> None:
-        """Refresh the planner's statistics after a commit that (at least) doubled the tables.
+    async def _wrote(self, rows: int) -> None:
+        """Refresh the planner's statistics once this store changed half the rows they know of.
 
-        Until autovacuum gets to it, the planner would take a table just
-        filled by a first sync for a small one, and read all of it for each
-        delivery batch instead of looking its rows up. Only statistics: not
-        part of the commit, and a failure here is no failure of the commit.
+        Until autovacuum gets to it (a minute or more), the planner would take
+        a table just filled by a first sync for a small one, and read all of
+        it for each delivery batch instead of looking rows up; and once the
+        sync is delivered it would still think every row dirty, and count
+        them through every dead row version. Only statistics: not part of any
+        write, and a failure here is no failure of the write.
         """
+        self._since_analyze += rows
+        if self._since_analyze < _ANALYZE_AFTER:
+            return
         tables = ("directory_objects", "target_objects")
         try:
             async with self._connection() as db:
@@ -613,7 +616,8 @@ class PostgresStore:
                     "WHERE oid = ANY($1::regclass[])",
                     list(tables),
                 )
-                if written > float(known or 0):
+                if self._since_analyze > float(known or 0) / 2:
+                    self._since_analyze = 0
                     await db.execute(f"ANALYZE {', '.join(tables)}")
         except (StoreUnavailable, asyncpg.PostgresError):
             return
@@ -679,8 +683,12 @@ class PostgresStore:
             out[row.key] = row
         return out
 
+    async def record(self, target: str, results: list[Result], now: float) -> None:
+        await self._record(target, results, now)
+        await self._wrote(len(results))
+
     @_writes
-    async def record(self, db: Connection, target: str, results: list[Result], now: float) -> None:
+    async def _record(self, db: Connection, target: str, results: list[Result], now: float) -> None:
         # One result per object, the last given (one statement changes a row once).
         results = [r for _, r in sorted(_last_wins((r.key, r) for r in results).items())]
         ok = [r for r in results if r.ok]

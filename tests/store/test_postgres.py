@@ -20,7 +20,7 @@ from daemon.store import StateError, StoreUnavailable
 from daemon.store import postgres as pg_store
 from daemon.store.postgres import MIGRATIONS, PostgresStore, dsn_location, dsn_passwords
 from tests.pg.cluster import PgCluster, free_port
-from tests.store.data import plan, upsert, user, want, world
+from tests.store.data import ok, plan, upsert, user, want, world
 
 
 @pytest.fixture
@@ -250,5 +250,41 @@ async def test_bulk_writes_and_reads_in_batches_lose_nothing(
         released = list(w.objects)[:20]
         await store.commit(w.version, [], [], {"a": plan(released=released)})
         assert (await store.target_index("a")).hashes.keys() == w.objects.keys() - set(released)
+    finally:
+        await store.aclose()
+
+
+async def test_statistics_follow_a_first_sync_and_its_delivery(
+    pg_cluster: PgCluster, dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without this the planner takes a freshly filled table for an empty one,
+    # and after the delivery still thinks every row dirty (see _wrote).
+    monkeypatch.setattr(pg_store, "_ANALYZE_AFTER", 50)
+    database = database_of(dsn)
+
+    def stats() -> tuple[str, str]:
+        tuples = pg_cluster.psql(
+            "SELECT reltuples::bigint FROM pg_class WHERE relname = 'target_objects'",
+            database=database,
+        )
+        dirty = pg_cluster.psql(
+            "SELECT most_common_vals::text FROM pg_stats "
+            "WHERE tablename = 'target_objects' AND attname = 'dirty'",
+            database=database,
+        )
+        return tuples, dirty
+
+    store = store_on(dsn)
+    await store.open()
+    try:
+        assert stats() == ("-1", "")  # never analyzed
+        w = world(1, users=300, groups=3)
+        await store.commit(*w.commit_args())
+        # Two targets; the removals of never-written objects are forgotten at once.
+        assert stats() == (str(2 * len(w.objects)), "{t}")
+        for target in ("a", "b"):
+            due = await store.due(target, 0.0, 10_000)
+            await store.record(target, [ok(r.key, r.desired_hash, "r") for r in due], 0.0)
+        assert stats() == (str(2 * len(w.objects)), "{f}")
     finally:
         await store.aclose()
