@@ -244,6 +244,15 @@ def _report(args: argparse.Namespace, backends: list[str], cluster: Any) -> None
                 f"| {r['in_store'] / first['in_store']:.2f} "
                 f"| {r['quiet'] / first['quiet']:.2f} | | | |"
             )
+        if len(backends) > 1 or args.rounds > 1:
+            print()
+            for backend in backends:
+                spread = "; ".join(
+                    f"{measure} {min(runs[backend][measure]):.3f} to "
+                    f"{max(runs[backend][measure]):.3f} s"
+                    for measure in ("initial", "changed", "quiet")
+                )
+                print(f"- {n:,} users, {backend}, every run: {spread}")
 
 
 if __name__ == "__main__":
