@@ -32,6 +32,67 @@ class StateError(Exception):
     """The state store cannot be opened, or its schema is newer than this provisiond."""
 
 
+class FencedOut(StateError):
+    """A write made under a :class:`Fence` whose lease is no longer the writer's.
+
+    Another replica took the lease over (a newer term), or it expired. The
+    write changed nothing.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """The lease a write is conditional on: ``lease`` held by ``holder`` at ``term``."""
+
+    lease: str
+    holder: str
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """One lease row. Times are the store's clock (Unix seconds), never a replica's.
+
+    ``term`` grows by one each time the lease changes hands (or is taken again
+    after it expired); a renewal keeps it. ``expires_in`` is ``expires_at``
+    less the store's clock when the row was read: zero or less means the
+    lease is free.
+    """
+
+    name: str
+    holder: str
+    term: int
+    acquired_at: float
+    renewed_at: float
+    expires_at: float
+    expires_in: float
+
+    @property
+    def live(self) -> bool:
+        return self.expires_in > 0
+
+    @property
+    def fence(self) -> Fence:
+        return Fence(self.name, self.holder, self.term)
+
+
+def check_fence(fence: Fence, lease: Lease | None) -> None:
+    """Raise :class:`FencedOut` unless ``lease`` (read in the write) is ``fence``'s."""
+    if lease is not None and lease.live and lease.fence == fence:
+        return
+    if lease is None:
+        now = "nobody ever held it"
+    elif lease.holder == fence.holder and lease.term == fence.term:
+        now = f"it expired {-lease.expires_in:.1f}s ago"
+    else:
+        state = "holds" if lease.live else "held"
+        now = f"{lease.holder} {state} it at term {lease.term}"
+    raise FencedOut(
+        f"lease {fence.lease} is no longer held by {fence.holder} at term {fence.term} "
+        f"({now}); nothing was written"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Committed:
     """The last committed snapshot: its version and the hash of every object."""
@@ -167,7 +228,14 @@ class LinkChanges:
 
 
 class Store(Protocol):
-    """What the engine needs from durable state. All methods are atomic."""
+    """What the engine needs from durable state. All methods are atomic.
+
+    A write given a ``fence`` first checks, inside its own transaction and
+    with the lease row locked, that the fence's lease is still held by its
+    holder at its term and has not expired; otherwise it raises
+    :class:`FencedOut` and writes nothing. Without a fence (a single
+    process) it writes unconditionally.
+    """
 
     async def open(self) -> None: ...
 
@@ -195,6 +263,8 @@ class Store(Protocol):
         upserts: list[tuple[Key, str, DirectoryObject]],
         deletes: list[Key],
         plans: dict[str, TargetPlan],
+        *,
+        fence: Fence | None = None,
     ) -> None:
         """In one transaction: record every target's plan, then the new snapshot."""
         ...
@@ -207,7 +277,9 @@ class Store(Protocol):
         """The stored rows for ``keys`` (``None``: every dirty row), for ``plan``."""
         ...
 
-    async def record(self, target: str, results: list[Result], now: float) -> None: ...
+    async def record(
+        self, target: str, results: list[Result], now: float, *, fence: Fence | None = None
+    ) -> None: ...
 
     async def counts(self, target: str) -> tuple[int, int]:
         """``(dirty, failed)`` object counts for a target."""
@@ -227,7 +299,7 @@ class Store(Protocol):
 
     async def get_meta(self, key: str) -> str | None: ...
 
-    async def set_meta(self, key: str, value: str) -> None: ...
+    async def set_meta(self, key: str, value: str, *, fence: Fence | None = None) -> None: ...
 
     # -- what targets remember (no target opens a database of its own) ---------------
 
@@ -235,7 +307,9 @@ class Store(Protocol):
         """Every link and pending deactivation the target recorded."""
         ...
 
-    async def save_links(self, target: str, changes: LinkChanges) -> None:
+    async def save_links(
+        self, target: str, changes: LinkChanges, *, fence: Fence | None = None
+    ) -> None:
         """Apply ``changes`` to the target's links in one transaction."""
         ...
 
@@ -243,4 +317,25 @@ class Store(Protocol):
         """A value the target stored for itself (for example when it last reconciled)."""
         ...
 
-    async def set_target_meta(self, target: str, key: str, value: str) -> None: ...
+    async def set_target_meta(
+        self, target: str, key: str, value: str, *, fence: Fence | None = None
+    ) -> None: ...
+
+    # -- leader election (several replicas on one store) ------------------------------
+
+    async def acquire_lease(self, name: str, holder: str, seconds: float) -> Lease | None:
+        """Take lease ``name`` for ``seconds`` by the store's clock, or renew it.
+
+        Free (never taken, released, or expired): ``holder`` takes it with the
+        next term. Live and ``holder``'s: renewed, same term. Live and someone
+        else's: ``None``, nothing changes. Two stores racing: exactly one wins.
+        """
+        ...
+
+    async def release_lease(self, name: str, holder: str, term: int) -> None:
+        """Let the lease expire now, if ``holder`` still holds it at ``term`` (a clean stop)."""
+        ...
+
+    async def leases(self) -> list[Lease]:
+        """Every lease row, by name."""
+        ...

@@ -18,8 +18,10 @@ from daemon.store import (
     Committed,
     Deactivation,
     DueRow,
+    Fence,
     Hold,
     Key,
+    Lease,
     Link,
     LinkChanges,
     ObjectStatus,
@@ -28,6 +30,7 @@ from daemon.store import (
     TargetIndex,
     TargetLinks,
     TargetPlan,
+    check_fence,
     phase,
 )
 
@@ -105,6 +108,18 @@ MIGRATIONS: tuple[str, ...] = (
         key TEXT NOT NULL,
         value TEXT NOT NULL,
         PRIMARY KEY (target, key)
+    );
+    """,
+    # 4: leases for leader election among replicas ("source", "target:<name>"); the
+    # term is the fencing token of every write a leader makes.
+    """
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        term INTEGER NOT NULL,
+        acquired_at REAL NOT NULL,
+        renewed_at REAL NOT NULL,
+        expires_at REAL NOT NULL
     );
     """,
 )
@@ -284,8 +299,9 @@ class SqliteStore:
     async def get_meta(self, key: str) -> str | None:
         return await self._get_meta(key)
 
-    async def set_meta(self, key: str, value: str) -> None:
+    async def set_meta(self, key: str, value: str, *, fence: Fence | None = None) -> None:
         async with self._transaction():
+            await self._check_fence(fence)
             await self._set_meta(key, value)
 
     async def _get_meta(self, key: str) -> str | None:
@@ -365,9 +381,12 @@ class SqliteStore:
         upserts: list[tuple[Key, str, DirectoryObject]],
         deletes: list[Key],
         plans: dict[str, TargetPlan],
+        *,
+        fence: Fence | None = None,
     ) -> None:
         now = time.time()
         async with self._transaction():
+            await self._check_fence(fence)
             for target, plan in plans.items():
                 await self._write_plan(target, plan, now)
             await self.db.executemany(
@@ -504,10 +523,13 @@ class SqliteStore:
         async with self.db.execute("SELECT target FROM holds WHERE approved = 1") as cur:
             return [str(row[0]) async for row in cur]
 
-    async def record(self, target: str, results: list[Result], now: float) -> None:
+    async def record(
+        self, target: str, results: list[Result], now: float, *, fence: Fence | None = None
+    ) -> None:
         ok = [r for r in results if r.ok]
         failed = [r for r in results if not r.ok]
         async with self._transaction():
+            await self._check_fence(fence)
             # A delivered removal is the end of the object for this target,
             # unless the desired state changed meanwhile (hash guard).
             await self.db.executemany(
@@ -615,12 +637,15 @@ class SqliteStore:
                 deactivations[object_id] = Deactivation(remote_id, float(at))
         return TargetLinks(links, deactivations)
 
-    async def save_links(self, target: str, changes: LinkChanges) -> None:
+    async def save_links(
+        self, target: str, changes: LinkChanges, *, fence: Fence | None = None
+    ) -> None:
         if not changes:
             return
         put = [(k, v) for k, v in changes.links.items() if v is not None]
         gone = [k for k, v in changes.links.items() if v is None]
         async with self._transaction():
+            await self._check_fence(fence)
             await self.db.executemany(
                 "INSERT INTO target_links (target, kind, object_id, remote_id, body) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (target, kind, object_id) DO UPDATE SET "
@@ -655,8 +680,11 @@ class SqliteStore:
             row = await cur.fetchone()
         return None if row is None else str(row[0])
 
-    async def set_target_meta(self, target: str, key: str, value: str) -> None:
+    async def set_target_meta(
+        self, target: str, key: str, value: str, *, fence: Fence | None = None
+    ) -> None:
         async with self._transaction():
+            await self._check_fence(fence)
             await self._set_target_meta(target, key, value)
 
     async def _set_target_meta(self, target: str, key: str, value: str) -> None:
@@ -665,6 +693,85 @@ class SqliteStore:
             "ON CONFLICT (target, key) DO UPDATE SET value = excluded.value",
             (target, key, value),
         )
+
+    # -- leases ------------------------------------------------------------------------
+    #
+    # The store's clock is this host's: every process on one SQLite file runs on
+    # one host. Writes hold the database's write lock (BEGIN IMMEDIATE) from the
+    # first statement, so an acquire and a fenced write never interleave.
+
+    async def acquire_lease(self, name: str, holder: str, seconds: float) -> Lease | None:
+        async with self._transaction():
+            now = time.time()
+            current = await self._lease(name, now)
+            if current is None:
+                term = 1
+                await self.db.execute(
+                    "INSERT INTO leases (name, holder, term, acquired_at, renewed_at, expires_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (name, holder, term, now, now, now + seconds),
+                )
+                return Lease(name, holder, term, now, now, now + seconds, seconds)
+            if current.live and current.holder == holder:
+                await self.db.execute(
+                    "UPDATE leases SET renewed_at = ?, expires_at = ? WHERE name = ?",
+                    (now, now + seconds, name),
+                )
+                return Lease(
+                    name, holder, current.term, current.acquired_at, now, now + seconds, seconds
+                )
+            if current.live:
+                return None
+            term = current.term + 1
+            await self.db.execute(
+                "UPDATE leases SET holder = ?, term = ?, acquired_at = ?, renewed_at = ?, "
+                "expires_at = ? WHERE name = ?",
+                (holder, term, now, now, now + seconds, name),
+            )
+            return Lease(name, holder, term, now, now, now + seconds, seconds)
+
+    async def release_lease(self, name: str, holder: str, term: int) -> None:
+        async with self._transaction():
+            now = time.time()
+            await self.db.execute(
+                "UPDATE leases SET expires_at = ? "
+                "WHERE name = ? AND holder = ? AND term = ? AND expires_at > ?",
+                (now, name, holder, term, now),
+            )
+
+    @_read_one
+    async def leases(self) -> list[Lease]:
+        now = time.time()
+        sql = (
+            "SELECT name, holder, term, acquired_at, renewed_at, expires_at FROM leases "
+            "ORDER BY name"
+        )
+        async with self.db.execute(sql) as cur:
+            return [
+                Lease(name, holder, int(term), float(a), float(r), float(e), float(e) - now)
+                async for name, holder, term, a, r, e in cur
+            ]
+
+    async def _lease(self, name: str, now: float) -> Lease | None:
+        sql = (
+            "SELECT holder, term, acquired_at, renewed_at, expires_at FROM leases WHERE name = ?"
+        )
+        async with self.db.execute(sql, (name,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        holder, term, acquired, renewed, expires = row
+        return Lease(
+            name, holder, int(term), float(acquired), float(renewed), float(expires),
+            float(expires) - now,
+        )
+
+    async def _check_fence(self, fence: Fence | None) -> None:
+        """Inside a write transaction: raise :class:`FencedOut` unless ``fence`` still holds."""
+        if fence is None:
+            return
+        lease = await self._lease(fence.lease, time.time())
+        check_fence(fence, lease)
 
 
 def _logins(obj: DirectoryObject) -> tuple[str | None, str | None]:
