@@ -13,9 +13,11 @@ Structure (anyio, no stray tasks)::
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import random
 import signal
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +28,14 @@ import pluggy
 import structlog
 from aiohttp import web
 
-from daemon import __version__, logs
+from daemon import __version__, logs, metrics
 from daemon.config import Config, ConfigError, read_file
 from daemon.config import load as load_config
 from daemon.directory import Directory
 from daemon.engine import Engine, TargetSlot
 from daemon.http import serve
 from daemon.http.ops import build_ops_app
+from daemon.leadership import SOURCE, Leadership, new_holder, target_lease
 from daemon.notify import Notifier
 from daemon.plugins import Registry, await_me_maybe, plugin_manager
 from daemon.portal import PortalConfigError, build_public_app
@@ -59,12 +62,17 @@ class Parts:
     config: Config
     source: Source
     slots: list[TargetSlot]
+    closed: bool = False
 
     @property
     def targets(self) -> dict[str, Target]:
         return {s.name: s.target for s in self.slots}
 
     async def aclose(self) -> None:
+        """Close the source and targets (once; a second call does nothing)."""
+        if self.closed:
+            return
+        self.closed = True
         closables: list[Source | Target] = [self.source, *(s.target for s in self.slots)]
         for closable in closables:
             try:
@@ -174,6 +182,10 @@ class Service:
         self.ops_port: int | None = None
         self.notifier = Notifier()
         self.public_port: int | None = None
+        #: Leader election among replicas (``ha.enabled``); ``None``: this process leads all.
+        self.leadership: Leadership | None = None
+        self.holder = new_holder(self.config.settings.ha.replica_id)
+        self.started_at = time.time()
 
     # -- Controller ----------------------------------------------------------------
 
@@ -186,7 +198,29 @@ class Service:
         return self._ready
 
     def status(self) -> dict[str, Any]:
-        return self._status
+        """The status document of the last cycle, with who leads what as of now."""
+        doc = dict(self._status)
+        doc["replica"] = self.config.settings.ha.replica_id
+        doc["source_leader"] = self._leader(SOURCE)
+        targets = doc.get("targets")
+        if isinstance(targets, dict):
+            doc["targets"] = {
+                name: {**fields, "leader": self._leader(target_lease(name))}
+                for name, fields in targets.items()
+            }
+        return doc
+
+    def _leader(self, lease: str) -> dict[str, Any] | None:
+        if self.leadership is not None:
+            return self.leadership.leader(lease)
+        # Without leader election this process leads everything, since it started.
+        return {
+            "holder": self.holder,
+            "term": None,
+            "since": self.started_at,
+            "expires_at": None,
+            "mine": True,
+        }
 
     def trigger_sync(self) -> None:
         self._wake.set()
@@ -232,8 +266,31 @@ class Service:
             token = admin_token(self.config)
             self.store = await open_store(self.config)
             _on_exit(stack, self.store.aclose)
+            if settings.ha.enabled:
+                # Leases on a connection of their own: a long commit never delays a renewal.
+                leases = await open_store(self.config)
+                _on_exit(stack, leases.aclose)
+                self.leadership = Leadership(
+                    leases,
+                    replica_id=settings.ha.replica_id,
+                    holder=self.holder,
+                    lease_seconds=settings.ha.lease_seconds,
+                    renew_every=settings.ha.renew_every,
+                    targets=[slot.name for slot in self.parts.slots],
+                )
+                self.leadership.on_gain = lambda _lease: self.trigger_sync()
+                _on_exit(stack, self._stop_leading)
+            else:
+                metrics.SOURCE_LEADER.set(1)
+                for slot in self.parts.slots:
+                    metrics.LEADER.labels(slot.name).set(1)
             self.engine = Engine(
-                self.parts.source, self.parts.slots, self.store, self.pm, settings.engine
+                self.parts.source,
+                self.parts.slots,
+                self.store,
+                self.pm,
+                settings.engine,
+                leadership=self.leadership,
             )
             self.engine.stopping = self.stopping
             self.directory = Directory(self.store, self.parts.source)
@@ -259,14 +316,22 @@ class Service:
                 config=str(self.config_path) if self.config_path else None,
                 ops=f"http://{settings.http.ops.host}:{ops.port}",
                 targets=list(self.parts.targets),
+                replica=settings.ha.replica_id if settings.ha.enabled else None,
+                holder=self.holder if settings.ha.enabled else None,
             )
             self._live = True
             _on_exit(stack, self._not_live)
+            if self.leadership is not None:
+                # Before the first cycle, so that a replica on its own leads from the start.
+                await self.leadership.tick()
             await self._refresh_status()
             self.notifier.ready(f"serving; ops on port {ops.port}")
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self.notifier.watchdog)
                 tg.start_soon(self._periodic)
+                if self.leadership is not None:
+                    tg.start_soon(functools.partial(self.leadership.run, first=False))
+                    tg.start_soon(self._follow, self.leadership)
                 await self._poll()
                 tg.cancel_scope.cancel()
 
@@ -294,6 +359,40 @@ class Service:
                         running.add(id(slot.target))
                         tg.start_soon(one, slot)
                 await anyio.sleep(PERIODIC_EVERY)
+
+    async def _follow(self, leadership: Leadership) -> None:
+        """A target leader that does not poll the directory: deliver once a snapshot lands.
+
+        The source leader (another replica) commits the desired state; this
+        replica looks for a new commit every ``ha.renew_every`` seconds
+        instead of waiting for its next poll.
+        """
+        assert self.store is not None
+        seen = await self.store.get_meta("snapshot_committed_at")
+        while not self.stopping:
+            await anyio.sleep(leadership.renew_every)
+            if leadership.leads(SOURCE):
+                continue
+            try:
+                committed = await self.store.get_meta("snapshot_committed_at")
+            except Exception:
+                log.exception("reading the state store failed")
+                continue
+            if committed != seen:
+                seen = committed
+                if any(leadership.leads(target_lease(t)) for t in leadership.targets):
+                    self.trigger_sync()
+
+    async def _stop_leading(self) -> None:
+        """On the way out: close the targets (their last writes are fenced), then release.
+
+        Nothing runs under the leases any more by then, so another replica may
+        take over at once instead of after the leases ran out.
+        """
+        if self.parts is not None:
+            await self.parts.aclose()
+        if self.leadership is not None:
+            await self.leadership.release_all()
 
     async def _not_live(self) -> None:
         self._live = False
@@ -328,6 +427,9 @@ class Service:
         assert self.engine is not None
         interval = self.config.settings.engine
         while not self.stopping:
+            # A new event before the cycle: a trigger during it (a lease won, a
+            # snapshot committed elsewhere) runs another cycle right after.
+            self._wake = anyio.Event()
             async with self._cycle_lock:
                 with anyio.CancelScope() as scope:
                     self._cycle_scope = scope
@@ -343,7 +445,6 @@ class Service:
                 break
             jitter = interval.jitter
             delay = interval.interval * random.uniform(1 - jitter, 1 + jitter)  # noqa: S311
-            self._wake = anyio.Event()
             with anyio.move_on_after(delay):
                 await self._wake.wait()
 
@@ -410,6 +511,7 @@ class Service:
         old = self.config.settings
         for what, before, after in (
             ("state", old.state, config.settings.state),
+            ("ha", old.ha, config.settings.ha),
             ("http", old.http, config.settings.http),
         ):
             if before != after:
@@ -418,6 +520,8 @@ class Service:
             previous, self.parts = self.parts, parts
             self.config = config
             self.engine.reconfigure(parts.source, parts.slots, config.settings.engine)
+            if self.leadership is not None:
+                self.leadership.targets = [slot.name for slot in parts.slots]
             if self.directory is not None:
                 self.directory.replace_source(parts.source)
         await previous.aclose()
