@@ -534,16 +534,21 @@ class Engine:
             except FencedOut as exc:
                 self._fenced_out(target_lease(slot.name), exc)
 
-    def _may_start(self, slot: TargetSlot, fence: Fence | None) -> bool:
-        """Whether a delivery may start: always, or while the lease has enough left."""
+    def _lease_too_short(self, fence: Fence | None) -> str | None:
+        """Why no delivery may start now under ``fence``, or ``None`` (it may)."""
         if self.leadership is None or fence is None:
-            return True
+            return None
         try:
             self.leadership.gate(fence).allowance()
         except NotLeader as exc:
-            log.info("no further deliveries: not the leader any more", reason=str(exc))
-            return False
-        return True
+            return str(exc)
+        return None
+
+    def _may_start(self, fence: Fence | None) -> bool:
+        why = self._lease_too_short(fence)
+        if why is not None:
+            log.info("no further deliveries: not the leader any more", reason=why)
+        return why is None
 
     async def _deliver_batches(
         self, slot: TargetSlot, report: TargetReport, fence: Fence | None
@@ -560,23 +565,28 @@ class Engine:
             return
         total = (await self.store.counts(slot.name))[0] if self.progress else 0
         done = 0
-        while not self.stopping and self._may_start(slot, fence):
+        while not self.stopping and self._may_start(fence):
             now = self.clock()
             rows = await self.store.due(slot.name, now, self.settings.batch_size)
             if not rows:
                 break
             deltas = [_due_delta(r) for r in rows]
             outcomes = await self._call_target(slot, [d for d in deltas if d.changes])
-            results = [
-                self._result(r, d, outcomes.get(d.key))
+            pairs = [
+                (self._result(r, d, outcomes.get(d.key)), d)
                 for r, d in zip(rows, deltas, strict=True)
             ]
+            if self._lease_too_short(fence) is not None:
+                # The lease ran low during the batch: what failed was refused unsent
+                # (or cut short), and is the next leader's to deliver, not a retry.
+                pairs = [(res, d) for res, d in pairs if res.ok]
+            results = [res for res, _ in pairs]
             # Fenced: after another replica took the target over, nothing lands.
             await self.store.record(slot.name, results, self.clock(), fence=fence)
             done += len(results)
             if self.progress is not None:
                 self.progress(slot.name, done, max(total, done))
-            for res, delta in zip(results, deltas, strict=True):
+            for res, delta in pairs:
                 outcome = outcomes.get(delta.key)
                 kind = (
                     "ok"

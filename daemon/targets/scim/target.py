@@ -150,9 +150,11 @@ class ScimTarget:
         anew (leader election): another replica may have written meanwhile, so
         everything is read again, and the listing of remote users is dropped.
         """
+        again = self._store is not None
         async with self.link.busy:
             await self.link.links.load(store)
-            self.link.index = RemoteIndex()
+            if again:
+                self.link.index = RemoteIndex()
         self._store = store
         stored = await store.target_meta(self.name, LAST_RECONCILE)
         if stored is None:
