@@ -232,6 +232,11 @@ def test_kill_9_the_leader_and_the_other_takes_over_and_finishes(tmp_path: Path)
         leader = status["targets"][TARGET]["leader"]
         assert (leader["holder"], leader["term"], leader["mine"]) == (taken["holder"], 2, True)
         assert "provisiond_leader{target=\"alexishr\"} 1.0" in b.daemon.get("/metrics")[1]
+        checked = b.deployment.cli("check").stdout
+        assert f"lease {LEASE}: held by {taken['holder']} at term 2, expires in" in checked
+        assert "replicas running: replica-b/" in checked
+        shown = b.deployment.cli("status").stdout
+        assert f"{taken['holder']} (term 2" in " ".join(shown.split())
         # A clean stop releases the leases at once.
         assert b.daemon.stop() == 0
         assert any(
@@ -241,6 +246,29 @@ def test_kill_9_the_leader_and_the_other_takes_over_and_finishes(tmp_path: Path)
         status_cli = json.loads(b.deployment.cli("status", "--json").stdout)
         assert status_cli["targets"][TARGET]["leader"] is None
         assert status_cli["targets"][TARGET]["dirty"] == 0
+
+
+def test_without_ha_the_one_daemon_leads_everything(tmp_path: Path) -> None:
+    deployment = Deployment(tmp_path)
+    deployment.write_directory(directory(5))
+    deployment.write_config()
+    daemon = deployment.start()
+    try:
+        daemon.wait_ready()
+        text = daemon.get("/metrics")[1]
+        assert 'provisiond_leader{target="app"} 1.0' in text
+        assert "provisiond_source_leader 1.0" in text
+        status = json.loads(daemon.get("/api/v1/status")[1])
+        assert status["targets"]["app"]["leader"]["mine"] is True
+        assert status["targets"]["app"]["leader"]["term"] is None
+        assert status["source_leader"]["mine"] is True
+        assert daemon.stop() == 0
+        db = sqlite3.connect(tmp_path / "state/provisiond.db")
+        assert db.execute("SELECT COUNT(*) FROM leases").fetchone() == (0,)
+        db.close()
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
 
 
 def pause_on(proxy: FaultProxy, replica: Replica, nth: int, then: Callable[[], None]) -> None:
