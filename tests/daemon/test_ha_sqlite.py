@@ -237,6 +237,10 @@ def test_kill_9_the_leader_and_the_other_takes_over_and_finishes(tmp_path: Path)
         assert "replicas running: replica-b/" in checked
         shown = b.deployment.cli("status").stdout
         assert f"{taken['holder']} (term 2" in " ".join(shown.split())
+        # A one-off cycle next to a running replica would write unfenced: refused.
+        refused = b.deployment.cli("sync", "--once", check=False)
+        assert refused.returncode == 2
+        assert taken["holder"] in " ".join(refused.stderr.split())
         # A clean stop releases the leases at once.
         assert b.daemon.stop() == 0
         assert any(
@@ -246,6 +250,15 @@ def test_kill_9_the_leader_and_the_other_takes_over_and_finishes(tmp_path: Path)
         status_cli = json.loads(b.deployment.cli("status", "--json").stdout)
         assert status_cli["targets"][TARGET]["leader"] is None
         assert status_cli["targets"][TARGET]["dirty"] == 0
+        # With nobody running, it holds every lease for its run, then lets them go.
+        report = json.loads(b.deployment.cli("sync", "--once").stdout)
+        assert report["result"] in ("ok", "quiet")
+        db = sqlite3.connect(tmp_path / "state" / "provisiond.db")
+        rows = db.execute("SELECT name, holder, expires_at FROM leases").fetchall()
+        db.close()
+        mine = [r for r in rows if r[1].startswith("replica-b-cli/")]
+        assert {r[0] for r in mine} == {"source", LEASE}
+        assert all(r[2] <= time.time() for r in mine)  # released
 
 
 def test_without_ha_the_one_daemon_leads_everything(tmp_path: Path) -> None:
