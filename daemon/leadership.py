@@ -120,7 +120,6 @@ class Leadership:
         self.renew_every = renew_every
         #: No request to an application starts with less lease than this left.
         self.margin = renew_every
-        self.targets = list(targets)
         self.spread = spread
         self.clock = clock
         self.on_gain: Callable[[str], None] | None = None
@@ -129,6 +128,26 @@ class Leadership:
         self.backoff: dict[str, float] = {}
         #: The lease table as of the last tick.
         self.table: list[Lease] = []
+        self._targets: list[str] = []
+        self.targets = list(targets)
+        if spread:
+            metrics.SOURCE_LEADER.set(0)
+
+    @property
+    def targets(self) -> list[str]:
+        """The configured target names (the service sets them again on a reload)."""
+        return self._targets
+
+    @targets.setter
+    def targets(self, names: Iterable[str]) -> None:
+        self._targets = list(names)
+        if not self.spread:
+            return
+        for name in self._targets:
+            # A follower says so (0), and a first change counts from 0.
+            if not self.leads(target_lease(name)):
+                metrics.LEADER.labels(name).set(0)
+            metrics.LEADER_CHANGES.labels(name)
 
     # -- what the engine asks --------------------------------------------------------
 

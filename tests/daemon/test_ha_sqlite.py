@@ -211,6 +211,14 @@ def test_kill_9_the_leader_and_the_other_takes_over_and_finishes(tmp_path: Path)
         assert status["targets"][TARGET]["leader"]["holder"] == gained["holder"]
         assert status["targets"][TARGET]["leader"]["mine"] is False
         assert status["source_leader"]["term"] == 1
+        follower = b.daemon.get("/metrics")[1]
+        for series in (
+            'provisiond_leader{target="alexishr"} 0.0',
+            "provisiond_source_leader 0.0",
+            'provisiond_leader_changes_total{target="alexishr"} 0.0',
+        ):
+            assert series in follower, series
+        assert "provisiond_lease_age_seconds{" not in follower
         # Kill the leader in the middle of its first sync.
         deadline = time.monotonic() + 60
         while len(writes(by(proxy, a))) < 60 and time.monotonic() < deadline:
@@ -231,7 +239,10 @@ def test_kill_9_the_leader_and_the_other_takes_over_and_finishes(tmp_path: Path)
         status = json.loads(b.daemon.get("/api/v1/status")[1])
         leader = status["targets"][TARGET]["leader"]
         assert (leader["holder"], leader["term"], leader["mine"]) == (taken["holder"], 2, True)
-        assert "provisiond_leader{target=\"alexishr\"} 1.0" in b.daemon.get("/metrics")[1]
+        leading = b.daemon.get("/metrics")[1]
+        assert 'provisiond_leader{target="alexishr"} 1.0' in leading
+        assert 'provisiond_leader_changes_total{target="alexishr"} 1.0' in leading
+        assert 'provisiond_lease_age_seconds{target="alexishr"}' in leading
         checked = b.deployment.cli("check").stdout
         assert f"lease {LEASE}: held by {taken['holder']} at term 2, expires in" in checked
         assert "replicas running: replica-b/" in checked
