@@ -361,25 +361,32 @@ class Service:
                 await anyio.sleep(PERIODIC_EVERY)
 
     async def _follow(self, leadership: Leadership) -> None:
-        """A target leader that does not poll the directory: deliver once a snapshot lands.
+        """Start a cycle when another replica gave this one work, instead of at the next poll.
 
-        The source leader (another replica) commits the desired state; this
-        replica looks for a new commit every ``ha.renew_every`` seconds
-        instead of waiting for its next poll.
+        A target leader that does not poll the directory delivers once the
+        source leader (another replica) committed a snapshot. The source
+        leader plans again once a hold was approved (``provisiond approve``
+        may have asked any replica, or none). Both are looked for every
+        ``ha.renew_every`` seconds.
         """
         assert self.store is not None
-        seen = await self.store.get_meta("snapshot_committed_at")
+        committed = await self.store.get_meta("snapshot_committed_at")
+        approved: list[str] = []
         while not self.stopping:
             await anyio.sleep(leadership.renew_every)
-            if leadership.leads(SOURCE):
-                continue
             try:
-                committed = await self.store.get_meta("snapshot_committed_at")
+                if leadership.leads(SOURCE):
+                    now_approved = sorted(await self.store.approved_holds())
+                    if now_approved and now_approved != approved:
+                        self.trigger_sync()
+                    approved = now_approved
+                    continue
+                now_committed = await self.store.get_meta("snapshot_committed_at")
             except Exception:
                 log.exception("reading the state store failed")
                 continue
-            if committed != seen:
-                seen = committed
+            if now_committed != committed:
+                committed = now_committed
                 if any(leadership.leads(target_lease(t)) for t in leadership.targets):
                     self.trigger_sync()
 

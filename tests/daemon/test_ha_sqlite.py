@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from tests.alexishr_scim.world import KIND_INFO, dump, target_entry
-from tests.daemon.harness import Daemon, Deployment, directory
+from tests.daemon.harness import Daemon, Deployment, directory, replay_journal
 from tests.scim.faults import FaultProxy
 from tests.scim.harness import running_scim_server
 
@@ -293,6 +293,97 @@ def test_without_ha_the_one_daemon_leads_everything(tmp_path: Path) -> None:
     finally:
         if daemon.proc.poll() is None:
             daemon.proc.kill()
+
+
+def _holding_wanted(directory_file: Path) -> dict[str, str]:
+    """What a target bound to "App Users" should hold: key -> content hash."""
+    import anyio
+
+    from daemon.assignment import Assignment, view
+    from daemon.model import content_hash
+    from daemon.sources.file import FileSource
+    from daemon.store import TargetIndex
+
+    source = FileSource(path=directory_file, format="json", where=directory_file.name)
+    snapshot = anyio.run(source.fetch, None)
+    assert snapshot is not None
+    wanted = view(snapshot, snapshot.hashes(), Assignment("x", ("App Users",)), TargetIndex())
+    return {f"{k[0]}:{k[1]}": content_hash(obj) for k, (_, obj) in wanted.items()}
+
+
+def test_targets_spread_and_each_leader_delivers_what_the_poller_committed(
+    tmp_path: Path,
+) -> None:
+    directory_file = tmp_path / "directory.json"
+    directory_file.write_text(json.dumps(directory(30)))
+    replicas: dict[str, Deployment] = {}
+    for rid in ("a", "b"):
+        d = Deployment(tmp_path / rid)
+        d.root.mkdir()
+        d.write_config(
+            source={"kind": "file", "options": {"path": str(directory_file)}},
+            targets=[
+                {
+                    "name": name,
+                    "kind": "slow-journal",
+                    "groups": ["App Users"],
+                    "options": {"journal": str(tmp_path / f"{name}.jsonl"), "batch_delay": 0.0},
+                }
+                for name in ("one", "two")
+            ],
+            # Polls far apart: a delivery within seconds is the commit watcher's doing.
+            engine={"interval": 120, "jitter": 0, "shutdown_grace": 5, "batch_size": 50},
+            state={"path": str(tmp_path / "state.db")},
+            ha={"enabled": True, "replica_id": f"replica-{rid}"},
+        )
+        replicas[rid] = d
+    a = Replica("a", replicas["a"], "-")
+    b = Replica("b", replicas["b"], "-")
+    a.start()
+    try:
+        a.wait("became leader", 60, lease="target:two")
+        b.start()
+        # a gives one target up (it leads both, above its share of one); b takes it.
+        taken = b.wait("became leader", 30)
+        assert taken["lease"] in ("target:one", "target:two")
+        handed = a.wait("stepped down", 5, lease=taken["lease"])
+        assert "handing the target over" in handed["reason"]
+        assert handed["level"] == "info"
+        assert a.daemon is not None and b.daemon is not None
+        ours = {"one", "two"} - {taken["lease"].removeprefix("target:")}
+        # b delivers its target from a's commits: a change reaches both journals at once.
+        directory_file.write_text(json.dumps(directory(30, title="Architect")))
+        wanted = _holding_wanted(directory_file)
+        a.daemon.wait_ready()
+        urllib_post(a.daemon, "/api/v1/sync")
+        deadline = time.monotonic() + 15
+        holdings: dict[str, dict[str, str]] = {}
+        while time.monotonic() < deadline:
+            holdings = {
+                name: replay_journal(tmp_path / f"{name}.jsonl")[0] for name in ("one", "two")
+            }
+            if all(h == wanted for h in holdings.values()):
+                break
+            time.sleep(0.1)
+        assert holdings == {"one": wanted, "two": wanted}
+        for name in ("one", "two"):
+            assert replay_journal(tmp_path / f"{name}.jsonl")[1] == []  # nothing twice
+        status = json.loads(a.daemon.get("/api/v1/status")[1])
+        assert status["targets"][ours.pop()]["leader"]["mine"] is True
+        assert status["targets"][taken["lease"].removeprefix("target:")]["leader"]["mine"] is False
+        assert a.daemon.stop() == 0 and b.daemon.stop() == 0
+    finally:
+        for r in (a, b):
+            if r.daemon is not None and r.daemon.proc.poll() is None:
+                r.daemon.proc.kill()
+
+
+def urllib_post(daemon: Daemon, path: str) -> None:
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{daemon.ops_port()}{path}", method="POST")
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        assert resp.status == 202
 
 
 def pause_on(proxy: FaultProxy, replica: Replica, nth: int, then: Callable[[], None]) -> None:
