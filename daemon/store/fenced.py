@@ -41,6 +41,9 @@ class FencedStore:
     async def aclose(self) -> None:
         await self.inner.aclose()
 
+    async def check(self) -> list[str]:
+        return await self.inner.check()
+
     # -- fenced writes -----------------------------------------------------------------
 
     async def commit(
