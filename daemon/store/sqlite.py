@@ -6,9 +6,9 @@ import contextlib
 import functools
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 import aiosqlite
 import anyio
@@ -23,8 +23,11 @@ from daemon.store import (
     Link,
     LinkChanges,
     ObjectStatus,
+    ParkedValue,
     Result,
+    SessionRecord,
     StateError,
+    StoreFull,
     TargetIndex,
     TargetLinks,
     TargetPlan,
@@ -107,7 +110,49 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (target, key)
     );
     """,
+    # 4: placeholder: replaced by the leases migration at merge.
+    """
+    SELECT 1
+    """,
+    # 5: sign-in state shared by every process on the database: sessions,
+    # replay claims (SAML request IDs), parked requests (resume handles) and
+    # failed sign-ins. Every row has an expiry, indexed for the purge.
+    """
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        session_index TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        data TEXT NOT NULL,
+        last_seen REAL NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX sessions_session_index ON sessions (session_index);
+    CREATE INDEX sessions_user ON sessions (user_id, last_seen);
+    CREATE INDEX sessions_expiry ON sessions (expires_at);
+    CREATE TABLE claims (
+        key TEXT PRIMARY KEY,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX claims_expiry ON claims (expires_at);
+    CREATE TABLE parked (
+        handle TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        parked_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX parked_expiry ON parked (expires_at);
+    CREATE TABLE login_failures (
+        key TEXT NOT NULL,
+        at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX login_failures_key ON login_failures (key, at);
+    CREATE INDEX login_failures_expiry ON login_failures (expires_at);
+    """,
 )
+
+#: The tables whose rows expire, each with an ``expires_at`` column (see ``purge``).
+_EXPIRING: Final = ("sessions", "claims", "parked", "login_failures")
 
 
 def _dump(obj: DirectoryObject | None) -> str | None:
@@ -137,6 +182,25 @@ def _read(
             return await method(self, *args, **kwargs)
 
     return read
+
+
+def _reachable(
+    method: Callable[Concatenate[SqliteStore, _P], Awaitable[_T]],
+) -> Callable[Concatenate[SqliteStore, _P], Coroutine[Any, Any, _T]]:
+    """Report a database that cannot be used now (locked, I/O, closed) as StateError.
+
+    The sign-in methods answer web requests: their callers show a clean
+    "try again" page for a StateError instead of a failure.
+    """
+
+    @functools.wraps(method)
+    async def call(self: SqliteStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return await method(self, *args, **kwargs)
+        except (aiosqlite.OperationalError, aiosqlite.ProgrammingError) as exc:
+            raise StateError(f"state database {self.path}: {exc}") from exc
+
+    return call
 
 
 def _read_one(
@@ -665,6 +729,164 @@ class SqliteStore:
             "ON CONFLICT (target, key) DO UPDATE SET value = excluded.value",
             (target, key, value),
         )
+
+
+    # -- sign-in state -------------------------------------------------------------------
+
+    @_reachable
+    async def init_meta(self, key: str, value: str) -> str:
+        async with self._transaction():
+            await self.db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                (key, value),
+            )
+            stored = await self._get_meta(key)
+        assert stored is not None
+        return stored
+
+    @_reachable
+    async def claim(self, key: str, expires_at: float, now: float, limit: int) -> bool:
+        # BEGIN IMMEDIATE takes the database's write lock: no other process
+        # claims between the look and the insert.
+        async with self._transaction():
+            await self.db.execute("DELETE FROM claims WHERE expires_at <= ?", (now,))
+            async with self.db.execute("SELECT 1 FROM claims WHERE key = ?", (key,)) as cur:
+                if await cur.fetchone() is not None:
+                    return False
+            if await self._count("claims") >= limit:
+                raise StoreFull("claims")
+            await self.db.execute(
+                "INSERT INTO claims (key, expires_at) VALUES (?, ?)", (key, expires_at)
+            )
+            return True
+
+    @_reachable
+    async def park(
+        self, handle: str, value: str, parked_at: float, expires_at: float, now: float, limit: int
+    ) -> None:
+        async with self._transaction():
+            await self.db.execute("DELETE FROM parked WHERE expires_at <= ?", (now,))
+            if await self._count("parked") >= limit:
+                raise StoreFull("parked")
+            await self.db.execute(
+                "INSERT INTO parked (handle, value, parked_at, expires_at) VALUES (?, ?, ?, ?)",
+                (handle, value, parked_at, expires_at),
+            )
+
+    @_reachable
+    async def take_parked(self, handle: str, now: float) -> ParkedValue | None:
+        async with self._transaction():
+            sql = "DELETE FROM parked WHERE handle = ? RETURNING value, parked_at, expires_at"
+            async with self.db.execute(sql, (handle,)) as cur:
+                row = await cur.fetchone()
+        if row is None or float(row[2]) <= now:
+            return None
+        return ParkedValue(str(row[0]), float(row[1]), float(row[2]))
+
+    @_reachable
+    @_read_one
+    async def count_failures(self, key: str, since: float) -> int:
+        sql = "SELECT COUNT(*) FROM login_failures WHERE key = ? AND at > ?"
+        async with self.db.execute(sql, (key, since)) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    @_reachable
+    async def add_failures(self, keys: Sequence[str], at: float, expires_at: float) -> None:
+        async with self._transaction():
+            # The keys' own expired rows go at once; the others wait for purge().
+            await self.db.executemany(
+                "DELETE FROM login_failures WHERE key = ? AND expires_at <= ?",
+                [(key, at) for key in keys],
+            )
+            await self.db.executemany(
+                "INSERT INTO login_failures (key, at, expires_at) VALUES (?, ?, ?)",
+                [(key, at, expires_at) for key in keys],
+            )
+
+    @_reachable
+    async def clear_failures(self, key: str) -> None:
+        async with self._transaction():
+            await self.db.execute("DELETE FROM login_failures WHERE key = ?", (key,))
+
+    @_reachable
+    @_read_one
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        sql = (
+            "SELECT id, session_index, user_id, data, last_seen, expires_at FROM sessions "
+            "WHERE id = ?"
+        )
+        async with self.db.execute(sql, (session_id,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        sid, index, user_id, data, last_seen, expires_at = row
+        return SessionRecord(sid, index, user_id, data, float(last_seen), float(expires_at))
+
+    @_reachable
+    async def put_session(self, record: SessionRecord, now: float, per_user: int) -> None:
+        async with self._transaction():
+            await self.db.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))
+            await self.db.execute(
+                "INSERT INTO sessions (id, session_index, user_id, data, last_seen, expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                "session_index = excluded.session_index, user_id = excluded.user_id, "
+                "data = excluded.data, last_seen = excluded.last_seen, "
+                "expires_at = excluded.expires_at",
+                (
+                    record.id,
+                    record.session_index,
+                    record.user_id,
+                    record.data,
+                    record.last_seen,
+                    record.expires_at,
+                ),
+            )
+            await self.db.execute(
+                "DELETE FROM sessions WHERE user_id = ? AND id NOT IN (SELECT id FROM sessions "
+                "WHERE user_id = ? ORDER BY last_seen DESC, id LIMIT ?)",
+                (record.user_id, record.user_id, per_user),
+            )
+
+    @_reachable
+    async def touch_session(self, session_id: str, last_seen: float, expires_at: float) -> bool:
+        async with self._transaction():
+            cur = await self.db.execute(
+                "UPDATE sessions SET last_seen = ?, expires_at = ? WHERE id = ?",
+                (last_seen, expires_at, session_id),
+            )
+            return cur.rowcount == 1
+
+    @_reachable
+    async def delete_session(self, session_id: str) -> None:
+        await self._delete_sessions("id", session_id)
+
+    @_reachable
+    async def delete_sessions_by_index(self, session_index: str) -> int:
+        return await self._delete_sessions("session_index", session_index)
+
+    @_reachable
+    async def delete_user_sessions(self, user_id: str) -> int:
+        return await self._delete_sessions("user_id", user_id)
+
+    async def _delete_sessions(self, column: str, value: str) -> int:
+        async with self._transaction():
+            cur = await self.db.execute(f"DELETE FROM sessions WHERE {column} = ?", (value,))  # noqa: S608
+            return int(cur.rowcount)
+
+    @_reachable
+    async def purge(self, now: float) -> int:
+        gone = 0
+        async with self._transaction():
+            for table in _EXPIRING:
+                cur = await self.db.execute(f"DELETE FROM {table} WHERE expires_at <= ?", (now,))  # noqa: S608
+                gone += int(cur.rowcount)
+        return gone
+
+    async def _count(self, table: str) -> int:
+        async with self.db.execute(f"SELECT COUNT(*) FROM {table}") as cur:  # noqa: S608
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
 
 
 def _logins(obj: DirectoryObject) -> tuple[str | None, str | None]:
