@@ -730,7 +730,6 @@ class SqliteStore:
             (target, key, value),
         )
 
-
     # -- sign-in state -------------------------------------------------------------------
 
     @_reachable

@@ -197,7 +197,7 @@ async def open_world(
         await store.aclose()
 
 
-def build_app(
+async def build_app(
     w: World, routes: Iterable[Sequence[web.AbstractRouteDef]] | None = None, **public: Any
 ) -> web.Application:
     """The public app on the world's clock; ``routes`` default to what every plugin's hook says."""
@@ -205,7 +205,7 @@ def build_app(
     if routes is None:
         targets = {w.target.name: w.target}
         routes = w.pm.hook.provisiond_public_routes(targets=targets, directory=w.directory)
-    w.app = build_public_app(
+    w.app = await build_public_app(
         settings, w.directory, routes, state_dir=w.tmp, config_dir=w.tmp, clock=w.clock
     )
     return w.app

@@ -18,7 +18,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def session(
-    sid: str, user: str = "u1", *, index: str | None = None, seen: float = 100.0, until: float = 500.0
+    sid: str,
+    user: str = "u1",
+    *,
+    index: str | None = None,
+    seen: float = 100.0,
+    until: float = 500.0,
 ) -> SessionRecord:
     return SessionRecord(sid, index or f"idx-{sid}", user, f'{{"sid": "{sid}"}}', seen, until)
 
@@ -246,9 +251,7 @@ class TestTwoProcesses:
             await store.park(f"handle-{i}", str(i), NOW, NOW + 60, NOW, 10_000)
         argv = [sys.executable, "-m", "tests.store.signin_race", json.dumps(store_factory.spec())]
         with (tmp_path / "child.err").open("w+b") as err:
-            async with await anyio.open_process(
-                [*argv, str(n)], cwd=ROOT, stderr=err
-            ) as child:
+            async with await anyio.open_process([*argv, str(n)], cwd=ROOT, stderr=err) as child:
                 assert child.stdin is not None and child.stdout is not None
                 with anyio.fail_after(60):
                     buffer = b""
