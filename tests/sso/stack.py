@@ -198,17 +198,28 @@ async def open_world(
 
 
 async def build_app(
-    w: World, routes: Iterable[Sequence[web.AbstractRouteDef]] | None = None, **public: Any
+    w: World,
+    routes: Iterable[Sequence[web.AbstractRouteDef]] | None = None,
+    *,
+    directory: Directory | None = None,
+    **public: Any,
 ) -> web.Application:
-    """The public app on the world's clock; ``routes`` default to what every plugin's hook says."""
+    """The public app on the world's clock; ``routes`` default to what every plugin's hook says.
+
+    ``directory`` (default: the world's) is for a second replica: the same
+    source over another store object, as another process would have.
+    """
+    directory = directory or w.directory
     settings = PublicListenerSettings(enabled=True, base_url=w.base_url, **public)
     if routes is None:
         targets = {w.target.name: w.target}
-        routes = w.pm.hook.provisiond_public_routes(targets=targets, directory=w.directory)
-    w.app = await build_public_app(
-        settings, w.directory, routes, state_dir=w.tmp, config_dir=w.tmp, clock=w.clock
+        routes = w.pm.hook.provisiond_public_routes(targets=targets, directory=directory)
+    app = await build_public_app(
+        settings, directory, routes, state_dir=w.tmp, config_dir=w.tmp, clock=w.clock
     )
-    return w.app
+    if directory is w.directory:
+        w.app = app
+    return app
 
 
 _ACTION = re.compile(r'<form id="saml-post" method="post" action="([^"]+)">')
