@@ -7,9 +7,9 @@ never tells who has an account.
 
 :class:`StoreThrottle`, which the daemon uses, keeps one row per failure in
 the core's state store, so the counts add up across every replica on a shared
-store and survive a restart. :class:`LoginThrottle` over two
-:class:`FailureWindow` objects keeps them in this process only; its memory is
-bounded: past ``capacity`` keys, the least recently failed key is forgotten.
+store and survive a restart. :class:`FailureWindow` is the same window in
+this process only; its memory is bounded: past ``capacity`` keys, the least
+recently failed key is forgotten.
 """
 
 from __future__ import annotations
@@ -90,28 +90,6 @@ class FailureWindow:
         return times
 
 
-class LoginThrottle:
-    """A :class:`Throttle` in memory: one window keyed by the submitted username, one by
-    the client address."""
-
-    def __init__(self, per_user: FailureWindow, per_address: FailureWindow) -> None:
-        self.per_user = per_user
-        self.per_address = per_address
-
-    async def blocked(self, login: str, address: str) -> bool:
-        """See :meth:`Throttle.blocked`."""
-        return self.per_user.blocked(_user_key(login)) or self.per_address.blocked(address)
-
-    async def failed(self, login: str, address: str) -> None:
-        """See :meth:`Throttle.failed`."""
-        self.per_user.fail(_user_key(login))
-        self.per_address.fail(address)
-
-    async def succeeded(self, login: str) -> None:
-        """See :meth:`Throttle.succeeded`."""
-        self.per_user.clear(_user_key(login))
-
-
 class StoreThrottle:
     """A :class:`Throttle` in the core's state store, counted across every replica on it.
 
@@ -138,7 +116,7 @@ class StoreThrottle:
         self._clock = clock
 
     def _keys(self, login: str, address: str) -> tuple[str, str]:
-        return f"user:{self._user_key(_user_key(login))}", f"address:{address}"
+        return f"user:{self._user_key(_folded(login))}", f"address:{address}"
 
     async def blocked(self, login: str, address: str) -> bool:
         """See :meth:`Throttle.blocked`."""
@@ -159,6 +137,6 @@ class StoreThrottle:
         await self._store.clear_failures(user)
 
 
-def _user_key(login: str) -> str:
+def _folded(login: str) -> str:
     # The store matches logins without regard to case and blanks around them.
     return login.strip().casefold()

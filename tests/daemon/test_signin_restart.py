@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,11 @@ def _start(d: Deployment) -> Daemon:
     daemon.wait_ready()
     daemon.wait_for("provisiond started")
     return daemon
+
+
+def _rows(root: Path, sql: str) -> int:
+    with sqlite3.connect(root / "state" / "provisiond.db") as db:
+        return int(db.execute(sql).fetchone()[0])
 
 
 async def _signed_in(browser: ClientSession, base: str) -> bool:
@@ -67,8 +74,15 @@ async def test_a_restart_keeps_the_same_cookie_signed_in(tmp_path: Path) -> None
             assert (await browser.post(f"{base}/logout", data={"csrf": csrf})).status == 200
             assert not await _signed_in(browser, base)
             daemon.stop()
+            # Expired sign-in state left behind is purged by the next daemon.
+            with sqlite3.connect(tmp_path / "state" / "provisiond.db") as db:
+                db.execute("INSERT INTO claims (key, expires_at) VALUES ('stale', 1.0)")
             daemon = _start(d)
             assert not await _signed_in(browser, base)
+            deadline = time.monotonic() + 20
+            while _rows(tmp_path, "SELECT COUNT(*) FROM claims WHERE key = 'stale'") != 0:
+                assert time.monotonic() < deadline, "the expired claim was never purged"
+                await asyncio.sleep(0.1)
     finally:
         daemon.stop()
     # The generated session key lives in the state store, not in a file, and

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ from daemon.portal.session_key import (
     load_session_key,
 )
 from daemon.portal.sessions import IdpSession, MemorySessionStore
-from daemon.portal.throttle import FailureWindow
+from daemon.portal.throttle import FailureWindow, StoreThrottle
 from daemon.secrets import SECRETS, SecretStore
 from daemon.store.sqlite import SqliteStore
 
@@ -55,6 +56,42 @@ def test_failure_window_is_bounded():
         window.fail(f"k{n}")
     assert window.blocked("k99")
     assert not window.blocked("k0")  # forgotten, not kept forever
+
+
+async def test_store_throttle_slides_and_keeps_no_typed_username(tmp_path: Path):
+    clock = Clock()
+    store = SqliteStore(tmp_path / "state.db")
+    await store.open()
+    key = SessionKey(b"k" * 32)
+    try:
+        throttle = StoreThrottle(
+            store,
+            per_user=3,
+            per_address=5,
+            window=60,
+            user_key=lambda login: key.digest("throttle", login),
+            clock=clock,
+        )
+        typed = "Correct-Horse-Typed-Into-Username"
+        for _ in range(3):
+            assert not await throttle.blocked(typed, "192.0.2.1")
+            await throttle.failed(typed, "192.0.2.1")
+        # Per username, without regard to case and blanks around it; from any address.
+        assert await throttle.blocked(f"  {typed.lower()} ", "198.51.100.7")
+        assert not await throttle.blocked("someone-else", "198.51.100.7")
+        # A success resets the username's count, not the address's.
+        await throttle.succeeded(typed)
+        assert not await throttle.blocked(typed, "198.51.100.7")
+        await throttle.failed("other", "192.0.2.1")
+        await throttle.failed("other", "192.0.2.1")
+        assert await throttle.blocked("third", "192.0.2.1")  # 5 from this address
+        clock.now += 61
+        assert not await throttle.blocked("third", "192.0.2.1")
+    finally:
+        await store.aclose()
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        keys = [row[0] for row in db.execute("SELECT key FROM login_failures")]
+    assert keys and all(typed.casefold() not in k.casefold() for k in keys)
 
 
 @pytest.mark.parametrize(
