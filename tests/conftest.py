@@ -9,9 +9,12 @@ never reach a log line, whatever the test was about.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from daemon.secrets import SECRETS
+from tests.pg.cluster import PgCluster, bin_dir, start_cluster
 
 _LEAKS: list[str] = []
 
@@ -46,3 +49,20 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             f"secret scan: no configured secret in any captured stdout/stderr "
             f"({len(SECRETS._values)} secret values known)"
         )
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """One private PostgreSQL cluster for the whole run (see ``tests/pg/cluster.py``).
+
+    ``.dsn``, ``.host``, ``.port``, ``.stop()``, ``.start()``, ``.restart()``
+    and ``.new_database(name) -> dsn``. Skipped where PostgreSQL is not
+    installed; stopped and removed at the end of the run, even on failure.
+    """
+    if bin_dir() is None:  # the Debian package is a test dependency
+        pytest.skip("PostgreSQL is not installed (Debian package postgresql)")
+    cluster = start_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
