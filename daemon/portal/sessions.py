@@ -25,6 +25,11 @@ DEFAULT_CAPACITY: Final = 100_000
 #: Sessions one user keeps at most in :class:`StoreSessionStore` (browsers,
 #: devices); beyond it the least recently seen of the others ends.
 DEFAULT_PER_USER: Final = 50
+#: :class:`StoreSessionStore` records a use at most once per this share of the
+#: idle timeout (and at least once a minute): an SSO flow of a few requests
+#: writes once, not at every step.
+TOUCH_SHARE: Final = 0.01
+TOUCH_AT_MOST_EVERY: Final = 60.0
 
 
 def new_session_id() -> str:
@@ -146,7 +151,9 @@ class StoreSessionStore:
     Each row carries its expiry (the earlier of the idle and the absolute
     timeout), so the store can purge sessions nobody comes back to; the
     portal still checks both timeouts itself on every request. A use
-    updates only ``last_seen`` and the expiry.
+    updates only ``last_seen`` and the expiry, and only when the recorded
+    ``last_seen`` is older than ``touch_every`` seconds (by default 1% of the
+    idle timeout, at most a minute): an idle session may end that much early.
     """
 
     def __init__(
@@ -156,11 +163,17 @@ class StoreSessionStore:
         idle_timeout: float,
         absolute_timeout: float,
         per_user: int = DEFAULT_PER_USER,
+        touch_every: float | None = None,
     ) -> None:
         self._store = store
         self._idle = idle_timeout
         self._absolute = absolute_timeout
         self._per_user = per_user
+        self._touch_every = (
+            min(TOUCH_AT_MOST_EVERY, idle_timeout * TOUCH_SHARE)
+            if touch_every is None
+            else touch_every
+        )
 
     def _expires_at(self, session: IdpSession) -> float:
         return min(session.last_seen + self._idle, session.authenticated_at + self._absolute)
@@ -187,6 +200,8 @@ class StoreSessionStore:
 
     async def touch(self, session: IdpSession, now: float) -> IdpSession | None:
         """See :meth:`SessionStore.touch`."""
+        if 0 <= now - session.last_seen < self._touch_every:
+            return session  # just read from the store, and seen a moment ago
         touched = session.touched(now)
         if not await self._store.touch_session(session.id, now, self._expires_at(touched)):
             return None

@@ -24,7 +24,7 @@ from daemon.portal.session_key import (
     SessionKeyError,
     load_session_key,
 )
-from daemon.portal.sessions import IdpSession, MemorySessionStore
+from daemon.portal.sessions import IdpSession, MemorySessionStore, StoreSessionStore
 from daemon.portal.throttle import FailureWindow, StoreThrottle
 from daemon.secrets import SECRETS, SecretStore
 from daemon.store.sqlite import SqliteStore
@@ -195,6 +195,36 @@ async def test_session_store_revokes_by_index_and_user():
     for _ in range(3):
         await store.put(IdpSession(user_id="u2", username="b", authenticated_at=0, last_seen=0))
     assert len(store) == 2
+
+
+async def test_store_sessions_record_a_use_at_most_every_few_seconds(tmp_path: Path):
+    store = SqliteStore(tmp_path / "state.db")
+    await store.open()
+    try:
+        sessions = StoreSessionStore(store, idle_timeout=1000, absolute_timeout=5000)
+        s = IdpSession(user_id="u1", username="a", authenticated_at=100, last_seen=100)
+        await sessions.put(s)
+        assert await sessions.get(s.id) == s
+        # 1% of the idle timeout: a use 5 s later is not written...
+        assert await sessions.touch(s, 105) == s
+        record = await store.get_session(s.id)
+        assert record is not None and (record.last_seen, record.expires_at) == (100, 1100)
+        # ... one 10 s later is, with the expiry it implies.
+        touched = await sessions.touch(s, 110)
+        assert touched is not None and touched.last_seen == 110
+        record = await store.get_session(s.id)
+        assert record is not None and (record.last_seen, record.expires_at) == (110, 1110)
+        # The absolute timeout caps the expiry.
+        late = await sessions.touch(touched, 4500)
+        assert late is not None
+        record = await store.get_session(s.id)
+        assert record is not None and record.expires_at == 5100
+        # Revoked elsewhere: a touch does not bring it back.
+        assert await sessions.delete_by_index(s.session_index) == 1
+        assert await sessions.touch(late, 4600) is None
+        assert await sessions.get(s.id) is None
+    finally:
+        await store.aclose()
 
 
 def test_session_timeouts():
