@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -22,6 +23,7 @@ from pydantic_settings import (
 )
 
 from daemon.plugins import Registry
+from daemon.secrets import MIN_SECRET_LENGTH, SECRETS
 
 ENV_PREFIX = "PROVISIOND_"
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -94,11 +96,68 @@ class EngineSettings(_Section):
     batch_size: int = Field(default=2000, ge=1)
 
 
-class StateSettings(_Section):
-    """``state``: where the daemon keeps what it has done."""
+class PostgresSettings(_Section):
+    """``state.postgresql``: the PostgreSQL database of ``state.backend: postgresql``.
 
-    backend: Literal["sqlite"] = "sqlite"
+    ``dsn`` is a ``postgresql://user@host:port/database`` URL. Its password
+    belongs in ``password_file`` (a password inside the URL works too, and is
+    redacted like every secret). TLS follows libpq's ``sslmode`` and
+    ``sslrootcert``, set here rather than in the URL.
+    """
+
+    dsn: str
+    password_file: Path | None = None
+    sslmode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    ssl_root_cert: Path | None = None
+    pool_size: int = Field(default=10, ge=1, le=1000)
+    connect_timeout: float = Field(default=10.0, gt=0)
+
+    @field_validator("dsn")
+    @classmethod
+    def _postgresql_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError(
+                "must be a postgresql:// URL, such as "
+                "postgresql://provisiond@db.example.com:5432/provisiond"
+            )
+        query = parse_qs(parts.query)
+        for name, setting in (("sslmode", "sslmode"), ("sslrootcert", "ssl_root_cert")):
+            if name in query:
+                raise ValueError(f"set state.postgresql.{setting} instead of {name} in the URL")
+        for password in [parts.password or "", *query.get("password", [])]:
+            if not password:
+                continue
+            if len(unquote(password)) < MIN_SECRET_LENGTH:
+                raise ValueError(
+                    f"the password in the URL is shorter than {MIN_SECRET_LENGTH} characters; "
+                    "use a longer, random one (better: state.postgresql.password_file)"
+                )
+            # Redacted from every log line and error from now on, as written and decoded.
+            SECRETS.register(password)
+            SECRETS.register(unquote(password))
+        return v
+
+
+class StateSettings(_Section):
+    """``state``: where the daemon keeps what it has done.
+
+    ``sqlite`` (the default) keeps it in the file ``path``; ``postgresql``
+    in the database ``postgresql`` names, which several replicas can share.
+    The directory of ``path`` still holds the daemon's files either way.
+    """
+
+    backend: Literal["sqlite", "postgresql"] = "sqlite"
     path: Path = Path("state/provisiond.db")
+    postgresql: PostgresSettings | None = None
+
+    @model_validator(mode="after")
+    def _backend_settings(self) -> StateSettings:
+        if self.backend == "postgresql" and self.postgresql is None:
+            raise ValueError(
+                "backend postgresql needs the state.postgresql section (at least its dsn)"
+            )
+        return self
 
 
 class OpsListenerSettings(_Section):

@@ -96,6 +96,19 @@ HELD_REMOVALS = Gauge(
     ["target"],
     registry=REGISTRY,
 )
+# A read of one row takes well under a millisecond; a first commit of a
+# large directory, or a lost database waiting for its connect timeout, seconds.
+_STORE_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+STORE_SECONDS = Histogram(
+    "provisiond_store_seconds",
+    "Time of one state store call, by operation (the Store method: commit, due, record, ...).",
+    ["operation"],
+    buckets=_STORE_BUCKETS,
+    registry=REGISTRY,
+)
 BUILD_INFO = Gauge(
     "provisiond_build_info",
     "Always 1; the labels carry the provisiond and Python versions.",

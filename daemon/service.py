@@ -17,6 +17,7 @@ import contextlib
 import importlib
 import random
 import signal
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from daemon.secrets import SECRETS, SecretError, SecretFile, SecretStore, resolv
 from daemon.sources.base import Source
 from daemon.status import daemon_status, summary_line
 from daemon.store import StateError, Store
+from daemon.store.postgres import PostgresStore, tls_option
 from daemon.store.sqlite import SqliteStore
 from daemon.targets.base import Target
 
@@ -134,8 +136,40 @@ def admin_token(config: Config, secrets: SecretStore = SECRETS) -> SecretFile | 
         raise ConfigError(where, [f"http.ops.admin_token_file: {exc}"]) from None
 
 
+def make_store(config: Config, secrets: SecretStore = SECRETS) -> Store:
+    """The store ``state.backend`` names, not opened yet. Bad settings are configuration errors."""
+    state = config.settings.state
+    if state.backend == "sqlite" or state.postgresql is None:
+        return SqliteStore(config.state_path)
+    pg = state.postgresql
+    where = str(config.path) if config.path else "(defaults and environment)"
+    password: Callable[[], str] | None = None
+    if pg.password_file is not None:
+        try:
+            # A callable: every new connection reads the file again, so a
+            # rotated password needs no restart.
+            password = secrets.file(resolve_secret_path(pg.password_file, config.config_dir)).value
+        except SecretError as exc:
+            raise ConfigError(where, [f"state.postgresql.password_file: {exc}"]) from None
+    root = None if pg.ssl_root_cert is None else config.resolve(pg.ssl_root_cert)
+    try:
+        tls = tls_option(pg.sslmode, root)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            where, [f"state.postgresql.ssl_root_cert: cannot load {root}: {exc}"]
+        ) from None
+    return PostgresStore(
+        pg.dsn,
+        password=password,
+        ssl=tls,
+        pool_size=pg.pool_size,
+        connect_timeout=pg.connect_timeout,
+    )
+
+
 async def open_store(config: Config) -> Store:
-    store = SqliteStore(config.state_path)
+    """Open the configured store (``state.backend``); :class:`StateError` if it cannot be."""
+    store = make_store(config)
     await store.open()
     return store
 

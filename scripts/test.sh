@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # README command 2: install everything the tests need, then lint, type-check
 # and run the whole test suite (real peers: slapd, scim2-server, a second SCIM
-# server on SCIMMY under Node.js, pysaml2 with xmlsec1, Chromium). PostgreSQL
-# is installed for the HA state backend, which is not built yet.
+# server on SCIMMY under Node.js, pysaml2 with xmlsec1, Chromium, and a
+# private PostgreSQL cluster for the postgresql state backend: tests/pg/cluster.py
+# runs initdb and pg_ctl from /usr/lib/postgresql/*/bin, as the postgres user
+# through runuser (util-linux) when run as root, since initdb refuses root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
-apt_install xmlsec1 slapd ldap-utils chromium postgresql systemd prometheus \
+apt_install xmlsec1 slapd ldap-utils chromium postgresql util-linux systemd prometheus \
   build-essential libldap-dev libsasl2-dev
 make_venv test
 npm_peer tests/peers/scimmy

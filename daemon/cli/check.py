@@ -28,7 +28,9 @@ def check(ctx: click.Context, write_test: bool) -> None:
         healthy = True
         async with Session(config) as session:
             assert session.parts is not None
-            out.print(f"[green]ok[/]  state store {config.state_path}")
+            assert session.store is not None
+            for line in await session.store.check():
+                out.print(f"[green]ok[/]  {SECRETS.redact(line)}", highlight=False)
             checks: list[tuple[str, Callable[[], Awaitable[list[str]]]]] = [
                 (f"source {config.settings.source.kind}", session.parts.source.check)
             ]

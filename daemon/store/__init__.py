@@ -1,16 +1,20 @@
 """Durable state: what the directory looked like, and what each target holds.
 
 The engine talks to a :class:`Store`; :mod:`daemon.store.sqlite` is the
-embedded default. The SQL is kept portable (``INSERT .. ON CONFLICT``, no
-SQLite-only functions) so a PostgreSQL backend can follow.
+embedded default and :mod:`daemon.store.postgres` the backend several
+replicas share. The SQL both run is written once, in :mod:`daemon.store.sql`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import inspect
+import time
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+from daemon import metrics
 from daemon.model import DirectoryObject, ObjectKind, User
 
 Key = tuple[ObjectKind, str]
@@ -35,6 +39,14 @@ class StateError(Exception):
 
 class StoreFull(Exception):
     """A bounded table already holds its limit of unexpired entries; nothing was added."""
+
+
+class StoreUnavailable(StateError):
+    """The state store's server cannot be reached now (connection refused, lost, shut down).
+
+    The call did not take effect, or (a connection lost during COMMIT) may
+    have; either way the store is consistent, and the call can be made again.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +216,10 @@ class Store(Protocol):
 
     async def aclose(self) -> None: ...
 
+    async def check(self) -> list[str]:
+        """Lines for ``provisiond check``: where the store is, its server, its schema version."""
+        ...
+
     async def committed(self) -> Committed: ...
 
     async def records(self, keys: list[Key]) -> dict[Key, DirectoryObject]:
@@ -357,3 +373,38 @@ class Store(Protocol):
     async def purge(self, now: float) -> int:
         """Delete every session, claim, parked value and failure expired at ``now``; the count."""
         ...
+
+
+#: The names of every :class:`Store` method, each timed by :func:`timed`.
+STORE_METHODS: tuple[str, ...] = tuple(
+    name for name, value in vars(Store).items() if inspect.iscoroutinefunction(value)
+)
+
+_S = TypeVar("_S")
+
+
+def timed(cls: type[_S]) -> type[_S]:
+    """Class decorator for a backend: every :class:`Store` method it has is timed.
+
+    Each call, however it ends, is observed in ``provisiond_store_seconds``
+    with the method's name as ``operation``: one place for every backend.
+    """
+    for name in STORE_METHODS:
+        setattr(cls, name, _timed(name, getattr(cls, name)))
+    return cls
+
+
+def _timed(
+    name: str, method: Callable[..., Coroutine[Any, Any, Any]]
+) -> Callable[..., Coroutine[Any, Any, Any]]:
+    observe = metrics.STORE_SECONDS.labels(name).observe
+
+    @functools.wraps(method)
+    async def timed_call(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return await method(*args, **kwargs)
+        finally:
+            observe(time.perf_counter() - start)
+
+    return timed_call

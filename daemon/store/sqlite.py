@@ -5,15 +5,16 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Concatenate, Final, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import aiosqlite
 import anyio
 
-from daemon.model import DirectoryObject, ObjectKind, User, decode, encode
+from daemon.model import DirectoryObject, User, decode, encode
 from daemon.store import (
     Committed,
     Deactivation,
@@ -32,7 +33,10 @@ from daemon.store import (
     TargetLinks,
     TargetPlan,
     phase,
+    sql,
+    timed,
 )
+from daemon.store.codec import dump, hold_keys, kind_of, load, logins, read_hold
 
 __all__ = ["MIGRATIONS", "SqliteStore", "StateError"]
 
@@ -151,21 +155,6 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
-#: The tables whose rows expire, each with an ``expires_at`` column (see ``purge``).
-_EXPIRING: Final = ("sessions", "claims", "parked", "login_failures")
-
-
-def _dump(obj: DirectoryObject | None) -> str | None:
-    return None if obj is None else encode(obj).decode()
-
-
-def _load(kind: str, data: str | None) -> DirectoryObject | None:
-    return None if data is None else decode(_kind(kind), data)
-
-
-def _kind(kind: str) -> ObjectKind:
-    return "user" if kind == "user" else "group"
-
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -221,6 +210,7 @@ def _read_one(
     return read
 
 
+@timed
 class SqliteStore:
     """:class:`daemon.store.Store` on one SQLite file.
 
@@ -300,18 +290,13 @@ class SqliteStore:
 
     async def _fill_logins(self) -> None:
         """Fold the sign-in names of users stored before migration 2 added their columns."""
-        missing = "FROM directory_objects WHERE kind = 'user' AND login_username IS NULL"
-        async with self.db.execute(f"SELECT 1 {missing} LIMIT 1") as cur:
+        async with self.db.execute(f"SELECT 1 {sql.MISSING_LOGINS} LIMIT 1") as cur:
             if await cur.fetchone() is None:
                 return
         async with self._transaction():
-            async with self.db.execute(f"SELECT object_id, data {missing}") as cur:
-                rows = [(*_logins(decode("user", data)), oid) async for oid, data in cur]
-            await self.db.executemany(
-                "UPDATE directory_objects SET login_username = ?, login_email = ? "
-                "WHERE kind = 'user' AND object_id = ?",
-                rows,
-            )
+            async with self.db.execute(f"SELECT object_id, data {sql.MISSING_LOGINS}") as cur:
+                rows = [(*logins(decode("user", data)), oid) async for oid, data in cur]
+            await self.db.executemany(sql.FILL_LOGINS, rows)
 
     @contextlib.asynccontextmanager
     async def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> AsyncIterator[None]:
@@ -345,6 +330,16 @@ class SqliteStore:
             await db.close()
 
     @_read_one
+    async def check(self) -> list[str]:
+        async with self.db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        return [
+            f"state store SQLite {sqlite3.sqlite_version} database {self.path}",
+            f"state store schema version {row[0] if row else 0} "
+            f"(this provisiond: {len(MIGRATIONS)})",
+        ]
+
+    @_read_one
     async def get_meta(self, key: str) -> str | None:
         return await self._get_meta(key)
 
@@ -353,24 +348,20 @@ class SqliteStore:
             await self._set_meta(key, value)
 
     async def _get_meta(self, key: str) -> str | None:
-        async with self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
+        async with self.db.execute(sql.GET_META, (key,)) as cur:
             row = await cur.fetchone()
         return None if row is None else str(row[0])
 
     async def _set_meta(self, key: str, value: str) -> None:
-        await self.db.execute(
-            "INSERT INTO meta (key, value) VALUES (?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (key, value),
-        )
+        await self.db.execute(sql.SET_META, (key, value))
 
     @_read
     async def committed(self) -> Committed:
         version = await self._get_meta("snapshot_version")
         hashes: dict[Key, str] = {}
-        async with self.db.execute("SELECT kind, object_id, hash FROM directory_objects") as cur:
+        async with self.db.execute(sql.COMMITTED_HASHES) as cur:
             async for kind, object_id, h in cur:
-                hashes[(_kind(kind), object_id)] = h
+                hashes[(kind_of(kind), object_id)] = h
         return Committed(version, hashes)
 
     @_read
@@ -379,22 +370,18 @@ class SqliteStore:
         for chunk in _chunks(keys, 400):
             where = " OR ".join("(kind = ? AND object_id = ?)" for _ in chunk)
             params = [v for key in chunk for v in key]
-            sql = f"SELECT kind, object_id, data FROM directory_objects WHERE {where}"  # noqa: S608
-            async with self.db.execute(sql, params) as cur:
+            statement = f"SELECT kind, object_id, data FROM directory_objects WHERE {where}"  # noqa: S608
+            async with self.db.execute(statement, params) as cur:
                 async for kind, object_id, data in cur:
-                    obj = _load(kind, data)
+                    obj = load(kind, data)
                     assert obj is not None
-                    out[(_kind(kind), object_id)] = obj
+                    out[(kind_of(kind), object_id)] = obj
         return out
 
     @_read_one
     async def find_user(self, login: str) -> User | None:
         folded = login.strip().casefold()
-        sql = (
-            "SELECT data FROM directory_objects WHERE kind = 'user' AND "
-            "(login_username = ? OR login_email = ?) ORDER BY login_username = ? DESC LIMIT 1"
-        )
-        async with self.db.execute(sql, (folded, folded, folded)) as cur:
+        async with self.db.execute(sql.FIND_USER, (folded, folded, folded)) as cur:
             row = await cur.fetchone()
         if row is None:
             return None
@@ -404,21 +391,16 @@ class SqliteStore:
 
     @_read_one
     async def granted(self, target: str, user_id: str) -> bool:
-        sql = (
-            "SELECT active FROM target_objects WHERE target = ? AND kind = 'user' "
-            "AND object_id = ? AND desired_hash IS NOT NULL"
-        )
-        async with self.db.execute(sql, (target, user_id)) as cur:
+        async with self.db.execute(sql.GRANTED, (target, user_id)) as cur:
             row = await cur.fetchone()
         return bool(row and row[0])
 
     @_read_one
     async def target_index(self, target: str) -> TargetIndex:
         index = TargetIndex()
-        sql = "SELECT kind, object_id, desired_hash, active FROM target_objects WHERE target = ?"
-        async with self.db.execute(sql, (target,)) as cur:
+        async with self.db.execute(sql.TARGET_INDEX, (target,)) as cur:
             async for kind, object_id, desired_hash, active in cur:
-                index.hashes[(_kind(kind), object_id)] = desired_hash
+                index.hashes[(kind_of(kind), object_id)] = desired_hash
                 if kind == "user" and active:
                     index.active.add(object_id)
         return index
@@ -435,54 +417,23 @@ class SqliteStore:
             for target, plan in plans.items():
                 await self._write_plan(target, plan, now)
             await self.db.executemany(
-                "INSERT INTO directory_objects (kind, object_id, hash, data, login_username, "
-                "login_email) VALUES (?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (kind, object_id) DO UPDATE SET hash = excluded.hash, "
-                "data = excluded.data, login_username = excluded.login_username, "
-                "login_email = excluded.login_email",
-                [(k[0], k[1], h, encode(obj).decode(), *_logins(obj)) for k, h, obj in upserts],
+                sql.upsert_directory(sql.values(6)),
+                [(k[0], k[1], h, encode(obj).decode(), *logins(obj)) for k, h, obj in upserts],
             )
-            await self.db.executemany(
-                "DELETE FROM directory_objects WHERE kind = ? AND object_id = ?", deletes
-            )
+            await self.db.executemany(sql.DELETE_DIRECTORY, deletes)
             await self._set_meta("snapshot_version", version)
             await self._set_meta("snapshot_committed_at", repr(now))
 
     async def _write_plan(self, target: str, plan: TargetPlan, now: float) -> None:
         await self.db.executemany(
-            """
-            INSERT INTO target_objects (target, kind, object_id, desired_hash, desired, active,
-                                        dirty, phase, attempts, next_attempt_at, updated_at)
-            VALUES (?, ?, ?, ?, ?, ?, 1, ?, 0, 0, ?)
-            ON CONFLICT (target, kind, object_id) DO UPDATE SET
-                desired_hash = excluded.desired_hash,
-                desired = excluded.desired,
-                active = excluded.active,
-                -- After a failed attempt the application may hold a partial change (a
-                -- removal that deactivated and waits to delete): what was written is no
-                -- longer known, so a desired state equal to it is still delivered.
-                written_hash = CASE WHEN target_objects.attempts > 0
-                                     AND excluded.desired_hash IS NOT NULL
-                                    THEN NULL ELSE target_objects.written_hash END,
-                written = CASE WHEN target_objects.attempts > 0
-                                AND excluded.desired_hash IS NOT NULL
-                               THEN NULL ELSE target_objects.written END,
-                dirty = CASE WHEN target_objects.attempts = 0
-                              AND target_objects.written_hash IS excluded.desired_hash
-                             THEN 0 ELSE 1 END,
-                phase = excluded.phase,
-                attempts = 0,
-                last_error = NULL,
-                next_attempt_at = 0,
-                updated_at = excluded.updated_at
-            """,
+            sql.upsert_plan("VALUES (?, ?, ?, ?, ?, ?, TRUE, ?, 0, 0, ?)"),
             [
                 (
                     target,
                     row.key[0],
                     row.key[1],
                     row.hash,
-                    _dump(row.obj),
+                    dump(row.obj),
                     None if row.active is None else int(row.active),
                     phase(row.key[0], row.obj is None),
                     now,
@@ -491,50 +442,27 @@ class SqliteStore:
             ],
         )
         released = [(target, k[0], k[1]) for k in plan.released]
-        await self.db.executemany(
-            "DELETE FROM target_objects WHERE target = ? AND kind = ? AND object_id = ?", released
-        )
+        await self.db.executemany(sql.DELETE_TARGET_OBJECT, released)
         # A released object is no longer managed: the target forgets its link too.
-        await self.db.executemany(
-            "DELETE FROM target_links WHERE target = ? AND kind = ? AND object_id = ?", released
-        )
-        # A removal of something never confirmed written needs no delivery.
-        await self.db.execute(
-            "DELETE FROM target_objects WHERE target = ? AND desired_hash IS NULL "
-            "AND written_hash IS NULL",
-            (target,),
-        )
+        await self.db.executemany(sql.DELETE_LINK, released)
+        await self.db.execute(sql.FORGET_UNWRITTEN, (target,))
         if plan.hold is None:
-            await self.db.execute("DELETE FROM holds WHERE target = ?", (target,))
+            await self.db.execute(sql.DELETE_HOLD, (target,))
         else:
-            keys = json.dumps(sorted([list(k) for k in plan.hold]))
-            await self.db.execute(
-                "INSERT INTO holds (target, keys, created_at, approved) VALUES (?, ?, ?, 0) "
-                "ON CONFLICT (target) DO UPDATE SET keys = excluded.keys, approved = 0, "
-                "created_at = CASE WHEN holds.keys = excluded.keys THEN holds.created_at "
-                "ELSE excluded.created_at END",
-                (target, keys, now),
-            )
+            await self.db.execute(sql.SET_HOLD, (target, hold_keys(plan.hold), now))
 
     @_read_one
     async def due(self, target: str, now: float, limit: int) -> list[DueRow]:
-        sql = """
-            SELECT kind, object_id, remote_id, desired_hash, desired, written, attempts
-            FROM target_objects
-            WHERE target = ? AND dirty = 1 AND next_attempt_at <= ?
-            ORDER BY phase, kind, object_id
-            LIMIT ?
-        """
         rows: list[DueRow] = []
-        async with self.db.execute(sql, (target, now, limit)) as cur:
+        async with self.db.execute(sql.DUE, (target, now, limit)) as cur:
             async for kind, object_id, remote_id, dh, desired, written, attempts in cur:
                 rows.append(
                     DueRow(
-                        key=(_kind(kind), object_id),
+                        key=(kind_of(kind), object_id),
                         remote_id=remote_id,
                         desired_hash=dh,
-                        desired=_load(kind, desired),
-                        written=_load(kind, written),
+                        desired=load(kind, desired),
+                        written=load(kind, written),
                         attempts=attempts,
                     )
                 )
@@ -542,58 +470,43 @@ class SqliteStore:
 
     @_read
     async def rows(self, target: str, keys: list[Key] | None) -> dict[Key, DueRow]:
-        base = (
-            "SELECT kind, object_id, remote_id, desired_hash, desired, written, attempts "
-            "FROM target_objects WHERE target = ?"
-        )
+        base = f"{sql.ROWS} WHERE target = ?"
         batches: list[tuple[str, list[Any]]] = []
         if keys is None:
-            batches.append((base + " AND dirty = 1", [target]))
+            batches.append((sql.DIRTY_ROWS, [target]))
         else:
             for chunk in _chunks(keys, 400):
                 where = " OR ".join("(kind = ? AND object_id = ?)" for _ in chunk)
                 batches.append((f"{base} AND ({where})", [target, *(v for k in chunk for v in k)]))
         out: dict[Key, DueRow] = {}
-        for sql, params in batches:
-            async with self.db.execute(sql, params) as cur:
+        for statement, params in batches:
+            async with self.db.execute(statement, params) as cur:
                 async for kind, object_id, remote_id, dh, desired, written, attempts in cur:
-                    key: Key = (_kind(kind), object_id)
+                    key: Key = (kind_of(kind), object_id)
                     out[key] = DueRow(
-                        key, remote_id, dh, _load(kind, desired), _load(kind, written), attempts
+                        key, remote_id, dh, load(kind, desired), load(kind, written), attempts
                     )
         return out
 
     @_read_one
     async def approved_holds(self) -> list[str]:
-        async with self.db.execute("SELECT target FROM holds WHERE approved = 1") as cur:
+        async with self.db.execute(sql.APPROVED_HOLDS) as cur:
             return [str(row[0]) async for row in cur]
 
     async def record(self, target: str, results: list[Result], now: float) -> None:
         ok = [r for r in results if r.ok]
         failed = [r for r in results if not r.ok]
         async with self._transaction():
-            # A delivered removal is the end of the object for this target,
-            # unless the desired state changed meanwhile (hash guard).
             await self.db.executemany(
-                "DELETE FROM target_objects WHERE target = ? AND kind = ? AND object_id = ? "
-                "AND desired_hash IS NULL",
+                sql.RECORD_REMOVED,
                 [(target, r.key[0], r.key[1]) for r in ok if r.delivered_hash is None],
             )
-            # The remote id is kept even when the hash guard refuses the rest:
-            # the object exists remotely, and without its id the next delivery
-            # would create it a second time.
             await self.db.executemany(
-                "UPDATE target_objects SET remote_id = ? "
-                "WHERE target = ? AND kind = ? AND object_id = ?",
+                sql.RECORD_REMOTE_ID,
                 [(r.remote_id, target, r.key[0], r.key[1]) for r in ok if r.remote_id is not None],
             )
             await self.db.executemany(
-                """
-                UPDATE target_objects SET
-                    written_hash = desired_hash, written = desired, dirty = 0,
-                    attempts = 0, last_error = NULL, next_attempt_at = 0, updated_at = ?
-                WHERE target = ? AND kind = ? AND object_id = ? AND desired_hash IS ?
-                """,
+                sql.RECORD_WRITTEN,
                 [
                     (now, target, r.key[0], r.key[1], r.delivered_hash)
                     for r in ok
@@ -601,12 +514,7 @@ class SqliteStore:
                 ],
             )
             await self.db.executemany(
-                """
-                UPDATE target_objects SET
-                    remote_id = COALESCE(?, remote_id), attempts = attempts + 1,
-                    last_error = ?, next_attempt_at = ?, updated_at = ?
-                WHERE target = ? AND kind = ? AND object_id = ?
-                """,
+                sql.RECORD_FAILED,
                 [
                     (r.remote_id, r.error, r.next_attempt_at, now, target, r.key[0], r.key[1])
                     for r in failed
@@ -615,27 +523,18 @@ class SqliteStore:
 
     @_read_one
     async def counts(self, target: str) -> tuple[int, int]:
-        sql = (
-            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN attempts > 0 THEN 1 ELSE 0 END), 0) "
-            "FROM target_objects WHERE target = ? AND dirty = 1"
-        )
-        async with self.db.execute(sql, (target,)) as cur:
+        async with self.db.execute(sql.COUNTS, (target,)) as cur:
             row = await cur.fetchone()
         assert row is not None
         return int(row[0]), int(row[1])
 
     @_read_one
     async def problems(self, target: str, limit: int) -> list[ObjectStatus]:
-        sql = """
-            SELECT kind, object_id, attempts, last_error, next_attempt_at FROM target_objects
-            WHERE target = ? AND dirty = 1 AND attempts > 0
-            ORDER BY attempts DESC, kind, object_id LIMIT ?
-        """
         out: list[ObjectStatus] = []
-        async with self.db.execute(sql, (target, limit)) as cur:
+        async with self.db.execute(sql.PROBLEMS, (target, limit)) as cur:
             async for kind, object_id, attempts, last_error, nxt in cur:
                 out.append(
-                    ObjectStatus((_kind(kind), object_id), "failed", attempts, last_error, nxt)
+                    ObjectStatus((kind_of(kind), object_id), "failed", attempts, last_error, nxt)
                 )
         return out
 
@@ -644,13 +543,9 @@ class SqliteStore:
         return await self._hold(target)
 
     async def _hold(self, target: str) -> Hold | None:
-        sql = "SELECT keys, created_at, approved FROM holds WHERE target = ?"
-        async with self.db.execute(sql, (target,)) as cur:
+        async with self.db.execute(sql.HOLD, (target,)) as cur:
             row = await cur.fetchone()
-        if row is None:
-            return None
-        keys = frozenset((_kind(k), i) for k, i in json.loads(row[0]))
-        return Hold(target, keys, float(row[1]), bool(row[2]))
+        return None if row is None else read_hold(target, *row)
 
     async def approve(self, target: str) -> int:
         # One transaction: the count returned is that of the hold approved.
@@ -658,23 +553,17 @@ class SqliteStore:
             hold = await self._hold(target)
             if hold is None:
                 return 0
-            await self.db.execute("UPDATE holds SET approved = 1 WHERE target = ?", (target,))
+            await self.db.execute(sql.APPROVE, (target,))
         return len(hold.keys)
-
 
     @_read
     async def target_links(self, target: str) -> TargetLinks:
         links: dict[Key, Link] = {}
-        sql = "SELECT kind, object_id, remote_id, body FROM target_links WHERE target = ?"
-        async with self.db.execute(sql, (target,)) as cur:
+        async with self.db.execute(sql.LINKS, (target,)) as cur:
             async for kind, object_id, remote_id, body in cur:
-                links[(_kind(kind), object_id)] = Link(remote_id, json.loads(body))
+                links[(kind_of(kind), object_id)] = Link(remote_id, json.loads(body))
         deactivations: dict[str, Deactivation] = {}
-        sql = (
-            "SELECT object_id, remote_id, deactivated_at FROM target_deactivations "
-            "WHERE target = ?"
-        )
-        async with self.db.execute(sql, (target,)) as cur:
+        async with self.db.execute(sql.DEACTIVATIONS, (target,)) as cur:
             async for object_id, remote_id, at in cur:
                 deactivations[object_id] = Deactivation(remote_id, float(at))
         return TargetLinks(links, deactivations)
@@ -686,19 +575,12 @@ class SqliteStore:
         gone = [k for k, v in changes.links.items() if v is None]
         async with self._transaction():
             await self.db.executemany(
-                "INSERT INTO target_links (target, kind, object_id, remote_id, body) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (target, kind, object_id) DO UPDATE SET "
-                "remote_id = excluded.remote_id, body = excluded.body",
+                sql.UPSERT_LINK,
                 [(target, k[0], k[1], v.remote_id, json.dumps(v.body)) for k, v in put],
             )
+            await self.db.executemany(sql.DELETE_LINK, [(target, k[0], k[1]) for k in gone])
             await self.db.executemany(
-                "DELETE FROM target_links WHERE target = ? AND kind = ? AND object_id = ?",
-                [(target, k[0], k[1]) for k in gone],
-            )
-            await self.db.executemany(
-                "INSERT INTO target_deactivations (target, object_id, remote_id, deactivated_at) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (target, object_id) DO UPDATE SET "
-                "remote_id = excluded.remote_id, deactivated_at = excluded.deactivated_at",
+                sql.UPSERT_DEACTIVATION,
                 [
                     (target, oid, d.remote_id, d.at)
                     for oid, d in changes.deactivations.items()
@@ -706,7 +588,7 @@ class SqliteStore:
                 ],
             )
             await self.db.executemany(
-                "DELETE FROM target_deactivations WHERE target = ? AND object_id = ?",
+                sql.DELETE_DEACTIVATION,
                 [(target, oid) for oid, d in changes.deactivations.items() if d is None],
             )
             for key, value in changes.meta.items():
@@ -714,8 +596,7 @@ class SqliteStore:
 
     @_read_one
     async def target_meta(self, target: str, key: str) -> str | None:
-        sql = "SELECT value FROM target_meta WHERE target = ? AND key = ?"
-        async with self.db.execute(sql, (target, key)) as cur:
+        async with self.db.execute(sql.TARGET_META, (target, key)) as cur:
             row = await cur.fetchone()
         return None if row is None else str(row[0])
 
@@ -724,60 +605,44 @@ class SqliteStore:
             await self._set_target_meta(target, key, value)
 
     async def _set_target_meta(self, target: str, key: str, value: str) -> None:
-        await self.db.execute(
-            "INSERT INTO target_meta (target, key, value) VALUES (?, ?, ?) "
-            "ON CONFLICT (target, key) DO UPDATE SET value = excluded.value",
-            (target, key, value),
-        )
+        await self.db.execute(sql.SET_TARGET_META, (target, key, value))
 
     # -- sign-in state -------------------------------------------------------------------
+    # BEGIN IMMEDIATE takes the database's write lock, so each of these is
+    # atomic across processes; the statements are the ones PostgreSQL runs too.
 
     @_reachable
     async def init_meta(self, key: str, value: str) -> str:
         async with self._transaction():
-            await self.db.execute(
-                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
-                (key, value),
-            )
+            await self.db.execute(sql.INIT_META, (key, value))
             stored = await self._get_meta(key)
         assert stored is not None
         return stored
 
     @_reachable
     async def claim(self, key: str, expires_at: float, now: float, limit: int) -> bool:
-        # BEGIN IMMEDIATE takes the database's write lock: no other process
-        # claims between the look and the insert.
         async with self._transaction():
-            await self.db.execute("DELETE FROM claims WHERE expires_at <= ?", (now,))
-            async with self.db.execute("SELECT 1 FROM claims WHERE key = ?", (key,)) as cur:
-                if await cur.fetchone() is not None:
-                    return False
+            await self.db.execute(sql.DELETE_EXPIRED["claims"], (now,))
+            if await self._one(sql.CLAIM_HELD, key, now) is not None:
+                return False
             if await self._count("claims") >= limit:
                 raise StoreFull("claims")
-            await self.db.execute(
-                "INSERT INTO claims (key, expires_at) VALUES (?, ?)", (key, expires_at)
-            )
-            return True
+            return await self._one(sql.CLAIM, key, expires_at, now) is not None
 
     @_reachable
     async def park(
         self, handle: str, value: str, parked_at: float, expires_at: float, now: float, limit: int
     ) -> None:
         async with self._transaction():
-            await self.db.execute("DELETE FROM parked WHERE expires_at <= ?", (now,))
+            await self.db.execute(sql.DELETE_EXPIRED["parked"], (now,))
             if await self._count("parked") >= limit:
                 raise StoreFull("parked")
-            await self.db.execute(
-                "INSERT INTO parked (handle, value, parked_at, expires_at) VALUES (?, ?, ?, ?)",
-                (handle, value, parked_at, expires_at),
-            )
+            await self.db.execute(sql.PARK, (handle, value, parked_at, expires_at))
 
     @_reachable
     async def take_parked(self, handle: str, now: float) -> ParkedValue | None:
         async with self._transaction():
-            sql = "DELETE FROM parked WHERE handle = ? RETURNING value, parked_at, expires_at"
-            async with self.db.execute(sql, (handle,)) as cur:
-                row = await cur.fetchone()
+            row = await self._one(sql.TAKE_PARKED, handle)
         if row is None or float(row[2]) <= now:
             return None
         return ParkedValue(str(row[0]), float(row[1]), float(row[2]))
@@ -785,38 +650,25 @@ class SqliteStore:
     @_reachable
     @_read_one
     async def count_failures(self, key: str, since: float) -> int:
-        sql = "SELECT COUNT(*) FROM login_failures WHERE key = ? AND at > ?"
-        async with self.db.execute(sql, (key, since)) as cur:
-            row = await cur.fetchone()
+        row = await self._one(sql.COUNT_FAILURES, key, since)
         return int(row[0]) if row else 0
 
     @_reachable
     async def add_failures(self, keys: Sequence[str], at: float, expires_at: float) -> None:
         async with self._transaction():
             # The keys' own expired rows go at once; the others wait for purge().
-            await self.db.executemany(
-                "DELETE FROM login_failures WHERE key = ? AND expires_at <= ?",
-                [(key, at) for key in keys],
-            )
-            await self.db.executemany(
-                "INSERT INTO login_failures (key, at, expires_at) VALUES (?, ?, ?)",
-                [(key, at, expires_at) for key in keys],
-            )
+            await self.db.executemany(sql.DELETE_EXPIRED_FAILURES_OF, [(key, at) for key in keys])
+            await self.db.executemany(sql.ADD_FAILURE, [(key, at, expires_at) for key in keys])
 
     @_reachable
     async def clear_failures(self, key: str) -> None:
         async with self._transaction():
-            await self.db.execute("DELETE FROM login_failures WHERE key = ?", (key,))
+            await self.db.execute(sql.CLEAR_FAILURES, (key,))
 
     @_reachable
     @_read_one
     async def get_session(self, session_id: str) -> SessionRecord | None:
-        sql = (
-            "SELECT id, session_index, user_id, data, last_seen, expires_at FROM sessions "
-            "WHERE id = ?"
-        )
-        async with self.db.execute(sql, (session_id,)) as cur:
-            row = await cur.fetchone()
+        row = await self._one(sql.GET_SESSION, session_id)
         if row is None:
             return None
         sid, index, user_id, data, last_seen, expires_at = row
@@ -824,36 +676,19 @@ class SqliteStore:
 
     @_reachable
     async def put_session(self, record: SessionRecord, now: float, per_user: int) -> None:
+        r = record
         async with self._transaction():
-            await self.db.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))
+            await self.db.execute(sql.DELETE_EXPIRED["sessions"], (now,))
             await self.db.execute(
-                "INSERT INTO sessions (id, session_index, user_id, data, last_seen, expires_at) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
-                "session_index = excluded.session_index, user_id = excluded.user_id, "
-                "data = excluded.data, last_seen = excluded.last_seen, "
-                "expires_at = excluded.expires_at",
-                (
-                    record.id,
-                    record.session_index,
-                    record.user_id,
-                    record.data,
-                    record.last_seen,
-                    record.expires_at,
-                ),
+                sql.PUT_SESSION,
+                (r.id, r.session_index, r.user_id, r.data, r.last_seen, r.expires_at),
             )
-            await self.db.execute(
-                "DELETE FROM sessions WHERE user_id = ? AND id NOT IN (SELECT id FROM sessions "
-                "WHERE user_id = ? ORDER BY last_seen DESC, id LIMIT ?)",
-                (record.user_id, record.user_id, per_user),
-            )
+            await self.db.execute(sql.TRIM_SESSIONS, (r.user_id, r.user_id, per_user))
 
     @_reachable
     async def touch_session(self, session_id: str, last_seen: float, expires_at: float) -> bool:
         async with self._transaction():
-            cur = await self.db.execute(
-                "UPDATE sessions SET last_seen = ?, expires_at = ? WHERE id = ?",
-                (last_seen, expires_at, session_id),
-            )
+            cur = await self.db.execute(sql.TOUCH_SESSION, (last_seen, expires_at, session_id))
             return cur.rowcount == 1
 
     @_reachable
@@ -870,28 +705,27 @@ class SqliteStore:
 
     async def _delete_sessions(self, column: str, value: str) -> int:
         async with self._transaction():
-            cur = await self.db.execute(f"DELETE FROM sessions WHERE {column} = ?", (value,))  # noqa: S608
+            cur = await self.db.execute(sql.DELETE_SESSIONS[column], (value,))
             return int(cur.rowcount)
 
     @_reachable
     async def purge(self, now: float) -> int:
         gone = 0
         async with self._transaction():
-            for table in _EXPIRING:
-                cur = await self.db.execute(f"DELETE FROM {table} WHERE expires_at <= ?", (now,))  # noqa: S608
+            for statement in sql.DELETE_EXPIRED.values():
+                cur = await self.db.execute(statement, (now,))
                 gone += int(cur.rowcount)
         return gone
 
+    async def _one(self, statement: str, *args: Any) -> Any:
+        """The first row of ``statement`` (the rest is read too, for a RETURNING)."""
+        async with self.db.execute(statement, args) as cur:
+            rows = list(await cur.fetchall())
+        return rows[0] if rows else None
+
     async def _count(self, table: str) -> int:
-        async with self.db.execute(f"SELECT COUNT(*) FROM {table}") as cur:  # noqa: S608
-            row = await cur.fetchone()
+        row = await self._one(sql.COUNT_ROWS[table])
         return int(row[0]) if row else 0
-
-
-def _logins(obj: DirectoryObject) -> tuple[str | None, str | None]:
-    if isinstance(obj, User):
-        return obj.username.casefold(), obj.email.casefold()
-    return None, None
 
 
 def _statements(script: str) -> Iterable[str]:

@@ -108,3 +108,33 @@ def test_a_rotated_secret_file_is_read_again(tmp_path: Path) -> None:
     new.replace(path)
     assert secret.value() == "second-token-value!"
     assert store.redact("first-token-value second-token-value!") == "[REDACTED] [REDACTED]"
+
+
+def test_the_postgresql_backend_and_its_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load(write(tmp_path, BASE))
+    assert config.settings.state.backend == "sqlite"
+    assert config.settings.state.postgresql is None
+    monkeypatch.setenv("PROVISIOND_STATE__BACKEND", "postgresql")
+    monkeypatch.setenv("PROVISIOND_STATE__POSTGRESQL__DSN", "postgresql://p@db.internal/state")
+    pg = load(write(tmp_path, BASE)).settings.state.postgresql
+    assert pg is not None
+    assert (pg.dsn, pg.sslmode, pg.pool_size, pg.connect_timeout) == (
+        "postgresql://p@db.internal/state",
+        "prefer",
+        10,
+        10.0,
+    )
+    assert (pg.password_file, pg.ssl_root_cert) == (None, None)
+
+
+def test_a_password_inside_the_dsn_is_redacted(tmp_path: Path) -> None:
+    from daemon.secrets import SECRETS
+
+    dsn = "postgresql://p:s3cret%2Fdsn-pass@db.internal:6432/state"
+    load(write(tmp_path, BASE + f"state: {{backend: postgresql, postgresql: {{dsn: '{dsn}'}}}}\n"))
+    assert SECRETS.redact(f"connecting to {dsn}") == (
+        "connecting to postgresql://p:[REDACTED]@db.internal:6432/state"
+    )
+    assert "s3cret/dsn-pass" not in SECRETS.redact("the password is s3cret/dsn-pass")

@@ -16,11 +16,16 @@ async def store_factory(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[StoreFactory]:
     """A factory on a new, empty database of one backend; closes what it opened."""
-    factory = await FACTORIES[request.param].create(tmp_path, "state")
+    backend = FACTORIES[request.param]
+    backend.setup(request)
+    factory = await backend.create(tmp_path, "state")
     try:
         yield factory
     finally:
-        await factory.aclose()
+        try:
+            await factory.aclose()
+        finally:
+            await backend.dispose()
 
 
 @pytest.fixture

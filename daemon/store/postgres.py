@@ -1,0 +1,933 @@
+"""The PostgreSQL state store: asyncpg, a connection pool, versioned migrations.
+
+Several provisiond processes can share one database. Every method is one
+transaction on a connection of its own from the pool:
+
+- ``@_writes``: a READ COMMITTED transaction, retried whole when PostgreSQL
+  aborts it for a deadlock or a serialization failure (its body is a pure
+  function of its arguments, so running it again is safe);
+- ``@_reads``: a REPEATABLE READ READ ONLY transaction, one snapshot for a
+  read of several statements;
+- ``@_reads_one``: one statement outside any transaction, its own snapshot.
+
+BEGIN, COMMIT and ROLLBACK run shielded from cancellation, so a cancelled
+call either committed whole or left nothing behind (a connection whose
+ROLLBACK fails is terminated: the server then rolls back itself).
+
+The schema's versions are rows of ``schema_version``; migrations run under
+a transaction-level advisory lock, so replicas starting together on an
+empty database take turns and all succeed. Version numbers mean the same
+schema as in :mod:`daemon.store.sqlite`. The SQL that is the same on both
+backends lives in :mod:`daemon.store.sql`; bulk writes go as arrays
+(``unnest``) in one statement each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import random
+import ssl
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
+
+import anyio
+import asyncpg
+
+from daemon.model import DirectoryObject, User, decode, encode
+from daemon.store import (
+    Committed,
+    Deactivation,
+    DueRow,
+    Hold,
+    Key,
+    Link,
+    LinkChanges,
+    ObjectStatus,
+    ParkedValue,
+    Result,
+    SessionRecord,
+    StateError,
+    StoreFull,
+    StoreUnavailable,
+    TargetIndex,
+    TargetLinks,
+    TargetPlan,
+    phase,
+    sql,
+    timed,
+)
+from daemon.store.codec import dump, hold_keys, kind_of, load, logins, read_hold
+from daemon.store.sql import numbered
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION_TABLE", "PostgresStore", "SslMode", "tls_option"]
+
+SslMode = Literal["disable", "prefer", "require", "verify-ca", "verify-full"]
+
+#: The advisory lock migrations hold (``pg_advisory_xact_lock``): "provisio" in ASCII.
+MIGRATION_LOCK = 0x70726F7669736F00
+
+SCHEMA_VERSION_TABLE = """
+    CREATE TABLE schema_version (
+        version integer PRIMARY KEY,
+        applied_at timestamptz NOT NULL DEFAULT now()
+    )
+"""
+
+# Each entry upgrades the schema by one version, as the entry of the same
+# number in daemon.store.sqlite does. Never edit a released entry; append.
+# Keys compare bytewise (COLLATE "C"), as in SQLite: delivery order is the same.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE meta (
+        key text COLLATE "C" PRIMARY KEY,
+        value text NOT NULL
+    );
+    CREATE TABLE directory_objects (
+        kind text COLLATE "C" NOT NULL,
+        object_id text COLLATE "C" NOT NULL,
+        hash text NOT NULL,
+        data text NOT NULL,
+        PRIMARY KEY (kind, object_id)
+    );
+    CREATE TABLE target_objects (
+        target text COLLATE "C" NOT NULL,
+        kind text COLLATE "C" NOT NULL,
+        object_id text COLLATE "C" NOT NULL,
+        remote_id text,
+        desired_hash text,
+        desired text,
+        active boolean,
+        written_hash text,
+        written text,
+        dirty boolean NOT NULL DEFAULT TRUE,
+        phase smallint NOT NULL DEFAULT 0,
+        attempts integer NOT NULL DEFAULT 0,
+        last_error text,
+        next_attempt_at double precision NOT NULL DEFAULT 0,
+        updated_at double precision NOT NULL,
+        PRIMARY KEY (target, kind, object_id)
+    );
+    -- Due work in delivery order, and the dirty counts, read only dirty rows.
+    CREATE INDEX target_objects_due
+        ON target_objects (target, phase, kind, object_id) WHERE dirty;
+    CREATE TABLE holds (
+        target text COLLATE "C" PRIMARY KEY,
+        keys text NOT NULL,
+        created_at double precision NOT NULL,
+        approved boolean NOT NULL DEFAULT FALSE
+    );
+    """,
+    # 2: sign-in looks users up by username or email.
+    """
+    ALTER TABLE directory_objects
+        ADD COLUMN login_username text COLLATE "C",
+        ADD COLUMN login_email text COLLATE "C";
+    CREATE INDEX directory_objects_username ON directory_objects (login_username);
+    CREATE INDEX directory_objects_email ON directory_objects (login_email);
+    """,
+    # 3: what targets remember about their remote objects, and per-target values.
+    """
+    CREATE TABLE target_links (
+        target text COLLATE "C" NOT NULL,
+        kind text COLLATE "C" NOT NULL,
+        object_id text COLLATE "C" NOT NULL,
+        remote_id text,
+        body text NOT NULL,
+        PRIMARY KEY (target, kind, object_id)
+    );
+    CREATE TABLE target_deactivations (
+        target text COLLATE "C" NOT NULL,
+        object_id text COLLATE "C" NOT NULL,
+        remote_id text NOT NULL,
+        deactivated_at double precision NOT NULL,
+        PRIMARY KEY (target, object_id)
+    );
+    CREATE TABLE target_meta (
+        target text COLLATE "C" NOT NULL,
+        key text COLLATE "C" NOT NULL,
+        value text NOT NULL,
+        PRIMARY KEY (target, key)
+    );
+    """,
+    # 4: placeholder: replaced by the leases migration at merge.
+    """
+    SELECT 1
+    """,
+    # 5: sign-in state shared by every replica: sessions, replay claims (SAML
+    # request IDs), parked requests (resume handles) and failed sign-ins.
+    # Every row has an expiry, indexed for the purge.
+    """
+    CREATE TABLE sessions (
+        id text COLLATE "C" PRIMARY KEY,
+        session_index text COLLATE "C" NOT NULL,
+        user_id text COLLATE "C" NOT NULL,
+        data text NOT NULL,
+        last_seen double precision NOT NULL,
+        expires_at double precision NOT NULL
+    );
+    CREATE INDEX sessions_session_index ON sessions (session_index);
+    CREATE INDEX sessions_user ON sessions (user_id, last_seen);
+    CREATE INDEX sessions_expiry ON sessions (expires_at);
+    CREATE TABLE claims (
+        key text COLLATE "C" PRIMARY KEY,
+        expires_at double precision NOT NULL
+    );
+    CREATE INDEX claims_expiry ON claims (expires_at);
+    CREATE TABLE parked (
+        handle text COLLATE "C" PRIMARY KEY,
+        value text NOT NULL,
+        parked_at double precision NOT NULL,
+        expires_at double precision NOT NULL
+    );
+    CREATE INDEX parked_expiry ON parked (expires_at);
+    CREATE TABLE login_failures (
+        key text COLLATE "C" NOT NULL,
+        at double precision NOT NULL,
+        expires_at double precision NOT NULL
+    );
+    CREATE INDEX login_failures_key ON login_failures (key, at);
+    CREATE INDEX login_failures_expiry ON login_failures (expires_at);
+    """,
+)
+
+# -- the bulk forms: one statement per batch, its rows as arrays ----------------------------
+# (The f-strings below join constants of this module, never values.)
+
+_KEYS = "unnest(?::text[], ?::text[]) AS k(kind, object_id)"
+
+_UPSERT_DIRECTORY = numbered(
+    sql.upsert_directory(
+        "SELECT * FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[])"
+    )
+)
+_DELETE_DIRECTORY = numbered(
+    f"DELETE FROM directory_objects AS d USING {_KEYS} "  # noqa: S608
+    "WHERE d.kind = k.kind AND d.object_id = k.object_id"
+)
+_UPSERT_PLAN = numbered(
+    sql.upsert_plan(
+        "SELECT ?::text, r.kind, r.object_id, r.desired_hash, r.desired, r.active, "
+        "TRUE, r.phase, 0, 0, ?::double precision "
+        "FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::boolean[], ?::smallint[]) "
+        "AS r(kind, object_id, desired_hash, desired, active, phase)"
+    )
+)
+_RELEASE = {
+    table: numbered(
+        f"DELETE FROM {table} AS t USING {_KEYS} "  # noqa: S608
+        "WHERE t.target = ? AND t.kind = k.kind AND t.object_id = k.object_id"
+    )
+    for table in ("target_objects", "target_links")
+}
+_IN_KEYS = "(kind, object_id) IN (SELECT * FROM unnest(?::text[], ?::text[]))"
+_RECORDS = numbered(
+    f"SELECT kind, object_id, data FROM directory_objects WHERE {_IN_KEYS}"  # noqa: S608
+)
+_ROWS = numbered(f"{sql.ROWS} WHERE target = ? AND {_IN_KEYS}")
+_APPROVE = numbered(f"{sql.APPROVE} RETURNING keys")
+
+# Errors that mean the database cannot be reached (rather than a bad statement).
+_LOST: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+)
+# Errors after which a write transaction can simply run again.
+_RETRY = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+_ATTEMPTS = 5
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+Connection = Any  # asyncpg's Connection (or the pool's proxy of one); asyncpg has no types
+
+_Method = Callable[Concatenate["PostgresStore", Connection, _P], Awaitable[_T]]
+_Public = Callable[Concatenate["PostgresStore", _P], Coroutine[Any, Any, _T]]
+
+
+def _writes(method: _Method[_P, _T]) -> _Public[_P, _T]:
+    """Run a write method in one transaction, passing it the connection; retried on deadlock."""
+
+    @functools.wraps(method)
+    async def write(self: PostgresStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        attempt = 1
+        while True:
+            try:
+                async with self._transaction() as db:
+                    return await method(self, db, *args, **kwargs)
+            except _RETRY:
+                if attempt == _ATTEMPTS:
+                    raise
+            attempt += 1
+            await anyio.sleep(random.uniform(0, 0.005 * 2**attempt))  # noqa: S311
+
+    return write
+
+
+def _reads(method: _Method[_P, _T]) -> _Public[_P, _T]:
+    """Run a read of several statements in one read-only snapshot."""
+
+    @functools.wraps(method)
+    async def read(self: PostgresStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        async with self._transaction("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY") as db:
+            return await method(self, db, *args, **kwargs)
+
+    return read
+
+
+def _reads_one(method: _Method[_P, _T]) -> _Public[_P, _T]:
+    """Run a read of ONE statement: outside a transaction it is its own snapshot."""
+
+    @functools.wraps(method)
+    async def read(self: PostgresStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        async with self._connection() as db:
+            return await method(self, db, *args, **kwargs)
+
+    return read
+
+
+def tls_option(mode: SslMode, root_cert: Path | None) -> bool | str | ssl.SSLContext:
+    """asyncpg's ``ssl`` argument for libpq's ``sslmode`` (and ``sslrootcert``).
+
+    ``require`` encrypts without checking the certificate unless a root
+    certificate is given (then it checks the chain, as libpq does);
+    ``verify-ca`` checks the chain, ``verify-full`` the host name too. The
+    system's CAs are used when no root certificate is given. Raises
+    ``OSError`` or ``ssl.SSLError`` for an unreadable root certificate.
+    """
+    if mode == "disable":
+        return False
+    if mode == "prefer":
+        return "prefer"
+    cafile = None if root_cert is None else str(root_cert)
+    context = ssl.create_default_context(cafile=cafile)
+    if mode == "verify-full":
+        return context
+    context.check_hostname = False
+    if mode == "require" and root_cert is None:
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def dsn_location(dsn: str) -> str:
+    """``host:port/database`` of a ``postgresql://`` URL, for messages (never its password)."""
+    parts = urllib.parse.urlsplit(dsn)
+    query = urllib.parse.parse_qs(parts.query)
+    hosts = query.get("host", [parts.netloc.rpartition("@")[2]])[0] or "localhost"
+    port = query.get("port", [""])[0]
+    named = []
+    for host in hosts.split(","):
+        if port or not host.rpartition("]")[2].count(":"):
+            host = f"{host}:{port or 5432}"
+        named.append(host)
+    user = urllib.parse.unquote(parts.username or "")
+    database = urllib.parse.unquote(parts.path.lstrip("/")) or query.get("dbname", [user])[0]
+    return f"{','.join(named)}/{database}"
+
+
+def dsn_passwords(dsn: str) -> list[str]:
+    """The password a URL holds, as written and decoded (to redact both)."""
+    parts = urllib.parse.urlsplit(dsn)
+    found = [parts.password or "", *urllib.parse.parse_qs(parts.query).get("password", [])]
+    return sorted({v for p in found if p for v in (p, urllib.parse.unquote(p))})
+
+
+def _cause(exc: BaseException, timeout: float) -> str:
+    """What went wrong connecting, in words (asyncpg's messages hold no password)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS failed: the server's certificate did not verify ({exc.verify_message})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failed: {exc.reason or exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout:g} s (state.postgresql.connect_timeout)"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    if isinstance(exc, asyncpg.PostgresError):
+        return str(exc.args[0] if exc.args else exc) or type(exc).__name__
+    return str(exc) or type(exc).__name__
+
+
+@timed
+class PostgresStore:
+    """:class:`daemon.store.Store` on a PostgreSQL database, through an asyncpg pool.
+
+    ``password`` may be a callable (a :class:`daemon.secrets.SecretFile`'s
+    ``value``): each new connection asks it, so a rotated password file needs
+    no restart. A method calls only the underscored helpers, never another
+    public method: each public method is one transaction.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        password: str | Callable[[], str] | None = None,
+        ssl: bool | str | ssl.SSLContext = "prefer",
+        pool_size: int = 10,
+        connect_timeout: float = 10.0,
+        application_name: str = "provisiond",
+    ) -> None:
+        self.dsn = dsn
+        self.where = dsn_location(dsn)
+        self._password = password
+        self._ssl = ssl
+        self.pool_size = pool_size
+        self.connect_timeout = connect_timeout
+        self.application_name = application_name
+        self._pool: asyncpg.Pool | None = None
+        self._hidden = dsn_passwords(dsn)
+
+    def _scrub(self, text: str) -> str:
+        for value in self._hidden:
+            text = text.replace(value, "[REDACTED]")
+        if isinstance(self._password, str) and self._password:
+            text = text.replace(self._password, "[REDACTED]")
+        return text
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise StateError("the state store is not open")
+        return self._pool
+
+    async def open(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=1,
+                max_size=self.pool_size,
+                password=self._password,
+                ssl=self._ssl,
+                timeout=self.connect_timeout,
+                server_settings={"application_name": self.application_name, "jit": "off"},
+            )
+            await self._migrate()
+            await self._fill_logins()
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
+            if isinstance(exc, StoreUnavailable) and isinstance(exc.__cause__, _LOST):
+                exc = exc.__cause__
+            if isinstance(exc, StateError):
+                raise
+            if isinstance(exc, (*_LOST, asyncpg.PostgresError, asyncpg.InterfaceError)):
+                cause = self._scrub(_cause(exc, self.connect_timeout))
+                raise StateError(f"cannot use PostgreSQL at {self.where}: {cause}") from None
+            raise
+
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                with anyio.fail_after(self.connect_timeout):
+                    await pool.close()
+            except Exception:
+                pool.terminate()  # a connection that would not close in time
+            except BaseException:
+                pool.terminate()
+                raise
+
+    # -- transactions ----------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Connection]:
+        """A connection from the pool; a lost database is a :class:`StoreUnavailable`."""
+        try:
+            async with self.pool.acquire() as db:
+                yield db
+        except _LOST as exc:
+            cause = self._scrub(_cause(exc, self.connect_timeout))
+            raise StoreUnavailable(f"PostgreSQL at {self.where}: {cause}") from exc
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, begin: str = "BEGIN") -> AsyncIterator[Connection]:
+        async with self._connection() as db:
+            # Shielded like the end: a BEGIN that ran but whose caller was
+            # cancelled would leave a transaction open that nobody ends.
+            with anyio.CancelScope(shield=True):
+                await db.execute(begin)
+            try:
+                yield db
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await self._rollback(db)
+                raise
+            with anyio.CancelScope(shield=True):
+                try:
+                    await db.execute("COMMIT")
+                except BaseException:
+                    await self._rollback(db)
+                    raise
+
+    async def _rollback(self, db: Connection) -> None:
+        # After a cancelled statement asyncpg first waits for the server to
+        # confirm the cancellation; a connection that cannot roll back is
+        # closed, and the server rolls back what it had.
+        try:
+            with anyio.fail_after(self.connect_timeout):
+                if db.is_in_transaction():
+                    await db.execute("ROLLBACK")
+        except Exception:
+            db.terminate()
+
+    # -- schema -----------------------------------------------------------------------------
+
+    async def _migrate(self) -> None:
+        expected = len(MIGRATIONS)
+        while True:
+            # Under the lock, in the transaction that upgrades it: a replica
+            # opening the same new database at once waits, then sees it.
+            async with self._transaction() as db:
+                await db.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+                current = await self._schema_version(db)
+                if current is None:
+                    await db.execute(SCHEMA_VERSION_TABLE)
+                    current = 0
+                if current > expected:
+                    raise StateError(
+                        f"state database PostgreSQL at {self.where} is at schema version "
+                        f"{current}, but this provisiond expects schema version {expected}: "
+                        "it was written by a newer provisiond; upgrade provisiond"
+                    )
+                if current == expected:
+                    return
+                await db.execute(MIGRATIONS[current])
+                await db.execute("INSERT INTO schema_version (version) VALUES ($1)", current + 1)
+
+    @staticmethod
+    async def _schema_version(db: Connection) -> int | None:
+        if await db.fetchval("SELECT to_regclass('schema_version')") is None:
+            return None
+        return int(await db.fetchval("SELECT COALESCE(max(version), 0) FROM schema_version"))
+
+    async def _fill_logins(self) -> None:
+        """Fold the sign-in names of users stored before migration 2 added their columns."""
+        async with self._connection() as db:
+            if await db.fetchval(f"SELECT 1 {sql.MISSING_LOGINS} LIMIT 1") is None:
+                return
+        async with self._transaction() as db:
+            found = await db.fetch(f"SELECT object_id, data {sql.MISSING_LOGINS} FOR UPDATE")
+            rows = [(*logins(decode("user", r["data"])), r["object_id"]) for r in found]
+            await db.executemany(numbered(sql.FILL_LOGINS), rows)
+
+    @_reads
+    async def check(self, db: Connection) -> list[str]:
+        version = await db.fetchval("SHOW server_version")
+        schema = await self._schema_version(db)
+        tls = await db.fetchval(
+            "SELECT CASE WHEN ssl THEN version ELSE NULL END FROM pg_stat_ssl "
+            "WHERE pid = pg_backend_pid()"
+        )
+        return [
+            f"state store PostgreSQL {version} at {self.where} reached "
+            f"({tls or 'no TLS'}, pool of up to {self.pool_size} connections)",
+            f"state store schema version {schema} (this provisiond: {len(MIGRATIONS)})",
+        ]
+
+    # -- meta -------------------------------------------------------------------------------
+
+    @_reads_one
+    async def get_meta(self, db: Connection, key: str) -> str | None:
+        value: str | None = await db.fetchval(numbered(sql.GET_META), key)
+        return value
+
+    @_writes
+    async def set_meta(self, db: Connection, key: str, value: str) -> None:
+        await db.execute(numbered(sql.SET_META), key, value)
+
+    # -- the committed snapshot ---------------------------------------------------------------
+
+    @_reads
+    async def committed(self, db: Connection) -> Committed:
+        version = await db.fetchval(numbered(sql.GET_META), "snapshot_version")
+        hashes: dict[Key, str] = {
+            (kind_of(kind), object_id): h
+            for kind, object_id, h in await db.fetch(sql.COMMITTED_HASHES)
+        }
+        return Committed(version, hashes)
+
+    @_reads_one
+    async def records(self, db: Connection, keys: list[Key]) -> dict[Key, DirectoryObject]:
+        if not keys:
+            return {}
+        out: dict[Key, DirectoryObject] = {}
+        for kind, object_id, data in await db.fetch(_RECORDS, *_columns(keys, 2)):
+            obj = load(kind, data)
+            assert obj is not None
+            out[(kind_of(kind), object_id)] = obj
+        return out
+
+    @_reads_one
+    async def find_user(self, db: Connection, login: str) -> User | None:
+        folded = login.strip().casefold()
+        data = await db.fetchval(numbered(sql.FIND_USER), folded, folded, folded)
+        if data is None:
+            return None
+        user = decode("user", data)
+        assert isinstance(user, User)
+        return user
+
+    @_reads_one
+    async def granted(self, db: Connection, target: str, user_id: str) -> bool:
+        return bool(await db.fetchval(numbered(sql.GRANTED), target, user_id))
+
+    @_reads_one
+    async def target_index(self, db: Connection, target: str) -> TargetIndex:
+        index = TargetIndex()
+        for kind, object_id, desired_hash, active in await db.fetch(
+            numbered(sql.TARGET_INDEX), target
+        ):
+            index.hashes[(kind_of(kind), object_id)] = desired_hash
+            if kind == "user" and active:
+                index.active.add(object_id)
+        return index
+
+    @_writes
+    async def commit(
+        self,
+        db: Connection,
+        version: str,
+        upserts: list[tuple[Key, str, DirectoryObject]],
+        deletes: list[Key],
+        plans: dict[str, TargetPlan],
+    ) -> None:
+        now = time.time()
+        # In one order (target, then key) everywhere, so that two writers
+        # lock rows in the same order and rarely deadlock.
+        for target in sorted(plans):
+            await self._write_plan(db, target, plans[target], now)
+        rows = sorted(_last_wins((k, (h, obj)) for k, h, obj in upserts).items())
+        if rows:
+            await db.execute(
+                _UPSERT_DIRECTORY,
+                *_columns(
+                    [(k[0], k[1], h, encode(obj).decode(), *logins(obj)) for k, (h, obj) in rows],
+                    6,
+                ),
+            )
+        if deletes:
+            await db.execute(_DELETE_DIRECTORY, *_columns(sorted(set(deletes)), 2))
+        await db.execute(numbered(sql.SET_META), "snapshot_version", version)
+        await db.execute(numbered(sql.SET_META), "snapshot_committed_at", repr(now))
+
+    async def _write_plan(self, db: Connection, target: str, plan: TargetPlan, now: float) -> None:
+        desired = sorted(_last_wins((row.key, row) for row in plan.desired).items())
+        if desired:
+            await db.execute(
+                _UPSERT_PLAN,
+                target,
+                now,
+                *_columns(
+                    [
+                        (
+                            key[0],
+                            key[1],
+                            row.hash,
+                            dump(row.obj),
+                            row.active,
+                            phase(key[0], row.obj is None),
+                        )
+                        for key, row in desired
+                    ],
+                    6,
+                ),
+            )
+        if plan.released:
+            released = _columns(sorted(set(plan.released)), 2)
+            await db.execute(_RELEASE["target_objects"], *released, target)
+            # A released object is no longer managed: the target forgets its link too.
+            await db.execute(_RELEASE["target_links"], *released, target)
+        await db.execute(numbered(sql.FORGET_UNWRITTEN), target)
+        if plan.hold is None:
+            await db.execute(numbered(sql.DELETE_HOLD), target)
+        else:
+            await db.execute(numbered(sql.SET_HOLD), target, hold_keys(plan.hold), now)
+
+    # -- deliveries ---------------------------------------------------------------------------
+
+    @_reads_one
+    async def due(self, db: Connection, target: str, now: float, limit: int) -> list[DueRow]:
+        return [_due_row(r) for r in await db.fetch(numbered(sql.DUE), target, now, limit)]
+
+    @_reads_one
+    async def rows(self, db: Connection, target: str, keys: list[Key] | None) -> dict[Key, DueRow]:
+        if keys is None:
+            found = await db.fetch(numbered(sql.DIRTY_ROWS), target)
+        elif not keys:
+            return {}
+        else:
+            found = await db.fetch(_ROWS, target, *_columns(keys, 2))
+        return {row.key: row for row in map(_due_row, found)}
+
+    @_writes
+    async def record(self, db: Connection, target: str, results: list[Result], now: float) -> None:
+        results = sorted(results, key=lambda r: r.key)
+        ok = [r for r in results if r.ok]
+        failed = [r for r in results if not r.ok]
+        statements: list[tuple[str, list[tuple[Any, ...]]]] = [
+            (
+                sql.RECORD_REMOVED,
+                [(target, r.key[0], r.key[1]) for r in ok if r.delivered_hash is None],
+            ),
+            (
+                sql.RECORD_REMOTE_ID,
+                [(r.remote_id, target, r.key[0], r.key[1]) for r in ok if r.remote_id is not None],
+            ),
+            (
+                sql.RECORD_WRITTEN,
+                [
+                    (now, target, r.key[0], r.key[1], r.delivered_hash)
+                    for r in ok
+                    if r.delivered_hash is not None
+                ],
+            ),
+            (
+                sql.RECORD_FAILED,
+                [
+                    (r.remote_id, r.error, r.next_attempt_at, now, target, r.key[0], r.key[1])
+                    for r in failed
+                ],
+            ),
+        ]
+        for statement, args in statements:
+            if args:
+                await db.executemany(numbered(statement), args)
+
+    @_reads_one
+    async def counts(self, db: Connection, target: str) -> tuple[int, int]:
+        dirty, failed = await db.fetchrow(numbered(sql.COUNTS), target)
+        return int(dirty), int(failed)
+
+    @_reads_one
+    async def problems(self, db: Connection, target: str, limit: int) -> list[ObjectStatus]:
+        return [
+            ObjectStatus((kind_of(kind), object_id), "failed", attempts, last_error, nxt)
+            for kind, object_id, attempts, last_error, nxt in await db.fetch(
+                numbered(sql.PROBLEMS), target, limit
+            )
+        ]
+
+    # -- the mass-removal guard ---------------------------------------------------------------
+
+    @_reads_one
+    async def hold(self, db: Connection, target: str) -> Hold | None:
+        row = await db.fetchrow(numbered(sql.HOLD), target)
+        return None if row is None else read_hold(target, *row)
+
+    @_reads_one
+    async def approved_holds(self, db: Connection) -> list[str]:
+        return [str(r[0]) for r in await db.fetch(sql.APPROVED_HOLDS)]
+
+    @_writes
+    async def approve(self, db: Connection, target: str) -> int:
+        # One statement: the count returned is that of the hold approved.
+        keys = await db.fetchval(_APPROVE, target)
+        return 0 if keys is None else len(json.loads(keys))
+
+    # -- what targets remember ----------------------------------------------------------------
+
+    @_reads
+    async def target_links(self, db: Connection, target: str) -> TargetLinks:
+        links = {
+            (kind_of(kind), object_id): Link(remote_id, json.loads(body))
+            for kind, object_id, remote_id, body in await db.fetch(numbered(sql.LINKS), target)
+        }
+        deactivations = {
+            object_id: Deactivation(remote_id, float(at))
+            for object_id, remote_id, at in await db.fetch(numbered(sql.DEACTIVATIONS), target)
+        }
+        return TargetLinks(links, deactivations)
+
+    async def save_links(self, target: str, changes: LinkChanges) -> None:
+        if changes:
+            await self._save_links(target, changes)
+
+    @_writes
+    async def _save_links(self, db: Connection, target: str, changes: LinkChanges) -> None:
+        links = sorted(changes.links.items())
+        deactivations = sorted(changes.deactivations.items())
+        statements: list[tuple[str, list[tuple[Any, ...]]]] = [
+            (
+                sql.UPSERT_LINK,
+                [
+                    (target, k[0], k[1], v.remote_id, json.dumps(v.body))
+                    for k, v in links
+                    if v is not None
+                ],
+            ),
+            (sql.DELETE_LINK, [(target, k[0], k[1]) for k, v in links if v is None]),
+            (
+                sql.UPSERT_DEACTIVATION,
+                [(target, oid, d.remote_id, d.at) for oid, d in deactivations if d is not None],
+            ),
+            (sql.DELETE_DEACTIVATION, [(target, oid) for oid, d in deactivations if d is None]),
+            (sql.SET_TARGET_META, [(target, k, v) for k, v in sorted(changes.meta.items())]),
+        ]
+        for statement, args in statements:
+            if args:
+                await db.executemany(numbered(statement), args)
+
+    @_reads_one
+    async def target_meta(self, db: Connection, target: str, key: str) -> str | None:
+        value: str | None = await db.fetchval(numbered(sql.TARGET_META), target, key)
+        return value
+
+    @_writes
+    async def set_target_meta(self, db: Connection, target: str, key: str, value: str) -> None:
+        await db.execute(numbered(sql.SET_TARGET_META), target, key, value)
+
+    # -- sign-in state every replica shares -------------------------------------------------
+    # READ COMMITTED, as every write: what must be atomic is one statement
+    # (a claim's upsert, a take's DELETE ... RETURNING), or rows that add up.
+
+    @_writes
+    async def init_meta(self, db: Connection, key: str, value: str) -> str:
+        # A racing insert makes this one wait, then do nothing; the SELECT,
+        # a new snapshot, sees whichever was committed first.
+        await db.execute(numbered(sql.INIT_META), key, value)
+        stored: str = await db.fetchval(numbered(sql.GET_META), key)
+        return stored
+
+    @_writes
+    async def claim(
+        self, db: Connection, key: str, expires_at: float, now: float, limit: int
+    ) -> bool:
+        await db.execute(numbered(sql.DELETE_EXPIRED["claims"]), now)
+        if await db.fetchval(numbered(sql.CLAIM_HELD), key, now) is not None:
+            return False
+        if await db.fetchval(sql.COUNT_ROWS["claims"]) >= limit:
+            raise StoreFull("claims")
+        return await db.fetchval(numbered(sql.CLAIM), key, expires_at, now) is not None
+
+    @_writes
+    async def park(
+        self,
+        db: Connection,
+        handle: str,
+        value: str,
+        parked_at: float,
+        expires_at: float,
+        now: float,
+        limit: int,
+    ) -> None:
+        await db.execute(numbered(sql.DELETE_EXPIRED["parked"]), now)
+        if await db.fetchval(sql.COUNT_ROWS["parked"]) >= limit:
+            raise StoreFull("parked")
+        await db.execute(numbered(sql.PARK), handle, value, parked_at, expires_at)
+
+    @_writes
+    async def take_parked(self, db: Connection, handle: str, now: float) -> ParkedValue | None:
+        row = await db.fetchrow(numbered(sql.TAKE_PARKED), handle)
+        if row is None or float(row[2]) <= now:
+            return None
+        return ParkedValue(str(row[0]), float(row[1]), float(row[2]))
+
+    @_reads_one
+    async def count_failures(self, db: Connection, key: str, since: float) -> int:
+        return int(await db.fetchval(numbered(sql.COUNT_FAILURES), key, since))
+
+    @_writes
+    async def add_failures(
+        self, db: Connection, keys: Sequence[str], at: float, expires_at: float
+    ) -> None:
+        await db.executemany(numbered(sql.DELETE_EXPIRED_FAILURES_OF), [(k, at) for k in keys])
+        await db.executemany(numbered(sql.ADD_FAILURE), [(k, at, expires_at) for k in keys])
+
+    @_writes
+    async def clear_failures(self, db: Connection, key: str) -> None:
+        await db.execute(numbered(sql.CLEAR_FAILURES), key)
+
+    @_reads_one
+    async def get_session(self, db: Connection, session_id: str) -> SessionRecord | None:
+        row = await db.fetchrow(numbered(sql.GET_SESSION), session_id)
+        if row is None:
+            return None
+        sid, index, user_id, data, last_seen, expires_at = row
+        return SessionRecord(sid, index, user_id, data, float(last_seen), float(expires_at))
+
+    @_writes
+    async def put_session(
+        self, db: Connection, record: SessionRecord, now: float, per_user: int
+    ) -> None:
+        r = record
+        await db.execute(numbered(sql.DELETE_EXPIRED["sessions"]), now)
+        await db.execute(
+            numbered(sql.PUT_SESSION),
+            r.id,
+            r.session_index,
+            r.user_id,
+            r.data,
+            r.last_seen,
+            r.expires_at,
+        )
+        await db.execute(numbered(sql.TRIM_SESSIONS), r.user_id, r.user_id, per_user)
+
+    @_writes
+    async def touch_session(
+        self, db: Connection, session_id: str, last_seen: float, expires_at: float
+    ) -> bool:
+        status = await db.execute(numbered(sql.TOUCH_SESSION), last_seen, expires_at, session_id)
+        return _affected(status) == 1
+
+    @_writes
+    async def delete_session(self, db: Connection, session_id: str) -> None:
+        await db.execute(numbered(sql.DELETE_SESSIONS["id"]), session_id)
+
+    @_writes
+    async def delete_sessions_by_index(self, db: Connection, session_index: str) -> int:
+        return _affected(
+            await db.execute(numbered(sql.DELETE_SESSIONS["session_index"]), session_index)
+        )
+
+    @_writes
+    async def delete_user_sessions(self, db: Connection, user_id: str) -> int:
+        return _affected(await db.execute(numbered(sql.DELETE_SESSIONS["user_id"]), user_id))
+
+    @_writes
+    async def purge(self, db: Connection, now: float) -> int:
+        gone = 0
+        for statement in sql.DELETE_EXPIRED.values():
+            gone += _affected(await db.execute(numbered(statement), now))
+        return gone
+
+
+def _affected(status: str) -> int:
+    """The row count of a command status such as ``DELETE 3`` or ``UPDATE 1``."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+def _due_row(row: Sequence[Any]) -> DueRow:
+    kind, object_id, remote_id, desired_hash, desired, written, attempts = row
+    return DueRow(
+        (kind_of(kind), object_id),
+        remote_id,
+        desired_hash,
+        load(kind, desired),
+        load(kind, written),
+        attempts,
+    )
+
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _last_wins(pairs: Iterable[tuple[_K, _V]]) -> dict[_K, _V]:
+    """One entry per key, the last given: one statement may not change a row twice."""
+    return dict(pairs)
+
+
+def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Rows turned into ``width`` column arrays, for ``unnest``."""
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(column) for column in zip(*rows, strict=True)]

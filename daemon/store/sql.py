@@ -1,0 +1,269 @@
+"""SQL that the SQLite and PostgreSQL stores share, written once.
+
+The statements here are in the dialect both engines accept:
+
+- placeholders are ``?``; :func:`numbered` rewrites them to PostgreSQL's
+  ``$1``, ``$2``, ... in the order they appear;
+- booleans are ``TRUE`` and ``FALSE`` (SQLite stores them as 1 and 0);
+- the null-safe comparison is ``IS NOT DISTINCT FROM`` (SQLite 3.39 or later);
+- text compares bytewise: SQLite's default, and the PostgreSQL schema
+  declares its key columns ``COLLATE "C"``, so delivery order is the same.
+
+The schemas differ in their types and stay with each backend, and so do the
+bulk forms PostgreSQL sends as arrays (``unnest``); a bulk statement takes
+its row source (``VALUES (?, ...)`` or ``SELECT ... FROM unnest(...)``) as
+an argument and shares everything around it.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+# -- meta ---------------------------------------------------------------------------
+
+GET_META = "SELECT value FROM meta WHERE key = ?"
+SET_META = (
+    "INSERT INTO meta (key, value) VALUES (?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
+
+# -- the committed snapshot ---------------------------------------------------------
+
+COMMITTED_HASHES = "SELECT kind, object_id, hash FROM directory_objects"
+
+FIND_USER = (
+    "SELECT data FROM directory_objects WHERE kind = 'user' AND "
+    "(login_username = ? OR login_email = ?) ORDER BY login_username = ? DESC LIMIT 1"
+)
+
+DELETE_DIRECTORY = "DELETE FROM directory_objects WHERE kind = ? AND object_id = ?"
+
+
+def upsert_directory(rows: str) -> str:
+    """Insert or replace directory records; ``rows`` yields (kind, id, hash, data, logins)."""
+    return (
+        "INSERT INTO directory_objects (kind, object_id, hash, data, login_username, "
+        f"login_email) {rows} "
+        "ON CONFLICT (kind, object_id) DO UPDATE SET hash = excluded.hash, "
+        "data = excluded.data, login_username = excluded.login_username, "
+        "login_email = excluded.login_email"
+    )
+
+
+# -- what each target should hold ----------------------------------------------------
+
+GRANTED = (
+    "SELECT active FROM target_objects WHERE target = ? AND kind = 'user' "
+    "AND object_id = ? AND desired_hash IS NOT NULL"
+)
+
+TARGET_INDEX = "SELECT kind, object_id, desired_hash, active FROM target_objects WHERE target = ?"
+
+#: The columns of a :class:`daemon.store.DueRow`, in its order.
+ROWS = (
+    "SELECT kind, object_id, remote_id, desired_hash, desired, written, attempts "
+    "FROM target_objects"
+)
+DIRTY_ROWS = f"{ROWS} WHERE target = ? AND dirty = TRUE"
+DUE = f"{DIRTY_ROWS} AND next_attempt_at <= ? ORDER BY phase, kind, object_id LIMIT ?"
+
+COUNTS = (
+    "SELECT COUNT(*), COALESCE(SUM(CASE WHEN attempts > 0 THEN 1 ELSE 0 END), 0) "
+    "FROM target_objects WHERE target = ? AND dirty = TRUE"
+)
+
+PROBLEMS = (
+    "SELECT kind, object_id, attempts, last_error, next_attempt_at FROM target_objects "
+    "WHERE target = ? AND dirty = TRUE AND attempts > 0 "
+    "ORDER BY attempts DESC, kind, object_id LIMIT ?"
+)
+
+#: The columns a plan row sets, in the order :func:`upsert_plan`'s rows give them.
+PLAN_COLUMNS = (
+    "target, kind, object_id, desired_hash, desired, active, "
+    "dirty, phase, attempts, next_attempt_at, updated_at"
+)
+
+
+def upsert_plan(rows: str) -> str:
+    """Record desired rows (columns :data:`PLAN_COLUMNS`) and mark them dirty as needed."""
+    return f"""
+        INSERT INTO target_objects ({PLAN_COLUMNS})
+        {rows}
+        ON CONFLICT (target, kind, object_id) DO UPDATE SET
+            desired_hash = excluded.desired_hash,
+            desired = excluded.desired,
+            active = excluded.active,
+            -- After a failed attempt the application may hold a partial change (a
+            -- removal that deactivated and waits to delete): what was written is no
+            -- longer known, so a desired state equal to it is still delivered.
+            written_hash = CASE WHEN target_objects.attempts > 0
+                                 AND excluded.desired_hash IS NOT NULL
+                                THEN NULL ELSE target_objects.written_hash END,
+            written = CASE WHEN target_objects.attempts > 0
+                            AND excluded.desired_hash IS NOT NULL
+                           THEN NULL ELSE target_objects.written END,
+            dirty = CASE WHEN target_objects.attempts = 0
+                          AND target_objects.written_hash
+                              IS NOT DISTINCT FROM excluded.desired_hash
+                         THEN FALSE ELSE TRUE END,
+            phase = excluded.phase,
+            attempts = 0,
+            last_error = NULL,
+            next_attempt_at = 0,
+            updated_at = excluded.updated_at
+    """
+
+
+DELETE_TARGET_OBJECT = "DELETE FROM target_objects WHERE target = ? AND kind = ? AND object_id = ?"
+
+#: A removal of something never confirmed written needs no delivery.
+FORGET_UNWRITTEN = (
+    "DELETE FROM target_objects WHERE target = ? AND desired_hash IS NULL "
+    "AND written_hash IS NULL"
+)
+
+# -- delivery results ----------------------------------------------------------------
+
+#: A delivered removal is the end of the object for this target, unless the
+#: desired state changed meanwhile (hash guard).
+RECORD_REMOVED = f"{DELETE_TARGET_OBJECT} AND desired_hash IS NULL"
+
+#: The remote id is kept even when the hash guard refuses the rest: the object
+#: exists remotely, and without its id the next delivery would create it twice.
+RECORD_REMOTE_ID = (
+    "UPDATE target_objects SET remote_id = ? WHERE target = ? AND kind = ? AND object_id = ?"
+)
+
+RECORD_WRITTEN = """
+    UPDATE target_objects SET
+        written_hash = desired_hash, written = desired, dirty = FALSE,
+        attempts = 0, last_error = NULL, next_attempt_at = 0, updated_at = ?
+    WHERE target = ? AND kind = ? AND object_id = ? AND desired_hash IS NOT DISTINCT FROM ?
+"""
+
+RECORD_FAILED = """
+    UPDATE target_objects SET
+        remote_id = COALESCE(?, remote_id), attempts = attempts + 1,
+        last_error = ?, next_attempt_at = ?, updated_at = ?
+    WHERE target = ? AND kind = ? AND object_id = ?
+"""
+
+# -- the mass-removal guard ----------------------------------------------------------
+
+HOLD = "SELECT keys, created_at, approved FROM holds WHERE target = ?"
+APPROVED_HOLDS = "SELECT target FROM holds WHERE approved = TRUE"
+APPROVE = "UPDATE holds SET approved = TRUE WHERE target = ?"
+DELETE_HOLD = "DELETE FROM holds WHERE target = ?"
+#: A hold replaced by the same keys keeps its age, and needs approval again.
+SET_HOLD = (
+    "INSERT INTO holds (target, keys, created_at, approved) VALUES (?, ?, ?, FALSE) "
+    "ON CONFLICT (target) DO UPDATE SET keys = excluded.keys, approved = FALSE, "
+    "created_at = CASE WHEN holds.keys = excluded.keys THEN holds.created_at "
+    "ELSE excluded.created_at END"
+)
+
+# -- what targets remember -----------------------------------------------------------
+
+LINKS = "SELECT kind, object_id, remote_id, body FROM target_links WHERE target = ?"
+UPSERT_LINK = (
+    "INSERT INTO target_links (target, kind, object_id, remote_id, body) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (target, kind, object_id) DO UPDATE SET "
+    "remote_id = excluded.remote_id, body = excluded.body"
+)
+DELETE_LINK = "DELETE FROM target_links WHERE target = ? AND kind = ? AND object_id = ?"
+
+DEACTIVATIONS = (
+    "SELECT object_id, remote_id, deactivated_at FROM target_deactivations WHERE target = ?"
+)
+UPSERT_DEACTIVATION = (
+    "INSERT INTO target_deactivations (target, object_id, remote_id, deactivated_at) "
+    "VALUES (?, ?, ?, ?) ON CONFLICT (target, object_id) DO UPDATE SET "
+    "remote_id = excluded.remote_id, deactivated_at = excluded.deactivated_at"
+)
+DELETE_DEACTIVATION = "DELETE FROM target_deactivations WHERE target = ? AND object_id = ?"
+
+TARGET_META = "SELECT value FROM target_meta WHERE target = ? AND key = ?"
+SET_TARGET_META = (
+    "INSERT INTO target_meta (target, key, value) VALUES (?, ?, ?) "
+    "ON CONFLICT (target, key) DO UPDATE SET value = excluded.value"
+)
+
+
+# -- sign-in state shared by every replica -------------------------------------------
+
+#: The tables whose rows expire, each with an ``expires_at`` column.
+EXPIRING = ("sessions", "claims", "parked", "login_failures")
+DELETE_EXPIRED = {
+    table: f"DELETE FROM {table} WHERE expires_at <= ?"  # noqa: S608
+    for table in EXPIRING
+}
+COUNT_ROWS = {table: f"SELECT COUNT(*) FROM {table}" for table in ("claims", "parked")}  # noqa: S608
+
+INIT_META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING"
+
+CLAIM_HELD = "SELECT 1 FROM claims WHERE key = ? AND expires_at > ?"
+# The WHERE keeps a racing claim from overwriting one that has not expired:
+# of two writers, the one whose row is there first wins, the other gets no row.
+CLAIM = (
+    "INSERT INTO claims (key, expires_at) VALUES (?, ?) ON CONFLICT (key) "
+    "DO UPDATE SET expires_at = excluded.expires_at WHERE claims.expires_at <= ? "
+    "RETURNING key"
+)
+
+PARK = "INSERT INTO parked (handle, value, parked_at, expires_at) VALUES (?, ?, ?, ?)"
+# One statement finds and deletes: of two takers, one gets the row.
+TAKE_PARKED = "DELETE FROM parked WHERE handle = ? RETURNING value, parked_at, expires_at"
+
+COUNT_FAILURES = "SELECT COUNT(*) FROM login_failures WHERE key = ? AND at > ?"
+DELETE_EXPIRED_FAILURES_OF = "DELETE FROM login_failures WHERE key = ? AND expires_at <= ?"
+ADD_FAILURE = "INSERT INTO login_failures (key, at, expires_at) VALUES (?, ?, ?)"
+CLEAR_FAILURES = "DELETE FROM login_failures WHERE key = ?"
+
+GET_SESSION = (
+    "SELECT id, session_index, user_id, data, last_seen, expires_at FROM sessions WHERE id = ?"
+)
+PUT_SESSION = (
+    "INSERT INTO sessions (id, session_index, user_id, data, last_seen, expires_at) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+    "session_index = excluded.session_index, user_id = excluded.user_id, "
+    "data = excluded.data, last_seen = excluded.last_seen, expires_at = excluded.expires_at"
+)
+# Arguments: the user id twice, then how many of its sessions stay.
+TRIM_SESSIONS = (
+    "DELETE FROM sessions WHERE user_id = ? AND id NOT IN (SELECT id FROM sessions "
+    "WHERE user_id = ? ORDER BY last_seen DESC, id LIMIT ?)"
+)
+TOUCH_SESSION = "UPDATE sessions SET last_seen = ?, expires_at = ? WHERE id = ?"
+DELETE_SESSIONS = {
+    column: f"DELETE FROM sessions WHERE {column} = ?"  # noqa: S608
+    for column in ("id", "session_index", "user_id")
+}
+
+# -- logins of users stored before schema version 2 ----------------------------------
+
+MISSING_LOGINS = "FROM directory_objects WHERE kind = 'user' AND login_username IS NULL"
+FILL_LOGINS = (
+    "UPDATE directory_objects SET login_username = ?, login_email = ? "
+    "WHERE kind = 'user' AND object_id = ?"
+)
+
+
+def values(n: int) -> str:
+    """``VALUES (?, ?, ...)`` with ``n`` placeholders: one row per ``executemany`` call."""
+    return "VALUES (" + ", ".join("?" for _ in range(n)) + ")"
+
+
+_PLACEHOLDER = re.compile(r"\?")
+
+
+@functools.cache
+def numbered(sql: str) -> str:
+    """``sql`` with each ``?`` replaced by ``$1``, ``$2``, ... (PostgreSQL's placeholders).
+
+    The statements here hold no ``?`` inside a string literal, so every one
+    is a placeholder.
+    """
+    counter = iter(range(1, 10_000))
+    return _PLACEHOLDER.sub(lambda _: f"${next(counter)}", sql)

@@ -1,0 +1,230 @@
+"""What only the PostgreSQL backend promises: its pool, its connections, its migrations.
+
+The contract suite (the other files here) runs on PostgreSQL too; these
+tests are about the server being a separate process that can refuse,
+stop, drop connections or change its password.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import asyncpg
+import pytest
+
+from daemon.secrets import SecretStore
+from daemon.store import StateError, StoreUnavailable
+from daemon.store import postgres as pg_store
+from daemon.store.postgres import MIGRATIONS, PostgresStore, dsn_location, dsn_passwords
+from tests.pg.cluster import PgCluster, free_port
+from tests.store.data import plan, upsert, user, want, world
+
+
+@pytest.fixture
+def dsn(pg_cluster: PgCluster) -> Iterator[str]:
+    made = pg_cluster.new_database()
+    yield made
+    pg_cluster.drop_database(database_of(made))
+
+
+def database_of(dsn: str) -> str:
+    return urllib.parse.urlsplit(dsn).path.lstrip("/")
+
+
+def store_on(dsn: str, **options: object) -> PostgresStore:
+    return PostgresStore(dsn, ssl=False, connect_timeout=5, **options)  # type: ignore[arg-type]
+
+
+def test_where_a_dsn_points_and_its_password() -> None:
+    assert dsn_location("postgresql://u:pw@db.example.com/state") == "db.example.com:5432/state"
+    assert dsn_location("postgresql://u@10.0.0.1:6432/x") == "10.0.0.1:6432/x"
+    assert dsn_location("postgresql://u@a:1,b/x") == "a:1,b:5432/x"
+    assert dsn_location("postgresql://u@[::1]:7/x") == "[::1]:7/x"
+    assert dsn_location("postgresql://alice@h") == "h:5432/alice"
+    assert dsn_location("postgresql:///d?host=/run/postgresql") == "/run/postgresql:5432/d"
+    assert dsn_passwords("postgresql://u:p%40ss-word-1@h/d") == ["p%40ss-word-1", "p@ss-word-1"]
+    assert dsn_passwords("postgresql://u@h/d?password=query-secret") == ["query-secret"]
+    assert dsn_passwords("postgresql://u@h/d") == []
+
+
+async def test_an_unreachable_server_is_a_state_error_naming_it(pg_cluster: PgCluster) -> None:
+    port = free_port()
+    store = store_on(f"postgresql://provisiond:{pg_cluster.password}@127.0.0.1:{port}/state")
+    with pytest.raises(StateError) as refused:
+        await store.open()
+    message = str(refused.value)
+    assert message == f"cannot use PostgreSQL at 127.0.0.1:{port}/state: connection refused"
+    with pytest.raises(StateError, match="not open"):
+        await store.committed()
+    await store.aclose()
+
+
+async def test_a_lost_server_is_store_unavailable_and_the_store_recovers(
+    pg_cluster: PgCluster, dsn: str
+) -> None:
+    store = store_on(dsn)
+    await store.open()
+    try:
+        await store.set_meta("marker", "kept")
+        pg_cluster.stop()
+        try:
+            with pytest.raises(StoreUnavailable) as lost:
+                await store.get_meta("marker")
+            assert f"PostgreSQL at 127.0.0.1:{pg_cluster.port}/{database_of(dsn)}" in str(
+                lost.value
+            )
+            assert pg_cluster.password not in str(lost.value)
+        finally:
+            pg_cluster.start()
+        assert await store.get_meta("marker") == "kept"
+        await store.set_meta("marker", "again")
+        assert await store.get_meta("marker") == "again"
+    finally:
+        await store.aclose()
+
+
+async def test_terminated_connections_are_replaced(pg_cluster: PgCluster, dsn: str) -> None:
+    store = store_on(dsn, application_name="terminated-test")
+    await store.open()
+    try:
+        await store.commit(*world(1).commit_args())
+        assert pg_cluster.terminate(application_name="terminated-test") >= 1
+        await anyio.sleep(0.2)
+        for _ in range(2):  # the first call may still meet the dead connection
+            try:
+                committed = await store.committed()
+                break
+            except StoreUnavailable:
+                continue
+        assert committed == world(1).committed
+    finally:
+        await store.aclose()
+
+
+async def test_the_pool_holds_at_most_pool_size_connections(
+    pg_cluster: PgCluster, dsn: str
+) -> None:
+    store = store_on(dsn, pool_size=3, application_name="pool-test")
+    await store.open()
+    try:
+        async with anyio.create_task_group() as tg:
+            for i in range(30):
+                tg.start_soon(store.set_meta, f"k{i}", "v")
+                tg.start_soon(store.committed)
+        opened = pg_cluster.psql(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pool-test'"
+        )
+        assert 1 <= int(opened) <= 3
+    finally:
+        await store.aclose()
+    closed = pg_cluster.psql(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pool-test'"
+    )
+    assert closed == "0"
+
+
+async def test_each_new_connection_asks_for_the_password_again(
+    pg_cluster: PgCluster, tmp_path: Path
+) -> None:
+    # A role of its own: changing its password must not disturb other tests.
+    first, second = "rotating-secret-one", "rotating-secret-two"
+    pg_cluster.psql(f"CREATE ROLE rotator LOGIN PASSWORD '{first}'")
+    pg_cluster.psql("CREATE DATABASE rotation OWNER rotator")
+    secret = tmp_path / "pg.password"
+    secret.write_text(first)
+    secrets = SecretStore()
+    store = store_on(
+        f"postgresql://rotator@127.0.0.1:{pg_cluster.port}/rotation",
+        password=secrets.file(secret).value,
+        application_name="rotation-test",
+    )
+    try:
+        await store.open()
+        await store.set_meta("marker", "kept")
+        pg_cluster.psql(f"ALTER ROLE rotator PASSWORD '{second}'")
+        secret.write_text(second + "\n")
+        assert pg_cluster.terminate(application_name="rotation-test") >= 1
+        await anyio.sleep(0.2)
+        for _ in range(2):
+            try:
+                assert await store.get_meta("marker") == "kept"
+                break
+            except StoreUnavailable:
+                continue
+        else:
+            pytest.fail("the store did not reconnect with the new password")
+    finally:
+        await store.aclose()
+        pg_cluster.drop_database("rotation")
+        pg_cluster.psql("DROP ROLE rotator")
+
+
+async def test_a_failing_migration_changes_nothing(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = store_on(dsn)
+    await store.open()
+    await store.set_meta("marker", "kept")
+    await store.aclose()
+    broken = (
+        "CREATE TABLE half_done (x text); INSERT INTO meta VALUES ('x', 'y'); "
+        "SELECT nope FROM nowhere"
+    )
+    monkeypatch.setattr(pg_store, "MIGRATIONS", (*MIGRATIONS, broken))
+    with pytest.raises(StateError, match=f"{database_of(dsn)}: .*nowhere"):
+        await store_on(dsn).open()
+    db = await asyncpg.connect(dsn, ssl=False)
+    try:
+        assert await db.fetchval("SELECT max(version) FROM schema_version") == len(MIGRATIONS)
+        assert await db.fetchval("SELECT to_regclass('half_done')") is None
+        assert await db.fetchval("SELECT value FROM meta WHERE key = 'x'") is None
+    finally:
+        await db.close()
+    monkeypatch.setattr(pg_store, "MIGRATIONS", MIGRATIONS)
+    again = store_on(dsn)
+    await again.open()
+    assert await again.get_meta("marker") == "kept"
+    await again.aclose()
+
+
+async def test_migrations_are_recorded_one_row_per_version(dsn: str) -> None:
+    store = store_on(dsn)
+    await store.open()
+    await store.aclose()
+    db = await asyncpg.connect(dsn, ssl=False)
+    try:
+        rows = await db.fetch("SELECT version FROM schema_version ORDER BY version")
+        assert [r["version"] for r in rows] == list(range(1, len(MIGRATIONS) + 1))
+        # Sign-in names and keys compare bytewise, as in SQLite.
+        collation = await db.fetchval(
+            "SELECT collation_name FROM information_schema.columns "
+            "WHERE table_name = 'target_objects' AND column_name = 'object_id'"
+        )
+        assert collation == "C"
+    finally:
+        await db.close()
+
+
+async def test_delivery_order_is_bytewise_whatever_the_database_collation(
+    pg_cluster: PgCluster,
+) -> None:
+    # An ICU English database sorts "a A b B"; SQLite, and so the store, "A B _x a b".
+    pg_cluster.psql(
+        "CREATE DATABASE collated OWNER provisiond TEMPLATE template0 "
+        "LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+    )
+    store = store_on(pg_cluster.dsn_for("collated"))
+    try:
+        await store.open()
+        people = [user(uid) for uid in ("b", "B", "a", "A", "_x", "\u00e9")]
+        await store.commit("v1", [upsert(p) for p in people], [], {"app": plan(*map(want, people))})
+        due = await store.due("app", 0.0, 100)
+        assert [r.key[1] for r in due] == ["A", "B", "_x", "a", "b", "\u00e9"]
+        problems = await store.find_user("B")
+        assert problems is not None and problems.id == "B"
+    finally:
+        await store.aclose()
+        pg_cluster.drop_database("collated")
