@@ -1,7 +1,9 @@
 """Two replicas on one state store: sign in on one, single sign-on and sign-out on the other.
 
 Replica A and replica B are two public apps, each with its own store object
-on the same database (what two processes have), behind one public URL. One
+on the same database (what two processes have), behind one public URL, on
+every store backend (SQLite: one file; PostgreSQL: one database on the test
+cluster). One
 browser (one cookie jar) talks to either, as a load balancer would send it.
 The SP is pysaml2, as in the other SSO tests.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -21,10 +24,12 @@ from yarl import URL
 
 from daemon.directory import Directory
 from daemon.portal.views import LOGIN_THROTTLED
-from daemon.store.sqlite import SqliteStore
+from daemon.runtime import PluginContext
+from daemon.saml.keys import SigningKey
 from tests.sso import stack
-from tests.sso.conftest import ACS, IDP_PATH, make_sp
-from tests.sso.stack import PASSWORD, World, form_action, hidden_fields, sign_in
+from tests.sso.conftest import ACS, BOUND, IDP_PATH, make_options, make_sp
+from tests.sso.stack import PASSWORD, SsoTarget, World, form_action, hidden_fields, sign_in
+from tests.store.backends import FACTORIES
 
 Client = TestClient[web.Request, web.Application]
 
@@ -40,25 +45,48 @@ class Replicas:
         return make_sp(self.world.tmp, sp_key, metadata)
 
 
-@pytest.fixture
-async def replicas(world: World) -> AsyncIterator[Replicas]:
-    """A on the world's store, B on a second store object on the same file; one browser."""
-    other = SqliteStore(world.tmp / "state.db")
-    await other.open()
-    jar = CookieJar(unsafe=True)
-    port = int(world.base_url.rsplit(":", 1)[1])
-    app_a = await stack.build_app(world)
-    app_b = await stack.build_app(world, directory=Directory(other, world.directory.source))
-    a = TestClient(TestServer(app_a, host="127.0.0.1", port=port), cookie_jar=jar)
-    b = TestClient(TestServer(app_b, host="127.0.0.1", port=stack.free_port()), cookie_jar=jar)
-    await a.start_server()
-    await b.start_server()
+@pytest.fixture(params=sorted(FACTORIES))
+async def replicas(
+    request: pytest.FixtureRequest, tmp_path: Path, idp_key: SigningKey
+) -> AsyncIterator[Replicas]:
+    """A and B, each with its own store object on one database of each backend; one browser.
+
+    The world (one engine cycle) syncs the directory into A's store; B sees it
+    through the database, as a second process would.
+    """
+    backend = FACTORIES[request.param]
+    backend.setup(request)
+    factory = await backend.create(tmp_path, "state")
     try:
-        yield Replicas(a, b, world)
+        store_a, store_b = factory.new(), factory.new()
+        await store_a.open()
+        await store_b.open()
+
+        def target(context: PluginContext) -> SsoTarget:
+            return SsoTarget("wiki", make_options(), context)
+
+        async with stack.open_world(tmp_path, idp_key, target, BOUND, store=store_a) as world:
+            jar = CookieJar(unsafe=True)
+            port = int(world.base_url.rsplit(":", 1)[1])
+            app_a = await stack.build_app(world)
+            app_b = await stack.build_app(
+                world, directory=Directory(store_b, world.directory.source)
+            )
+            a = TestClient(TestServer(app_a, host="127.0.0.1", port=port), cookie_jar=jar)
+            b = TestClient(
+                TestServer(app_b, host="127.0.0.1", port=stack.free_port()), cookie_jar=jar
+            )
+            await a.start_server()
+            await b.start_server()
+            try:
+                yield Replicas(a, b, world)
+            finally:
+                await a.close()
+                await b.close()
+                await store_b.aclose()
     finally:
-        await a.close()
-        await b.close()
-        await other.aclose()
+        await factory.aclose()
+        await backend.dispose()
 
 
 def _redirect(info: Any) -> URL:
