@@ -239,6 +239,9 @@ _LOST: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
+    # A pooled connection the server closed while it was idle (a shutdown):
+    # asyncpg's next statement on it fails with "cannot switch to state ...".
+    asyncpg.InternalClientError,
 )
 # Errors after which a write transaction can simply run again.
 _RETRY = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)

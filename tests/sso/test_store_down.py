@@ -1,6 +1,7 @@
 """Sign-in when the state store cannot be reached: a clean 503, never an unchecked sign-in.
 
-The first tests close the real SQLite store under the running app. The others
+The first tests close the real SQLite store under the running app, or stop
+the real PostgreSQL server under it. The others
 need the store to fail at one exact call (the throttle's), which a real store
 cannot be made to do on cue: :class:`FailingAt` wraps the real store and
 raises :class:`~daemon.store.StateError` from the named methods only. It is a
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -20,10 +22,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from saml2 import BINDING_HTTP_REDIRECT
 
 from daemon.directory import Directory
+from daemon.runtime import PluginContext
+from daemon.saml.keys import SigningKey
 from daemon.store import StateError, Store
 from tests.sso import stack
-from tests.sso.conftest import IDP_PATH, make_sp
-from tests.sso.stack import PASSWORD, World, hidden_fields, sign_in
+from tests.sso.conftest import BOUND, IDP_PATH, make_options, make_sp
+from tests.sso.stack import PASSWORD, SsoTarget, World, hidden_fields, sign_in
+from tests.store.backends import FACTORIES
 
 UNAVAILABLE = "Sign-in is unavailable for a moment"
 
@@ -158,3 +163,62 @@ async def test_a_parked_request_that_cannot_be_taken_is_a_503(failing, world, sp
     resume = parse_qs(urlsplit(parked.headers["Location"]).query)["next"][0]
     await _unavailable(await client.get(resume))
     _no_traceback_logged(world)
+
+
+@pytest.fixture
+async def pg_world(
+    request: pytest.FixtureRequest, tmp_path: Path, idp_key: SigningKey
+) -> AsyncIterator[tuple[World, TestClient[Any, Any]]]:
+    """The sign-in stack on a PostgreSQL store (a fresh database on the test cluster)."""
+    backend = FACTORIES["postgresql"]
+    backend.setup(request)
+    factory = await backend.create(tmp_path, "state")
+    try:
+        store = factory.new()
+        await store.open()
+
+        def target(context: PluginContext) -> SsoTarget:
+            return SsoTarget("wiki", make_options(), context)
+
+        async with stack.open_world(tmp_path, idp_key, target, BOUND, store=store) as world:
+            port = int(world.base_url.rsplit(":", 1)[1])
+            app = await stack.build_app(world)
+            client = TestClient(TestServer(app, host="127.0.0.1", port=port))
+            await client.start_server()
+            try:
+                yield world, client
+            finally:
+                await client.close()
+    finally:
+        await factory.aclose()
+        await backend.dispose()
+
+
+async def test_postgresql_lost_gives_503_pages_and_sessions_come_back(pg_world, pg_cluster):
+    world, client = pg_world
+    assert (await sign_in(client, "alice")).status == 303
+    form = hidden_fields(await (await client.get("/login", params={"force": "1"})).text())
+    pg_cluster.stop()
+    try:
+        await _unavailable(await client.get("/"))
+        response = await client.post(
+            "/login",
+            data={"csrf": form["csrf"], "next": "/", "username": "carol", "password": PASSWORD},
+            allow_redirects=False,
+        )
+        await _unavailable(response)
+        assert not _session_cookie(response)
+    finally:
+        pg_cluster.start()
+    events = _events(world)
+    assert any(e["event"] == "state store unreachable; request refused" for e in events)
+    # No traceback from provisiond (asyncpg's pool logs its own reconnect attempts).
+    ours = [e for e in events if e.get("logger", "").startswith("provisiond")]
+    assert not [e for e in ours if "exception" in e or "exc_info" in e]
+    assert _signed_in(events) == ["u-alice"]
+    # The server is back: the session was kept in it, the browser is still signed in.
+    for _ in range(2):  # the first call may still meet a connection of the old server
+        page = await client.get("/", allow_redirects=False)
+        if page.status != 503:
+            break
+    assert page.status == 200
