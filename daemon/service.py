@@ -344,6 +344,9 @@ class Service:
                 purged = await self.store.purge(time.time())
             except StateError as exc:
                 log.warning("purging expired sign-in state failed", error=str(exc))
+            except Exception:
+                # Sign-in goes on without the purge; the next one tries again.
+                log.exception("purging expired sign-in state failed")
             else:
                 if purged:
                     log.debug("expired sign-in state purged", rows=purged)

@@ -16,11 +16,10 @@ then parked under a single-use handle while the user signs in. Request IDs
 seen (replay protection) and parked requests live in the core's state store,
 the one the :class:`~daemon.directory.Directory` reads: every replica on a
 shared store refuses a request another accepted, and takes up a sign-in
-another parked. ForceAuthn
-asks for a sign-in made after the request; IsPassive never shows a page and
-answers NoPassive instead. RelayState is only ever handed back to the SP
-inside the POST form to its ACS; this module never redirects to it, and
-IdP-initiated sign-in sends none.
+another parked. ForceAuthn asks for a sign-in made after the request;
+IsPassive never shows a page and answers NoPassive instead. RelayState is
+only ever handed back to the SP inside the POST form to its ACS; this module
+never redirects to it, and IdP-initiated sign-in sends none.
 """
 
 from __future__ import annotations
