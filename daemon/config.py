@@ -10,12 +10,21 @@ name files to read them from (see :mod:`daemon.secrets`).
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -160,6 +169,39 @@ class StateSettings(_Section):
         return self
 
 
+class HaSettings(_Section):
+    """``ha``: several replicas on one store, one leader per target (leases with fencing).
+
+    ``enabled`` defaults to true on PostgreSQL and false on SQLite. A leader
+    renews its leases every ``renew_every`` seconds for ``lease_seconds``;
+    a replica that stops renewing loses them that long after its last renewal.
+    """
+
+    enabled: bool | None = None
+    #: This replica's name in the lease table and the status (default: the host name).
+    replica_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=100)
+    lease_seconds: float = Field(default=8.0, gt=0)
+    renew_every: float = Field(default=2.0, gt=0)
+
+    @field_validator("replica_id")
+    @classmethod
+    def _printable(cls, v: str) -> str:
+        if not v.isprintable() or any(ch.isspace() for ch in v):
+            raise ValueError("must be printable and hold no spaces")
+        return v
+
+    @field_validator("renew_every")
+    @classmethod
+    def _renewals_per_lease(cls, v: float, info: ValidationInfo) -> float:
+        lease = info.data.get("lease_seconds")
+        if lease is not None and v * 3 > lease:
+            raise ValueError(
+                f"must be at most a third of ha.lease_seconds ({lease:g}), so that a leader "
+                f"renews at least three times per lease; got {v:g}"
+            )
+        return v
+
+
 class OpsListenerSettings(_Section):
     """``http.ops``: /metrics, /healthz, /readyz and the admin API."""
 
@@ -182,8 +224,9 @@ class PublicListenerSettings(_Section):
     session_absolute_timeout: float = Field(default=12 * 3600.0, gt=0)
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
-    #: File holding the key that signs session cookies. Default: generated once
-    #: into the state directory (``portal-session.key``, mode 0600).
+    #: File holding the key that signs session cookies. Default: a
+    #: ``portal-session.key`` an earlier provisiond generated into the state
+    #: directory, else a key generated once into the state store.
     session_key_file: Path | None = None
     #: Failed sign-ins allowed per username, and per client address, within
     #: ``login_failure_window`` seconds before further attempts are refused.
@@ -217,6 +260,7 @@ class Settings(BaseSettings):
     targets: list[TargetSettings] = Field(default_factory=list)
     engine: EngineSettings = Field(default_factory=lambda: EngineSettings())
     state: StateSettings = Field(default_factory=lambda: StateSettings())
+    ha: HaSettings = Field(default_factory=lambda: HaSettings())
     http: HttpSettings = Field(default_factory=lambda: HttpSettings())
     logging: LogSettings = Field(default_factory=lambda: LogSettings())
 
@@ -227,6 +271,14 @@ class Settings(BaseSettings):
             if t.name in seen:
                 raise ValueError(f"targets[{i}].name: {t.name!r} is used by another target")
             seen.add(t.name)
+        return self
+
+    @model_validator(mode="after")
+    def _ha_default(self) -> Settings:
+        # Leader election is what several replicas on PostgreSQL need; one
+        # process on its own SQLite file has nobody to elect.
+        if self.ha.enabled is None:
+            self.ha.enabled = self.state.backend != "sqlite"
         return self
 
     @classmethod

@@ -9,12 +9,13 @@ costs one source check and one indexed query per target.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -26,21 +27,26 @@ from daemon.assignment import Assignment, MemberLosses, ScopedPlan, member_losse
 from daemon.changes import Change, describe
 from daemon.config import EngineSettings, GuardSettings, TargetSettings
 from daemon.diff import delivery_order, diff_object
+from daemon.leadership import SOURCE, Leadership, target_lease
 from daemon.model import Group, Snapshot
 from daemon.plugins import await_me_maybe
 from daemon.report import CycleReport, TargetReport
+from daemon.runtime import REMOTE_WRITES, NotLeader
 from daemon.screening import STALE_META, Screened, StaleObject, screen, stale_doc, stale_objects
 from daemon.sources.base import Source, SourceError
 from daemon.store import (
     Committed,
     DesiredRow,
     DueRow,
+    Fence,
+    FencedOut,
     Key,
     Result,
     Store,
     TargetIndex,
     TargetPlan,
 )
+from daemon.store.fenced import FencedStore
 from daemon.targets.base import Delta, Outcome, Target
 
 log = structlog.get_logger("provisiond.engine")
@@ -56,6 +62,10 @@ class TargetSlot:
     started: bool = False
     #: The first delivery and the first periodic work may both start the target.
     start_lock: anyio.Lock = field(default_factory=anyio.Lock)
+    #: Under leader election: the term this replica started the target in, and
+    #: the store view (every write fenced by it) the target was started with.
+    fence: Fence | None = None
+    store: Store | None = None
 
     @property
     def name(self) -> str:
@@ -138,6 +148,7 @@ class Engine:
         pm: pluggy.PluginManager,
         settings: EngineSettings,
         clock: Callable[[], float] = time.time,
+        leadership: Leadership | None = None,
     ) -> None:
         self.source = source
         self.targets = list(targets)
@@ -145,9 +156,13 @@ class Engine:
         self.pm = pm
         self.settings = settings
         self.clock = clock
+        #: Leader election among replicas; ``None``: this process does everything.
+        self.leadership = leadership
         self.stopping = False
         self.force_plan = True  # plan once after start: the configuration may have changed
         self._committed: Committed | None = None
+        #: The source lease term this engine's cached committed state belongs to.
+        self._source_fence: Fence | None = None
         self.last_report: CycleReport | None = None
         #: Called as ``progress(target, done, total)`` while delivering (CLI progress bars).
         self.progress: Callable[[str, int, int], None] | None = None
@@ -170,11 +185,18 @@ class Engine:
     async def cycle(self) -> CycleReport:
         report = CycleReport(id=uuid.uuid4().hex[:12], started_at=self.clock())
         with structlog.contextvars.bound_contextvars(cycle=report.id):
+            # Targets led in a new term drop their cached index before planning uses it.
+            for slot in self.targets:
+                self._target_fence(slot)
             try:
-                await self._observe(report)
+                if self._leads_source():
+                    await self._observe(report)
             except SourceError as exc:
                 report.result, report.error = "failed", str(exc)
                 log.error("directory read failed; nothing changed downstream", error=str(exc))
+            except FencedOut as exc:
+                report.result, report.error = "failed", str(exc)
+                self._fenced_out(SOURCE, exc)
             if report.result != "failed" and not self.stopping:
                 await self._deliver_all(report)
             report.finished_at = self.clock()
@@ -193,6 +215,64 @@ class Engine:
         self.last_report = report
         await self._notify(report)
         return report
+
+    # -- leader election -----------------------------------------------------------------
+
+    def _leads_source(self) -> bool:
+        """Whether this replica polls the directory now (always, without leader election).
+
+        Gaining the source lease anew drops what the engine cached: another
+        replica may have committed meanwhile.
+        """
+        if self.leadership is None:
+            return True
+        fence = self.leadership.fence(SOURCE)
+        if fence != self._source_fence:
+            self._source_fence = fence
+            self._committed = None
+            self.force_plan = True
+            for slot in self.targets:
+                slot.index = None
+        return fence is not None
+
+    def _target_fence(self, slot: TargetSlot) -> tuple[bool, Fence | None]:
+        """Whether this replica delivers to ``slot`` now, and the fence of its writes.
+
+        A target this replica leads in a new term is started again from the
+        store (another replica may have written meanwhile), through a view
+        whose every write carries the new fence.
+        """
+        if self.leadership is None:
+            return True, None
+        fence = self.leadership.fence(target_lease(slot.name))
+        if fence is None:
+            return False, None
+        if fence != slot.fence:
+            slot.fence = fence
+            slot.store = FencedStore(self.store, fence)
+            slot.started = False
+            slot.index = None
+        return True, fence
+
+    @contextlib.contextmanager
+    def _remote_writes(self, fence: Fence | None) -> Iterator[None]:
+        """Requests to the application made in here check the lease first."""
+        if self.leadership is None or fence is None:
+            yield
+            return
+        token = REMOTE_WRITES.set(self.leadership.gate(fence))
+        try:
+            yield
+        finally:
+            REMOTE_WRITES.reset(token)
+
+    def _fenced_out(self, lease: str, exc: FencedOut) -> None:
+        log.warning(
+            "a write was fenced out: another replica leads now; this one stops", lease=lease,
+            error=str(exc),
+        )
+        if self.leadership is not None:
+            self.leadership.step_down(lease, "a write was fenced out")
 
     async def _notify(self, report: CycleReport) -> None:
         try:
@@ -246,6 +326,7 @@ class Engine:
             obs.upserts,  # type: ignore[arg-type]
             obs.deletes,
             target_plans,
+            fence=self._source_fence,
         )
         self._committed = Committed(snapshot.version, obs.hashes)
         await self._record_stale(screened.stale)
@@ -299,7 +380,7 @@ class Engine:
         doc = stale_doc(stale, previous, self.clock())
         shown = [(d["object"], d["problems"]) for d in json.loads(doc)]
         if shown != [(p.get("object"), p.get("problems")) for p in previous]:
-            await self.store.set_meta(STALE_META, doc)
+            await self.store.set_meta(STALE_META, doc, fence=self._source_fence)
 
     async def stale_now(self) -> list[StaleObject]:
         """Read the directory now: the known objects it would keep at their last good state."""
@@ -405,8 +486,11 @@ class Engine:
     async def _deliver_all(self, report: CycleReport) -> None:
         async with anyio.create_task_group() as tg:
             for slot in self.targets:
+                leads, fence = self._target_fence(slot)
+                if not leads:
+                    continue  # another replica delivers to it
                 target_report = report.targets.setdefault(slot.name, TargetReport())
-                tg.start_soon(self._deliver, slot, target_report)
+                tg.start_soon(self._deliver, slot, target_report, fence)
 
     async def start_target(self, slot: TargetSlot) -> None:
         """Give the target its state from the store, once (the optional ``Target.start``)."""
@@ -415,7 +499,7 @@ class Engine:
                 return
             start = getattr(slot.target, "start", None)
             if start is not None:
-                await start(self.store)
+                await start(slot.store or self.store)
             slot.started = True
 
     async def periodic(self, slot: TargetSlot) -> None:
@@ -423,10 +507,15 @@ class Engine:
         work = getattr(slot.target, "periodic", None)
         if work is None or self.stopping:
             return
-        with structlog.contextvars.bound_contextvars(target=slot.name):
+        leads, fence = self._target_fence(slot)
+        if not leads:
+            return  # the target's leader does it
+        with structlog.contextvars.bound_contextvars(target=slot.name), self._remote_writes(fence):
             try:
                 await self.start_target(slot)
                 await work()
+            except FencedOut as exc:
+                self._fenced_out(target_lease(slot.name), exc)
             except Exception:
                 log.exception("a target's periodic work failed")
 
@@ -436,62 +525,98 @@ class Engine:
             for slot in self.targets:
                 tg.start_soon(self.periodic, slot)
 
-    async def _deliver(self, slot: TargetSlot, report: TargetReport) -> None:
-        with structlog.contextvars.bound_contextvars(target=slot.name):
+    async def _deliver(
+        self, slot: TargetSlot, report: TargetReport, fence: Fence | None = None
+    ) -> None:
+        with structlog.contextvars.bound_contextvars(target=slot.name), self._remote_writes(fence):
             try:
-                await self.start_target(slot)
-            except Exception as exc:
-                # This target's state could not be loaded: it waits for the next
-                # cycle, and the other targets deliver as usual.
-                log.exception("the target could not start; trying again next cycle")
-                report.error = f"target {slot.name} could not start: {type(exc).__name__}: {exc}"
-                return
-            total = (await self.store.counts(slot.name))[0] if self.progress else 0
-            done = 0
-            while not self.stopping:
-                now = self.clock()
-                rows = await self.store.due(slot.name, now, self.settings.batch_size)
-                if not rows:
-                    break
-                deltas = [_due_delta(r) for r in rows]
-                outcomes = await self._call_target(slot, [d for d in deltas if d.changes])
-                results = [
-                    self._result(r, d, outcomes.get(d.key))
-                    for r, d in zip(rows, deltas, strict=True)
-                ]
-                await self.store.record(slot.name, results, self.clock())
-                done += len(results)
-                if self.progress is not None:
-                    self.progress(slot.name, done, max(total, done))
-                for res, delta in zip(results, deltas, strict=True):
-                    outcome = outcomes.get(delta.key)
-                    kind = (
-                        "ok"
-                        if res.ok
-                        else ("permanent" if outcome and outcome.permanent else "failed")
+                await self._deliver_batches(slot, report, fence)
+            except FencedOut as exc:
+                self._fenced_out(target_lease(slot.name), exc)
+
+    def _lease_too_short(self, fence: Fence | None) -> str | None:
+        """Why no delivery may start now under ``fence``, or ``None`` (it may)."""
+        if self.leadership is None or fence is None:
+            return None
+        try:
+            self.leadership.gate(fence).allowance()
+        except NotLeader as exc:
+            return str(exc)
+        return None
+
+    def _may_start(self, fence: Fence | None) -> bool:
+        why = self._lease_too_short(fence)
+        if why is not None:
+            log.info("no further deliveries: not the leader any more", reason=why)
+        return why is None
+
+    async def _deliver_batches(
+        self, slot: TargetSlot, report: TargetReport, fence: Fence | None
+    ) -> None:
+        try:
+            await self.start_target(slot)
+        except FencedOut:
+            raise
+        except Exception as exc:
+            # This target's state could not be loaded: it waits for the next
+            # cycle, and the other targets deliver as usual.
+            log.exception("the target could not start; trying again next cycle")
+            report.error = f"target {slot.name} could not start: {type(exc).__name__}: {exc}"
+            return
+        total = (await self.store.counts(slot.name))[0] if self.progress else 0
+        done = 0
+        while not self.stopping and self._may_start(fence):
+            now = self.clock()
+            rows = await self.store.due(slot.name, now, self.settings.batch_size)
+            if not rows:
+                break
+            deltas = [_due_delta(r) for r in rows]
+            outcomes = await self._call_target(slot, [d for d in deltas if d.changes])
+            pairs = [
+                (self._result(r, d, outcomes.get(d.key)), d)
+                for r, d in zip(rows, deltas, strict=True)
+            ]
+            if self._lease_too_short(fence) is not None:
+                # The lease ran low during the batch: what failed was refused unsent
+                # (or cut short), and is the next leader's to deliver, not a retry.
+                pairs = [(res, d) for res, d in pairs if res.ok]
+            results = [res for res, _ in pairs]
+            # Fenced: after another replica took the target over, nothing lands.
+            await self.store.record(slot.name, results, self.clock(), fence=fence)
+            done += len(results)
+            if self.progress is not None:
+                self.progress(slot.name, done, max(total, done))
+            for res, delta in pairs:
+                outcome = outcomes.get(delta.key)
+                kind = (
+                    "ok"
+                    if res.ok
+                    else ("permanent" if outcome and outcome.permanent else "failed")
+                )
+                metrics.DELIVERIES.labels(slot.name, kind).inc()
+                if res.ok:
+                    report.delivered += 1
+                else:
+                    report.failed += 1
+                    log.warning(
+                        "delivery failed",
+                        object=f"{delta.kind}:{delta.object_id}",
+                        attempts=delta.attempts + 1,
+                        error=res.error,
+                        retry_in=round(res.next_attempt_at - now, 1),
                     )
-                    metrics.DELIVERIES.labels(slot.name, kind).inc()
-                    if res.ok:
-                        report.delivered += 1
-                    else:
-                        report.failed += 1
-                        log.warning(
-                            "delivery failed",
-                            object=f"{delta.kind}:{delta.object_id}",
-                            attempts=delta.attempts + 1,
-                            error=res.error,
-                            retry_in=round(res.next_attempt_at - now, 1),
-                        )
-            dirty, failed = await self.store.counts(slot.name)
-            report.dirty = dirty
-            metrics.DIRTY_OBJECTS.labels(slot.name).set(dirty)
-            metrics.FAILED_OBJECTS.labels(slot.name).set(failed)
+        dirty, failed = await self.store.counts(slot.name)
+        report.dirty = dirty
+        metrics.DIRTY_OBJECTS.labels(slot.name).set(dirty)
+        metrics.FAILED_OBJECTS.labels(slot.name).set(failed)
 
     async def _call_target(self, slot: TargetSlot, deltas: list[Delta]) -> dict[Key, Outcome]:
         if not deltas:
             return {}
         try:
             outcomes = await slot.target.deliver(deltas)
+        except FencedOut:
+            raise  # the target's own store writes: another replica leads it now
         except Exception as exc:
             # One broken plugin must not stop the others; everything retries.
             log.exception("target raised during delivery", error=f"{type(exc).__name__}: {exc}")

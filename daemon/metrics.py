@@ -9,6 +9,7 @@ secrets.
 
 from __future__ import annotations
 
+import contextlib
 import platform
 
 from prometheus_client import (
@@ -96,6 +97,29 @@ HELD_REMOVALS = Gauge(
     ["target"],
     registry=REGISTRY,
 )
+LEADER = Gauge(
+    "provisiond_leader",
+    "1 on the replica that leads (delivers to) the target, 0 on the others.",
+    ["target"],
+    registry=REGISTRY,
+)
+SOURCE_LEADER = Gauge(
+    "provisiond_source_leader",
+    "1 on the replica that polls the directory and commits its snapshot, 0 on the others.",
+    registry=REGISTRY,
+)
+LEADER_CHANGES = Counter(
+    "provisiond_leader_changes",
+    "Times this replica became the leader of the target.",
+    ["target"],
+    registry=REGISTRY,
+)
+LEASE_AGE = Gauge(
+    "provisiond_lease_age_seconds",
+    "Seconds since this replica last renewed the lease of a target it leads.",
+    ["target"],
+    registry=REGISTRY,
+)
 # A read of one row takes well under a millisecond; a first commit of a
 # large directory, or a lost database waiting for its connect timeout, seconds.
 _STORE_BUCKETS = (
@@ -117,7 +141,7 @@ BUILD_INFO = Gauge(
 )
 BUILD_INFO.labels(version=__version__, python=platform.python_version()).set(1)
 
-_PER_TARGET_GAUGES = (DIRTY_OBJECTS, FAILED_OBJECTS, HELD_REMOVALS)
+_PER_TARGET_GAUGES = (DIRTY_OBJECTS, FAILED_OBJECTS, HELD_REMOVALS, LEADER, LEASE_AGE)
 
 
 def render() -> tuple[bytes, str]:
@@ -131,8 +155,9 @@ def forget_target(name: str) -> None:
     Without this a removed target would keep exporting its last gauge values
     forever and alerts on them would never resolve.
     """
-    for gauge in _PER_TARGET_GAUGES:
-        gauge.remove(name)
+    for series in (*_PER_TARGET_GAUGES, LEADER_CHANGES):
+        with contextlib.suppress(KeyError):
+            series.remove(name)
     # ``remove_by_labels`` only exists in recent prometheus_client releases;
     # collecting the live label sets works with every supported version.
     results = {

@@ -6,6 +6,7 @@ Structure (anyio, no stray tasks)::
       task group
         signals      SIGTERM/SIGINT: stop within the grace; SIGHUP: reload
         poll loop    one cycle at a time, interval with jitter, or when triggered
+        purge loop   (with the public listener) expired sign-in state out of the store
       ops listener   /metrics /healthz /readyz /api/v1/...
       public listener  (when enabled) routes from plugins
 """
@@ -13,10 +14,12 @@ Structure (anyio, no stray tasks)::
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import random
 import signal
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,13 +30,14 @@ import pluggy
 import structlog
 from aiohttp import web
 
-from daemon import __version__, logs
+from daemon import __version__, logs, metrics
 from daemon.config import Config, ConfigError, read_file
 from daemon.config import load as load_config
 from daemon.directory import Directory
 from daemon.engine import Engine, TargetSlot
 from daemon.http import serve
 from daemon.http.ops import build_ops_app
+from daemon.leadership import SOURCE, Leadership, new_holder, target_lease
 from daemon.notify import Notifier
 from daemon.plugins import Registry, await_me_maybe, plugin_manager
 from daemon.portal import PortalConfigError, build_public_app
@@ -43,13 +47,16 @@ from daemon.saml.errors import SamlConfigError
 from daemon.secrets import SECRETS, SecretError, SecretFile, SecretStore, resolve_secret_path
 from daemon.sources.base import Source
 from daemon.status import daemon_status, summary_line
-from daemon.store import Store
+from daemon.store import StateError, Store
 from daemon.store.postgres import PostgresStore, tls_option
 from daemon.store.sqlite import SqliteStore
 from daemon.targets.base import Target
 
 #: Seconds between looks at whether a target's periodic work (reconciliation) is due.
 PERIODIC_EVERY = 30.0
+#: Seconds between purges of expired sessions, replay IDs, parked requests and
+#: failed sign-ins (the store also drops them as it goes).
+PURGE_EVERY = 60.0
 
 log = structlog.get_logger("provisiond.service")
 
@@ -61,12 +68,17 @@ class Parts:
     config: Config
     source: Source
     slots: list[TargetSlot]
+    closed: bool = False
 
     @property
     def targets(self) -> dict[str, Target]:
         return {s.name: s.target for s in self.slots}
 
     async def aclose(self) -> None:
+        """Close the source and targets (once; a second call does nothing)."""
+        if self.closed:
+            return
+        self.closed = True
         closables: list[Source | Target] = [self.source, *(s.target for s in self.slots)]
         for closable in closables:
             try:
@@ -208,6 +220,10 @@ class Service:
         self.ops_port: int | None = None
         self.notifier = Notifier()
         self.public_port: int | None = None
+        #: Leader election among replicas (``ha.enabled``); ``None``: this process leads all.
+        self.leadership: Leadership | None = None
+        self.holder = new_holder(self.config.settings.ha.replica_id)
+        self.started_at = time.time()
 
     # -- Controller ----------------------------------------------------------------
 
@@ -220,7 +236,29 @@ class Service:
         return self._ready
 
     def status(self) -> dict[str, Any]:
-        return self._status
+        """The status document of the last cycle, with who leads what as of now."""
+        doc = dict(self._status)
+        doc["replica"] = self.config.settings.ha.replica_id
+        doc["source_leader"] = self._leader(SOURCE)
+        targets = doc.get("targets")
+        if isinstance(targets, dict):
+            doc["targets"] = {
+                name: {**fields, "leader": self._leader(target_lease(name))}
+                for name, fields in targets.items()
+            }
+        return doc
+
+    def _leader(self, lease: str) -> dict[str, Any] | None:
+        if self.leadership is not None:
+            return self.leadership.leader(lease)
+        # Without leader election this process leads everything, since it started.
+        return {
+            "holder": self.holder,
+            "term": None,
+            "since": self.started_at,
+            "expires_at": None,
+            "mine": True,
+        }
 
     def trigger_sync(self) -> None:
         self._wake.set()
@@ -266,8 +304,31 @@ class Service:
             token = admin_token(self.config)
             self.store = await open_store(self.config)
             _on_exit(stack, self.store.aclose)
+            if settings.ha.enabled:
+                # Leases on a connection of their own: a long commit never delays a renewal.
+                leases = await open_store(self.config)
+                _on_exit(stack, leases.aclose)
+                self.leadership = Leadership(
+                    leases,
+                    replica_id=settings.ha.replica_id,
+                    holder=self.holder,
+                    lease_seconds=settings.ha.lease_seconds,
+                    renew_every=settings.ha.renew_every,
+                    targets=[slot.name for slot in self.parts.slots],
+                )
+                self.leadership.on_gain = lambda _lease: self.trigger_sync()
+                _on_exit(stack, self._stop_leading)
+            else:
+                metrics.SOURCE_LEADER.set(1)
+                for slot in self.parts.slots:
+                    metrics.LEADER.labels(slot.name).set(1)
             self.engine = Engine(
-                self.parts.source, self.parts.slots, self.store, self.pm, settings.engine
+                self.parts.source,
+                self.parts.slots,
+                self.store,
+                self.pm,
+                settings.engine,
+                leadership=self.leadership,
             )
             self.engine.stopping = self.stopping
             self.directory = Directory(self.store, self.parts.source)
@@ -283,7 +344,7 @@ class Service:
                 await await_me_maybe(result)
             if settings.http.public.enabled:
                 public = await serve.start(
-                    self._public_app(), settings.http.public.host, settings.http.public.port
+                    await self._public_app(), settings.http.public.host, settings.http.public.port
                 )
                 _on_exit(stack, public.stop)
                 self.public_port = public.port
@@ -293,14 +354,24 @@ class Service:
                 config=str(self.config_path) if self.config_path else None,
                 ops=f"http://{settings.http.ops.host}:{ops.port}",
                 targets=list(self.parts.targets),
+                replica=settings.ha.replica_id if settings.ha.enabled else None,
+                holder=self.holder if settings.ha.enabled else None,
             )
             self._live = True
             _on_exit(stack, self._not_live)
+            if self.leadership is not None:
+                # Before the first cycle, so that a replica on its own leads from the start.
+                await self.leadership.tick()
             await self._refresh_status()
             self.notifier.ready(f"serving; ops on port {ops.port}")
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self.notifier.watchdog)
                 tg.start_soon(self._periodic)
+                if self.leadership is not None:
+                    tg.start_soon(functools.partial(self.leadership.run, first=False))
+                    tg.start_soon(self._follow, self.leadership)
+                if settings.http.public.enabled:
+                    tg.start_soon(self._purge)
                 await self._poll()
                 tg.cancel_scope.cancel()
 
@@ -329,6 +400,63 @@ class Service:
                         tg.start_soon(one, slot)
                 await anyio.sleep(PERIODIC_EVERY)
 
+    async def _follow(self, leadership: Leadership) -> None:
+        """Start a cycle when another replica gave this one work, instead of at the next poll.
+
+        A target leader that does not poll the directory delivers once the
+        source leader (another replica) committed a snapshot. The source
+        leader plans again once a hold was approved (``provisiond approve``
+        may have asked any replica, or none). Both are looked for every
+        ``ha.renew_every`` seconds.
+        """
+        assert self.store is not None
+        committed = await self.store.get_meta("snapshot_committed_at")
+        approved: list[str] = []
+        while not self.stopping:
+            await anyio.sleep(leadership.renew_every)
+            try:
+                if leadership.leads(SOURCE):
+                    now_approved = sorted(await self.store.approved_holds())
+                    if now_approved and now_approved != approved:
+                        self.trigger_sync()
+                    approved = now_approved
+                    continue
+                now_committed = await self.store.get_meta("snapshot_committed_at")
+            except Exception:
+                log.exception("reading the state store failed")
+                continue
+            if now_committed != committed:
+                committed = now_committed
+                if any(leadership.leads(target_lease(t)) for t in leadership.targets):
+                    self.trigger_sync()
+
+    async def _stop_leading(self) -> None:
+        """On the way out: close the targets (their last writes are fenced), then release.
+
+        Nothing runs under the leases any more by then, so another replica may
+        take over at once instead of after the leases ran out.
+        """
+        if self.parts is not None:
+            await self.parts.aclose()
+        if self.leadership is not None:
+            await self.leadership.release_all()
+
+    async def _purge(self) -> None:
+        """Delete expired sign-in state every :data:`PURGE_EVERY` seconds (every replica may)."""
+        assert self.store is not None
+        while not self.stopping:
+            try:
+                purged = await self.store.purge(time.time())
+            except StateError as exc:
+                log.warning("purging expired sign-in state failed", error=str(exc))
+            except Exception:
+                # Sign-in goes on without the purge; the next one tries again.
+                log.exception("purging expired sign-in state failed")
+            else:
+                if purged:
+                    log.debug("expired sign-in state purged", rows=purged)
+            await anyio.sleep(PURGE_EVERY)
+
     async def _not_live(self) -> None:
         self._live = False
 
@@ -339,7 +467,7 @@ class Service:
             except Exception:
                 log.exception("a provisiond_shutdown hook failed")
 
-    def _public_app(self) -> web.Application:
+    async def _public_app(self) -> web.Application:
         """The public listener: the portal, plus every plugin's routes under its middleware."""
         assert self.parts is not None and self.directory is not None
         where = str(self.config_path) if self.config_path else "(defaults and environment)"
@@ -347,7 +475,7 @@ class Service:
             routes = self.pm.hook.provisiond_public_routes(
                 targets=self.parts.targets, directory=self.directory
             )
-            return build_public_app(
+            return await build_public_app(
                 self.config.settings.http.public,
                 self.directory,
                 routes,
@@ -362,6 +490,9 @@ class Service:
         assert self.engine is not None
         interval = self.config.settings.engine
         while not self.stopping:
+            # A new event before the cycle: a trigger during it (a lease won, a
+            # snapshot committed elsewhere) runs another cycle right after.
+            self._wake = anyio.Event()
             async with self._cycle_lock:
                 with anyio.CancelScope() as scope:
                     self._cycle_scope = scope
@@ -377,7 +508,6 @@ class Service:
                 break
             jitter = interval.jitter
             delay = interval.interval * random.uniform(1 - jitter, 1 + jitter)  # noqa: S311
-            self._wake = anyio.Event()
             with anyio.move_on_after(delay):
                 await self._wake.wait()
 
@@ -444,6 +574,7 @@ class Service:
         old = self.config.settings
         for what, before, after in (
             ("state", old.state, config.settings.state),
+            ("ha", old.ha, config.settings.ha),
             ("http", old.http, config.settings.http),
         ):
             if before != after:
@@ -452,6 +583,8 @@ class Service:
             previous, self.parts = self.parts, parts
             self.config = config
             self.engine.reconfigure(parts.source, parts.slots, config.settings.engine)
+            if self.leadership is not None:
+                self.leadership.targets = [slot.name for slot in parts.slots]
             if self.directory is not None:
                 self.directory.replace_source(parts.source)
         await previous.aclose()

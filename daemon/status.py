@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from daemon import __version__
+from daemon.leadership import SOURCE, live_leader, target_lease
 from daemon.screening import stale_objects
 
 if TYPE_CHECKING:
@@ -91,12 +92,21 @@ async def target_status(
 
 
 async def store_status(store: Store, settings: Sequence[TargetSettings]) -> dict[str, Any]:
-    """``provisiond status``: the committed snapshot and every configured target."""
+    """``provisiond status``: the committed snapshot and every configured target.
+
+    Under leader election, who leads the source and each target (``None``: no
+    replica holds the lease now), from the lease table.
+    """
+    leases = await store.leases()
+    targets = await target_status(store, settings)
+    for name, fields in targets.items():
+        fields["leader"] = live_leader(leases, target_lease(name))
     return {
         "snapshot_version": await store.get_meta("snapshot_version"),
         "snapshot_committed_at": await store.get_meta("snapshot_committed_at"),
         "stale_objects": await stale_objects(store),
-        "targets": await target_status(store, settings),
+        "source_leader": live_leader(leases, SOURCE),
+        "targets": targets,
     }
 
 

@@ -10,7 +10,10 @@ import click
 
 from daemon import logs
 from daemon.cli.common import Session, load_config, out, run_async
+from daemon.config import Config
+from daemon.leadership import REPLICA_PREFIX, SOURCE, target_lease
 from daemon.secrets import SECRETS
+from daemon.store import Store
 
 
 @click.command()
@@ -31,6 +34,8 @@ def check(ctx: click.Context, write_test: bool) -> None:
             assert session.store is not None
             for line in await session.store.check():
                 out.print(f"[green]ok[/]  {SECRETS.redact(line)}", highlight=False)
+            if config.settings.ha.enabled:
+                await _show_leases(session.store, config)
             checks: list[tuple[str, Callable[[], Awaitable[list[str]]]]] = [
                 (f"source {config.settings.source.kind}", session.parts.source.check)
             ]
@@ -59,6 +64,37 @@ def check(ctx: click.Context, write_test: bool) -> None:
 
     if not run_async(check_):
         sys.exit(1)
+
+
+async def _show_leases(store: Store, config: Config) -> None:
+    """The lease table: who holds each lease, at which term, and for how long still.
+
+    A free lease is a warning, not a failure: no replica may be running yet.
+    """
+    rows = {lease.name: lease for lease in await store.leases()}
+    names = [SOURCE, *(target_lease(t.name) for t in config.settings.targets if t.enabled)]
+    for name in names:
+        lease = rows.get(name)
+        if lease is None:
+            out.print(f"[yellow]warn[/] lease {name}: never held; no replica has run yet")
+        elif lease.live:
+            out.print(
+                f"[green]ok[/]  lease {name}: held by {lease.holder} at term {lease.term}, "
+                f"expires in {lease.expires_in:.1f}s",
+                highlight=False,
+            )
+        else:
+            out.print(
+                f"[yellow]warn[/] lease {name}: free, no leader (last held by {lease.holder} "
+                f"at term {lease.term}, expired {-lease.expires_in:.1f}s ago)",
+                highlight=False,
+            )
+    replicas = sorted(
+        x.holder for x in rows.values() if x.name.startswith(REPLICA_PREFIX) and x.live
+    )
+    out.print(
+        f"[green]ok[/]  replicas running: {', '.join(replicas) or 'none'}", highlight=False
+    )
 
 
 def _bind_check(target: Any, write_test: bool) -> Callable[[], Awaitable[list[str]]]:

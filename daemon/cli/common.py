@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Awaitable, Callable
 from typing import NoReturn, TypeVar
@@ -14,6 +15,7 @@ from rich.markup import escape
 from daemon.config import Config, ConfigError
 from daemon.engine import Engine
 from daemon.http.serve import ListenError
+from daemon.leadership import Leadership
 from daemon.plugins import PluginError, plugin_manager
 from daemon.secrets import SECRETS
 from daemon.service import Parts, admin_token, assemble, open_store, read_config
@@ -72,7 +74,7 @@ class Session:
         if self.store is not None:
             await self.store.aclose()
 
-    def engine(self) -> Engine:
+    def engine(self, leadership: Leadership | None = None) -> Engine:
         assert self.parts is not None and self.store is not None
         return Engine(
             self.parts.source,
@@ -80,7 +82,50 @@ class Session:
             self.store,
             self.pm,
             self.config.settings.engine,
+            leadership=leadership,
         )
+
+    async def leading(self, work: Callable[[Leadership | None], Awaitable[T]]) -> T:
+        """``work(leadership)`` holding every lease (with ``ha.enabled``; else ``None``).
+
+        A one-off cycle next to running replicas would write unfenced, so it
+        takes the source and every target lease first, renews them while it
+        runs, and releases them at the end. Any of them held by a replica:
+        :class:`StateError` naming it.
+        """
+        ha = self.config.settings.ha
+        if not ha.enabled:
+            return await work(None)
+        assert self.parts is not None and self.store is not None
+        leadership = Leadership(
+            self.store,
+            replica_id=f"{ha.replica_id}-cli",
+            lease_seconds=ha.lease_seconds,
+            renew_every=ha.renew_every,
+            targets=[slot.name for slot in self.parts.slots],
+            spread=False,
+        )
+        try:
+            held = await leadership.acquire_all()
+            if held:
+                who = ", ".join(f"{x.name} by {x.holder}" for x in held)
+                raise StateError(
+                    f"with ha.enabled, a one-off cycle needs every lease, and replicas hold "
+                    f"some ({who}); ask them for a cycle with `provisiond sync` instead"
+                )
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(functools.partial(leadership.run, first=False))
+                    result = await work(leadership)
+                    tg.cancel_scope.cancel()
+            except BaseExceptionGroup as group:
+                if len(group.exceptions) == 1:
+                    raise group.exceptions[0] from None
+                raise
+            return result
+        finally:
+            with anyio.CancelScope(shield=True):
+                await leadership.release_all()
 
 
 def ask_daemon(config: Config, method: str, path: str) -> None:

@@ -14,6 +14,7 @@ from daemon import logs
 from daemon.cli.common import Session, ask_daemon, fail, load_config, out, run_async
 from daemon.config import Config, ConfigError
 from daemon.engine import PlannedDelta
+from daemon.leadership import Leadership
 from daemon.plugins import PluginError
 from daemon.service import Service
 from daemon.status import report_dict
@@ -50,37 +51,39 @@ def sync(ctx: click.Context, once: bool, dry_run: bool) -> None:
 
     async def once_() -> dict[str, Any] | None:
         async with Session(config) as session:
-            engine = session.engine()
-            if out.is_terminal:
-                with Progress(
-                    TextColumn("{task.description}"),
-                    BarColumn(),
-                    MofNCompleteColumn(),
-                    console=out,
-                    transient=True,
-                ) as progress:
-                    tasks: dict[str, Any] = {}
-
-                    def show(target: str, done: int, total: int) -> None:
-                        if target not in tasks:
-                            tasks[target] = progress.add_task(
-                                f"delivering to {target}", total=total
-                            )
-                        progress.update(tasks[target], completed=done, total=total)
-
-                    engine.progress = show
-                    report = await engine.cycle()
-            else:
-                report = await engine.cycle()
-            # Work that is due by the store's clock (reconciliation) runs here too.
-            await engine.periodic_all()
-            return report_dict(report)
+            return await session.leading(lambda leadership: _once(session, leadership))
 
     report = run_async(once_)
     out.print_json(json.dumps(report))
     failed = report and any(t["failed"] for t in report["targets"].values())
     if report and (report["result"] == "failed" or failed):
         sys.exit(1)
+
+
+async def _once(session: Session, leadership: Leadership | None) -> dict[str, Any] | None:
+    engine = session.engine(leadership)
+    if out.is_terminal:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=out,
+            transient=True,
+        ) as progress:
+            tasks: dict[str, Any] = {}
+
+            def show(target: str, done: int, total: int) -> None:
+                if target not in tasks:
+                    tasks[target] = progress.add_task(f"delivering to {target}", total=total)
+                progress.update(tasks[target], completed=done, total=total)
+
+            engine.progress = show
+            report = await engine.cycle()
+    else:
+        report = await engine.cycle()
+    # Work that is due by the store's clock (reconciliation) runs here too.
+    await engine.periodic_all()
+    return report_dict(report)
 
 
 async def _preview(config: Config) -> list[PlannedDelta]:

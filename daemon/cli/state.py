@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import click
@@ -32,12 +33,19 @@ def status(ctx: click.Context, as_json: bool) -> None:
         click.echo(json.dumps(doc, indent=2))
         return
     out.print(f"directory snapshot: {doc['snapshot_version'] or 'none committed yet'}")
+    ha = bool(config.settings.ha.enabled)
+    if ha:
+        out.print(f"directory polled by: {_leader(doc['source_leader'])}", highlight=False)
     table = Table()
-    for col in ("target", "kind", "dirty", "failed", "held removals"):
+    columns = ["target", "kind", "dirty", "failed", "held removals"]
+    for col in [*columns, "leader"] if ha else columns:
         table.add_column(col)
     for name, t in doc["targets"].items():
         held = str(t["held_removals"]) + (" (approved)" if t["hold_approved"] else "")
-        table.add_row(name, t["kind"], str(t["dirty"]), str(t["failed"]), held)
+        row = [name, t["kind"], str(t["dirty"]), str(t["failed"]), held]
+        if ha:
+            row.append(_leader(t["leader"]))
+        table.add_row(*row)
     out.print(table)
     for name, t in doc["targets"].items():
         for p in t["problems"]:
@@ -48,6 +56,14 @@ def status(ctx: click.Context, as_json: bool) -> None:
             + "; ".join(stale["problems"]),
             highlight=False,
         )
+
+
+def _leader(leader: dict[str, Any] | None) -> str:
+    """Who leads, for a person: the holder, its term, and since when."""
+    if leader is None:
+        return "no replica (the lease is free)"
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(leader["since"]))
+    return f"{leader['holder']} (term {leader['term']}, since {since})"
 
 
 @click.command()

@@ -87,6 +87,14 @@ class ScimOutcomeUnknownError(ScimTransientError):
     """
 
 
+class ScimNotLeaderError(ScimTransientError):
+    """Not sent: this replica no longer leads the target (leader election).
+
+    Raised before the request goes out, so it never took effect; the
+    replica that leads the target now delivers the object.
+    """
+
+
 class ScimRateLimitedError(ScimTransientError):
     """429 or 503 that outlived the retry budget; see :attr:`retry_after`."""
 

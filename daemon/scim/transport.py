@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from scim2_models import Error
 
 from daemon.loopback import is_loopback_host
+from daemon.runtime import NotLeader, remote_write_allowance
 
 from .errors import (
     AUTH_DETAIL,
@@ -33,6 +34,7 @@ from .errors import (
     ScimError,
     ScimInvalidResponseError,
     ScimNotFoundError,
+    ScimNotLeaderError,
     ScimOutcomeUnknownError,
     ScimPermanentError,
     ScimRateLimitedError,
@@ -230,9 +232,22 @@ class ScimTransport:
                 if held > 0:
                     self._emit(RateLimitWaited(seconds=held, rate=self.limiter.rate))
                 token = self._read_token(method, path)
+                # Under leader election: only while this replica leads the target, and
+                # never for longer than its lease has left (see daemon.runtime).
+                try:
+                    allowance = remote_write_allowance()
+                except NotLeader as exc:
+                    raise ScimNotLeaderError(
+                        str(exc), method=method, endpoint=path, attempts=attempts
+                    ) from None
+                limit = self._timeouts.total
+                if allowance is not None:
+                    limit = min(limit, allowance)
                 started = time.monotonic()
                 try:
-                    status, headers, raw = await self._send(method, path, params, payload, token)
+                    status, headers, raw = await self._send(
+                        method, path, params, payload, token, limit
+                    )
                 except aiohttp.ClientConnectorCertificateError as exc:
                     # A certificate will not fix itself between attempts.
                     raise ScimPermanentError(
@@ -245,7 +260,7 @@ class ScimTransport:
                     ) from None
                 except TimeoutError:
                     failure: ScimError = ScimTransientError(
-                        f"no answer within {self._timeouts.total:g}s",
+                        f"no answer within {limit:g}s",
                         method=method,
                         endpoint=path,
                     )
@@ -322,6 +337,7 @@ class ScimTransport:
         params: Mapping[str, str] | None,
         payload: bytes | None,
         token: str,
+        limit: float,
     ) -> tuple[int, Mapping[str, str], bytes]:
         headers = {"Authorization": f"Bearer {token}", "Accept": SCIM_MEDIA_TYPE}
         if payload is not None:
@@ -333,6 +349,7 @@ class ScimTransport:
             data=payload,
             headers=headers,
             allow_redirects=False,  # never carry the token to another location
+            timeout=self._request_timeout(limit),
         ) as response:
             raw = bytearray()
             async for chunk in response.content.iter_chunked(65536):
@@ -345,6 +362,13 @@ class ScimTransport:
                         endpoint=path,
                     )
             return response.status, CIMultiDict(response.headers), bytes(raw)
+
+    def _request_timeout(self, limit: float) -> aiohttp.ClientTimeout:
+        if limit >= self._timeouts.total:
+            return aiohttp.ClientTimeout(
+                total=self._timeouts.total, connect=self._timeouts.connect
+            )
+        return aiohttp.ClientTimeout(total=limit, connect=min(self._timeouts.connect, limit))
 
     def _failure(
         self,

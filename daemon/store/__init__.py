@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -34,7 +34,72 @@ def phase(kind: ObjectKind, removal: bool) -> int:
 
 
 class StateError(Exception):
-    """The state store cannot be opened, or its schema is newer than this provisiond."""
+    """The state store cannot be opened or reached, or its schema is newer than this provisiond."""
+
+
+class StoreFull(Exception):
+    """A bounded table already holds its limit of unexpired entries; nothing was added."""
+
+
+class FencedOut(StateError):
+    """A write made under a :class:`Fence` whose lease is no longer the writer's.
+
+    Another replica took the lease over (a newer term), or it expired. The
+    write changed nothing.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """The lease a write is conditional on: ``lease`` held by ``holder`` at ``term``."""
+
+    lease: str
+    holder: str
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """One lease row. Times are the store's clock (Unix seconds), never a replica's.
+
+    ``term`` grows by one each time the lease changes hands (or is taken again
+    after it expired); a renewal keeps it. ``expires_in`` is ``expires_at``
+    less the store's clock when the row was read: zero or less means the
+    lease is free.
+    """
+
+    name: str
+    holder: str
+    term: int
+    acquired_at: float
+    renewed_at: float
+    expires_at: float
+    expires_in: float
+
+    @property
+    def live(self) -> bool:
+        return self.expires_in > 0
+
+    @property
+    def fence(self) -> Fence:
+        return Fence(self.name, self.holder, self.term)
+
+
+def check_fence(fence: Fence, lease: Lease | None) -> None:
+    """Raise :class:`FencedOut` unless ``lease`` (read in the write) is ``fence``'s."""
+    if lease is not None and lease.live and lease.fence == fence:
+        return
+    if lease is None:
+        now = "nobody ever held it"
+    elif lease.holder == fence.holder and lease.term == fence.term:
+        now = f"it expired {-lease.expires_in:.1f}s ago"
+    else:
+        state = "holds" if lease.live else "held"
+        now = f"{lease.holder} {state} it at term {lease.term}"
+    raise FencedOut(
+        f"lease {fence.lease} is no longer held by {fence.holder} at term {fence.term} "
+        f"({now}); nothing was written"
+    )
 
 
 class StoreUnavailable(StateError):
@@ -179,8 +244,41 @@ class LinkChanges:
         return bool(self.links or self.deactivations or self.meta)
 
 
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """One sign-in session as the store keeps it; the portal decides what ``data`` holds.
+
+    ``id`` is the key, ``session_index`` and ``user_id`` are indexed for
+    revocation, and ``expires_at`` is when the session ends unless it is used
+    again (after it, :meth:`Store.purge` deletes it). Times are Unix seconds.
+    """
+
+    id: str
+    session_index: str
+    user_id: str
+    data: str
+    last_seen: float
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ParkedValue:
+    """A value parked under a handle (see :meth:`Store.park`)."""
+
+    value: str
+    parked_at: float
+    expires_at: float
+
+
 class Store(Protocol):
-    """What the engine needs from durable state. All methods are atomic."""
+    """What the engine needs from durable state. All methods are atomic.
+
+    A write given a ``fence`` first checks, inside its own transaction and
+    with the lease row locked, that the fence's lease is still held by its
+    holder at its term and has not expired; otherwise it raises
+    :class:`FencedOut` and writes nothing. Without a fence (a single
+    process) it writes unconditionally.
+    """
 
     async def open(self) -> None: ...
 
@@ -212,6 +310,8 @@ class Store(Protocol):
         upserts: list[tuple[Key, str, DirectoryObject]],
         deletes: list[Key],
         plans: dict[str, TargetPlan],
+        *,
+        fence: Fence | None = None,
     ) -> None:
         """In one transaction: record every target's plan, then the new snapshot."""
         ...
@@ -224,7 +324,9 @@ class Store(Protocol):
         """The stored rows for ``keys`` (``None``: every dirty row), for ``plan``."""
         ...
 
-    async def record(self, target: str, results: list[Result], now: float) -> None: ...
+    async def record(
+        self, target: str, results: list[Result], now: float, *, fence: Fence | None = None
+    ) -> None: ...
 
     async def counts(self, target: str) -> tuple[int, int]:
         """``(dirty, failed)`` object counts for a target."""
@@ -244,7 +346,7 @@ class Store(Protocol):
 
     async def get_meta(self, key: str) -> str | None: ...
 
-    async def set_meta(self, key: str, value: str) -> None: ...
+    async def set_meta(self, key: str, value: str, *, fence: Fence | None = None) -> None: ...
 
     # -- what targets remember (no target opens a database of its own) ---------------
 
@@ -252,7 +354,9 @@ class Store(Protocol):
         """Every link and pending deactivation the target recorded."""
         ...
 
-    async def save_links(self, target: str, changes: LinkChanges) -> None:
+    async def save_links(
+        self, target: str, changes: LinkChanges, *, fence: Fence | None = None
+    ) -> None:
         """Apply ``changes`` to the target's links in one transaction."""
         ...
 
@@ -260,7 +364,110 @@ class Store(Protocol):
         """A value the target stored for itself (for example when it last reconciled)."""
         ...
 
-    async def set_target_meta(self, target: str, key: str, value: str) -> None: ...
+    async def set_target_meta(
+        self, target: str, key: str, value: str, *, fence: Fence | None = None
+    ) -> None: ...
+
+    # -- leader election (several replicas on one store) ------------------------------
+
+    async def acquire_lease(self, name: str, holder: str, seconds: float) -> Lease | None:
+        """Take lease ``name`` for ``seconds`` by the store's clock, or renew it.
+
+        Free (never taken, released, or expired): ``holder`` takes it with the
+        next term. Live and ``holder``'s: renewed, same term. Live and someone
+        else's: ``None``, nothing changes. Two stores racing: exactly one wins.
+        """
+        ...
+
+    async def release_lease(self, name: str, holder: str, term: int) -> None:
+        """Let the lease expire now, if ``holder`` still holds it at ``term`` (a clean stop)."""
+        ...
+
+    async def leases(self) -> list[Lease]:
+        """Every lease row, by name."""
+        ...
+
+    # -- sign-in state every replica shares (the portal and the SAML endpoint) -------
+    #
+    # Plain values only: the store knows nothing of sessions' or requests' meaning.
+    # Times are Unix seconds of the caller's clock, and ``now`` says what has
+    # expired. Each method is atomic across every process on the database.
+    # A store that cannot be reached raises StateError.
+
+    async def init_meta(self, key: str, value: str) -> str:
+        """Set meta ``key`` to ``value`` unless it has a value; return the value it holds.
+
+        Of callers racing with different values, all get the one that was stored first.
+        """
+        ...
+
+    async def claim(self, key: str, expires_at: float, now: float, limit: int) -> bool:
+        """Record ``key`` until ``expires_at``; False if it is recorded and unexpired.
+
+        Of callers racing for one key, exactly one gets True (a unique key).
+        Raises :class:`StoreFull` when ``limit`` unexpired claims exist.
+        """
+        ...
+
+    async def park(
+        self, handle: str, value: str, parked_at: float, expires_at: float, now: float, limit: int
+    ) -> None:
+        """Keep ``value`` under the new ``handle`` until ``expires_at``.
+
+        Raises :class:`StoreFull` when ``limit`` unexpired values are parked.
+        """
+        ...
+
+    async def take_parked(self, handle: str, now: float) -> ParkedValue | None:
+        """The value parked under ``handle``, removed; ``None`` if unknown, taken or expired.
+
+        Of callers racing for one handle, at most one gets the value.
+        """
+        ...
+
+    async def count_failures(self, key: str, since: float) -> int:
+        """How many failures of ``key`` were recorded after ``since``, by every process."""
+        ...
+
+    async def add_failures(self, keys: Sequence[str], at: float, expires_at: float) -> None:
+        """Record one failure of each of ``keys`` at ``at``, kept until ``expires_at``."""
+        ...
+
+    async def clear_failures(self, key: str) -> None:
+        """Forget every failure of ``key``."""
+        ...
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        """The session, expired or not (the caller checks); ``None`` if unknown."""
+        ...
+
+    async def put_session(self, record: SessionRecord, now: float, per_user: int) -> None:
+        """Create or replace a session.
+
+        The user's other sessions beyond the ``per_user`` most recently seen are
+        deleted, and so are sessions expired at ``now``.
+        """
+        ...
+
+    async def touch_session(self, session_id: str, last_seen: float, expires_at: float) -> bool:
+        """Record a use of the session; False (and nothing created) if it is gone."""
+        ...
+
+    async def delete_session(self, session_id: str) -> None:
+        """Delete one session (no error if it is unknown)."""
+        ...
+
+    async def delete_sessions_by_index(self, session_index: str) -> int:
+        """Delete the sessions with this SAML SessionIndex; how many there were."""
+        ...
+
+    async def delete_user_sessions(self, user_id: str) -> int:
+        """Delete every session of a user; how many there were."""
+        ...
+
+    async def purge(self, now: float) -> int:
+        """Delete every session, claim, parked value and failure expired at ``now``; the count."""
+        ...
 
 
 #: The names of every :class:`Store` method, each timed by :func:`timed`.

@@ -43,17 +43,23 @@ from daemon.store import (
     Committed,
     Deactivation,
     DueRow,
+    Fence,
     Hold,
     Key,
+    Lease,
     Link,
     LinkChanges,
     ObjectStatus,
+    ParkedValue,
     Result,
+    SessionRecord,
     StateError,
+    StoreFull,
     StoreUnavailable,
     TargetIndex,
     TargetLinks,
     TargetPlan,
+    check_fence,
     phase,
     sql,
     timed,
@@ -64,6 +70,10 @@ from daemon.store.sql import numbered
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION_TABLE", "PostgresStore", "SslMode", "tls_option"]
 
 SslMode = Literal["disable", "prefer", "require", "verify-ca", "verify-full"]
+
+#: How long a session may sit idle inside a transaction before the server ends it
+#: (no provisiond transaction waits on anything but the database in between).
+IDLE_IN_TRANSACTION_MS = "5000"
 
 #: The advisory lock migrations hold (``pg_advisory_xact_lock``): "provisio" in ASCII.
 MIGRATION_LOCK = 0x70726F7669736F00
@@ -151,6 +161,52 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (target, key)
     );
     """,
+    # 4: leases for leader election among replicas; the term is the fencing token.
+    """
+    CREATE TABLE leases (
+        name text COLLATE "C" PRIMARY KEY,
+        holder text NOT NULL,
+        term bigint NOT NULL,
+        acquired_at double precision NOT NULL,
+        renewed_at double precision NOT NULL,
+        expires_at double precision NOT NULL
+    );
+    """,
+    # 5: sign-in state shared by every replica: sessions, replay claims (SAML
+    # request IDs), parked requests (resume handles) and failed sign-ins.
+    # Every row has an expiry, indexed for the purge.
+    """
+    CREATE TABLE sessions (
+        id text COLLATE "C" PRIMARY KEY,
+        session_index text COLLATE "C" NOT NULL,
+        user_id text COLLATE "C" NOT NULL,
+        data text NOT NULL,
+        last_seen double precision NOT NULL,
+        expires_at double precision NOT NULL
+    );
+    CREATE INDEX sessions_session_index ON sessions (session_index);
+    CREATE INDEX sessions_user ON sessions (user_id, last_seen);
+    CREATE INDEX sessions_expiry ON sessions (expires_at);
+    CREATE TABLE claims (
+        key text COLLATE "C" PRIMARY KEY,
+        expires_at double precision NOT NULL
+    );
+    CREATE INDEX claims_expiry ON claims (expires_at);
+    CREATE TABLE parked (
+        handle text COLLATE "C" PRIMARY KEY,
+        value text NOT NULL,
+        parked_at double precision NOT NULL,
+        expires_at double precision NOT NULL
+    );
+    CREATE INDEX parked_expiry ON parked (expires_at);
+    CREATE TABLE login_failures (
+        key text COLLATE "C" NOT NULL,
+        at double precision NOT NULL,
+        expires_at double precision NOT NULL
+    );
+    CREATE INDEX login_failures_key ON login_failures (key, at);
+    CREATE INDEX login_failures_expiry ON login_failures (expires_at);
+    """,
 )
 
 # -- the bulk forms: one statement per batch, its rows as arrays ----------------------------
@@ -223,6 +279,42 @@ _RECORDS = numbered(
 _ROWS = numbered(f"{sql.ROWS} WHERE target = ? AND {_IN_KEYS}")
 _APPROVE = numbered(f"{sql.APPROVE} RETURNING keys")
 
+# Leases: every time is the server's clock (clock_timestamp(), read once per
+# statement), never a replica's, so replicas' clocks may disagree.
+_NOW = "extract(epoch FROM clock_timestamp())::double precision"
+_LEASE_ROW = "name, holder, term, acquired_at, renewed_at, expires_at"
+#: Take a free (or expired) lease with the next term, or renew our live one (same
+#: term); a live lease of another holder: no row. One statement: two replicas
+#: racing serialise on the row, and the second then sees the first's lease. The
+#: conflict branch reads the clock again: it may have waited for the row's lock
+#: (a fenced write in flight), and decides by the time it got it.
+_ACQUIRE_LEASE = numbered(
+    f"INSERT INTO leases AS l ({_LEASE_ROW}) "
+    f"SELECT ?, ?, 1, n.t, n.t, n.t + ? FROM (SELECT {_NOW} AS t) AS n "
+    "ON CONFLICT (name) DO UPDATE SET "
+    "holder = excluded.holder, "
+    f"term = CASE WHEN l.holder = excluded.holder AND l.expires_at > {_NOW} "
+    "THEN l.term ELSE l.term + 1 END, "
+    f"acquired_at = CASE WHEN l.holder = excluded.holder AND l.expires_at > {_NOW} "
+    f"THEN l.acquired_at ELSE {_NOW} END, "
+    f"renewed_at = {_NOW}, "
+    f"expires_at = {_NOW} + (excluded.expires_at - excluded.renewed_at) "
+    f"WHERE l.holder = excluded.holder OR l.expires_at <= {_NOW} "
+    f"RETURNING {_LEASE_ROW}, l.expires_at - l.renewed_at AS expires_in"
+)
+_RELEASE_LEASE = numbered(
+    f"UPDATE leases SET expires_at = n.t FROM (SELECT {_NOW} AS t) AS n "
+    "WHERE name = ? AND holder = ? AND term = ? AND expires_at > n.t"
+)
+_LEASES = f"SELECT {_LEASE_ROW}, expires_at - {_NOW} FROM leases ORDER BY name"
+#: Read inside a fenced write, locking the row: an acquire by another replica
+#: (an UPDATE of it) waits until the write has committed, and a write after it
+#: sees the new holder.
+_FENCE = numbered(
+    f"SELECT {_LEASE_ROW}, expires_at - {_NOW} FROM leases "
+    "WHERE name = ? FOR SHARE"
+)
+
 # Errors that mean the database cannot be reached (rather than a bad statement).
 _LOST: tuple[type[BaseException], ...] = (
     OSError,
@@ -231,6 +323,9 @@ _LOST: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
+    # A pooled connection the server closed while it was idle (a shutdown):
+    # asyncpg's next statement on it fails with "cannot switch to state ...".
+    asyncpg.InternalClientError,
 )
 # Errors after which a write transaction can simply run again.
 _RETRY = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
@@ -403,7 +498,15 @@ class PostgresStore:
                 password=self._password,
                 ssl=self._ssl,
                 timeout=self.connect_timeout,
-                server_settings={"application_name": self.application_name, "jit": "off"},
+                server_settings={
+                    "application_name": self.application_name,
+                    "jit": "off",
+                    # A replica stalled inside a transaction (a paused process) would
+                    # hold its row locks, the lease row's among them, until it woke:
+                    # the server ends such a session instead, so another replica can
+                    # take the lease over once it expires.
+                    "idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION_MS,
+                },
             )
             await self._migrate()
             await self._fill_logins()
@@ -467,12 +570,20 @@ class PostgresStore:
         # After a cancelled statement asyncpg first waits for the server to
         # confirm the cancellation; a connection that cannot roll back is
         # closed, and the server rolls back what it had.
+        # A connection the server already ended (terminated, or idle in the
+        # transaction too long) is gone from the pool: nothing is left to roll back,
+        # and the error that ended the transaction is the one to report.
+        try:
+            open_transaction = db.is_in_transaction()
+        except asyncpg.InterfaceError:
+            return  # released: the connection was lost
         try:
             with anyio.fail_after(self.connect_timeout):
-                if db.is_in_transaction():
+                if open_transaction:
                     await db.execute("ROLLBACK")
         except Exception:
-            db.terminate()
+            with contextlib.suppress(asyncpg.InterfaceError):
+                db.terminate()
 
     # -- schema -----------------------------------------------------------------------------
 
@@ -536,7 +647,10 @@ class PostgresStore:
         return value
 
     @_writes
-    async def set_meta(self, db: Connection, key: str, value: str) -> None:
+    async def set_meta(
+        self, db: Connection, key: str, value: str, *, fence: Fence | None = None
+    ) -> None:
+        await self._check_fence(db, fence)
         await db.execute(numbered(sql.SET_META), key, value)
 
     # -- the committed snapshot ---------------------------------------------------------------
@@ -591,8 +705,10 @@ class PostgresStore:
         upserts: list[tuple[Key, str, DirectoryObject]],
         deletes: list[Key],
         plans: dict[str, TargetPlan],
+        *,
+        fence: Fence | None = None,
     ) -> None:
-        await self._commit(version, upserts, deletes, plans)
+        await self._commit(version, upserts, deletes, plans, fence=fence)
         await self._wrote(len(upserts) + sum(len(p.desired) for p in plans.values()))
 
     async def _wrote(self, rows: int) -> None:
@@ -630,7 +746,10 @@ class PostgresStore:
         upserts: list[tuple[Key, str, DirectoryObject]],
         deletes: list[Key],
         plans: dict[str, TargetPlan],
+        *,
+        fence: Fence | None = None,
     ) -> None:
+        await self._check_fence(db, fence)
         now = time.time()
         # In one order (target, then key) everywhere, so that two writers
         # lock rows in the same order and rarely deadlock.
@@ -683,12 +802,23 @@ class PostgresStore:
             out[row.key] = row
         return out
 
-    async def record(self, target: str, results: list[Result], now: float) -> None:
-        await self._record(target, results, now)
+    async def record(
+        self, target: str, results: list[Result], now: float, *, fence: Fence | None = None
+    ) -> None:
+        await self._record(target, results, now, fence=fence)
         await self._wrote(len(results))
 
     @_writes
-    async def _record(self, db: Connection, target: str, results: list[Result], now: float) -> None:
+    async def _record(
+        self,
+        db: Connection,
+        target: str,
+        results: list[Result],
+        now: float,
+        *,
+        fence: Fence | None = None,
+    ) -> None:
+        await self._check_fence(db, fence)
         # One result per object, the last given (one statement changes a row once).
         results = [r for _, r in sorted(_last_wins((r.key, r) for r in results).items())]
         ok = [r for r in results if r.ok]
@@ -752,12 +882,17 @@ class PostgresStore:
         }
         return TargetLinks(links, deactivations)
 
-    async def save_links(self, target: str, changes: LinkChanges) -> None:
+    async def save_links(
+        self, target: str, changes: LinkChanges, *, fence: Fence | None = None
+    ) -> None:
         if changes:
-            await self._save_links(target, changes)
+            await self._save_links(target, changes, fence)
 
     @_writes
-    async def _save_links(self, db: Connection, target: str, changes: LinkChanges) -> None:
+    async def _save_links(
+        self, db: Connection, target: str, changes: LinkChanges, fence: Fence | None
+    ) -> None:
+        await self._check_fence(db, fence)
         links = sorted(changes.links.items())
         deactivations = sorted(changes.deactivations.items())
         statements: list[tuple[str, list[tuple[Any, ...]]]] = [
@@ -787,8 +922,163 @@ class PostgresStore:
         return value
 
     @_writes
-    async def set_target_meta(self, db: Connection, target: str, key: str, value: str) -> None:
+    async def set_target_meta(
+        self, db: Connection, target: str, key: str, value: str, *, fence: Fence | None = None
+    ) -> None:
+        await self._check_fence(db, fence)
         await db.execute(numbered(sql.SET_TARGET_META), target, key, value)
+
+    # -- leases ---------------------------------------------------------------------------------
+
+    @_writes
+    async def acquire_lease(
+        self, db: Connection, name: str, holder: str, seconds: float
+    ) -> Lease | None:
+        row = await db.fetchrow(_ACQUIRE_LEASE, name, holder, seconds)
+        return None if row is None else _lease(row)
+
+    @_writes
+    async def release_lease(self, db: Connection, name: str, holder: str, term: int) -> None:
+        await db.execute(_RELEASE_LEASE, name, holder, term)
+
+    @_reads_one
+    async def leases(self, db: Connection) -> list[Lease]:
+        return [_lease(row) for row in await db.fetch(_LEASES)]
+
+    @staticmethod
+    async def _check_fence(db: Connection, fence: Fence | None) -> None:
+        """First in a write transaction: :class:`FencedOut` unless ``fence`` still holds."""
+        if fence is None:
+            return
+        row = await db.fetchrow(_FENCE, fence.lease)
+        check_fence(fence, None if row is None else _lease(row))
+
+
+    # -- sign-in state every replica shares -------------------------------------------------
+    # READ COMMITTED, as every write: what must be atomic is one statement
+    # (a claim's upsert, a take's DELETE ... RETURNING), or rows that add up.
+
+    @_writes
+    async def init_meta(self, db: Connection, key: str, value: str) -> str:
+        # A racing insert makes this one wait, then do nothing; the SELECT,
+        # a new snapshot, sees whichever was committed first.
+        await db.execute(numbered(sql.INIT_META), key, value)
+        stored: str = await db.fetchval(numbered(sql.GET_META), key)
+        return stored
+
+    @_writes
+    async def claim(
+        self, db: Connection, key: str, expires_at: float, now: float, limit: int
+    ) -> bool:
+        await db.execute(numbered(sql.DELETE_EXPIRED["claims"]), now)
+        if await db.fetchval(numbered(sql.CLAIM_HELD), key, now) is not None:
+            return False
+        if await db.fetchval(sql.COUNT_ROWS["claims"]) >= limit:
+            raise StoreFull("claims")
+        return await db.fetchval(numbered(sql.CLAIM), key, expires_at, now) is not None
+
+    @_writes
+    async def park(
+        self,
+        db: Connection,
+        handle: str,
+        value: str,
+        parked_at: float,
+        expires_at: float,
+        now: float,
+        limit: int,
+    ) -> None:
+        await db.execute(numbered(sql.DELETE_EXPIRED["parked"]), now)
+        if await db.fetchval(sql.COUNT_ROWS["parked"]) >= limit:
+            raise StoreFull("parked")
+        await db.execute(numbered(sql.PARK), handle, value, parked_at, expires_at)
+
+    @_writes
+    async def take_parked(self, db: Connection, handle: str, now: float) -> ParkedValue | None:
+        row = await db.fetchrow(numbered(sql.TAKE_PARKED), handle)
+        if row is None or float(row[2]) <= now:
+            return None
+        return ParkedValue(str(row[0]), float(row[1]), float(row[2]))
+
+    @_reads_one
+    async def count_failures(self, db: Connection, key: str, since: float) -> int:
+        return int(await db.fetchval(numbered(sql.COUNT_FAILURES), key, since))
+
+    @_writes
+    async def add_failures(
+        self, db: Connection, keys: Sequence[str], at: float, expires_at: float
+    ) -> None:
+        await db.executemany(numbered(sql.DELETE_EXPIRED_FAILURES_OF), [(k, at) for k in keys])
+        await db.executemany(numbered(sql.ADD_FAILURE), [(k, at, expires_at) for k in keys])
+
+    @_writes
+    async def clear_failures(self, db: Connection, key: str) -> None:
+        await db.execute(numbered(sql.CLEAR_FAILURES), key)
+
+    @_reads_one
+    async def get_session(self, db: Connection, session_id: str) -> SessionRecord | None:
+        row = await db.fetchrow(numbered(sql.GET_SESSION), session_id)
+        if row is None:
+            return None
+        sid, index, user_id, data, last_seen, expires_at = row
+        return SessionRecord(sid, index, user_id, data, float(last_seen), float(expires_at))
+
+    @_writes
+    async def put_session(
+        self, db: Connection, record: SessionRecord, now: float, per_user: int
+    ) -> None:
+        r = record
+        await db.execute(numbered(sql.DELETE_EXPIRED["sessions"]), now)
+        await db.execute(
+            numbered(sql.PUT_SESSION),
+            r.id,
+            r.session_index,
+            r.user_id,
+            r.data,
+            r.last_seen,
+            r.expires_at,
+        )
+        await db.execute(numbered(sql.TRIM_SESSIONS), r.user_id, r.user_id, per_user)
+
+    @_writes
+    async def touch_session(
+        self, db: Connection, session_id: str, last_seen: float, expires_at: float
+    ) -> bool:
+        status = await db.execute(numbered(sql.TOUCH_SESSION), last_seen, expires_at, session_id)
+        return _affected(status) == 1
+
+    @_writes
+    async def delete_session(self, db: Connection, session_id: str) -> None:
+        await db.execute(numbered(sql.DELETE_SESSIONS["id"]), session_id)
+
+    @_writes
+    async def delete_sessions_by_index(self, db: Connection, session_index: str) -> int:
+        return _affected(
+            await db.execute(numbered(sql.DELETE_SESSIONS["session_index"]), session_index)
+        )
+
+    @_writes
+    async def delete_user_sessions(self, db: Connection, user_id: str) -> int:
+        return _affected(await db.execute(numbered(sql.DELETE_SESSIONS["user_id"]), user_id))
+
+    @_writes
+    async def purge(self, db: Connection, now: float) -> int:
+        gone = 0
+        for statement in sql.DELETE_EXPIRED.values():
+            gone += _affected(await db.execute(numbered(statement), now))
+        return gone
+
+
+def _affected(status: str) -> int:
+    """The row count of a command status such as ``DELETE 3`` or ``UPDATE 1``."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+def _lease(row: Sequence[Any]) -> Lease:
+    name, holder, term, acquired, renewed, expires, expires_in = row
+    return Lease(
+        name, holder, int(term), float(acquired), float(renewed), float(expires), float(expires_in)
+    )
 
 
 def _due_row(row: Sequence[Any]) -> DueRow:

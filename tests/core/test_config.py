@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,19 @@ def test_a_valid_file_loads_with_defaults(tmp_path: Path) -> None:
     assert config.state_path == tmp_path / "state/provisiond.db"
 
 
+def test_leader_election_is_off_on_sqlite_unless_enabled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ha = load(write(tmp_path, BASE)).settings.ha
+    assert ha.enabled is False
+    assert (ha.lease_seconds, ha.renew_every) == (8.0, 2.0)
+    assert ha.replica_id == socket.gethostname()
+    ha = load(write(tmp_path, BASE + "ha: {enabled: true, lease_seconds: 6}\n")).settings.ha
+    assert ha.enabled is True and ha.lease_seconds == 6
+    monkeypatch.setenv("PROVISIOND_HA__REPLICA_ID", "replica-b")
+    assert load(write(tmp_path, BASE)).settings.ha.replica_id == "replica-b"
+
+
 def test_the_environment_overrides_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -66,6 +80,11 @@ def test_the_environment_overrides_the_file(
             BASE + "targets: [{name: a, kind: log}, {name: a, kind: log}]\n",
             "is used by another target",
         ),
+        (
+            BASE + "ha: {lease_seconds: 5, renew_every: 2}\n",
+            "ha.renew_every: must be at most a third of ha.lease_seconds (5)",
+        ),
+        (BASE + "ha: {replica_id: 'two words'}\n", "ha.replica_id: must be printable"),
         ("source: [\n", "not valid YAML at line 2"),
         ("- just a list\n", "the top level must be a mapping"),
     ],

@@ -7,25 +7,32 @@ against a pinned Kubernetes version. ``ServiceMonitor`` is a Prometheus
 Operator CRD, for which kubernetes-validate has no schema: it is checked
 structurally instead (its selector and port must match the ops Service),
 and the test asserts it is the only resource without a schema.
+
+``deploy/kubernetes/ha`` is the overlay for several replicas on PostgreSQL
+(issue 11): it passes the same checks, and keeps no state on the pods.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from daemon.config import ENV_PREFIX, Settings
 from daemon.plugins import Registry, plugin_manager
 from daemon.service import read_config
-from tests.deploy.tools import DEPLOY, run, tool
+from tests.deploy.configs import read_shipped_config
+from tests.deploy.tools import DEPLOY, REPO, run, tool
 
 KUBERNETES = DEPLOY / "kubernetes"
 BASE = KUBERNETES / "base"
 OPERATOR = KUBERNETES / "prometheus-operator"
+HA = KUBERNETES / "ha"
 #: The Kubernetes version the manifests are validated against.
 KUBERNETES_VERSION = "1.31.0"
 #: Secret keys the configuration reads from $CREDENTIALS_DIRECTORY.
@@ -60,7 +67,7 @@ def validate(tmp_path: Path, text: str) -> tuple[int, str]:
     return result.returncode, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("path", [BASE, OPERATOR], ids=["base", "prometheus-operator"])
+@pytest.mark.parametrize("path", [BASE, OPERATOR, HA], ids=["base", "prometheus-operator", "ha"])
 def test_manifests_pass_strict_schema_validation(tmp_path: Path, path: Path) -> None:
     code, output = validate(tmp_path, build(path))
     assert code == 0, output
@@ -77,8 +84,9 @@ def test_strict_validation_rejects_an_unknown_field(tmp_path: Path) -> None:
     assert code != 0, output
 
 
-def test_every_container_meets_the_restricted_profile() -> None:
-    docs = resources(OPERATOR)
+@pytest.mark.parametrize("path", [OPERATOR, HA], ids=["prometheus-operator", "ha"])
+def test_every_container_meets_the_restricted_profile(path: Path) -> None:
+    docs = resources(path)
     pods = [d["spec"]["template"]["spec"] for d in docs if d["kind"] == "Deployment"]
     assert pods
     for pod in pods:
@@ -205,3 +213,150 @@ def test_configmap_config_validates_and_names_only_mounted_secrets() -> None:
     assert config.state_path == Path("/var/lib/provisiond/provisiond.db")
     assert config.settings.http.ops.port == 9464
     assert config.settings.http.public.port == 8080
+
+
+# -- the ha overlay: several replicas on PostgreSQL ------------------------------
+
+#: Where the overlay mounts the Secret "provisiond-postgresql", and its keys.
+POSTGRESQL_SECRET = "provisiond-postgresql"
+POSTGRESQL_DIR = "/run/secrets/postgresql"
+POSTGRESQL_KEYS = ("password", "ca.crt")
+#: The one key the overlay adds to "provisiond-secrets": every replica signs
+#: cookies with it.
+HA_SECRET_KEYS = (*SECRET_KEYS, "portal-session-key")
+#: What the overlay may change in the base's configuration file.
+HA_CONFIG_CHANGES = {"state", "ha"}
+
+
+def ha_pod() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The ha overlay's Deployment, its pod spec and its one container."""
+    deployment = one(resources(HA), "Deployment", "provisiond")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    return deployment, pod, container
+
+
+def ha_config_text() -> str:
+    text: str = one(resources(HA), "ConfigMap")["data"]["provisiond.yaml"]
+    return text
+
+
+def test_ha_overlay_keeps_no_state_on_the_pods() -> None:
+    docs = resources(HA)
+    assert [d["kind"] for d in docs if d["kind"] == "PersistentVolumeClaim"] == []
+    _, pod, container = ha_pod()
+    assert not [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert {v["name"] for v in pod["volumes"]} == {"config", "secrets", "postgresql", "tmp"}
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert "/var/lib/provisiond" not in mounts
+    # The patch acts on the overlay only: the base keeps its claim.
+    one(resources(BASE), "PersistentVolumeClaim", "provisiond-state")
+
+
+def test_ha_overlay_replicas_budget_and_spread() -> None:
+    deployment, pod, container = ha_pod()
+    spec = deployment["spec"]
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["replicas"] >= 2
+    # A rolling update that never drops below the replica count.
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    budget = one(resources(HA), "PodDisruptionBudget")["spec"]
+    assert budget["minAvailable"] == 1 and "maxUnavailable" not in budget
+    assert budget["selector"]["matchLabels"].items() <= labels.items()
+    (term,) = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"].items() <= labels.items()
+    assert "podAffinity" not in pod["affinity"]
+    # Followers are ready too: they serve sign-in.
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "ops"}
+    assert (
+        pod["terminationGracePeriodSeconds"]
+        > yaml.safe_load(ha_config_text())["engine"]["shutdown_grace"]
+    )
+
+
+def test_ha_overlay_replica_id_is_the_pod_name() -> None:
+    _, _, container = ha_pod()
+    # The variable the configuration loader reads for ha.replica_id.
+    delimiter = Settings.model_config["env_nested_delimiter"]
+    name = f"{ENV_PREFIX}HA{delimiter}REPLICA_ID"
+    (env,) = [e for e in container["env"] if e["name"] == name]
+    assert env["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert "replica_id" not in yaml.safe_load(ha_config_text())["ha"]
+
+
+def test_ha_overlay_serves_sign_in_from_every_replica() -> None:
+    docs = resources(HA)
+    _, _, container = ha_pod()
+    labels = one(docs, "Deployment", "provisiond")["spec"]["template"]["metadata"]["labels"]
+    public = one(docs, "Service", "provisiond")["spec"]
+    # Every ready pod is an endpoint; nothing pins a browser to one replica.
+    assert public["selector"].items() <= labels.items()
+    assert public.get("sessionAffinity", "None") == "None"
+    assert not public.get("publishNotReadyAddresses", False)
+    assert [p["targetPort"] for p in public["ports"]] == ["public"]
+    assert "public" in {p["name"] for p in container["ports"]}
+    # The pods reach PostgreSQL.
+    policy = one(docs, "NetworkPolicy")["spec"]
+    assert 5432 in {p["port"] for rule in policy["egress"] for p in rule["ports"]}
+
+
+def test_ha_overlay_mounts_the_postgresql_secret_the_config_names() -> None:
+    _, pod, container = ha_pod()
+    volume = next(v for v in pod["volumes"] if v["name"] == "postgresql")["secret"]
+    assert volume["secretName"] == POSTGRESQL_SECRET
+    assert {i["key"]: i["path"] for i in volume["items"]} == {k: k for k in POSTGRESQL_KEYS}
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "postgresql")
+    assert mount == {"name": "postgresql", "mountPath": POSTGRESQL_DIR, "readOnly": True}
+
+    state = yaml.safe_load(ha_config_text())["state"]
+    assert state["backend"] == "postgresql"
+    pg = state["postgresql"]
+    dsn = urllib.parse.urlsplit(pg["dsn"])
+    assert dsn.scheme == "postgresql" and dsn.password is None, "no password in the DSN"
+    assert pg["password_file"] == f"{POSTGRESQL_DIR}/password"
+    assert pg["sslmode"] == "verify-full"
+    assert pg["ssl_root_cert"] == f"{POSTGRESQL_DIR}/ca.crt"
+
+
+def test_ha_config_is_the_base_s_with_the_state_in_postgresql() -> None:
+    base = yaml.safe_load(one(resources(BASE), "ConfigMap")["data"]["provisiond.yaml"])
+    ha = yaml.safe_load(ha_config_text())
+    assert ha["ha"]["enabled"] is True
+    # Bare secret names resolve in "provisiond-secrets"; the session key is shared.
+    text = ha_config_text()
+    names = set(re.findall(r"_file:\s*([\w.-]+)\s*(?:#|$)", text, re.MULTILINE))
+    assert names == set(HA_SECRET_KEYS), names
+    assert ha["http"]["public"].pop("session_key_file") == "portal-session-key"
+    assert {k: v for k, v in ha.items() if k not in HA_CONFIG_CHANGES} == {
+        k: v for k, v in base.items() if k not in HA_CONFIG_CHANGES
+    }
+
+
+def test_ha_config_validates_in_the_pod_s_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The image's PROVISIOND_* variables and the pod's replica id, then the file."""
+    for line in (DEPLOY / "container" / "Containerfile").read_text().splitlines():
+        match = re.match(r"\s*(?:ENV\s+)?(PROVISIOND_\w+)=(\S+)", line)
+        if match and match.group(1) != "PROVISIOND_CONFIG":
+            monkeypatch.setenv(match.group(1), match.group(2))
+    monkeypatch.setenv(f"{ENV_PREFIX}HA__REPLICA_ID", "provisiond-7d9c5b6f4-x2x8q")
+    config = read_shipped_config(HA / "provisiond.yaml")
+    if config is None:
+        pytest.skip("state.backend: postgresql and ha need daemon.leadership (issue 11)")
+    settings: Any = config.settings
+    assert settings.state.backend == "postgresql"
+    assert settings.ha.replica_id == "provisiond-7d9c5b6f4-x2x8q"
+    assert (settings.ha.lease_seconds, settings.ha.renew_every) == (8, 2)
+    assert settings.http.public.session_key_file == Path("portal-session-key")
+
+
+def test_ha_doc_creates_every_secret_key_the_overlay_reads() -> None:
+    doc = (REPO / "docs" / "high-availability.md").read_text()
+    assert f"create secret generic {POSTGRESQL_SECRET}" in doc
+    for key in POSTGRESQL_KEYS:
+        assert f"--from-file={key}=" in doc, key
+    assert "--from-file=portal-session-key=" in doc
+    assert "kubectl apply -k deploy/kubernetes/ha" in doc

@@ -17,11 +17,15 @@ from typing import Any
 
 import pytest
 
+from daemon.store.postgres import MIGRATIONS
 from tests.daemon.harness import Deployment, directory, replay_journal
 from tests.pg.cluster import PgCluster, free_port
 from tests.support.certs import write_ca_and_server
 
 WRONG_PASSWORD = "not-the-role-password-0815"
+#: The schema version this code migrates to.
+LATEST = len(MIGRATIONS)
+assert LATEST < 9, "the newer-schema test writes version 9"
 
 
 @pytest.fixture
@@ -95,7 +99,7 @@ def test_check_reports_the_server_its_tls_and_the_schema_version(
     server = pg_cluster.psql("SHOW server_version")
     assert f"state store PostgreSQL {server} at 127.0.0.1:{pg_cluster.port}/{database}" in printed
     assert "reached (TLSv1." in printed
-    assert "state store schema version 3 (this provisiond: 3)" in printed
+    assert f"state store schema version {LATEST} (this provisiond: {LATEST})" in printed
     assert pg_cluster.password not in proc.stdout + proc.stderr
 
 
@@ -196,7 +200,7 @@ def test_a_schema_newer_than_the_code(
     deployment.cli("check")
     pg_cluster.psql("INSERT INTO schema_version (version) VALUES (9)", database=database)
     assert_refused(
-        deployment, "run", "is at schema version 9", "expects schema version 3", database
+        deployment, "run", "is at schema version 9", f"expects schema version {LATEST}", database
     )
     # Refused means untouched.
     versions = pg_cluster.psql("SELECT max(version) FROM schema_version", database=database)

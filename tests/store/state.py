@@ -42,6 +42,8 @@ class State:
     meta: dict[str, str | None]
     approved_holds: list[str]
     targets: dict[str, TargetState]
+    #: (name, holder, term, acquired_at, renewed_at, expires_at) of every lease row.
+    leases: list[tuple[str, str, int, float, float, float]]
 
 
 async def read_state(store: Store, targets: tuple[str, ...], meta: tuple[str, ...] = ()) -> State:
@@ -64,4 +66,8 @@ async def read_state(store: Store, targets: tuple[str, ...], meta: tuple[str, ..
         meta={k: await store.get_meta(k) for k in (*STORE_META, *meta)},
         approved_holds=sorted(await store.approved_holds()),
         targets=per_target,
+        leases=[
+            (x.name, x.holder, x.term, x.acquired_at, x.renewed_at, x.expires_at)
+            for x in await store.leases()
+        ],
     )

@@ -7,6 +7,7 @@ stop, drop connections or change its password.
 
 from __future__ import annotations
 
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -288,3 +289,78 @@ async def test_statistics_follow_a_first_sync_and_its_delivery(
         assert stats() == (str(2 * len(w.objects)), "{f}")
     finally:
         await store.aclose()
+
+
+# -- leases: what the row lock of a fenced write means on a server -------------------------
+
+
+async def test_a_takeover_waits_for_a_fenced_write_in_flight(dsn: str) -> None:
+    """The write checked its fence and locked the lease row: an acquire by another
+    replica waits until it committed, so the write lands before the new term."""
+    old, new = store_on(dsn), store_on(dsn)
+    await old.open()
+    await new.open()
+    try:
+        lease = await old.acquire_lease("target:app", "old/1", 0.5)
+        assert lease is not None
+        started = time.monotonic()
+        taken_after: list[float] = []
+
+        async def write_slowly() -> None:
+            async with old._transaction() as db:
+                await old._check_fence(db, lease.fence)
+                await db.execute("INSERT INTO meta (key, value) VALUES ('marker', 'old')")
+                await anyio.sleep(1.5)  # past the lease, still inside the transaction
+
+        async def take_over() -> None:
+            await anyio.sleep(0.8)  # the lease has expired by now
+            taken = await new.acquire_lease("target:app", "new/1", 30.0)
+            assert taken is not None and taken.term == 2
+            taken_after.append(time.monotonic() - started)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(write_slowly)
+            tg.start_soon(take_over)
+        # The takeover waited for the write's commit (1.5 s in), and the write landed.
+        assert taken_after[0] >= 1.5
+        assert await new.get_meta("marker") == "old"
+    finally:
+        await old.aclose()
+        await new.aclose()
+
+
+async def test_a_stalled_transaction_on_the_lease_row_is_ended_by_the_server(dsn: str) -> None:
+    """A replica paused inside a fenced write would hold the lease row forever; the
+    server ends its session after the idle-in-transaction timeout instead."""
+    stalled, other = store_on(dsn), store_on(dsn)
+    await stalled.open()
+    await other.open()
+    try:
+        lease = await stalled.acquire_lease("target:app", "stalled/1", 0.5)
+        assert lease is not None
+        locked = anyio.Event()
+
+        async def stall() -> None:
+            with pytest.raises(StoreUnavailable):
+                async with stalled._transaction() as db:
+                    await stalled._check_fence(db, lease.fence)
+                    locked.set()
+                    await anyio.sleep(30)  # no statement: idle in the transaction
+                    await db.execute("SELECT 1")
+
+        timeout = int(pg_store.IDLE_IN_TRANSACTION_MS) / 1000
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stall)
+            await locked.wait()
+            started = time.monotonic()
+            await anyio.sleep(0.6)  # the lease has expired
+            with anyio.fail_after(timeout + 5):
+                taken = await other.acquire_lease("target:app", "other/1", 30.0)
+            waited = time.monotonic() - started
+            await anyio.sleep(0.5)  # the stalled one's client has seen its session end
+            tg.cancel_scope.cancel()
+        assert taken is not None and taken.term == 2
+        assert timeout - 1 < waited < timeout + 5
+    finally:
+        await stalled.aclose()
+        await other.aclose()

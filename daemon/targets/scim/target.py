@@ -35,6 +35,7 @@ from daemon.scim import (
     ScimAuthError,
     ScimClient,
     ScimError,
+    ScimNotLeaderError,
     ScimPermanentError,
     Timeouts,
 )
@@ -47,7 +48,7 @@ from daemon.targets.scim.links import Links
 from daemon.targets.scim.options import ScimOptions
 from daemon.targets.scim.profile import ScimProfile
 from daemon.targets.scim.reconcile import reconcile
-from daemon.targets.scim.remote import Link
+from daemon.targets.scim.remote import Link, RemoteIndex
 from daemon.targets.scim.schema import UserSchema
 from daemon.targets.scim.users import remove_user, upsert_user
 
@@ -143,8 +144,17 @@ class ScimTarget:
         self._closed = False
 
     async def start(self, store: Store) -> None:
-        """Load what this target remembers from the core's store (once, before delivering)."""
-        await self.link.links.load(store)
+        """Load what this target remembers from ``store`` (before delivering).
+
+        The core starts a target again when this replica becomes its leader
+        anew (leader election): another replica may have written meanwhile, so
+        everything is read again, and the listing of remote users is dropped.
+        """
+        again = self._store is not None
+        async with self.link.busy:
+            await self.link.links.load(store)
+            if again:
+                self.link.index = RemoteIndex()
         self._store = store
         stored = await store.target_meta(self.name, LAST_RECONCILE)
         if stored is None:
@@ -171,7 +181,9 @@ class ScimTarget:
         try:
             await self._ready()
         except ScimError as exc:
-            stats.calls, stats.transient = 1, int(exc.transient or exc.status is None)
+            transient = exc.transient or exc.status is None
+            stats.calls = 1
+            stats.transient = int(transient and not isinstance(exc, ScimNotLeaderError))
             for delta in deltas:
                 outcomes[delta.key] = await self._failure(delta, exc, retry=None)
         else:
@@ -280,6 +292,9 @@ class ScimTarget:
         if isinstance(exc, ScimPermanentError):
             self.metrics.operation(self.name, kind, "permanent")
             return Outcome.failure(delta, str(exc), permanent=True)
+        if isinstance(exc, ScimNotLeaderError):
+            # Not sent, and no fault of the application's: it counts for no quarantine.
+            return Outcome.failure(delta, str(exc))
         if isinstance(exc, ScimError):
             if stats is not None and (exc.transient or exc.status is None):
                 stats.transient += 1
@@ -347,6 +362,12 @@ class ScimTarget:
         if self._store is not None:
             await self._store.set_target_meta(self.name, LAST_RECONCILE, repr(self.last_reconcile))
         try:
+            released: list[tuple[str, str]] = []
+            if self.link.links.loaded:
+                async with self.link.busy:
+                    released = await self.link.links.prune()
+            if released:
+                self.log.info("stopped managing objects released elsewhere", objects=len(released))
             await self._ready()
             repaired = await reconcile(self.link)
         except ScimError as exc:
