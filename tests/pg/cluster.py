@@ -19,6 +19,11 @@ The server also offers TLS with a certificate for 127.0.0.1 signed by a
 private CA (``ca_cert``), so ``sslmode`` ``require``, ``verify-ca`` and
 ``verify-full`` can be tested; plain connections are accepted as well.
 
+A reaper process watches the one that made the cluster: should that one die
+without stopping it (SIGKILL, or a SIGTERM that skips ``atexit``), the
+reaper stops the server and removes the directory, so no server outlives
+its test run.
+
 By default the cluster trades durability for speed (``fsync`` off), which
 tests of the daemon's own crash safety do not depend on: they kill client
 processes, not the machine. ``durable=True`` keeps PostgreSQL's defaults,
@@ -30,12 +35,14 @@ from __future__ import annotations
 import atexit
 import contextlib
 import glob
+import json
 import os
 import pwd
 import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -48,6 +55,15 @@ PASSWORD = "pg-role-secret-4711"
 SUPERUSER = "postgres"
 _RUN_AS = "postgres"
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+# argv: the stop command (JSON), the data directory, the work directory.
+_REAPER = """
+import json, os, shutil, subprocess, sys
+sys.stdin.buffer.read()  # returns when the process that made the cluster is gone
+if os.path.exists(os.path.join(sys.argv[2], "postmaster.pid")):
+    subprocess.run(json.loads(sys.argv[1]), capture_output=True, timeout=60, check=False)
+shutil.rmtree(sys.argv[3], ignore_errors=True)
+"""
 
 
 def bin_dir() -> Path | None:
@@ -95,6 +111,20 @@ class PgCluster:
         self._running = False
         self._databases = 0
         atexit.register(self.destroy)
+        self._reaper = self._start_reaper()
+
+    def _start_reaper(self) -> subprocess.Popen[bytes]:
+        """A process that cleans up once our end of its stdin closes, however we end."""
+        stop = [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"]
+        if _as_root():
+            stop = ["runuser", "-u", _RUN_AS, "--", *stop]
+        return subprocess.Popen(
+            [sys.executable, "-c", _REAPER, json.dumps(stop), str(self.data), str(self.workdir)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a signal to our process group spares it
+        )
 
     # -- commands ----------------------------------------------------------
 
@@ -232,6 +262,10 @@ class PgCluster:
                 with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
                     self.stop("immediate")
         shutil.rmtree(self.workdir, ignore_errors=True)
+        if self._reaper.stdin is not None and not self._reaper.stdin.closed:
+            self._reaper.stdin.close()  # nothing left to reap: it exits
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._reaper.wait(timeout=10)
 
     # -- databases and addresses -------------------------------------------
 

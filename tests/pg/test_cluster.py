@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 from tests.pg.cluster import PgCluster
 
@@ -55,3 +59,29 @@ def test_restart_keeps_port_and_data(pg_cluster: PgCluster) -> None:
     assert pg_cluster.port == port
     done = _psql(pg_cluster, dsn, "SELECT n FROM kept")
     assert done.stdout.strip() == "7", done.stderr
+
+
+def test_a_cluster_whose_owner_is_killed_is_stopped_and_removed() -> None:
+    script = (
+        "import os, signal\n"
+        "from tests.pg.cluster import start_cluster\n"
+        "c = start_cluster()\n"
+        "print(c.workdir, c.data, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+        check=False,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    workdir, data = (Path(p) for p in done.stdout.split())
+    deadline = time.monotonic() + 60
+    while workdir.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not workdir.exists()
+    postmasters = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(data) not in postmasters
