@@ -111,7 +111,11 @@ class PostgresSettings(_Section):
     ``dsn`` is a ``postgresql://user@host:port/database`` URL. Its password
     belongs in ``password_file`` (a password inside the URL works too, and is
     redacted like every secret). TLS follows libpq's ``sslmode`` and
-    ``sslrootcert``, set here rather than in the URL.
+    ``sslrootcert``, set here rather than in the URL. ``transaction_pooler``
+    says the DSN reaches PostgreSQL through a pooler in transaction mode
+    (PgBouncer's ``pool_mode = transaction``): no statement cache, no startup
+    parameters. Opening the store refuses a transaction pooler it detects
+    while this is false.
     """
 
     dsn: str
@@ -120,6 +124,7 @@ class PostgresSettings(_Section):
     ssl_root_cert: Path | None = None
     pool_size: int = Field(default=10, ge=1, le=1000)
     connect_timeout: float = Field(default=10.0, gt=0)
+    transaction_pooler: bool = False
 
     @field_validator("dsn")
     @classmethod

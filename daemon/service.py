@@ -171,6 +171,7 @@ def make_store(config: Config, secrets: SecretStore = SECRETS) -> Store:
         ssl=tls,
         pool_size=pg.pool_size,
         connect_timeout=pg.connect_timeout,
+        transaction_pooler=pg.transaction_pooler,
     )
 
 

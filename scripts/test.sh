@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
-apt_install xmlsec1 slapd ldap-utils chromium postgresql util-linux systemd prometheus \
+apt_install xmlsec1 slapd ldap-utils chromium postgresql pgbouncer util-linux systemd prometheus \
   build-essential libldap-dev libsasl2-dev
 make_venv test
 npm_peer tests/peers/scimmy

@@ -75,6 +75,17 @@ SslMode = Literal["disable", "prefer", "require", "verify-ca", "verify-full"]
 #: (no provisiond transaction waits on anything but the database in between).
 IDLE_IN_TRANSACTION_MS = "5000"
 
+#: Settings every session gets at connection start-up, or behind a transaction
+#: pooler every transaction (``SET LOCAL``), as poolers refuse them at start-up.
+_SESSION_SETTINGS = {
+    "jit": "off",
+    # A replica stalled inside a transaction (a paused process) would hold its
+    # row locks, the lease row's among them, until it woke: the server ends
+    # such a session instead, so another replica can take the lease over once
+    # it expires.
+    "idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION_MS,
+}
+
 #: The advisory lock migrations hold (``pg_advisory_xact_lock``): "provisio" in ASCII.
 MIGRATION_LOCK = 0x70726F7669736F00
 
@@ -445,6 +456,21 @@ def _cause(exc: BaseException, timeout: float) -> str:
     return str(exc) or type(exc).__name__
 
 
+async def _backend_pid(db: Connection) -> int:
+    """The server process id behind ``db``, read without a prepared statement.
+
+    A statement asyncpg prepared on one server session is gone from the next
+    one a pooler hands out: COPY goes as one simple query instead.
+    """
+    out = bytearray()
+
+    async def keep(chunk: bytes) -> None:
+        out.extend(chunk)
+
+    await db.copy_from_query("SELECT pg_backend_pid()", output=keep)
+    return int(out)
+
+
 @timed
 class PostgresStore:
     """:class:`daemon.store.Store` on a PostgreSQL database, through an asyncpg pool.
@@ -464,6 +490,7 @@ class PostgresStore:
         pool_size: int = 10,
         connect_timeout: float = 10.0,
         application_name: str = "provisiond",
+        transaction_pooler: bool = False,
     ) -> None:
         self.dsn = dsn
         self.where = dsn_location(dsn)
@@ -472,6 +499,10 @@ class PostgresStore:
         self.pool_size = pool_size
         self.connect_timeout = connect_timeout
         self.application_name = application_name
+        self.transaction_pooler = transaction_pooler
+        # Behind a transaction pooler the session settings go with each transaction.
+        pairs = _SESSION_SETTINGS.items() if transaction_pooler else ()
+        self._begin_suffix = "".join(f"; SET LOCAL {name} = '{value}'" for name, value in pairs)
         self._pool: asyncpg.Pool | None = None
         self._since_analyze = 0  # rows written since the statistics were last refreshed
         self._hidden = dsn_passwords(dsn)
@@ -490,6 +521,16 @@ class PostgresStore:
         return self._pool
 
     async def open(self) -> None:
+        settings = {"application_name": self.application_name}
+        pooled: dict[str, Any] = {}
+        if self.transaction_pooler:
+            # A pooler refuses startup parameters it does not know (PgBouncer:
+            # unless ignore_startup_parameters lists them), and a server session
+            # serves other clients between transactions: no named prepared
+            # statements, and the settings go with each transaction (_transaction).
+            pooled["statement_cache_size"] = 0
+        else:
+            settings |= _SESSION_SETTINGS
         try:
             self._pool = await asyncpg.create_pool(
                 self.dsn,
@@ -498,16 +539,13 @@ class PostgresStore:
                 password=self._password,
                 ssl=self._ssl,
                 timeout=self.connect_timeout,
-                server_settings={
-                    "application_name": self.application_name,
-                    "jit": "off",
-                    # A replica stalled inside a transaction (a paused process) would
-                    # hold its row locks, the lease row's among them, until it woke:
-                    # the server ends such a session instead, so another replica can
-                    # take the lease over once it expires.
-                    "idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION_MS,
-                },
+                server_settings=settings,
+                **pooled,
             )
+            # Before the migrations: behind an undeclared transaction pooler
+            # their prepared statements may fail in ways that do not say why,
+            # and a refused database is better left unchanged.
+            await self._refuse_undeclared_pooler()
             await self._migrate()
             await self._fill_logins()
         except BaseException as exc:
@@ -519,6 +557,13 @@ class PostgresStore:
                 raise
             if isinstance(exc, (*_LOST, asyncpg.PostgresError, asyncpg.InterfaceError)):
                 cause = self._scrub(_cause(exc, self.connect_timeout))
+                if "unsupported startup parameter" in cause and not self.transaction_pooler:
+                    # PgBouncer's answer to jit and idle_in_transaction_session_timeout
+                    cause += (
+                        "; behind a transaction pooler set state.postgresql.transaction_pooler:"
+                        " true (behind a session pooler, let it ignore jit and"
+                        " idle_in_transaction_session_timeout)"
+                    )
                 raise StateError(f"cannot use PostgreSQL at {self.where}: {cause}") from None
             raise
 
@@ -552,7 +597,8 @@ class PostgresStore:
             # Shielded like the end: a BEGIN that ran but whose caller was
             # cancelled would leave a transaction open that nobody ends.
             with anyio.CancelScope(shield=True):
-                await db.execute(begin)
+                # One simple query, one round trip, with the SET LOCALs if any.
+                await db.execute(begin + self._begin_suffix)
             try:
                 yield db
             except BaseException:
@@ -584,6 +630,59 @@ class PostgresStore:
         except Exception:
             with contextlib.suppress(asyncpg.InterfaceError):
                 db.terminate()
+
+    # -- transaction poolers ----------------------------------------------------------------
+
+    async def _pooler_evidence(self) -> str | None:
+        """What shows that this pool's connections share server sessions, if anything does.
+
+        Connection X reads its server process id, connection Y begins a
+        transaction, reads its own and holds it, X reads its own again. A
+        direct connection or a session pooler keeps one server session per
+        connection throughout; a transaction pooler hands X's session to Y's
+        transaction (X's first id is Y's), or X's next statement to another
+        session (X's id changes). Needs two connections: ``None`` when the
+        pool has one, as when nothing is detected.
+        """
+        if self.pool_size < 2:
+            return None
+        async with self._connection() as x, self._connection() as y:
+            try:
+                for _ in range(3):  # a pooler that happened to keep X's session: look again
+                    before = await _backend_pid(x)
+                    async with y.transaction():
+                        held = await _backend_pid(y)
+                        after = await _backend_pid(x)
+                    if held == before:
+                        return (
+                            f"a transaction on one connection ran in the server session "
+                            f"(pid {held}) another connection had just used"
+                        )
+                    if after != before:
+                        return (
+                            f"two statements on one connection ran in different server "
+                            f"sessions (pids {before} and {after})"
+                        )
+                return None
+            finally:
+                # The pool opens connections as calls need them: leave it with one.
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await y.close(timeout=self.connect_timeout)
+                    except Exception:
+                        y.terminate()
+
+    async def _refuse_undeclared_pooler(self) -> None:
+        if self.transaction_pooler:
+            return  # declared: whatever is found is expected
+        evidence = await self._pooler_evidence()
+        if evidence is not None:
+            raise StateError(
+                f"state database PostgreSQL at {self.where} is reached through a "
+                f"transaction pooler (such as PgBouncer in pool_mode = transaction): "
+                f"{evidence}; set state.postgresql.transaction_pooler: true, "
+                "or use session pooling"
+            )
 
     # -- schema -----------------------------------------------------------------------------
 
@@ -635,7 +734,8 @@ class PostgresStore:
         )
         return [
             f"state store PostgreSQL {version} at {self.where} reached "
-            f"({tls or 'no TLS'}, pool of up to {self.pool_size} connections)",
+            f"({tls or 'no TLS'}, pool of up to {self.pool_size} connections"
+            f"{', through a transaction pooler' if self.transaction_pooler else ''})",
             f"state store schema version {schema} (this provisiond: {len(MIGRATIONS)})",
         ]
 
