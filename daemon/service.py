@@ -139,6 +139,14 @@ def admin_token(config: Config, secrets: SecretStore = SECRETS) -> SecretFile | 
         raise ConfigError(where, [f"http.ops.admin_token_file: {exc}"]) from None
 
 
+def application_name(replica_id: str) -> str:
+    """The ``application_name`` of a replica's PostgreSQL sessions: ``provisiond/<replica_id>``.
+
+    PostgreSQL keeps the first 63 bytes and shows other than ASCII as ``?``.
+    """
+    return f"provisiond/{replica_id}"
+
+
 def make_store(config: Config, secrets: SecretStore = SECRETS) -> Store:
     """The store ``state.backend`` names, not opened yet. Bad settings are configuration errors."""
     state = config.settings.state
@@ -167,6 +175,8 @@ def make_store(config: Config, secrets: SecretStore = SECRETS) -> Store:
         ssl=tls,
         pool_size=pg.pool_size,
         connect_timeout=pg.connect_timeout,
+        # pg_stat_activity tells the replicas apart (and an operator can end one's sessions).
+        application_name=application_name(config.settings.ha.replica_id),
     )
 
 
