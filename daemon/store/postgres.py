@@ -368,6 +368,25 @@ def _cause(exc: BaseException, timeout: float) -> str:
     return str(exc) or type(exc).__name__
 
 
+class _Connection(asyncpg.Connection):  # type: ignore[misc]
+    """An asyncpg connection that knows whether it was closed on purpose or lost.
+
+    The pool closes connections itself (idle too long, too many queries, the
+    pool closing), and so does the store after a failed rollback; the server
+    ending one (or the network losing it) goes through neither method.
+    """
+
+    closed_on_purpose = False
+
+    async def close(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109 (asyncpg's)
+        self.closed_on_purpose = True
+        await super().close(timeout=timeout)
+
+    def terminate(self) -> None:
+        self.closed_on_purpose = True
+        super().terminate()
+
+
 @timed
 class PostgresStore:
     """:class:`daemon.store.Store` on a PostgreSQL database, through an asyncpg pool.
@@ -397,6 +416,8 @@ class PostgresStore:
         self.application_name = application_name
         self._pool: asyncpg.Pool | None = None
         self._hidden = dsn_passwords(dsn)
+        #: A connection was lost while idle in the pool, and no call has said so yet.
+        self._lost = False
 
     def _scrub(self, text: str) -> str:
         for value in self._hidden:
@@ -420,6 +441,8 @@ class PostgresStore:
                 password=self._password,
                 ssl=self._ssl,
                 timeout=self.connect_timeout,
+                connection_class=_Connection,
+                init=self._watch,
                 server_settings={
                     "application_name": self.application_name,
                     "jit": "off",
@@ -456,11 +479,40 @@ class PostgresStore:
                 pool.terminate()
                 raise
 
+    async def _watch(self, db: Connection) -> None:
+        db.add_termination_listener(self._ended)
+
+    def _ended(self, db: Connection) -> None:
+        """A connection of the pool closed: note it if the server ended it while it was idle.
+
+        One closed on purpose (by the pool, or after a failed rollback) is no
+        news, and one in use (a pool proxy) failed its caller's statement
+        already. One lost while idle in the pool (``pg_terminate_backend``, a
+        server restart) would be replaced silently by the next call:
+        :meth:`_connection` reports it instead.
+        """
+        if isinstance(db, asyncpg.pool.PoolConnectionProxy) or db.closed_on_purpose:
+            return
+        if self._pool is not None:
+            self._lost = True
+
     # -- transactions ----------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[Connection]:
-        """A connection from the pool; a lost database is a :class:`StoreUnavailable`."""
+        """A connection from the pool; a lost database is a :class:`StoreUnavailable`.
+
+        So is a connection the server ended while it sat idle in the pool:
+        the next call fails once (and the pool opens a new connection for
+        the one after), so that a caller whose session the server ended
+        always hears of it. A lease holder's renewal fails, and it steps down.
+        """
+        if self._lost:
+            self._lost = False
+            raise StoreUnavailable(
+                f"PostgreSQL at {self.where}: the server closed a connection of this store "
+                "(terminated by an administrator, or restarted)"
+            )
         try:
             async with self.pool.acquire() as db:
                 yield db
