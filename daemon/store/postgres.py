@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import random
 import ssl
 import time
@@ -251,6 +252,11 @@ _LOST: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
+    # The server's FATAL message (shutting down, or the session terminated)
+    # read between two statements of a transaction, before the socket closed:
+    # the connection waits for a reply that never comes, and the next
+    # statement is refused with "another operation is in progress".
+    asyncpg.InternalClientError,
 )
 # Errors after which a write transaction can simply run again.
 _RETRY = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
@@ -365,7 +371,31 @@ def _cause(exc: BaseException, timeout: float) -> str:
         return exc.strerror
     if isinstance(exc, asyncpg.PostgresError):
         return str(exc.args[0] if exc.args else exc) or type(exc).__name__
+    if isinstance(exc, asyncpg.InternalClientError):
+        return f"the connection broke off ({exc})"
     return str(exc) or type(exc).__name__
+
+
+class _ErrorOnly(logging.Filter):
+    """The error, not the stack trace, of what asyncpg's pool logs itself.
+
+    While PostgreSQL is down or restarting, the pool tries to open its
+    minimum of connections again and logs each failure with a traceback; the
+    error's one line says all there is to say (the store's callers get
+    :class:`StoreUnavailable`).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info is not None and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {exc}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+logging.getLogger("asyncpg.pool").addFilter(_ErrorOnly())
 
 
 class _Connection(asyncpg.Connection):  # type: ignore[misc]
