@@ -20,9 +20,10 @@ After the first full sync, each round:
    ``/api/v1/status`` claims the lease (seen by polling every 0.1 s);
 4. starts the killed replica again (it rejoins as a follower).
 
-In the end the server must hold exactly the desired state with no duplicate;
-the script says so, and exits 1 if not. Prints a Markdown table with each
-round, the median and the maximum, and the machine, the date and the load.
+In the end the server must hold exactly the desired state with no duplicate
+and no object created twice; the script says so, and exits 1 if not. Prints
+a Markdown table with each round, the median and the maximum, and the
+machine, the date and the load.
 """
 
 from __future__ import annotations
@@ -125,13 +126,14 @@ def main() -> int:
             settle = world.wait_converged(timeout=1800)
             problems = world.differences()
             duplicates = world.duplicates()
+            twice = {key: n for key, n in world.created().items() if n > 1}
     finally:
         cluster.destroy()
     load_after = os.getloadavg()
 
     takeovers = [r.takeover for r in rounds]
     claims = [r.claimed for r in rounds]
-    cpu = platform.processor() or platform.machine()
+    cpu = cpu_model()
     rows = "".join(
         f"| {i + 1} | {r.killed} | {r.successor} | {r.term} "
         f"| {r.claimed:.2f} | {r.takeover:.2f} |\n"
@@ -154,9 +156,20 @@ def main() -> int:
         f"{statistics.median(claims):.2f} s | {max(claims):.2f} s |\n\n"
         f"First full sync {first_sync:.1f} s; converged {settle:.1f} s after the last "
         f"round; differences from the desired state: {len(problems)}; duplicates: "
-        f"{duplicates or 'none'}.\n"
+        f"{duplicates or 'none'}; objects created twice: {twice or 'none'}.\n"
     )
-    return 0 if not problems and not duplicates else 1
+    return 0 if not problems and not duplicates and not twice else 1
+
+
+def cpu_model() -> str:
+    """The processor's model name (``/proc/cpuinfo``), or the machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{platform.machine()}, {line.partition(':')[2].strip()}"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

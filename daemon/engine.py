@@ -43,6 +43,7 @@ from daemon.store import (
     Key,
     Result,
     Store,
+    StoreUnavailable,
     TargetIndex,
     TargetPlan,
 )
@@ -516,6 +517,11 @@ class Engine:
                 await work()
             except FencedOut as exc:
                 self._fenced_out(target_lease(slot.name), exc)
+            except StoreUnavailable as exc:
+                log.warning(
+                    "a target's periodic work failed: the state store is unavailable",
+                    error=str(exc),
+                )
             except Exception:
                 log.exception("a target's periodic work failed")
 
@@ -560,7 +566,10 @@ class Engine:
         except Exception as exc:
             # This target's state could not be loaded: it waits for the next
             # cycle, and the other targets deliver as usual.
-            log.exception("the target could not start; trying again next cycle")
+            if isinstance(exc, StoreUnavailable):
+                log.warning("the target could not start; trying again next cycle", error=str(exc))
+            else:
+                log.exception("the target could not start; trying again next cycle")
             report.error = f"target {slot.name} could not start: {type(exc).__name__}: {exc}"
             return
         total = (await self.store.counts(slot.name))[0] if self.progress else 0
@@ -617,6 +626,8 @@ class Engine:
             outcomes = await slot.target.deliver(deltas)
         except FencedOut:
             raise  # the target's own store writes: another replica leads it now
+        except StoreUnavailable:
+            raise  # nothing could be recorded either: the cycle ends, and the next one retries
         except Exception as exc:
             # One broken plugin must not stop the others; everything retries.
             log.exception("target raised during delivery", error=f"{type(exc).__name__}: {exc}")

@@ -260,7 +260,16 @@ class Leadership:
             if now >= held.deadline:
                 self.step_down(name, "the lease ran out before it was renewed")
         for name in list(self.held):
-            await self._renew(name)
+            failed = await self._renew(name)
+            if failed is not None:
+                # The other leases go through the same store: one renewal that
+                # failed (a lost or terminated session, say) ends them all,
+                # rather than the next one winning on a fresh connection.
+                for rest in list(self.held):
+                    self.step_down(
+                        rest, f"renewing the lease failed: {failed} (while renewing {name})"
+                    )
+                break
         try:
             with anyio.fail_after(self.lease_seconds):
                 self.table = await self.store.leases()
@@ -304,7 +313,8 @@ class Leadership:
         } | {self.holder}
         return math.ceil(targets / len(replicas))
 
-    async def _renew(self, name: str) -> None:
+    async def _renew(self, name: str) -> str | None:
+        """Renew lease ``name``, or step down from it; what failed if the store did."""
         held = self.held[name]
         started = self.clock()
         try:
@@ -313,14 +323,15 @@ class Leadership:
                 lease = await self.store.acquire_lease(name, self.holder, self.lease_seconds)
         except TimeoutError:
             self.step_down(name, "the renewal did not come back before the lease ran out")
-            return
+            return "it did not come back before the lease ran out"
         except Exception as exc:
             self.step_down(name, f"renewing the lease failed: {_describe(exc)}")
-            return
+            return _describe(exc)
         if lease is None or lease.term != held.lease.term:
             self.step_down(name, "another replica holds the lease now")
-            return
+            return None
         self.held[name] = Held(lease, started + self.lease_seconds, self.clock())
+        return None
 
     async def _acquire(self, name: str) -> None:
         started = self.clock()

@@ -47,7 +47,7 @@ from daemon.saml.errors import SamlConfigError
 from daemon.secrets import SECRETS, SecretError, SecretFile, SecretStore, resolve_secret_path
 from daemon.sources.base import Source
 from daemon.status import daemon_status, summary_line
-from daemon.store import StateError, Store
+from daemon.store import StateError, Store, StoreUnavailable
 from daemon.store.postgres import PostgresStore, tls_option
 from daemon.store.sqlite import SqliteStore
 from daemon.targets.base import Target
@@ -143,6 +143,14 @@ def admin_token(config: Config, secrets: SecretStore = SECRETS) -> SecretFile | 
         raise ConfigError(where, [f"http.ops.admin_token_file: {exc}"]) from None
 
 
+def application_name(replica_id: str) -> str:
+    """The ``application_name`` of a replica's PostgreSQL sessions: ``provisiond/<replica_id>``.
+
+    PostgreSQL keeps the first 63 bytes and shows other than ASCII as ``?``.
+    """
+    return f"provisiond/{replica_id}"
+
+
 def make_store(config: Config, secrets: SecretStore = SECRETS) -> Store:
     """The store ``state.backend`` names, not opened yet. Bad settings are configuration errors."""
     state = config.settings.state
@@ -172,6 +180,8 @@ def make_store(config: Config, secrets: SecretStore = SECRETS) -> Store:
         pool_size=pg.pool_size,
         connect_timeout=pg.connect_timeout,
         transaction_pooler=pg.transaction_pooler,
+        # pg_stat_activity tells the replicas apart (and an operator can end one's sessions).
+        application_name=application_name(config.settings.ha.replica_id),
     )
 
 
@@ -188,6 +198,17 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]
             yield from _leaves(exc)
         else:
             yield exc
+
+
+def store_unavailable(exc: BaseException) -> StoreUnavailable | None:
+    """The :class:`StoreUnavailable` that ``exc`` is, or that every error of its group is."""
+    if isinstance(exc, StoreUnavailable):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = list(_leaves(exc))
+        if leaves and all(isinstance(leaf, StoreUnavailable) for leaf in leaves):
+            return leaves[0]  # type: ignore[return-value]
+    return None
 
 
 def _on_exit(stack: contextlib.AsyncExitStack, close: Callable[[], Awaitable[None]]) -> None:
@@ -423,8 +444,11 @@ class Service:
                     approved = now_approved
                     continue
                 now_committed = await self.store.get_meta("snapshot_committed_at")
-            except Exception:
-                log.exception("reading the state store failed")
+            except Exception as exc:
+                if store_unavailable(exc) is not None:
+                    log.warning("reading the state store failed", error=str(exc))
+                else:
+                    log.exception("reading the state store failed")
                 continue
             if now_committed != committed:
                 committed = now_committed
@@ -499,8 +523,17 @@ class Service:
                     self._cycle_scope = scope
                     try:
                         await self.engine.cycle()
-                    except Exception:
-                        log.exception("cycle crashed; the next one retries")
+                    except Exception as exc:
+                        lost = store_unavailable(exc)
+                        if lost is not None:
+                            # PostgreSQL restarting, say: no stack trace for that.
+                            log.warning(
+                                "cycle failed: the state store is unavailable; the next one "
+                                "retries",
+                                error=str(lost),
+                            )
+                        else:
+                            log.exception("cycle crashed; the next one retries")
                 self._cycle_scope = None
             self._ready = True
             await self._refresh_status()
@@ -528,8 +561,11 @@ class Service:
                 live=self._live,
                 ready=self._ready,
             )
-        except Exception:
-            log.exception("reading status from the state store failed")
+        except Exception as exc:
+            if store_unavailable(exc) is not None:
+                log.warning("reading status from the state store failed", error=str(exc))
+            else:
+                log.exception("reading status from the state store failed")
 
     async def _signals(self, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import random
 import ssl
 import time
@@ -336,6 +337,10 @@ _LOST: tuple[type[BaseException], ...] = (
     asyncpg.TooManyConnectionsError,
     # A pooled connection the server closed while it was idle (a shutdown):
     # asyncpg's next statement on it fails with "cannot switch to state ...".
+    # Or the server's FATAL message (shutting down, or the session terminated)
+    # read between two statements of a transaction, before the socket closed:
+    # the connection waits for a reply that never comes, and the next
+    # statement is refused with "another operation is in progress".
     asyncpg.InternalClientError,
 )
 # Errors after which a write transaction can simply run again.
@@ -453,6 +458,8 @@ def _cause(exc: BaseException, timeout: float) -> str:
         return exc.strerror
     if isinstance(exc, asyncpg.PostgresError):
         return str(exc.args[0] if exc.args else exc) or type(exc).__name__
+    if isinstance(exc, asyncpg.InternalClientError):
+        return f"the connection broke off ({exc})"
     return str(exc) or type(exc).__name__
 
 
@@ -469,6 +476,47 @@ async def _backend_pid(db: Connection) -> int:
 
     await db.copy_from_query("SELECT pg_backend_pid()", output=keep)
     return int(out)
+
+
+class _ErrorOnly(logging.Filter):
+    """The error, not the stack trace, of what asyncpg's pool logs itself.
+
+    While PostgreSQL is down or restarting, the pool tries to open its
+    minimum of connections again and logs each failure with a traceback; the
+    error's one line says all there is to say (the store's callers get
+    :class:`StoreUnavailable`).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info is not None and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {exc}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+logging.getLogger("asyncpg.pool").addFilter(_ErrorOnly())
+
+
+class _Connection(asyncpg.Connection):  # type: ignore[misc]
+    """An asyncpg connection that knows whether it was closed on purpose or lost.
+
+    The pool closes connections itself (idle too long, too many queries, the
+    pool closing), and so does the store after a failed rollback; the server
+    ending one (or the network losing it) goes through neither method.
+    """
+
+    closed_on_purpose = False
+
+    async def close(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109 (asyncpg's)
+        self.closed_on_purpose = True
+        await super().close(timeout=timeout)
+
+    def terminate(self) -> None:
+        self.closed_on_purpose = True
+        super().terminate()
 
 
 @timed
@@ -506,6 +554,8 @@ class PostgresStore:
         self._pool: asyncpg.Pool | None = None
         self._since_analyze = 0  # rows written since the statistics were last refreshed
         self._hidden = dsn_passwords(dsn)
+        #: A connection was lost while idle in the pool, and no call has said so yet.
+        self._lost = False
 
     def _scrub(self, text: str) -> str:
         for value in self._hidden:
@@ -539,6 +589,8 @@ class PostgresStore:
                 password=self._password,
                 ssl=self._ssl,
                 timeout=self.connect_timeout,
+                connection_class=_Connection,
+                init=self._watch,
                 server_settings=settings,
                 **pooled,
             )
@@ -579,11 +631,40 @@ class PostgresStore:
                 pool.terminate()
                 raise
 
+    async def _watch(self, db: Connection) -> None:
+        db.add_termination_listener(self._ended)
+
+    def _ended(self, db: Connection) -> None:
+        """A connection of the pool closed: note it if the server ended it while it was idle.
+
+        One closed on purpose (by the pool, or after a failed rollback) is no
+        news, and one in use (a pool proxy) failed its caller's statement
+        already. One lost while idle in the pool (``pg_terminate_backend``, a
+        server restart) would be replaced silently by the next call:
+        :meth:`_connection` reports it instead.
+        """
+        if isinstance(db, asyncpg.pool.PoolConnectionProxy) or db.closed_on_purpose:
+            return
+        if self._pool is not None:
+            self._lost = True
+
     # -- transactions ----------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[Connection]:
-        """A connection from the pool; a lost database is a :class:`StoreUnavailable`."""
+        """A connection from the pool; a lost database is a :class:`StoreUnavailable`.
+
+        So is a connection the server ended while it sat idle in the pool:
+        the next call fails once (and the pool opens a new connection for
+        the one after), so that a caller whose session the server ended
+        always hears of it. A lease holder's renewal fails, and it steps down.
+        """
+        if self._lost:
+            self._lost = False
+            raise StoreUnavailable(
+                f"PostgreSQL at {self.where}: the server closed a connection of this store "
+                "(terminated by an administrator, or restarted)"
+            )
         try:
             async with self.pool.acquire() as db:
                 yield db

@@ -21,7 +21,7 @@ from daemon.engine import Engine, TargetSlot
 from daemon.leadership import SOURCE, Leadership
 from daemon.plugins import plugin_manager
 from daemon.runtime import NotLeader
-from daemon.store import Fence, FencedOut, Store
+from daemon.store import Fence, FencedOut, Lease, Store, StoreUnavailable
 from daemon.store.fenced import FencedStore
 from daemon.store.sqlite import SqliteStore
 from daemon.targets.base import Delta, Outcome
@@ -174,6 +174,34 @@ class TestManager:
         assert leading(lead) == set()
         reasons = {e["lease"]: e["reason"] for e in logged if e["event"] == "stepped down"}
         assert "renewing the lease failed" in reasons["target:a"]
+
+    async def test_one_failed_renewal_steps_down_from_every_lease(self, stores: Stores) -> None:
+        # A session the server ended fails one call of the store (PostgreSQL
+        # reports it once, then connects anew): the leases renewed after it,
+        # through the same store, are given up too.
+        store = await stores()
+        lead = manager(store, "r1", ("a", "b"), clock=Clock())
+        await lead.tick()
+        assert leading(lead) == {"replica:r1", SOURCE, "target:a", "target:b"}
+        renew = store.acquire_lease
+        lost = ["PostgreSQL at db:5432/state: the server closed a connection of this store"]
+
+        async def once(name: str, holder: str, seconds: float) -> Lease | None:
+            if lost:
+                raise StoreUnavailable(lost.pop())
+            return await renew(name, holder, seconds)
+
+        store.acquire_lease = once  # type: ignore[method-assign]
+        with capture_logs() as logged:
+            await lead.tick()
+        assert leading(lead) == set()
+        reasons = {e["lease"]: e["reason"] for e in logged if e["event"] == "stepped down"}
+        assert set(reasons) == {SOURCE, "target:a", "target:b"}
+        assert all("the server closed a connection" in r for r in reasons.values())
+        assert all(e["log_level"] == "warning" for e in logged if e["event"] == "stepped down")
+        # None is taken again for a lease length, so another replica takes them over.
+        await lead.tick()
+        assert leading(lead) == set()
 
     async def test_a_deposed_replica_steps_down_and_the_new_leader_has_the_next_term(
         self, stores: Stores

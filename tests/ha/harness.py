@@ -21,9 +21,17 @@ Helpers: :meth:`HaWorld.leader_of` (what each replica's ``/api/v1/status``
 says: per target ``"leader": {"holder", "term", "since", "expires_at",
 "mine"}``), :meth:`HaWorld.kill` (any signal; SIGSTOP pauses,
 :meth:`HaWorld.resume` continues), :meth:`HaWorld.restart`,
-:meth:`HaWorld.wait_converged` (the server holds exactly the desired users,
-groups and memberships) and :meth:`HaWorld.duplicates` (userName, externalId
-and displayName values held twice on the server).
+:meth:`HaWorld.wait_converged` (the server holds exactly the desired users
+with their titles, groups and memberships), :meth:`HaWorld.duplicates`
+(userName, externalId and displayName values held twice on the server) and
+:meth:`HaWorld.created` (how often the server answered 201 to a create of
+each object). Faults: :attr:`HaWorld.latency` (the proxy's added delay, so
+that kills land with requests in flight), :meth:`HaWorld.pause_on` (SIGSTOP
+a replica as its n-th create arrives), :meth:`HaWorld.terminate`
+(``pg_terminate_backend`` of a replica's sessions). What the replicas did:
+:meth:`HaWorld.wait_event` and :meth:`Replica.events` (their JSON logs),
+:meth:`HaWorld.tracebacks`, :meth:`HaWorld.target_rows` (the store's rows
+for the target, with psql).
 
 The server is read directly, not through the proxy, so checking never adds
 to the write log. Ports are chosen once per replica and kept across
@@ -56,14 +64,16 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from daemon.secrets import SECRETS
+from daemon.service import application_name
 from tests.alexishr_scim.world import dump, target_entry
 from tests.pg.cluster import PgCluster
 from tests.scim.faults import FaultProxy, LoggedRequest
@@ -87,8 +97,13 @@ UNBOUND_GROUPS: dict[str, tuple[str, Any]] = {
 _WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-def ha_directory(users: int, title: str = "Engineer") -> dict[str, Any]:
-    """The directory file's content: ``users`` people, bound and unbound groups."""
+def ha_directory(
+    users: int, title: str = "Engineer", *, title_of: Callable[[int], str | None] | None = None
+) -> dict[str, Any]:
+    """The directory file's content: ``users`` people, bound and unbound groups.
+
+    Everyone's title is ``title``, or ``title_of(index)`` where that gives one.
+    """
     people = [
         {
             "id": f"u-{i:05d}",
@@ -96,7 +111,7 @@ def ha_directory(users: int, title: str = "Engineer") -> dict[str, Any]:
             "email": f"user{i}@corp.example",
             "given_name": "Given",
             "family_name": f"Family{i}",
-            "title": title,
+            "title": (title_of and title_of(i)) or title,
         }
         for i in range(users)
     ]
@@ -122,6 +137,8 @@ class Desired:
     groups: dict[str, tuple[str, frozenset[str]]]
     #: Every directory user id, in scope or not (a server user outside it is a stray).
     known: frozenset[str]
+    #: externalId → title of every active user that has one (an update must arrive too).
+    titles: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def of(cls, directory: dict[str, Any], bound: list[str]) -> Desired:
@@ -135,7 +152,8 @@ class Desired:
             g["id"]: (g["name"], frozenset(m for m in g["members"] if m in users))
             for g in bound_groups
         }
-        return cls(users, {k: v for k, v in groups.items() if v[1]}, frozenset(by_id))
+        titles = {uid: by_id[uid]["title"] for uid in users if by_id[uid].get("title")}
+        return cls(users, {k: v for k, v in groups.items() if v[1]}, frozenset(by_id), titles)
 
 
 @dataclass(frozen=True)
@@ -180,6 +198,8 @@ class Replica:
     root: Path
     token: str
     ops_port: int
+    #: The public listener's port (sign-in), when the world serves it.
+    public_port: int | None = None
     proc: subprocess.Popen[bytes] | None = None
     logs: list[Path] = field(default_factory=list)
     paused: bool = False
@@ -196,13 +216,24 @@ class Replica:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def lines(self) -> list[dict[str, Any]]:
-        """The current process's JSON log lines."""
+    def lines(self, *, every: bool = False) -> list[dict[str, Any]]:
+        """The current process's JSON log lines (``every``: every process's, in order)."""
         out = []
-        for line in self.log.read_text(errors="replace").splitlines():
-            with contextlib.suppress(json.JSONDecodeError):
-                out.append(json.loads(line))
+        for log in self.logs if every else self.logs[-1:]:
+            for line in log.read_text(errors="replace").splitlines():
+                with contextlib.suppress(json.JSONDecodeError):
+                    out.append(json.loads(line))
         return out
+
+    def events(self, event: str, *, after: float = 0.0, **fields: Any) -> list[dict[str, Any]]:
+        """The current process's log lines ``event`` with ``fields``, logged after ``after``."""
+        return [
+            line
+            for line in self.lines()
+            if line.get("event") == event
+            and logged_at(line) > after
+            and all(line.get(k) == v for k, v in fields.items())
+        ]
 
     def tail(self, lines: int = 40) -> str:
         text = self.log.read_text(errors="replace") if self.logs else ""
@@ -211,20 +242,53 @@ class Replica:
         )
 
 
+class _Delayed:
+    """A proxy's forwarding, ``latency`` seconds longer: half before the server, half after.
+
+    A replica killed meanwhile may have had its request applied by the server
+    without hearing the answer: what the next leader must not create twice.
+    ``latency`` may change at any time (0: no delay).
+    """
+
+    def __init__(self, forward: Any, latency: float) -> None:
+        self.forward = forward
+        self.latency = latency
+
+    async def __call__(self, request: Any, body: bytes) -> Any:
+        half = self.latency / 2
+        if half > 0:
+            await asyncio.sleep(half)
+        try:
+            return await self.forward(request, body)
+        finally:
+            if half > 0:
+                await asyncio.sleep(half)
+
+
+def logged_at(line: dict[str, Any]) -> float:
+    """A JSON log line's time (its ISO ``timestamp``) as ``time.time()`` seconds."""
+    stamp = line.get("timestamp")
+    if not isinstance(stamp, str):
+        return 0.0
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
 class _ProxyThread:
     """A :class:`FaultProxy` served by an event loop in a thread of this process."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, latency: float = 0.0) -> None:
         self.proxy = FaultProxy(upstream)
+        self.delay = _Delayed(self.proxy._forward, latency)
+        self.proxy._forward = self.delay  # type: ignore[method-assign]
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="ha-scim-proxy", daemon=True
         )
 
-    def __enter__(self) -> FaultProxy:
+    def __enter__(self) -> _ProxyThread:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self.proxy.__aenter__(), self._loop).result(30)
-        return self.proxy
+        return self
 
     def __exit__(self, *exc: object) -> None:
         with contextlib.suppress(Exception):
@@ -254,8 +318,12 @@ class HaWorld:
         engine: dict[str, Any] | None = None,
         scim: dict[str, Any] | None = None,
         extra: dict[str, Any] | None = None,
+        public: bool = False,
+        delay: _Delayed | None = None,
     ) -> None:
         self.root = root
+        self.public = public
+        self._delay = delay
         self.cluster = cluster
         self.database = database
         self.upstream = upstream
@@ -303,6 +371,8 @@ class HaWorld:
         SECRETS.register(token)
         (root / "alexishr.token").write_text(token)
         replica = Replica(replica_id, root, token, free_port())
+        if self.public:
+            replica.public_port = free_port()
         entry = target_entry(
             "alexishr",
             self.proxy.url,
@@ -334,7 +404,12 @@ class HaWorld:
                     "host": "127.0.0.1",
                     "port": replica.ops_port,
                     "admin_token_file": str(self.root / ADMIN_TOKEN_FILE),
-                }
+                },
+                **(
+                    {"public": {"enabled": True, "host": "127.0.0.1", "port": replica.public_port}}
+                    if replica.public_port is not None
+                    else {}
+                ),
             },
             "logging": {"level": "info", "format": "json"},
         }
@@ -353,8 +428,11 @@ class HaWorld:
         env["PYTHONPATH"] = str(REPO)
         return env
 
-    def start(self, *replica_ids: str, ready_timeout: float = 60.0) -> None:
-        """Start the given replicas (default: all not running) and wait until each is live."""
+    def start(self, *replica_ids: str, ready_timeout: float = 60.0, wait: bool = True) -> None:
+        """Start the given replicas (default: all not running) and wait until each is live.
+
+        ``wait=False``: return once the processes are started.
+        """
         chosen = [self.replicas[r] for r in replica_ids] or [
             r for r in self.replicas.values() if not r.alive()
         ]
@@ -372,7 +450,7 @@ class HaWorld:
                     stderr=subprocess.STDOUT,
                 )
             replica.paused = False
-        for replica in chosen:
+        for replica in chosen if wait else ():
             self._wait_live(replica, ready_timeout)
 
     def _wait_live(self, replica: Replica, timeout: float) -> None:
@@ -437,9 +515,11 @@ class HaWorld:
 
     # -- what the replicas say -------------------------------------------------------
 
-    def _get(self, replica: Replica, path: str, timeout: float = 2.0) -> tuple[int, str]:
+    def _get(
+        self, replica: Replica, path: str, timeout: float = 2.0, *, port: int | None = None
+    ) -> tuple[int, str]:
         request = urllib.request.Request(
-            f"http://127.0.0.1:{replica.ops_port}{path}",
+            f"http://127.0.0.1:{port or replica.ops_port}{path}",
             headers={"Authorization": f"Bearer {self.admin_token}"},
         )
         try:
@@ -449,6 +529,14 @@ class HaWorld:
             return exc.code, exc.read().decode()
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return 0, ""
+
+    def get(self, replica_id: str, path: str, *, public: bool = False) -> tuple[int, str]:
+        """GET ``path`` from the replica's ops (or public) listener: (status, body); 0 if no answer.
+
+        Redirects are followed only on the same listener.
+        """
+        replica = self.replicas[replica_id]
+        return self._get(replica, path, port=replica.public_port if public else None)
 
     def status(self, replica_id: str) -> dict[str, Any] | None:
         """The replica's ``/api/v1/status``, or ``None`` when it does not answer."""
@@ -524,6 +612,88 @@ class HaWorld:
             f"{self.views(target)}\n" + "\n".join(r.tail(15) for r in self.replicas.values())
         )
 
+    # -- faults ------------------------------------------------------------------------------
+
+    @property
+    def latency(self) -> float:
+        """Seconds the proxy adds to every request (``ha_world(latency=...)``); settable."""
+        return self._delay.latency if self._delay is not None else 0.0
+
+    @latency.setter
+    def latency(self, seconds: float) -> None:
+        if self._delay is None:
+            raise RuntimeError("this world's proxy has no delay")
+        self._delay.latency = seconds
+
+    def terminate(self, replica_id: str) -> int:
+        """``pg_terminate_backend`` every session of the replica; return how many there were.
+
+        A replica's sessions carry its ``application_name`` (``provisiond/<id>``).
+        """
+        return self.cluster.terminate(
+            database=self.database, application_name=application_name(replica_id)
+        )
+
+    def pause_on(self, replica_id: str, nth: int, *, method: str = "POST",
+                 path: str = "/Users") -> list[float]:  # fmt: skip
+        """SIGSTOP the replica when its ``nth`` ``method`` on ``path`` reaches the proxy.
+
+        The replica is paused before the proxy forwards that request, so it is
+        then certainly waiting for the application, not inside a store
+        transaction; the proxy forwards the request while it is paused: the
+        application applies it and the replica does not hear of it in time.
+        The returned list gets the time of the pause.
+        """
+        replica = self.replicas[replica_id]
+        forward = self.proxy._forward
+        seen = 0
+        paused: list[float] = []
+
+        async def forwarding(request: Any, body: bytes) -> Any:
+            nonlocal seen
+            if (
+                request.headers.get("Authorization") == f"Bearer {replica.token}"
+                and request.method == method
+                and request.path.endswith(path)
+                and replica.proc is not None
+            ):
+                seen += 1
+                if seen == nth:
+                    replica.proc.send_signal(signal.SIGSTOP)
+                    replica.paused = True
+                    paused.append(time.time())
+            return await forward(request, body)
+
+        self.proxy._forward = forwarding  # type: ignore[method-assign]
+        return paused
+
+    # -- what the replicas logged ----------------------------------------------------------
+
+    def wait_event(
+        self, replica_id: str, event: str, *, timeout: float, after: float = 0.0, **fields: Any
+    ) -> dict[str, Any]:
+        """The first line ``event`` (with ``fields``) the replica logs after ``after``."""
+        replica = self.replicas[replica_id]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = replica.events(event, after=after, **fields)
+            if found:
+                return found[0]
+            time.sleep(0.05)
+        raise AssertionError(
+            f"{replica_id}: no {event!r} {fields} within {timeout} s\n{replica.tail(30)}"
+        )
+
+    def tracebacks(self) -> list[str]:
+        """Every log line of every replica process that holds a stack trace."""
+        return [
+            f"{replica.id}/{log.name}: {line[:300]}"
+            for replica in self.replicas.values()
+            for log in replica.logs
+            for line in log.read_text(errors="replace").splitlines()
+            if "Traceback (most recent call last)" in line
+        ]
+
     # -- what the application received and holds ----------------------------------------
 
     def writes(self, since: float = 0.0) -> list[Write]:
@@ -559,6 +729,30 @@ class HaWorld:
             f"no write after {since} (by {by}, not by {not_by}) within {timeout} s"
         )
 
+    def created(self) -> Counter[tuple[str, str]]:
+        """How often the application created each object: 201s to POSTs, by path and externalId."""
+        out: Counter[tuple[str, str]] = Counter()
+        for r in list(self.proxy.log):
+            if r.method == "POST" and r.status == 201 and not r.path.endswith("/.search"):
+                with contextlib.suppress(ValueError, AttributeError):
+                    body = json.loads(r.body)
+                    out[(r.path, str(body.get("externalId") or body.get("displayName")))] += 1
+        return out
+
+    def target_rows(self, target: str = TARGET) -> str:
+        """What the store holds for ``target`` (objects and links), read with psql."""
+        rows = self.cluster.psql(
+            "SELECT kind, object_id, remote_id, written_hash, dirty, attempts, updated_at "
+            f"FROM target_objects WHERE target = '{target}' ORDER BY kind, object_id",
+            database=self.database,
+        )
+        links = self.cluster.psql(
+            "SELECT kind, object_id, remote_id, md5(body) FROM target_links "
+            f"WHERE target = '{target}' ORDER BY kind, object_id",
+            database=self.database,
+        )
+        return rows + "\n--- links ---\n" + links
+
     def server(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Every user and group on the application, read directly (not through the proxy)."""
         return dump(self.upstream, "Users"), dump(self.upstream, "Groups")
@@ -573,9 +767,17 @@ class HaWorld:
             out.append(f"user {ext} missing or inactive")
         for ext in sorted(set(active) - set(want.users), key=str)[:limit]:
             out.append(f"user {ext} active but not wanted")
-        for ext in sorted(set(want.users) & set(active))[:limit]:
-            if active[ext] != want.users[ext]:
-                out.append(f"user {ext} userName {active[ext]!r}, want {want.users[ext]!r}")
+        titles = {u.get("externalId"): u.get("title") for u in users if u.get("active", True)}
+        wrong = [
+            f"user {ext} userName {active[ext]!r}, want {want.users[ext]!r}"
+            for ext in sorted(set(want.users) & set(active))
+            if active[ext] != want.users[ext]
+        ] + [
+            f"user {ext} title {titles[ext]!r}, want {title!r}"
+            for ext, title in sorted(want.titles.items())
+            if ext in titles and titles[ext] != title
+        ]
+        out += wrong[:limit]
         strays = [u.get("userName") for u in users if u.get("externalId") not in want.known]
         if strays:
             out.append(f"{len(strays)} users not from the directory, e.g. {strays[:3]}")
@@ -660,6 +862,8 @@ def ha_world(
     scim: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
     keep_logs: Path | None = None,
+    latency: float = 0.0,
+    public: bool = False,
 ) -> Iterator[HaWorld]:
     """Everything of one HA test; torn down (replicas, proxy, server, database) on exit.
 
@@ -668,19 +872,23 @@ def ha_world(
     section and to the target's ``options.scim``; ``extra`` replaces whole
     top-level sections of every replica's configuration (``http`` for a
     public listener, say). ``keep_logs``: a directory the replicas' logs are
-    copied to at the end (for CI artifacts).
+    copied to at the end (for CI artifacts). ``latency``: seconds the proxy
+    adds to every request (half before forwarding it, half after), so that
+    deliveries take a while and a kill lands with requests in flight.
+    ``public``: each replica also serves the public listener (sign-in) on a
+    port of its own (:meth:`HaWorld.get` with ``public=True``).
     """
     tmp_path.mkdir(parents=True, exist_ok=True)
     database = f"ha_{os.getpid()}_{time.time_ns() % 10**9}"
     cluster.new_database(database)
     try:
-        with running_scim_server() as server, _ProxyThread(server.url) as proxy:
+        with running_scim_server() as server, _ProxyThread(server.url, latency) as proxied:
             world = HaWorld(
                 tmp_path,
                 cluster,
                 database,
                 server.url,
-                proxy,
+                proxied.proxy,
                 replicas=replicas,
                 users=users,
                 lease_seconds=lease_seconds,
@@ -688,6 +896,8 @@ def ha_world(
                 engine=engine,
                 scim=scim,
                 extra=extra,
+                public=public,
+                delay=proxied.delay,
             )
             try:
                 if start:

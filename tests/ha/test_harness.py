@@ -3,14 +3,13 @@
 The first test needs no daemon: it fills scim2-server by hand and shows that
 :meth:`~tests.ha.harness.HaWorld.differences` and
 :meth:`~tests.ha.harness.HaWorld.duplicates` see what they must (so the big
-HA tests built on them can fail). The second starts two replicas and needs
-the leadership code (``daemon.leadership``, issue 11); until it lands, it is
-skipped.
+HA tests built on them can fail). The second starts two replicas on the
+real leadership code: one leads, the other takes over after a SIGKILL and
+delivers what changed meanwhile.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import signal
 import time
@@ -22,8 +21,6 @@ import pytest
 
 from tests.ha.harness import BOUND_GROUPS, TARGET, HaWorld, ha_directory, ha_world
 from tests.pg.cluster import PgCluster
-
-LEADERSHIP = importlib.util.find_spec("daemon.leadership") is not None
 
 
 def scim(base: str, method: str, path: str, body: dict[str, Any], token: str | None = None) -> Any:
@@ -40,12 +37,13 @@ def scim(base: str, method: str, path: str, body: dict[str, Any], token: str | N
         return json.loads(resp.read() or b"null")
 
 
-def user_body(external_id: str, user_name: str) -> dict[str, Any]:
+def user_body(external_id: str, user_name: str, title: str | None = None) -> dict[str, Any]:
     return {
         "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
         "userName": user_name,
         "externalId": external_id,
         "active": True,
+        **({"title": title} if title else {}),
     }
 
 
@@ -53,7 +51,9 @@ def fill_by_hand(world: HaWorld) -> dict[str, str]:
     """POST the desired state straight to the server; return externalId → server id."""
     want = world.desired()
     ids = {
-        ext: scim(world.upstream, "POST", "/Users", user_body(ext, name))["id"]
+        ext: scim(world.upstream, "POST", "/Users", user_body(ext, name, want.titles.get(ext)))[
+            "id"
+        ]
         for ext, name in want.users.items()
     }
     for ext, (name, members) in want.groups.items():
@@ -93,6 +93,12 @@ def test_checks_see_missing_extra_and_duplicate_objects(
         assert world.differences() == []
         assert world.wait_converged(timeout=5) < 5
         assert world.duplicates() == {}
+        # A new title that did not arrive is a difference too.
+        world.set_directory(ha_directory(60, title="Architect"))
+        late = world.differences(limit=1000)
+        assert len(late) == len(want.users)
+        assert all(p.endswith("title 'Engineer', want 'Architect'") for p in late)
+        world.set_directory(ha_directory(60))
 
         # A second account for one person, made through the proxy with r2's token.
         ext = sorted(want.users)[0]
@@ -104,6 +110,10 @@ def test_checks_see_missing_extra_and_duplicate_objects(
         (write,) = world.writes(since)
         assert (write.replica, write.method, write.path) == ("r2", "POST", "/Users")
         assert world.first_write(since, not_by="r1", timeout=1) == write
+        assert world.created() == {("/Users", ext): 1}
+        scim(world.proxy.url, "POST", "/Users", user_body(ext, "triplet@corp.example"),
+             world.replicas["r1"].token)  # fmt: skip
+        assert world.created() == {("/Users", ext): 2}
 
     with ha_world(tmp_path / "2", pg_cluster, replicas=1, users=60, start=False) as world:
         fill_by_hand(world)
@@ -116,9 +126,6 @@ def test_checks_see_missing_extra_and_duplicate_objects(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not LEADERSHIP, reason="needs the leadership code (daemon.leadership, issue 11)"
-)
 def test_two_replicas_one_leader_takeover_and_convergence(
     tmp_path: Path, pg_cluster: PgCluster
 ) -> None:

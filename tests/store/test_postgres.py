@@ -105,6 +105,31 @@ async def test_terminated_connections_are_replaced(pg_cluster: PgCluster, dsn: s
         await store.aclose()
 
 
+async def test_a_connection_ended_while_idle_fails_the_next_call_once(
+    pg_cluster: PgCluster, dsn: str
+) -> None:
+    # A lease holder must hear that the server ended its session, even between
+    # calls: asyncpg alone would hand the next call a new connection silently.
+    store = store_on(dsn, application_name="idle-ended-test")
+    await store.open()
+    try:
+        await store.set_meta("marker", "kept")
+        assert pg_cluster.terminate(application_name="idle-ended-test") >= 1
+        await anyio.sleep(0.5)  # the client sees the socket close
+        with pytest.raises(StoreUnavailable, match="the server closed a connection") as lost:
+            await store.get_meta("marker")
+        assert f"PostgreSQL at 127.0.0.1:{pg_cluster.port}/{database_of(dsn)}" in str(lost.value)
+        assert await store.get_meta("marker") == "kept"
+        assert await store.get_meta("marker") == "kept"
+        # Connections the pool closes itself (here: expired ones) are no news.
+        await store.pool.expire_connections()
+        for _ in range(3):
+            assert await store.get_meta("marker") == "kept"
+            await anyio.sleep(0.2)
+    finally:
+        await store.aclose()
+
+
 async def test_the_pool_holds_at_most_pool_size_connections(
     pg_cluster: PgCluster, dsn: str
 ) -> None:
