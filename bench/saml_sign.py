@@ -148,7 +148,7 @@ async def clicks(n: int) -> list[float]:
         port = c.free_port()
         public = PublicListenerSettings(enabled=True, base_url=f"http://127.0.0.1:{port}")
         targets = {"alexishr": target}
-        app = build_public_app(
+        app = await build_public_app(
             public,
             directory,
             [provisiond_public_routes(targets=targets, directory=directory)],

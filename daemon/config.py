@@ -224,8 +224,9 @@ class PublicListenerSettings(_Section):
     session_absolute_timeout: float = Field(default=12 * 3600.0, gt=0)
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
-    #: File holding the key that signs session cookies. Default: generated once
-    #: into the state directory (``portal-session.key``, mode 0600).
+    #: File holding the key that signs session cookies. Default: a
+    #: ``portal-session.key`` an earlier provisiond generated into the state
+    #: directory, else a key generated once into the state store.
     session_key_file: Path | None = None
     #: Failed sign-ins allowed per username, and per client address, within
     #: ``login_failure_window`` seconds before further attempts are refused.

@@ -6,6 +6,7 @@ Structure (anyio, no stray tasks)::
       task group
         signals      SIGTERM/SIGINT: stop within the grace; SIGHUP: reload
         poll loop    one cycle at a time, interval with jitter, or when triggered
+        purge loop   (with the public listener) expired sign-in state out of the store
       ops listener   /metrics /healthz /readyz /api/v1/...
       public listener  (when enabled) routes from plugins
 """
@@ -46,13 +47,16 @@ from daemon.saml.errors import SamlConfigError
 from daemon.secrets import SECRETS, SecretError, SecretFile, SecretStore, resolve_secret_path
 from daemon.sources.base import Source
 from daemon.status import daemon_status, summary_line
-from daemon.store import Store, StoreUnavailable
+from daemon.store import StateError, Store, StoreUnavailable
 from daemon.store.postgres import PostgresStore, tls_option
 from daemon.store.sqlite import SqliteStore
 from daemon.targets.base import Target
 
 #: Seconds between looks at whether a target's periodic work (reconciliation) is due.
 PERIODIC_EVERY = 30.0
+#: Seconds between purges of expired sessions, replay IDs, parked requests and
+#: failed sign-ins (the store also drops them as it goes).
+PURGE_EVERY = 60.0
 
 log = structlog.get_logger("provisiond.service")
 
@@ -361,7 +365,7 @@ class Service:
                 await await_me_maybe(result)
             if settings.http.public.enabled:
                 public = await serve.start(
-                    self._public_app(), settings.http.public.host, settings.http.public.port
+                    await self._public_app(), settings.http.public.host, settings.http.public.port
                 )
                 _on_exit(stack, public.stop)
                 self.public_port = public.port
@@ -387,6 +391,8 @@ class Service:
                 if self.leadership is not None:
                     tg.start_soon(functools.partial(self.leadership.run, first=False))
                     tg.start_soon(self._follow, self.leadership)
+                if settings.http.public.enabled:
+                    tg.start_soon(self._purge)
                 await self._poll()
                 tg.cancel_scope.cancel()
 
@@ -459,6 +465,22 @@ class Service:
         if self.leadership is not None:
             await self.leadership.release_all()
 
+    async def _purge(self) -> None:
+        """Delete expired sign-in state every :data:`PURGE_EVERY` seconds (every replica may)."""
+        assert self.store is not None
+        while not self.stopping:
+            try:
+                purged = await self.store.purge(time.time())
+            except StateError as exc:
+                log.warning("purging expired sign-in state failed", error=str(exc))
+            except Exception:
+                # Sign-in goes on without the purge; the next one tries again.
+                log.exception("purging expired sign-in state failed")
+            else:
+                if purged:
+                    log.debug("expired sign-in state purged", rows=purged)
+            await anyio.sleep(PURGE_EVERY)
+
     async def _not_live(self) -> None:
         self._live = False
 
@@ -469,7 +491,7 @@ class Service:
             except Exception:
                 log.exception("a provisiond_shutdown hook failed")
 
-    def _public_app(self) -> web.Application:
+    async def _public_app(self) -> web.Application:
         """The public listener: the portal, plus every plugin's routes under its middleware."""
         assert self.parts is not None and self.directory is not None
         where = str(self.config_path) if self.config_path else "(defaults and environment)"
@@ -477,7 +499,7 @@ class Service:
             routes = self.pm.hook.provisiond_public_routes(
                 targets=self.parts.targets, directory=self.directory
             )
-            return build_public_app(
+            return await build_public_app(
                 self.config.settings.http.public,
                 self.directory,
                 routes,

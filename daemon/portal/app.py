@@ -15,9 +15,9 @@ from daemon.directory import Directory
 from daemon.portal import views
 from daemon.portal.middleware import forwarded, no_stack_traces, security_headers
 from daemon.portal.session_key import load_session_key
-from daemon.portal.sessions import MemorySessionStore, SessionStore
+from daemon.portal.sessions import StoreSessionStore
 from daemon.portal.site import PORTAL, Portal
-from daemon.portal.throttle import FailureWindow, LoginThrottle
+from daemon.portal.throttle import StoreThrottle
 from daemon.secrets import SECRETS, SecretStore, resolve_secret_path
 
 #: Largest request body accepted. SAML AuthnRequests and login forms are a few
@@ -34,7 +34,7 @@ def templates() -> jinja2.Environment:
     )
 
 
-def build_public_app(
+async def build_public_app(
     settings: PublicListenerSettings,
     directory: Directory,
     plugin_routes: Iterable[Iterable[web.AbstractRouteDef]],
@@ -42,35 +42,39 @@ def build_public_app(
     state_dir: Path,
     config_dir: Path,
     secrets: SecretStore = SECRETS,
-    sessions: SessionStore | None = None,
     clock: Callable[[], float] = time.time,
 ) -> web.Application:
     """The public listener's application.
 
     ``plugin_routes`` is what ``provisiond_public_routes`` returned, one
-    sequence per plugin. ``sessions`` defaults to an in-memory store.
+    sequence per plugin. Sessions and the login throttle live in the state
+    store the ``directory`` reads (``directory.store``), shared by every
+    replica on it; the session key may too (see
+    :func:`~daemon.portal.session_key.load_session_key`).
     ``clock`` (Unix seconds) times sessions and sign-ins; tests move it.
     Raises :class:`~daemon.portal.site.PortalConfigError` or
     :class:`~daemon.portal.session_key.SessionKeyError` when the settings
     cannot be served safely.
     """
+    store = directory.store
     key_file = settings.session_key_file
-    key = load_session_key(
-        resolve_secret_path(key_file, config_dir) if key_file else None, state_dir, secrets
+    key = await load_session_key(
+        resolve_secret_path(key_file, config_dir) if key_file else None, state_dir, secrets, store
     )
-    throttle = LoginThrottle(
-        FailureWindow(settings.login_max_failures_per_user, settings.login_failure_window),
-        FailureWindow(settings.login_max_failures_per_address, settings.login_failure_window),
-    )
-    portal = Portal(
-        settings,
-        directory,
-        key,
-        sessions or MemorySessionStore(),
-        throttle,
-        templates(),
+    throttle = StoreThrottle(
+        store,
+        per_user=settings.login_max_failures_per_user,
+        per_address=settings.login_max_failures_per_address,
+        window=settings.login_failure_window,
+        user_key=lambda login: key.digest("throttle", login),
         clock=clock,
     )
+    sessions = StoreSessionStore(
+        store,
+        idle_timeout=settings.session_idle_timeout,
+        absolute_timeout=settings.session_absolute_timeout,
+    )
+    portal = Portal(settings, directory, key, sessions, throttle, templates(), clock=clock)
     app = web.Application(
         middlewares=[
             forwarded(settings.trust_forwarded_headers),

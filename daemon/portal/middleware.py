@@ -14,6 +14,7 @@ from aiohttp.typedefs import Middleware
 from multidict import CIMultiDict
 
 from daemon.portal.site import NONCE_KEY, PORTAL
+from daemon.store import StateError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = structlog.get_logger("provisiond.portal")
@@ -88,11 +89,19 @@ def _apply(headers: CIMultiDict[str], nonce: str, https: bool) -> None:
 
 @web.middleware
 async def no_stack_traces(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """An unexpected failure is logged for the operator and shown as a plain 500 page."""
+    """An unexpected failure is logged for the operator and shown as a plain 500 page.
+
+    A state store that cannot be reached (sessions, the throttle, replay
+    IDs and parked requests live there) is no bug: a plain 503 page, and
+    one log line naming the store's error, without a traceback.
+    """
     try:
         return await handler(request)
     except web.HTTPException:
         raise
+    except StateError as exc:
+        log.error("state store unreachable; request refused", path=request.path, error=str(exc))
+        return request.app[PORTAL].unavailable(request)
     except Exception:
         log.exception("public request failed", path=request.path, method=request.method)
         return request.app[PORTAL].render(

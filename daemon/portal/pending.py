@@ -2,24 +2,29 @@
 
 An SP-initiated sign-in arrives before the user has a session: the validated
 request waits here, and the login page sends the browser back with the
-handle. A handle works once and for a limited time; the store is bounded, and
-refuses new entries when full rather than dropping ones users are waiting on.
+handle. A handle works once and for a limited time. The values live in the
+core's state store, so the browser may come back to any replica, and a
+restart in between loses nothing. The store is bounded, and refuses new
+entries when full rather than dropping ones users are waiting on.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
+
+from daemon.store import Store, StoreFull
 
 T = TypeVar("T")
 
 DEFAULT_CAPACITY: Final = 10_000
 #: Time to type a password, and some more.
 DEFAULT_LIFETIME: Final = 10 * 60.0
+#: Handles are 24 random bytes in base64url (32 characters); longer ones are never ours.
+_MAX_HANDLE: Final = 64
 
 
 class PendingFull(Exception):
@@ -36,44 +41,62 @@ class Parked(Generic[T]):
 
 
 class PendingRequests(Generic[T]):
-    """Handle → parked value, single use, expiring."""
+    """Handle → parked value, single use (also across replicas), expiring.
+
+    ``namespace`` keeps the handles of one user of the store apart from
+    another's (one per sign-on endpoint): a handle parked by one application
+    is unknown to every other. Values go to the store as text, through
+    ``encode`` and ``decode``; a value that no longer decodes counts as expired.
+    """
 
     def __init__(
         self,
+        store: Store,
+        namespace: str,
         *,
+        encode: Callable[[T], str],
+        decode: Callable[[str], T],
         capacity: int = DEFAULT_CAPACITY,
         lifetime: float = DEFAULT_LIFETIME,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self._store = store
+        self._namespace = namespace
+        self._encode = encode
+        self._decode = decode
         self._capacity = capacity
         self._lifetime = lifetime
         self._clock = clock
-        self._entries: OrderedDict[str, Parked[T]] = OrderedDict()
 
-    def park(self, value: T, parked_at: float | None = None) -> str:
+    async def park(self, value: T, parked_at: float | None = None) -> str:
         """Keep ``value``; return its handle. Raises :class:`PendingFull`."""
         now = self._clock()
-        self._purge(now)
-        if len(self._entries) >= self._capacity:
-            raise PendingFull
         handle = secrets.token_urlsafe(24)
-        self._entries[handle] = Parked(value, parked_at or now, now + self._lifetime)
+        try:
+            await self._store.park(
+                self._key(handle),
+                self._encode(value),
+                now if parked_at is None else parked_at,
+                now + self._lifetime,
+                now,
+                self._capacity,
+            )
+        except StoreFull:
+            raise PendingFull from None
         return handle
 
-    def take(self, handle: str) -> Parked[T] | None:
+    async def take(self, handle: str) -> Parked[T] | None:
         """The parked value, removed; ``None`` if unknown, used or expired."""
-        entry = self._entries.pop(handle, None) if len(handle) <= 64 else None
-        if entry is None or entry.expires_at <= self._clock():
+        if len(handle) > _MAX_HANDLE:
             return None
-        return entry
+        found = await self._store.take_parked(self._key(handle), self._clock())
+        if found is None:
+            return None
+        try:
+            value = self._decode(found.value)
+        except (ValueError, KeyError, TypeError):
+            return None
+        return Parked(value, found.parked_at, found.expires_at)
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def _purge(self, now: float) -> None:
-        # Insertion order is expiry order: the lifetime is the same for all.
-        while self._entries:
-            handle, entry = next(iter(self._entries.items()))
-            if entry.expires_at > now:
-                break
-            del self._entries[handle]
+    def _key(self, handle: str) -> str:
+        return f"{self._namespace} {handle}"

@@ -1,19 +1,28 @@
-"""The key that signs session cookies and CSRF tokens, and where it comes from."""
+"""The key that signs session cookies and CSRF tokens, and where it comes from.
+
+In order: the file ``http.public.session_key_file`` names; else the file an
+older provisiond generated into the state directory, if it is there; else a
+key generated once into the state store (``meta`` key
+:data:`STORE_KEY_NAME`), where every replica on a shared store finds the same
+one. The key is never logged.
+"""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import hmac
-import os
 import secrets
 from pathlib import Path
 from typing import Final
 
 from daemon.secrets import SecretError, SecretStore
+from daemon.store import Store
 
-#: File generated in the state directory when no ``session_key_file`` is configured.
+#: File an older provisiond generated into the state directory; still used when present.
 GENERATED_KEY_NAME: Final = "portal-session.key"
+#: ``meta`` key of the key generated into the state store.
+STORE_KEY_NAME: Final = "portal_session_key"
 _MIN_KEY_CHARS: Final = 32
 
 
@@ -48,6 +57,11 @@ class SessionKey:
             return None
         return value
 
+    def digest(self, purpose: str, value: str) -> str:
+        """A keyed digest of ``value`` for ``purpose``: stored instead of ``value``
+        where the value must not be kept (a typed username, for the throttle)."""
+        return self._mac(f"digest:{purpose}", value)
+
     def csrf_token(self, binding: str) -> str:
         """The CSRF token of the session or pre-session ``binding``."""
         return self._mac("csrf", binding)
@@ -59,14 +73,16 @@ class SessionKey:
         return hmac.compare_digest(token, self.csrf_token(binding))
 
 
-def load_session_key(
-    key_file: Path | None, state_dir: Path, secrets_store: SecretStore
+async def load_session_key(
+    key_file: Path | None, state_dir: Path, secrets_store: SecretStore, store: Store
 ) -> SessionKey:
-    """The configured key file's content, or a key generated once into ``state_dir``.
+    """The configured key file's content, an earlier generated file, or a key in ``store``.
 
-    A generated key is 256 random bits written with mode 0600; it survives
-    restarts so sessions do too (the in-memory session store does not, but a
-    shared store would).
+    Without a configured file: a file ``state_dir/portal-session.key`` that
+    an older provisiond generated keeps being used (an upgrade keeps
+    everyone signed in). Otherwise 256 random bits are stored in the state
+    store once, insert-if-absent, so replicas starting together on one store
+    agree on one key, and a restart keeps it.
     """
     if key_file is not None:
         try:
@@ -80,20 +96,20 @@ def load_session_key(
             )
         return SessionKey(value.encode("utf-8"))
     path = state_dir / GENERATED_KEY_NAME
-    try:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise SessionKeyError(f"cannot create the session key {path}: {exc.strerror}") from None
-    else:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(32) + "\n")
-    try:
-        value = secrets_store.read(path).strip()
-    except SecretError as exc:
-        raise SessionKeyError(str(exc)) from None
+    if path.exists():
+        try:
+            value = secrets_store.read(path).strip()
+        except SecretError as exc:
+            raise SessionKeyError(str(exc)) from None
+        if len(value) < _MIN_KEY_CHARS:
+            raise SessionKeyError(
+                f"session key {path} is too short; delete it to use a key kept in the state store"
+            )
+        return SessionKey(value.encode("utf-8"))
+    value = (await store.init_meta(STORE_KEY_NAME, secrets.token_hex(32))).strip()
+    secrets_store.register(value)
     if len(value) < _MIN_KEY_CHARS:
-        raise SessionKeyError(f"session key {path} is too short; delete it to generate a new one")
+        raise SessionKeyError(
+            f"the session key in the state store (meta {STORE_KEY_NAME}) is too short"
+        )
     return SessionKey(value.encode("utf-8"))

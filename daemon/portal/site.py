@@ -25,7 +25,7 @@ from daemon.model import User
 from daemon.portal.metrics import SSO_REFUSALS
 from daemon.portal.session_key import SessionKey
 from daemon.portal.sessions import IdpSession, SessionStore, new_session_id
-from daemon.portal.throttle import LoginThrottle
+from daemon.portal.throttle import Throttle
 
 audit = structlog.get_logger("provisiond.audit")
 
@@ -81,7 +81,7 @@ class Portal:
         directory: Directory,
         key: SessionKey,
         sessions: SessionStore,
-        throttle: LoginThrottle,
+        throttle: Throttle,
         templates: jinja2.Environment,
         *,
         clock: Callable[[], float] = time.time,
@@ -135,9 +135,10 @@ class Portal:
             await self.sessions.delete(session.id)
             audit.info("session ended: the user is gone or suspended", user_id=session.user_id)
             return None
-        session = session.touched(now)
-        await self.sessions.put(session)
-        return SignedIn(session, user)
+        touched = await self.sessions.touch(session, now)
+        if touched is None:
+            return None  # signed out meanwhile (on another replica, perhaps)
+        return SignedIn(touched, user)
 
     async def start_session(
         self, request: web.Request, response: web.StreamResponse, user: User
@@ -227,6 +228,17 @@ class Portal:
         return self.render(
             request, "message.html", status=status, title="Request refused", message=message
         )
+
+    def unavailable(self, request: web.Request) -> web.Response:
+        """The 503 page when the state store cannot be reached: nobody is signed in unchecked."""
+        response = self.refused(
+            request,
+            "Sign-in is unavailable for a moment. Try again in a minute.",
+            reason="unavailable",
+            status=503,
+        )
+        response.headers["Retry-After"] = "30"
+        return response
 
     def forbidden(
         self, request: web.Request, signed_in: SignedIn, *, target: str, title: str

@@ -75,7 +75,9 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     login = _text(form.get("username"), _MAX_LOGIN).strip()
     password = _text(form.get("password"), _MAX_PASSWORD + 1)
     address = client_address(request)
-    if portal.throttle.blocked(login, address):
+    # A store that cannot be reached raises StateError here: a 503, never a
+    # sign-in on a throttle that was not checked.
+    if await portal.throttle.blocked(login, address):
         LOGINS.labels(result="throttled").inc()
         audit.warning("sign-in throttled", client=address)
         return _login_form(
@@ -89,12 +91,12 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         else:
             user = await portal.directory.authenticate(login, password)
     if user is None:
-        portal.throttle.failed(login, address)
         LOGINS.labels(result="failure").inc()
         # The submitted login is not logged: people type passwords into it.
         audit.warning("sign-in failed", client=address)
+        await portal.throttle.failed(login, address)
         return _login_form(request, portal, next_path, error=LOGIN_FAILED, login=login, status=401)
-    portal.throttle.succeeded(login)
+    await portal.throttle.succeeded(login)
     LOGINS.labels(result="success").inc()
     response = web.HTTPSeeOther(next_path)
     session = await portal.start_session(request, response, user)

@@ -12,11 +12,14 @@ gets these routes, ``<p>`` being ``profile.path``:
 - ``GET|POST /saml2/<p>/slo``: the sign-out URL.
 
 An SP-initiated request is validated before anyone is asked for a password,
-then parked under a single-use handle while the user signs in. ForceAuthn
-asks for a sign-in made after the request; IsPassive never shows a page and
-answers NoPassive instead. RelayState is only ever handed back to the SP
-inside the POST form to its ACS; this module never redirects to it, and
-IdP-initiated sign-in sends none.
+then parked under a single-use handle while the user signs in. Request IDs
+seen (replay protection) and parked requests live in the core's state store,
+the one the :class:`~daemon.directory.Directory` reads: every replica on a
+shared store refuses a request another accepted, and takes up a sign-in
+another parked. ForceAuthn asks for a sign-in made after the request;
+IsPassive never shows a page and answers NoPassive instead. RelayState is
+only ever handed back to the SP inside the POST form to its ACS; this module
+never redirects to it, and IdP-initiated sign-in sends none.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from daemon.saml.metadata import idp_metadata
 from daemon.saml.names import STATUS_NO_PASSIVE, STATUS_RESPONDER
 from daemon.saml.parties import IdentityProvider, ServiceProvider
 from daemon.saml.profile import SigningFiles, SpProfile
-from daemon.saml.replay import MemoryRequestIdStore
+from daemon.saml.replay import StoreRequestIdStore
 from daemon.saml.request import AuthnRequest, receive_authn_request
 from daemon.saml.response import build_response, build_status_response
 from daemon.saml.slo import receive_logout_request
@@ -124,9 +127,14 @@ class SignOnEndpoint:
             )
         except SamlConfigError as exc:
             raise SamlConfigError(f"target {target}: sso: {exc}") from None
-        self.replay = MemoryRequestIdStore()
+        self.replay = StoreRequestIdStore(directory.store)
         #: AuthnRequests accepted before the user had a session.
-        self.pending: PendingRequests[AuthnRequest] = PendingRequests()
+        self.pending: PendingRequests[AuthnRequest] = PendingRequests(
+            directory.store,
+            f"saml {self.path}",
+            encode=AuthnRequest.to_json,
+            decode=AuthnRequest.from_json,
+        )
         SAML_CERTIFICATE_EXPIRY.labels(application=target).set_function(
             lambda: self.keys.current()[0].seconds_until_expiry()
         )
@@ -168,7 +176,7 @@ class SignOnEndpoint:
                 authn = await self._receive(message, portal)
                 return await self._handle(request, portal, authn, portal.clock())
             if "resume" in request.query:
-                parked = self.pending.take(request.query["resume"])
+                parked = await self.pending.take(request.query["resume"])
                 if parked is None:
                     return portal.refused(request, self.expired, reason="expired")
                 return await self._handle(request, portal, parked.value, parked.parked_at)
@@ -191,7 +199,7 @@ class SignOnEndpoint:
         try:
             message = decode_post(await _form(request), max_bytes=MAX_REQUEST_BYTES)
             authn = await self._receive(message, portal)
-            handle = self.pending.park(authn, portal.clock())
+            handle = await self.pending.park(authn, portal.clock())
         except SamlRequestError as exc:
             return portal.refused(request, str(exc), reason="invalid_request")
         except PendingFull:
@@ -216,7 +224,7 @@ class SignOnEndpoint:
             SSO_REFUSALS.labels(reason="no_passive").inc()
             return await self._status(request, portal, authn, STATUS_NO_PASSIVE)
         try:
-            handle = self.pending.park(authn, received_at)
+            handle = await self.pending.park(authn, received_at)
         except PendingFull:
             return portal.refused(request, BUSY, reason="busy", status=503)
         raise portal.login_redirect(f"{self.path}?resume={handle}", force=authn.force_authn)

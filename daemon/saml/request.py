@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -40,6 +41,28 @@ class AuthnRequest:
     is_passive: bool
     name_id_policy_format: str | None
     signed: bool
+
+    def to_json(self) -> str:
+        """This request as JSON text, to park it in the state store while the user signs in."""
+        fields = asdict(self)
+        fields["issue_instant"] = self.issue_instant.isoformat()
+        return json.dumps(fields, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> AuthnRequest:
+        """The request :meth:`to_json` wrote; ``ValueError``, ``KeyError`` or ``TypeError``
+        for text it did not write."""
+        fields = json.loads(text)
+        if not isinstance(fields, dict):
+            raise TypeError("a parked AuthnRequest is a JSON object")
+        instant = datetime.fromisoformat(fields.pop("issue_instant"))
+        if instant.tzinfo is None:
+            raise ValueError("a parked AuthnRequest's IssueInstant has a time zone")
+        request = cls(issue_instant=instant, **fields)
+        for name in ("id", "issuer", "acs_url", "binding"):
+            if not isinstance(getattr(request, name), str):
+                raise TypeError(f"a parked AuthnRequest's {name} is text")
+        return request
 
 
 async def receive_authn_request(

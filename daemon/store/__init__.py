@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -34,7 +34,11 @@ def phase(kind: ObjectKind, removal: bool) -> int:
 
 
 class StateError(Exception):
-    """The state store cannot be opened, or its schema is newer than this provisiond."""
+    """The state store cannot be opened or reached, or its schema is newer than this provisiond."""
+
+
+class StoreFull(Exception):
+    """A bounded table already holds its limit of unexpired entries; nothing was added."""
 
 
 class FencedOut(StateError):
@@ -240,6 +244,32 @@ class LinkChanges:
         return bool(self.links or self.deactivations or self.meta)
 
 
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """One sign-in session as the store keeps it; the portal decides what ``data`` holds.
+
+    ``id`` is the key, ``session_index`` and ``user_id`` are indexed for
+    revocation, and ``expires_at`` is when the session ends unless it is used
+    again (after it, :meth:`Store.purge` deletes it). Times are Unix seconds.
+    """
+
+    id: str
+    session_index: str
+    user_id: str
+    data: str
+    last_seen: float
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ParkedValue:
+    """A value parked under a handle (see :meth:`Store.park`)."""
+
+    value: str
+    parked_at: float
+    expires_at: float
+
+
 class Store(Protocol):
     """What the engine needs from durable state. All methods are atomic.
 
@@ -355,6 +385,88 @@ class Store(Protocol):
 
     async def leases(self) -> list[Lease]:
         """Every lease row, by name."""
+        ...
+
+    # -- sign-in state every replica shares (the portal and the SAML endpoint) -------
+    #
+    # Plain values only: the store knows nothing of sessions' or requests' meaning.
+    # Times are Unix seconds of the caller's clock, and ``now`` says what has
+    # expired. Each method is atomic across every process on the database.
+    # A store that cannot be reached raises StateError.
+
+    async def init_meta(self, key: str, value: str) -> str:
+        """Set meta ``key`` to ``value`` unless it has a value; return the value it holds.
+
+        Of callers racing with different values, all get the one that was stored first.
+        """
+        ...
+
+    async def claim(self, key: str, expires_at: float, now: float, limit: int) -> bool:
+        """Record ``key`` until ``expires_at``; False if it is recorded and unexpired.
+
+        Of callers racing for one key, exactly one gets True (a unique key).
+        Raises :class:`StoreFull` when ``limit`` unexpired claims exist.
+        """
+        ...
+
+    async def park(
+        self, handle: str, value: str, parked_at: float, expires_at: float, now: float, limit: int
+    ) -> None:
+        """Keep ``value`` under the new ``handle`` until ``expires_at``.
+
+        Raises :class:`StoreFull` when ``limit`` unexpired values are parked.
+        """
+        ...
+
+    async def take_parked(self, handle: str, now: float) -> ParkedValue | None:
+        """The value parked under ``handle``, removed; ``None`` if unknown, taken or expired.
+
+        Of callers racing for one handle, at most one gets the value.
+        """
+        ...
+
+    async def count_failures(self, key: str, since: float) -> int:
+        """How many failures of ``key`` were recorded after ``since``, by every process."""
+        ...
+
+    async def add_failures(self, keys: Sequence[str], at: float, expires_at: float) -> None:
+        """Record one failure of each of ``keys`` at ``at``, kept until ``expires_at``."""
+        ...
+
+    async def clear_failures(self, key: str) -> None:
+        """Forget every failure of ``key``."""
+        ...
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        """The session, expired or not (the caller checks); ``None`` if unknown."""
+        ...
+
+    async def put_session(self, record: SessionRecord, now: float, per_user: int) -> None:
+        """Create or replace a session.
+
+        The user's other sessions beyond the ``per_user`` most recently seen are
+        deleted, and so are sessions expired at ``now``.
+        """
+        ...
+
+    async def touch_session(self, session_id: str, last_seen: float, expires_at: float) -> bool:
+        """Record a use of the session; False (and nothing created) if it is gone."""
+        ...
+
+    async def delete_session(self, session_id: str) -> None:
+        """Delete one session (no error if it is unknown)."""
+        ...
+
+    async def delete_sessions_by_index(self, session_index: str) -> int:
+        """Delete the sessions with this SAML SessionIndex; how many there were."""
+        ...
+
+    async def delete_user_sessions(self, user_id: str) -> int:
+        """Delete every session of a user; how many there were."""
+        ...
+
+    async def purge(self, now: float) -> int:
+        """Delete every session, claim, parked value and failure expired at ``now``; the count."""
         ...
 
 

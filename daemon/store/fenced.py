@@ -10,6 +10,8 @@ another replica has taken the lease over, the writes raise
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from daemon.model import DirectoryObject, User
 from daemon.store import (
     Committed,
@@ -20,7 +22,9 @@ from daemon.store import (
     Lease,
     LinkChanges,
     ObjectStatus,
+    ParkedValue,
     Result,
+    SessionRecord,
     Store,
     TargetIndex,
     TargetLinks,
@@ -29,7 +33,7 @@ from daemon.store import (
 
 
 class FencedStore:
-    """``store`` with ``fence`` on every write (reads and leases pass through)."""
+    """``store`` with ``fence`` on every write a leader makes (the rest passes through)."""
 
     def __init__(self, store: Store, fence: Fence) -> None:
         self.inner = store
@@ -130,3 +134,49 @@ class FencedStore:
 
     async def leases(self) -> list[Lease]:
         return await self.inner.leases()
+
+    # -- sign-in state (no target writes it; passed through unfenced) ----------------
+
+    async def init_meta(self, key: str, value: str) -> str:
+        return await self.inner.init_meta(key, value)
+
+    async def claim(self, key: str, expires_at: float, now: float, limit: int) -> bool:
+        return await self.inner.claim(key, expires_at, now, limit)
+
+    async def park(
+        self, handle: str, value: str, parked_at: float, expires_at: float, now: float, limit: int
+    ) -> None:
+        await self.inner.park(handle, value, parked_at, expires_at, now, limit)
+
+    async def take_parked(self, handle: str, now: float) -> ParkedValue | None:
+        return await self.inner.take_parked(handle, now)
+
+    async def count_failures(self, key: str, since: float) -> int:
+        return await self.inner.count_failures(key, since)
+
+    async def add_failures(self, keys: Sequence[str], at: float, expires_at: float) -> None:
+        await self.inner.add_failures(keys, at, expires_at)
+
+    async def clear_failures(self, key: str) -> None:
+        await self.inner.clear_failures(key)
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        return await self.inner.get_session(session_id)
+
+    async def put_session(self, record: SessionRecord, now: float, per_user: int) -> None:
+        await self.inner.put_session(record, now, per_user)
+
+    async def touch_session(self, session_id: str, last_seen: float, expires_at: float) -> bool:
+        return await self.inner.touch_session(session_id, last_seen, expires_at)
+
+    async def delete_session(self, session_id: str) -> None:
+        await self.inner.delete_session(session_id)
+
+    async def delete_sessions_by_index(self, session_index: str) -> int:
+        return await self.inner.delete_sessions_by_index(session_index)
+
+    async def delete_user_sessions(self, user_id: str) -> int:
+        return await self.inner.delete_user_sessions(user_id)
+
+    async def purge(self, now: float) -> int:
+        return await self.inner.purge(now)

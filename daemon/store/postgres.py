@@ -51,8 +51,11 @@ from daemon.store import (
     Link,
     LinkChanges,
     ObjectStatus,
+    ParkedValue,
     Result,
+    SessionRecord,
     StateError,
+    StoreFull,
     StoreUnavailable,
     TargetIndex,
     TargetLinks,
@@ -170,6 +173,41 @@ MIGRATIONS: tuple[str, ...] = (
         expires_at double precision NOT NULL
     );
     """,
+    # 5: sign-in state shared by every replica: sessions, replay claims (SAML
+    # request IDs), parked requests (resume handles) and failed sign-ins.
+    # Every row has an expiry, indexed for the purge.
+    """
+    CREATE TABLE sessions (
+        id text COLLATE "C" PRIMARY KEY,
+        session_index text COLLATE "C" NOT NULL,
+        user_id text COLLATE "C" NOT NULL,
+        data text NOT NULL,
+        last_seen double precision NOT NULL,
+        expires_at double precision NOT NULL
+    );
+    CREATE INDEX sessions_session_index ON sessions (session_index);
+    CREATE INDEX sessions_user ON sessions (user_id, last_seen);
+    CREATE INDEX sessions_expiry ON sessions (expires_at);
+    CREATE TABLE claims (
+        key text COLLATE "C" PRIMARY KEY,
+        expires_at double precision NOT NULL
+    );
+    CREATE INDEX claims_expiry ON claims (expires_at);
+    CREATE TABLE parked (
+        handle text COLLATE "C" PRIMARY KEY,
+        value text NOT NULL,
+        parked_at double precision NOT NULL,
+        expires_at double precision NOT NULL
+    );
+    CREATE INDEX parked_expiry ON parked (expires_at);
+    CREATE TABLE login_failures (
+        key text COLLATE "C" NOT NULL,
+        at double precision NOT NULL,
+        expires_at double precision NOT NULL
+    );
+    CREATE INDEX login_failures_key ON login_failures (key, at);
+    CREATE INDEX login_failures_expiry ON login_failures (expires_at);
+    """,
 )
 
 # -- the bulk forms: one statement per batch, its rows as arrays ----------------------------
@@ -253,9 +291,9 @@ _LOST: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
     # The server's FATAL message (shutting down, or the session terminated)
-    # read between two statements of a transaction, before the socket closed:
-    # the connection waits for a reply that never comes, and the next
-    # statement is refused with "another operation is in progress".
+    # read before the socket closed, on an idle pooled connection or between
+    # two statements of a transaction: the connection waits for a reply that
+    # never comes, and the next statement fails with "cannot switch to state".
     asyncpg.InternalClientError,
 )
 # Errors after which a write transaction can simply run again.
@@ -942,6 +980,126 @@ class PostgresStore:
             return
         row = await db.fetchrow(_FENCE, fence.lease)
         check_fence(fence, None if row is None else _lease(row))
+
+
+    # -- sign-in state every replica shares -------------------------------------------------
+    # READ COMMITTED, as every write: what must be atomic is one statement
+    # (a claim's upsert, a take's DELETE ... RETURNING), or rows that add up.
+
+    @_writes
+    async def init_meta(self, db: Connection, key: str, value: str) -> str:
+        # A racing insert makes this one wait, then do nothing; the SELECT,
+        # a new snapshot, sees whichever was committed first.
+        await db.execute(numbered(sql.INIT_META), key, value)
+        stored: str = await db.fetchval(numbered(sql.GET_META), key)
+        return stored
+
+    @_writes
+    async def claim(
+        self, db: Connection, key: str, expires_at: float, now: float, limit: int
+    ) -> bool:
+        await db.execute(numbered(sql.DELETE_EXPIRED["claims"]), now)
+        if await db.fetchval(numbered(sql.CLAIM_HELD), key, now) is not None:
+            return False
+        if await db.fetchval(sql.COUNT_ROWS["claims"]) >= limit:
+            raise StoreFull("claims")
+        return await db.fetchval(numbered(sql.CLAIM), key, expires_at, now) is not None
+
+    @_writes
+    async def park(
+        self,
+        db: Connection,
+        handle: str,
+        value: str,
+        parked_at: float,
+        expires_at: float,
+        now: float,
+        limit: int,
+    ) -> None:
+        await db.execute(numbered(sql.DELETE_EXPIRED["parked"]), now)
+        if await db.fetchval(sql.COUNT_ROWS["parked"]) >= limit:
+            raise StoreFull("parked")
+        await db.execute(numbered(sql.PARK), handle, value, parked_at, expires_at)
+
+    @_writes
+    async def take_parked(self, db: Connection, handle: str, now: float) -> ParkedValue | None:
+        row = await db.fetchrow(numbered(sql.TAKE_PARKED), handle)
+        if row is None or float(row[2]) <= now:
+            return None
+        return ParkedValue(str(row[0]), float(row[1]), float(row[2]))
+
+    @_reads_one
+    async def count_failures(self, db: Connection, key: str, since: float) -> int:
+        return int(await db.fetchval(numbered(sql.COUNT_FAILURES), key, since))
+
+    @_writes
+    async def add_failures(
+        self, db: Connection, keys: Sequence[str], at: float, expires_at: float
+    ) -> None:
+        await db.executemany(numbered(sql.DELETE_EXPIRED_FAILURES_OF), [(k, at) for k in keys])
+        await db.executemany(numbered(sql.ADD_FAILURE), [(k, at, expires_at) for k in keys])
+
+    @_writes
+    async def clear_failures(self, db: Connection, key: str) -> None:
+        await db.execute(numbered(sql.CLEAR_FAILURES), key)
+
+    @_reads_one
+    async def get_session(self, db: Connection, session_id: str) -> SessionRecord | None:
+        row = await db.fetchrow(numbered(sql.GET_SESSION), session_id)
+        if row is None:
+            return None
+        sid, index, user_id, data, last_seen, expires_at = row
+        return SessionRecord(sid, index, user_id, data, float(last_seen), float(expires_at))
+
+    @_writes
+    async def put_session(
+        self, db: Connection, record: SessionRecord, now: float, per_user: int
+    ) -> None:
+        r = record
+        await db.execute(numbered(sql.DELETE_EXPIRED["sessions"]), now)
+        await db.execute(
+            numbered(sql.PUT_SESSION),
+            r.id,
+            r.session_index,
+            r.user_id,
+            r.data,
+            r.last_seen,
+            r.expires_at,
+        )
+        await db.execute(numbered(sql.TRIM_SESSIONS), r.user_id, r.user_id, per_user)
+
+    @_writes
+    async def touch_session(
+        self, db: Connection, session_id: str, last_seen: float, expires_at: float
+    ) -> bool:
+        status = await db.execute(numbered(sql.TOUCH_SESSION), last_seen, expires_at, session_id)
+        return _affected(status) == 1
+
+    @_writes
+    async def delete_session(self, db: Connection, session_id: str) -> None:
+        await db.execute(numbered(sql.DELETE_SESSIONS["id"]), session_id)
+
+    @_writes
+    async def delete_sessions_by_index(self, db: Connection, session_index: str) -> int:
+        return _affected(
+            await db.execute(numbered(sql.DELETE_SESSIONS["session_index"]), session_index)
+        )
+
+    @_writes
+    async def delete_user_sessions(self, db: Connection, user_id: str) -> int:
+        return _affected(await db.execute(numbered(sql.DELETE_SESSIONS["user_id"]), user_id))
+
+    @_writes
+    async def purge(self, db: Connection, now: float) -> int:
+        gone = 0
+        for statement in sql.DELETE_EXPIRED.values():
+            gone += _affected(await db.execute(numbered(statement), now))
+        return gone
+
+
+def _affected(status: str) -> int:
+    """The row count of a command status such as ``DELETE 3`` or ``UPDATE 1``."""
+    return int(status.rsplit(" ", 1)[-1])
 
 
 def _lease(row: Sequence[Any]) -> Lease:

@@ -212,6 +212,56 @@ RELEASE_LEASE = (
     "WHERE name = ? AND holder = ? AND term = ? AND expires_at > ?"
 )
 
+# -- sign-in state shared by every replica -------------------------------------------
+
+#: The tables whose rows expire, each with an ``expires_at`` column.
+EXPIRING = ("sessions", "claims", "parked", "login_failures")
+DELETE_EXPIRED = {
+    table: f"DELETE FROM {table} WHERE expires_at <= ?"  # noqa: S608
+    for table in EXPIRING
+}
+COUNT_ROWS = {table: f"SELECT COUNT(*) FROM {table}" for table in ("claims", "parked")}  # noqa: S608
+
+INIT_META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING"
+
+CLAIM_HELD = "SELECT 1 FROM claims WHERE key = ? AND expires_at > ?"
+# The WHERE keeps a racing claim from overwriting one that has not expired:
+# of two writers, the one whose row is there first wins, the other gets no row.
+CLAIM = (
+    "INSERT INTO claims (key, expires_at) VALUES (?, ?) ON CONFLICT (key) "
+    "DO UPDATE SET expires_at = excluded.expires_at WHERE claims.expires_at <= ? "
+    "RETURNING key"
+)
+
+PARK = "INSERT INTO parked (handle, value, parked_at, expires_at) VALUES (?, ?, ?, ?)"
+# One statement finds and deletes: of two takers, one gets the row.
+TAKE_PARKED = "DELETE FROM parked WHERE handle = ? RETURNING value, parked_at, expires_at"
+
+COUNT_FAILURES = "SELECT COUNT(*) FROM login_failures WHERE key = ? AND at > ?"
+DELETE_EXPIRED_FAILURES_OF = "DELETE FROM login_failures WHERE key = ? AND expires_at <= ?"
+ADD_FAILURE = "INSERT INTO login_failures (key, at, expires_at) VALUES (?, ?, ?)"
+CLEAR_FAILURES = "DELETE FROM login_failures WHERE key = ?"
+
+GET_SESSION = (
+    "SELECT id, session_index, user_id, data, last_seen, expires_at FROM sessions WHERE id = ?"
+)
+PUT_SESSION = (
+    "INSERT INTO sessions (id, session_index, user_id, data, last_seen, expires_at) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+    "session_index = excluded.session_index, user_id = excluded.user_id, "
+    "data = excluded.data, last_seen = excluded.last_seen, expires_at = excluded.expires_at"
+)
+# Arguments: the user id twice, then how many of its sessions stay.
+TRIM_SESSIONS = (
+    "DELETE FROM sessions WHERE user_id = ? AND id NOT IN (SELECT id FROM sessions "
+    "WHERE user_id = ? ORDER BY last_seen DESC, id LIMIT ?)"
+)
+TOUCH_SESSION = "UPDATE sessions SET last_seen = ?, expires_at = ? WHERE id = ?"
+DELETE_SESSIONS = {
+    column: f"DELETE FROM sessions WHERE {column} = ?"  # noqa: S608
+    for column in ("id", "session_index", "user_id")
+}
+
 # -- logins of users stored before schema version 2 ----------------------------------
 
 MISSING_LOGINS = "FROM directory_objects WHERE kind = 'user' AND login_username IS NULL"

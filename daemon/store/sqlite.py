@@ -7,7 +7,7 @@ import functools
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -26,8 +26,11 @@ from daemon.store import (
     Link,
     LinkChanges,
     ObjectStatus,
+    ParkedValue,
     Result,
+    SessionRecord,
     StateError,
+    StoreFull,
     TargetIndex,
     TargetLinks,
     TargetPlan,
@@ -126,6 +129,41 @@ MIGRATIONS: tuple[str, ...] = (
         expires_at REAL NOT NULL
     );
     """,
+    # 5: sign-in state shared by every process on the database: sessions,
+    # replay claims (SAML request IDs), parked requests (resume handles) and
+    # failed sign-ins. Every row has an expiry, indexed for the purge.
+    """
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        session_index TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        data TEXT NOT NULL,
+        last_seen REAL NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX sessions_session_index ON sessions (session_index);
+    CREATE INDEX sessions_user ON sessions (user_id, last_seen);
+    CREATE INDEX sessions_expiry ON sessions (expires_at);
+    CREATE TABLE claims (
+        key TEXT PRIMARY KEY,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX claims_expiry ON claims (expires_at);
+    CREATE TABLE parked (
+        handle TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        parked_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX parked_expiry ON parked (expires_at);
+    CREATE TABLE login_failures (
+        key TEXT NOT NULL,
+        at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX login_failures_key ON login_failures (key, at);
+    CREATE INDEX login_failures_expiry ON login_failures (expires_at);
+    """,
 )
 
 
@@ -144,6 +182,25 @@ def _read(
             return await method(self, *args, **kwargs)
 
     return read
+
+
+def _reachable(
+    method: Callable[Concatenate[SqliteStore, _P], Awaitable[_T]],
+) -> Callable[Concatenate[SqliteStore, _P], Coroutine[Any, Any, _T]]:
+    """Report a database that cannot be used now (locked, I/O, closed) as StateError.
+
+    The sign-in methods answer web requests: their callers show a clean
+    "try again" page for a StateError instead of a failure.
+    """
+
+    @functools.wraps(method)
+    async def call(self: SqliteStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return await method(self, *args, **kwargs)
+        except (aiosqlite.OperationalError, aiosqlite.ProgrammingError) as exc:
+            raise StateError(f"state database {self.path}: {exc}") from exc
+
+    return call
 
 
 def _read_one(
@@ -630,6 +687,126 @@ class SqliteStore:
         if fence is None:
             return
         check_fence(fence, await self._lease(fence.lease, time.time()))
+
+    # -- sign-in state -------------------------------------------------------------------
+    # BEGIN IMMEDIATE takes the database's write lock, so each of these is
+    # atomic across processes; the statements are the ones PostgreSQL runs too.
+
+    @_reachable
+    async def init_meta(self, key: str, value: str) -> str:
+        async with self._transaction():
+            await self.db.execute(sql.INIT_META, (key, value))
+            stored = await self._get_meta(key)
+        assert stored is not None
+        return stored
+
+    @_reachable
+    async def claim(self, key: str, expires_at: float, now: float, limit: int) -> bool:
+        async with self._transaction():
+            await self.db.execute(sql.DELETE_EXPIRED["claims"], (now,))
+            if await self._one(sql.CLAIM_HELD, key, now) is not None:
+                return False
+            if await self._count("claims") >= limit:
+                raise StoreFull("claims")
+            return await self._one(sql.CLAIM, key, expires_at, now) is not None
+
+    @_reachable
+    async def park(
+        self, handle: str, value: str, parked_at: float, expires_at: float, now: float, limit: int
+    ) -> None:
+        async with self._transaction():
+            await self.db.execute(sql.DELETE_EXPIRED["parked"], (now,))
+            if await self._count("parked") >= limit:
+                raise StoreFull("parked")
+            await self.db.execute(sql.PARK, (handle, value, parked_at, expires_at))
+
+    @_reachable
+    async def take_parked(self, handle: str, now: float) -> ParkedValue | None:
+        async with self._transaction():
+            row = await self._one(sql.TAKE_PARKED, handle)
+        if row is None or float(row[2]) <= now:
+            return None
+        return ParkedValue(str(row[0]), float(row[1]), float(row[2]))
+
+    @_reachable
+    @_read_one
+    async def count_failures(self, key: str, since: float) -> int:
+        row = await self._one(sql.COUNT_FAILURES, key, since)
+        return int(row[0]) if row else 0
+
+    @_reachable
+    async def add_failures(self, keys: Sequence[str], at: float, expires_at: float) -> None:
+        async with self._transaction():
+            # The keys' own expired rows go at once; the others wait for purge().
+            await self.db.executemany(sql.DELETE_EXPIRED_FAILURES_OF, [(key, at) for key in keys])
+            await self.db.executemany(sql.ADD_FAILURE, [(key, at, expires_at) for key in keys])
+
+    @_reachable
+    async def clear_failures(self, key: str) -> None:
+        async with self._transaction():
+            await self.db.execute(sql.CLEAR_FAILURES, (key,))
+
+    @_reachable
+    @_read_one
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        row = await self._one(sql.GET_SESSION, session_id)
+        if row is None:
+            return None
+        sid, index, user_id, data, last_seen, expires_at = row
+        return SessionRecord(sid, index, user_id, data, float(last_seen), float(expires_at))
+
+    @_reachable
+    async def put_session(self, record: SessionRecord, now: float, per_user: int) -> None:
+        r = record
+        async with self._transaction():
+            await self.db.execute(sql.DELETE_EXPIRED["sessions"], (now,))
+            await self.db.execute(
+                sql.PUT_SESSION,
+                (r.id, r.session_index, r.user_id, r.data, r.last_seen, r.expires_at),
+            )
+            await self.db.execute(sql.TRIM_SESSIONS, (r.user_id, r.user_id, per_user))
+
+    @_reachable
+    async def touch_session(self, session_id: str, last_seen: float, expires_at: float) -> bool:
+        async with self._transaction():
+            cur = await self.db.execute(sql.TOUCH_SESSION, (last_seen, expires_at, session_id))
+            return cur.rowcount == 1
+
+    @_reachable
+    async def delete_session(self, session_id: str) -> None:
+        await self._delete_sessions("id", session_id)
+
+    @_reachable
+    async def delete_sessions_by_index(self, session_index: str) -> int:
+        return await self._delete_sessions("session_index", session_index)
+
+    @_reachable
+    async def delete_user_sessions(self, user_id: str) -> int:
+        return await self._delete_sessions("user_id", user_id)
+
+    async def _delete_sessions(self, column: str, value: str) -> int:
+        async with self._transaction():
+            cur = await self.db.execute(sql.DELETE_SESSIONS[column], (value,))
+            return int(cur.rowcount)
+
+    @_reachable
+    async def purge(self, now: float) -> int:
+        gone = 0
+        async with self._transaction():
+            for statement in sql.DELETE_EXPIRED.values():
+                cur = await self.db.execute(statement, (now,))
+                gone += int(cur.rowcount)
+        return gone
+
+    async def _one(self, statement: str, *args: Any) -> Any:
+        """The first row of ``statement`` (the rest is read too, for a RETURNING)."""
+        async with self.db.execute(statement, args) as cur:
+            rows = list(await cur.fetchall())
+        return rows[0] if rows else None
+
+    async def _count(self, table: str) -> int:
+        row = await self._one(sql.COUNT_ROWS[table])
+        return int(row[0]) if row else 0
 
 
 def _statements(script: str) -> Iterable[str]:

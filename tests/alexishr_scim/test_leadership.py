@@ -11,7 +11,7 @@ from typing import Any
 
 from daemon.leadership import Leadership, target_lease
 from daemon.model import Snapshot, make_group
-from daemon.store import Link, LinkChanges
+from daemon.store import Link, LinkChanges, TargetPlan
 from tests.scim.faults import FaultProxy
 
 from .world import BOUND, converge, person, world
@@ -109,3 +109,31 @@ async def test_a_second_start_reads_everything_again(tmp_path: Path) -> None:
         # The listing of remote users may be out of date: it is read again when needed.
         assert target.link.index.loaded_at is None
         assert target.link.index.users == {}
+
+
+async def test_a_group_released_by_another_replica_is_left_alone_here(tmp_path: Path) -> None:
+    async with world(tmp_path, org(2)) as w:
+        await converge(w)
+        store = w.engine.store
+        # The replica that plans (another one) unbinds the group: its commit
+        # releases it, and the store forgets the group's link with it.
+        committed = await store.committed()
+        assert committed.version is not None
+        released = TargetPlan([], [("group", "g-app")], None)
+        await store.commit(committed.version, [], [], {w.name: released})
+        (group,) = w.dump("Groups")
+        w.raw(
+            "PATCH",
+            f"/Groups/{group['id']}",
+            {
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                "Operations": [{"op": "replace", "path": "displayName", "value": "By hand"}],
+            },
+        )
+        repaired = await w.target.reconcile()
+        # No longer managed here either: the edit stays, and no link comes back.
+        assert repaired == {}
+        assert [g["displayName"] for g in w.dump("Groups")] == ["By hand"]
+        assert w.target.link.links.get("group", "g-app") is None
+        assert ("group", "g-app") not in (await store.target_links(w.name)).links
+        assert w.target.link.links.get("user", "u-0") is not None  # users still managed

@@ -116,8 +116,8 @@ async def world(tmp_path: Path, idp_key: SigningKey) -> AsyncIterator[World]:
         yield w
 
 
-def build_app(w: World, **public: Any) -> web.Application:
-    return stack.build_app(w, **public)
+async def build_app(w: World, **public: Any) -> web.Application:
+    return await stack.build_app(w, **public)
 
 
 @pytest.fixture
@@ -127,7 +127,7 @@ async def serve(world: World) -> AsyncIterator[Any]:
 
     async def start(**public: Any) -> TestClient[web.Request, web.Application]:
         port = int(world.base_url.rsplit(":", 1)[1])
-        server = TestServer(build_app(world, **public), host="127.0.0.1", port=port)
+        server = TestServer(await build_app(world, **public), host="127.0.0.1", port=port)
         client = TestClient(server)
         await client.start_server()
         clients.append(client)

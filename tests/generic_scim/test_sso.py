@@ -104,7 +104,7 @@ async def _signed_in_world(
 
     async with stack.open_world(tmp_path, idp_key, from_yaml, BOUND) as w:
         port = int(w.base_url.rsplit(":", 1)[1])
-        client = TestClient(TestServer(stack.build_app(w), host="127.0.0.1", port=port))
+        client = TestClient(TestServer(await stack.build_app(w), host="127.0.0.1", port=port))
         await client.start_server()
         try:
             yield w, client

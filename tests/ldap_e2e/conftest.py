@@ -71,7 +71,7 @@ async def portal(
     directory = Directory(store, source)
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
-    app = build_public_app(
+    app = await build_public_app(
         PublicListenerSettings(enabled=True, base_url=base_url),
         directory,
         [provisiond_public_routes(targets={"alexishr": target}, directory=directory)],

@@ -23,6 +23,9 @@ from tests.pg.cluster import PgCluster, free_port
 from tests.support.certs import write_ca_and_server
 
 WRONG_PASSWORD = "not-the-role-password-0815"
+#: The schema version this code migrates to.
+LATEST = len(MIGRATIONS)
+assert LATEST < 9, "the newer-schema test writes version 9"
 
 
 @pytest.fixture
@@ -96,8 +99,7 @@ def test_check_reports_the_server_its_tls_and_the_schema_version(
     server = pg_cluster.psql("SHOW server_version")
     assert f"state store PostgreSQL {server} at 127.0.0.1:{pg_cluster.port}/{database}" in printed
     assert "reached (TLSv1." in printed
-    latest = len(MIGRATIONS)
-    assert f"state store schema version {latest} (this provisiond: {latest})" in printed
+    assert f"state store schema version {LATEST} (this provisiond: {LATEST})" in printed
     assert pg_cluster.password not in proc.stdout + proc.stderr
 
 
@@ -197,8 +199,9 @@ def test_a_schema_newer_than_the_code(
     use_postgresql(deployment, pg_cluster, database)
     deployment.cli("check")
     pg_cluster.psql("INSERT INTO schema_version (version) VALUES (9)", database=database)
-    expected = f"expects schema version {len(MIGRATIONS)}"
-    assert_refused(deployment, "run", "is at schema version 9", expected, database)
+    assert_refused(
+        deployment, "run", "is at schema version 9", f"expects schema version {LATEST}", database
+    )
     # Refused means untouched.
     versions = pg_cluster.psql("SELECT max(version) FROM schema_version", database=database)
     assert versions == "9"

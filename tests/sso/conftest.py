@@ -76,7 +76,7 @@ async def serve(world: World) -> AsyncIterator[Any]:
 
     async def start(**public: Any) -> TestClient[web.Request, web.Application]:
         port = int(world.base_url.rsplit(":", 1)[1])
-        server = TestServer(stack.build_app(world, **public), host="127.0.0.1", port=port)
+        server = TestServer(await stack.build_app(world, **public), host="127.0.0.1", port=port)
         client = TestClient(server)
         await client.start_server()
         clients.append(client)

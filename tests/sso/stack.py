@@ -47,6 +47,7 @@ from daemon.saml.options import GenericSsoOptions
 from daemon.saml.profile import SpProfile
 from daemon.secrets import SECRETS
 from daemon.sources import file as file_source
+from daemon.store import Store
 from daemon.store.sqlite import SqliteStore
 from daemon.targets.base import Delta, Outcome
 
@@ -141,7 +142,7 @@ class World:
 
     tmp: Path
     engine: Engine
-    store: SqliteStore
+    store: Store
     directory: Directory
     pm: pluggy.PluginManager
     target: Any
@@ -164,17 +165,26 @@ class World:
 
 @contextlib.asynccontextmanager
 async def open_world(
-    tmp_path: Path, idp_key: SigningKey, make_target: Callable[[PluginContext], Any], group: str
+    tmp_path: Path,
+    idp_key: SigningKey,
+    make_target: Callable[[PluginContext], Any],
+    group: str,
+    store: Store | None = None,
 ) -> AsyncIterator[World]:
-    """A directory synced once through a real engine cycle; the app is not built yet."""
+    """A directory synced once through a real engine cycle; the app is not built yet.
+
+    ``store`` (opened; the world closes it) replaces the default SQLite file
+    ``state.db`` in ``tmp_path``.
+    """
     write_signing_key(idp_key, tmp_path / "idp.key", tmp_path / "idp.crt")
     logs.configure("info", "json", stream=(log := io.StringIO()))
     context = PluginContext(tmp_path, tmp_path, SECRETS)
     target = make_target(context)
     pm = plugin_manager(entry_points=False)
     source = file_source.create(file_source.FileSourceOptions(path=Path("directory.yaml")), context)
-    store = SqliteStore(tmp_path / "state.db")
-    await store.open()
+    if store is None:
+        store = SqliteStore(tmp_path / "state.db")
+        await store.open()
     settings = TargetSettings(name=target.name, kind=target.kind, groups=[group])
     engine = Engine(source, [TargetSlot(settings, target)], store, pm, EngineSettings())
     w = World(
@@ -197,18 +207,29 @@ async def open_world(
         await store.aclose()
 
 
-def build_app(
-    w: World, routes: Iterable[Sequence[web.AbstractRouteDef]] | None = None, **public: Any
+async def build_app(
+    w: World,
+    routes: Iterable[Sequence[web.AbstractRouteDef]] | None = None,
+    *,
+    directory: Directory | None = None,
+    **public: Any,
 ) -> web.Application:
-    """The public app on the world's clock; ``routes`` default to what every plugin's hook says."""
+    """The public app on the world's clock; ``routes`` default to what every plugin's hook says.
+
+    ``directory`` (default: the world's) is for a second replica: the same
+    source over another store object, as another process would have.
+    """
+    directory = directory or w.directory
     settings = PublicListenerSettings(enabled=True, base_url=w.base_url, **public)
     if routes is None:
         targets = {w.target.name: w.target}
-        routes = w.pm.hook.provisiond_public_routes(targets=targets, directory=w.directory)
-    w.app = build_public_app(
-        settings, w.directory, routes, state_dir=w.tmp, config_dir=w.tmp, clock=w.clock
+        routes = w.pm.hook.provisiond_public_routes(targets=targets, directory=directory)
+    app = await build_public_app(
+        settings, directory, routes, state_dir=w.tmp, config_dir=w.tmp, clock=w.clock
     )
-    return w.app
+    if directory is w.directory:
+        w.app = app
+    return app
 
 
 _ACTION = re.compile(r'<form id="saml-post" method="post" action="([^"]+)">')

@@ -274,7 +274,7 @@ async def test_hsts_and_secure_cookies_behind_tls(serve, world, no_leaks):
     from tests.sso.stack import build_app
 
     world.base_url = "https://sso.nordlys.example"
-    app = build_app(world)
+    app = await build_app(world)
     from aiohttp.test_utils import TestClient, TestServer
 
     async with TestClient(TestServer(app, host="127.0.0.1")) as tls_client:
@@ -287,7 +287,7 @@ async def test_hsts_and_secure_cookies_behind_tls(serve, world, no_leaks):
     # Plain http to a non-loopback host is refused at start-up.
     world.base_url = "http://sso.nordlys.example"
     with pytest.raises(PortalConfigError, match="clear text"):
-        build_app(world)
+        await build_app(world)
 
 
 async def test_post_binding_bad_request_then_signed_in_post(client, world, sp_key, no_leaks):

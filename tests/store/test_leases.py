@@ -9,7 +9,16 @@ import anyio
 import pytest
 
 from daemon.model import content_hash
-from daemon.store import Fence, FencedOut, Lease, Link, LinkChanges, StateError, Store
+from daemon.store import (
+    STORE_METHODS,
+    Fence,
+    FencedOut,
+    Lease,
+    Link,
+    LinkChanges,
+    StateError,
+    Store,
+)
 from daemon.store.fenced import FencedStore
 from tests.store.backends import StoreFactory
 from tests.store.data import ok, plan, upsert, user, want
@@ -306,3 +315,8 @@ class TestFencedWrites:
         with pytest.raises(FencedOut):
             await WRITES[write](fenced, None, "second")
         assert await _state(new) == landed
+
+
+def test_a_fenced_store_has_every_store_method() -> None:
+    # What a target is started with under leader election is a whole Store.
+    assert [name for name in STORE_METHODS if not hasattr(FencedStore, name)] == []

@@ -98,6 +98,19 @@ class Links:
             self.drop(kind, object_id)
             self._dirty.discard((kind, object_id))
 
+    async def prune(self) -> list[tuple[str, str]]:
+        """Forget the links the store no longer holds (and that were not changed since).
+
+        Another replica's commit may have released objects from this target
+        (leader election: the replica that plans is not always the one that
+        delivers), and forgotten their links in the store; this replica then
+        stops managing them too. Returns the keys forgotten.
+        """
+        stored = (await self.store.target_links(self.target)).links
+        gone = [key for key in self.objects if key not in self._dirty and key not in stored]
+        self.forget(gone)
+        return gone
+
     def doom(self, object_id: str, remote_id: str, at: float) -> float:
         """Record a deactivation pending deletion; returns when it was first recorded."""
         if object_id not in self.doomed:

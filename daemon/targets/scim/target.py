@@ -362,6 +362,12 @@ class ScimTarget:
         if self._store is not None:
             await self._store.set_target_meta(self.name, LAST_RECONCILE, repr(self.last_reconcile))
         try:
+            released: list[tuple[str, str]] = []
+            if self.link.links.loaded:
+                async with self.link.busy:
+                    released = await self.link.links.prune()
+            if released:
+                self.log.info("stopped managing objects released elsewhere", objects=len(released))
             await self._ready()
             repaired = await reconcile(self.link)
         except ScimError as exc:
