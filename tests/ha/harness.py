@@ -781,6 +781,10 @@ class HaWorld:
         strays = [u.get("userName") for u in users if u.get("externalId") not in want.known]
         if strays:
             out.append(f"{len(strays)} users not from the directory, e.g. {strays[:3]}")
+        held = Counter(u.get("externalId") for u in users if u.get("externalId") is not None)
+        twice = sorted(str(ext) for ext, n in held.items() if n > 1)
+        if twice:
+            out.append(f"{len(twice)} users held more than once, e.g. {twice[:3]}")
         ext_of = {u["id"]: u.get("externalId") for u in users}
         have = {
             g.get("externalId"): (
