@@ -10,13 +10,11 @@ token, so every request the proxy logs names the replica that sent it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import signal
 import sqlite3
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -28,6 +26,7 @@ import pytest
 
 from tests.alexishr_scim.world import KIND_INFO, dump, target_entry
 from tests.daemon.harness import Daemon, Deployment, directory, replay_journal
+from tests.ha.harness import ProxyThread
 from tests.scim.faults import FaultProxy
 from tests.scim.harness import running_scim_server
 
@@ -36,29 +35,6 @@ pytestmark = pytest.mark.slow
 USERS = 300
 TARGET = "alexishr"
 LEASE = f"target:{TARGET}"
-
-
-class ProxyThread:
-    """A :class:`FaultProxy` on an event loop in a thread of this process."""
-
-    def __init__(self, upstream: str) -> None:
-        self.proxy = FaultProxy(upstream)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-
-    def __enter__(self) -> FaultProxy:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.proxy.__aenter__(), self._loop).result(30)
-        return self.proxy
-
-    def __exit__(self, *exc: object) -> None:
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(
-                self.proxy.__aexit__(None, None, None), self._loop
-            ).result(30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._loop.close()
 
 
 @dataclass
@@ -118,7 +94,8 @@ def two_replicas(tmp_path: Path, **scim: Any) -> Iterator[tuple[FaultProxy, str,
     state = tmp_path / "state" / "provisiond.db"
     with running_scim_server(extensions=info.extensions) as server, ProxyThread(
         server.url
-    ) as proxy:
+    ) as proxied:
+        proxy = proxied.proxy
         replicas = []
         for rid in ("a", "b"):
             root = tmp_path / rid

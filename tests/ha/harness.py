@@ -273,7 +273,7 @@ def logged_at(line: dict[str, Any]) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
-class _ProxyThread:
+class ProxyThread:
     """A :class:`FaultProxy` served by an event loop in a thread of this process."""
 
     def __init__(self, upstream: str, latency: float = 0.0) -> None:
@@ -285,7 +285,7 @@ class _ProxyThread:
             target=self._loop.run_forever, name="ha-scim-proxy", daemon=True
         )
 
-    def __enter__(self) -> _ProxyThread:
+    def __enter__(self) -> ProxyThread:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self.proxy.__aenter__(), self._loop).result(30)
         return self
@@ -886,7 +886,7 @@ def ha_world(
     database = f"ha_{os.getpid()}_{time.time_ns() % 10**9}"
     cluster.new_database(database)
     try:
-        with running_scim_server() as server, _ProxyThread(server.url, latency) as proxied:
+        with running_scim_server() as server, ProxyThread(server.url, latency) as proxied:
             world = HaWorld(
                 tmp_path,
                 cluster,
