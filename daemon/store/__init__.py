@@ -245,6 +245,26 @@ class LinkChanges:
 
 
 @dataclass(frozen=True, slots=True)
+class FactorRecord:
+    """One second factor of one user (a TOTP key, a passkey, a recovery code).
+
+    ``id`` is unique per user (``"totp"``, a passkey's credential id,
+    ``"recovery:<digest>"``); ``kind`` is ``"totp"``, ``"passkey"`` or
+    ``"recovery"``; ``name`` is what the user calls it. The portal decides
+    what ``data`` holds (JSON), and encrypts any secret in it before it
+    reaches the store. Times are Unix seconds.
+    """
+
+    user_id: str
+    id: str
+    kind: str
+    name: str
+    data: str
+    created_at: float
+    used_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SessionRecord:
     """One sign-in session as the store keeps it; the portal decides what ``data`` holds.
 
@@ -467,6 +487,39 @@ class Store(Protocol):
 
     async def purge(self, now: float) -> int:
         """Delete every session, claim, parked value and failure expired at ``now``; the count."""
+        ...
+
+    # -- second factors (kept until removed: they do not expire) ------------------------
+
+    async def factors(self, user_id: str) -> list[FactorRecord]:
+        """The factors of a user, oldest first (ties by id)."""
+        ...
+
+    async def put_factor(self, record: FactorRecord) -> None:
+        """Create the factor, or replace the one with the same user and id."""
+        ...
+
+    async def swap_factor(
+        self, user_id: str, factor_id: str, expected_data: str, data: str, used_at: float
+    ) -> bool:
+        """Set ``data`` and ``used_at`` only if the factor still holds ``expected_data``.
+
+        Of two racing swaps from the same ``expected_data``, one wins: the
+        guard against a TOTP code or a passkey assertion used twice.
+        """
+        ...
+
+    async def delete_factor(self, user_id: str, factor_id: str) -> bool:
+        """Delete one factor; ``True`` only for the caller that deleted it (a recovery code
+        is used once)."""
+        ...
+
+    async def delete_factors(self, user_id: str, kind: str | None = None) -> int:
+        """Delete every factor of a user (of ``kind`` only, if given); how many there were."""
+        ...
+
+    async def factor_users(self) -> list[tuple[str, int]]:
+        """Every user with a factor, and how many they have, ordered by user id."""
         ...
 
 

@@ -16,6 +16,7 @@ from daemon.model import DirectoryObject, User
 from daemon.store import (
     Committed,
     DueRow,
+    FactorRecord,
     Fence,
     Hold,
     Key,
@@ -180,3 +181,23 @@ class FencedStore:
 
     async def purge(self, now: float) -> int:
         return await self.inner.purge(now)
+
+    async def factors(self, user_id: str) -> list[FactorRecord]:
+        return await self.inner.factors(user_id)
+
+    async def put_factor(self, record: FactorRecord) -> None:
+        await self.inner.put_factor(record)
+
+    async def swap_factor(
+        self, user_id: str, factor_id: str, expected_data: str, data: str, used_at: float
+    ) -> bool:
+        return await self.inner.swap_factor(user_id, factor_id, expected_data, data, used_at)
+
+    async def delete_factor(self, user_id: str, factor_id: str) -> bool:
+        return await self.inner.delete_factor(user_id, factor_id)
+
+    async def delete_factors(self, user_id: str, kind: str | None = None) -> int:
+        return await self.inner.delete_factors(user_id, kind)
+
+    async def factor_users(self) -> list[tuple[str, int]]:
+        return await self.inner.factor_users()

@@ -44,6 +44,7 @@ from daemon.store import (
     Committed,
     Deactivation,
     DueRow,
+    FactorRecord,
     Fence,
     Hold,
     Key,
@@ -65,7 +66,16 @@ from daemon.store import (
     sql,
     timed,
 )
-from daemon.store.codec import dump, hold_keys, kind_of, load, logins, read_hold
+from daemon.store.codec import (
+    dump,
+    factor_of,
+    factor_row,
+    hold_keys,
+    kind_of,
+    load,
+    logins,
+    read_hold,
+)
 from daemon.store.sql import numbered
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION_TABLE", "PostgresStore", "SslMode", "tls_option"]
@@ -218,6 +228,19 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX login_failures_key ON login_failures (key, at);
     CREATE INDEX login_failures_expiry ON login_failures (expires_at);
+    """,
+    # 6: second factors (TOTP keys, passkeys, recovery codes), kept until removed.
+    """
+    CREATE TABLE mfa_factors (
+        user_id text COLLATE "C" NOT NULL,
+        id text COLLATE "C" NOT NULL,
+        kind text NOT NULL,
+        name text NOT NULL,
+        data text NOT NULL,
+        created_at double precision NOT NULL,
+        used_at double precision,
+        PRIMARY KEY (user_id, id)
+    );
     """,
 )
 
@@ -1248,6 +1271,48 @@ class PostgresStore:
         for statement in sql.DELETE_EXPIRED.values():
             gone += _affected(await db.execute(numbered(statement), now))
         return gone
+
+    # -- second factors ------------------------------------------------------------------
+
+    @_reads_one
+    async def factors(self, db: Connection, user_id: str) -> list[FactorRecord]:
+        return [factor_of(row) for row in await db.fetch(numbered(sql.FACTORS), user_id)]
+
+    @_writes
+    async def put_factor(self, db: Connection, record: FactorRecord) -> None:
+        await db.execute(numbered(sql.PUT_FACTOR), *factor_row(record))
+
+    @_writes
+    async def swap_factor(
+        self,
+        db: Connection,
+        user_id: str,
+        factor_id: str,
+        expected_data: str,
+        data: str,
+        used_at: float,
+    ) -> bool:
+        # READ COMMITTED re-checks the WHERE on the row a racing swap left:
+        # the second of two swaps from the same data matches nothing.
+        status = await db.execute(
+            numbered(sql.SWAP_FACTOR), data, used_at, user_id, factor_id, expected_data
+        )
+        return _affected(status) == 1
+
+    @_writes
+    async def delete_factor(self, db: Connection, user_id: str, factor_id: str) -> bool:
+        return _affected(await db.execute(numbered(sql.DELETE_FACTOR), user_id, factor_id)) == 1
+
+    @_writes
+    async def delete_factors(self, db: Connection, user_id: str, kind: str | None = None) -> int:
+        if kind is None:
+            return _affected(await db.execute(numbered(sql.DELETE_FACTORS), user_id))
+        return _affected(await db.execute(numbered(sql.DELETE_FACTORS_OF_KIND), user_id, kind))
+
+    @_reads_one
+    async def factor_users(self, db: Connection) -> list[tuple[str, int]]:
+        rows = await db.fetch(sql.FACTOR_USERS)
+        return [(str(user_id), int(count)) for user_id, count in rows]
 
 
 def _affected(status: str) -> int:

@@ -232,6 +232,24 @@ DELETE_SESSIONS = {
     for column in ("id", "session_index", "user_id")
 }
 
+# -- second factors ---------------------------------------------------------------------
+
+_FACTOR_COLUMNS = "user_id, id, kind, name, data, created_at, used_at"
+FACTORS = f"SELECT {_FACTOR_COLUMNS} FROM mfa_factors WHERE user_id = ? ORDER BY created_at, id"
+PUT_FACTOR = (
+    f"INSERT INTO mfa_factors ({_FACTOR_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (user_id, id) DO UPDATE SET kind = excluded.kind, name = excluded.name, "
+    "data = excluded.data, created_at = excluded.created_at, used_at = excluded.used_at"
+)
+# Arguments: the new data and used_at, then user id, factor id and the data expected.
+SWAP_FACTOR = (
+    "UPDATE mfa_factors SET data = ?, used_at = ? WHERE user_id = ? AND id = ? AND data = ?"
+)
+DELETE_FACTOR = "DELETE FROM mfa_factors WHERE user_id = ? AND id = ?"
+DELETE_FACTORS = "DELETE FROM mfa_factors WHERE user_id = ?"
+DELETE_FACTORS_OF_KIND = "DELETE FROM mfa_factors WHERE user_id = ? AND kind = ?"
+FACTOR_USERS = "SELECT user_id, COUNT(*) FROM mfa_factors GROUP BY user_id ORDER BY user_id"
+
 # -- logins of users stored before schema version 2 ----------------------------------
 
 MISSING_LOGINS = "FROM directory_objects WHERE kind = 'user' AND login_username IS NULL"

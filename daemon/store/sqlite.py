@@ -19,6 +19,7 @@ from daemon.store import (
     Committed,
     Deactivation,
     DueRow,
+    FactorRecord,
     Fence,
     Hold,
     Key,
@@ -39,7 +40,16 @@ from daemon.store import (
     sql,
     timed,
 )
-from daemon.store.codec import dump, hold_keys, kind_of, load, logins, read_hold
+from daemon.store.codec import (
+    dump,
+    factor_of,
+    factor_row,
+    hold_keys,
+    kind_of,
+    load,
+    logins,
+    read_hold,
+)
 
 __all__ = ["MIGRATIONS", "SqliteStore", "StateError"]
 
@@ -163,6 +173,19 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX login_failures_key ON login_failures (key, at);
     CREATE INDEX login_failures_expiry ON login_failures (expires_at);
+    """,
+    # 6: second factors (TOTP keys, passkeys, recovery codes), kept until removed.
+    """
+    CREATE TABLE mfa_factors (
+        user_id TEXT NOT NULL,
+        id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        data TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        used_at REAL,
+        PRIMARY KEY (user_id, id)
+    );
     """,
 )
 
@@ -828,6 +851,50 @@ class SqliteStore:
                 cur = await self.db.execute(statement, (now,))
                 gone += int(cur.rowcount)
         return gone
+
+    # -- second factors ------------------------------------------------------------------
+
+    @_reachable
+    @_read_one
+    async def factors(self, user_id: str) -> list[FactorRecord]:
+        async with self.db.execute(sql.FACTORS, (user_id,)) as cur:
+            return [factor_of(row) async for row in cur]
+
+    @_reachable
+    async def put_factor(self, record: FactorRecord) -> None:
+        async with self._transaction():
+            await self.db.execute(sql.PUT_FACTOR, factor_row(record))
+
+    @_reachable
+    async def swap_factor(
+        self, user_id: str, factor_id: str, expected_data: str, data: str, used_at: float
+    ) -> bool:
+        async with self._transaction():
+            cur = await self.db.execute(
+                sql.SWAP_FACTOR, (data, used_at, user_id, factor_id, expected_data)
+            )
+            return cur.rowcount == 1
+
+    @_reachable
+    async def delete_factor(self, user_id: str, factor_id: str) -> bool:
+        async with self._transaction():
+            cur = await self.db.execute(sql.DELETE_FACTOR, (user_id, factor_id))
+            return cur.rowcount == 1
+
+    @_reachable
+    async def delete_factors(self, user_id: str, kind: str | None = None) -> int:
+        async with self._transaction():
+            if kind is None:
+                cur = await self.db.execute(sql.DELETE_FACTORS, (user_id,))
+            else:
+                cur = await self.db.execute(sql.DELETE_FACTORS_OF_KIND, (user_id, kind))
+            return int(cur.rowcount)
+
+    @_reachable
+    @_read_one
+    async def factor_users(self) -> list[tuple[str, int]]:
+        async with self.db.execute(sql.FACTOR_USERS) as cur:
+            return [(str(user_id), int(count)) async for user_id, count in cur]
 
     async def _one(self, statement: str, *args: Any) -> Any:
         """The first row of ``statement`` (the rest is read too, for a RETURNING)."""
