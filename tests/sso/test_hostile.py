@@ -184,6 +184,31 @@ async def test_brute_force_is_throttled_with_the_same_message(serve, no_leaks):
     assert after == before + 2
 
 
+async def test_throttle_counts_per_account_whatever_name_is_typed(serve, no_leaks):
+    client = await serve(login_max_failures_per_user=5, login_max_failures_per_address=100)
+    # The username and the email of one account share one budget of guesses.
+    for login in ("alice", "alice@nordlys.example", "ALICE", "alice", " Alice@Nordlys.Example "):
+        assert (await sign_in(client, login, "guess-guess")).status == 401
+    for login in ("alice", "alice@nordlys.example"):
+        held = await sign_in(client, login, PASSWORD)
+        assert held.status == 429
+        assert LOGIN_THROTTLED in await held.text()
+    # A success clears the account's count, whichever name it was typed with.
+    for login in ("bob", "bob@nordlys.example", "bob", "bob@nordlys.example"):
+        assert (await sign_in(client, login, "guess-guess")).status == 401
+    assert (await sign_in(client, "bob@nordlys.example")).status == 303
+    for _ in range(4):
+        assert (await sign_in(client, "bob", "guess-guess")).status == 401
+    assert (await sign_in(client, "bob")).status == 303
+    # A name that resolves to nobody has a budget of its own, and is held after it.
+    for login in ("nobody-here", "Nobody-Here", "nobody-here", "nobody-here", "nobody-here"):
+        assert (await sign_in(client, login, "guess-guess")).status == 401
+    held = await sign_in(client, " nobody-here ", PASSWORD)
+    assert held.status == 429
+    assert LOGIN_THROTTLED in await held.text()
+    assert (await sign_in(client, "carol")).status == 303
+
+
 async def test_per_address_throttle(serve, no_leaks):
     client = await serve(login_max_failures_per_user=100, login_max_failures_per_address=2)
     await sign_in(client, "u1", "guess-guess")
