@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlencode, urlsplit
 
 import jinja2
@@ -24,11 +24,14 @@ from daemon.loopback import is_loopback_host
 from daemon.model import User
 from daemon.portal.errors import PortalConfigError as PortalConfigError
 from daemon.portal.metrics import SSO_REFUSALS
-from daemon.portal.mfa.factors import Factors
-from daemon.portal.mfa.keys import MfaKey
 from daemon.portal.session_key import SessionKey
 from daemon.portal.sessions import IdpSession, SessionStore, new_session_id
 from daemon.portal.throttle import Throttle
+
+if TYPE_CHECKING:
+    # Types only: the second-factor package is built on this module.
+    from daemon.portal.mfa.factors import Factors
+    from daemon.portal.mfa.keys import MfaKey
 
 audit = structlog.get_logger("provisiond.audit")
 

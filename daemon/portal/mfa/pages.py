@@ -35,7 +35,7 @@ from daemon.portal.mfa.flow import (
 )
 from daemon.portal.mfa.keys import MfaKeyError
 from daemon.portal.paths import local_path
-from daemon.portal.site import PORTAL, Portal, SignedIn
+from daemon.portal.site import PORTAL, Portal, SignedIn, client_address
 from daemon.store import FactorRecord
 
 #: A change on ``/account/security`` needs a password typed this recently (seconds).
@@ -88,11 +88,11 @@ async def challenge_submit(request: web.Request) -> web.StreamResponse:
         return portal.refused(request, FORM_EXPIRED, reason="csrf", status=400)
     factor = "recovery" if _text(form, "factor", 16) == "recovery" else "totp"
     code = _text(form, "code", _MAX_CODE)
-    user_id = signed_in.user.id
+    user_id, client = signed_in.user.id, client_address(request)
     if factor == "recovery":
-        outcome = await portal.factors.use_recovery_code(user_id, code)
+        outcome = await portal.factors.use_recovery_code(user_id, code, client=client)
     else:
-        outcome = await portal.factors.verify_totp(user_id, code)
+        outcome = await portal.factors.verify_totp(user_id, code, client=client)
     if outcome is Outcome.SUCCESS:
         await second_factor_done(portal, request, signed_in, factor)
         raise web.HTTPSeeOther(next_path)
@@ -171,7 +171,7 @@ async def totp_submit(request: web.Request) -> web.StreamResponse:
     if secret is None:
         return portal.refused(request, FORM_EXPIRED, reason="expired", status=400)
     outcome = await portal.factors.confirm_totp(
-        signed_in.user.id, secret, _text(form, "code", _MAX_CODE)
+        signed_in.user.id, secret, _text(form, "code", _MAX_CODE), client=client_address(request)
     )
     if outcome is not Outcome.SUCCESS:
         status, message = _refusal(outcome, "totp")
@@ -182,7 +182,9 @@ async def totp_submit(request: web.Request) -> web.StreamResponse:
     # The first code proves the new factor: this session has passed it.
     await second_factor_done(portal, request, signed_in, "totp")
     if not any(r.kind == "recovery" for r in records):
-        codes = await portal.factors.new_recovery_codes(signed_in.user.id)
+        codes = await portal.factors.new_recovery_codes(
+            signed_in.user.id, client=client_address(request)
+        )
         return _recovery_codes(request, portal, signed_in, codes, next_path, first=True)
     raise web.HTTPSeeOther(next_path or security_url(done="totp"))
 
@@ -199,7 +201,9 @@ async def recovery_submit(request: web.Request) -> web.StreamResponse:
             request, portal, signed_in, next_path, enrol=enrol, status=409,
             error="Set up an authenticator app first: recovery codes stand in for it.",
         )  # fmt: skip
-    codes = await portal.factors.new_recovery_codes(signed_in.user.id)
+    codes = await portal.factors.new_recovery_codes(
+        signed_in.user.id, client=client_address(request)
+    )
     return _recovery_codes(request, portal, signed_in, codes, next_path, first=False)
 
 
@@ -215,7 +219,9 @@ async def remove_submit(request: web.Request) -> web.StreamResponse:
         return portal.refused(
             request, "Choose a factor to remove from the list.", reason="invalid_request"
         )
-    removed = await portal.factors.remove(signed_in.user.id, factor_id)
+    removed = await portal.factors.remove(
+        signed_in.user.id, factor_id, client=client_address(request)
+    )
     raise web.HTTPSeeOther(
         security_url(next_path, enrol=change.enrol, done="removed" if removed else "gone")
     )
@@ -255,9 +261,7 @@ async def _change(request: web.Request, portal: Portal) -> _Change | web.Respons
     return _Change(signed_in, form, next_path, enrol)
 
 
-def _confirm_first(
-    portal: Portal, signed_in: SignedIn, has_factor: bool, back: str
-) -> str | None:
+def _confirm_first(portal: Portal, signed_in: SignedIn, has_factor: bool, back: str) -> str | None:
     """Where the user must go before a change (then back to ``back``); ``None``: nowhere."""
     session = signed_in.session
     if portal.clock() - session.authenticated_at > FRESH_PASSWORD:
