@@ -115,9 +115,7 @@ async def test_enrol_totp_sign_in_with_a_code_and_a_recovery_code_once(world, se
             page = await signed_in_page()
             await open_alexishr(page, "/mfa")
             await page.screenshot(path=ARTIFACTS / "mfa-challenge.png", full_page=True)
-            await page.get_by_label("Code from your authenticator app").fill(
-                totp.at(world.clock())
-            )
+            await page.get_by_label("Code from your authenticator app").fill(totp.at(world.clock()))
             await page.get_by_role("button", name="Continue").click()
             await at_alexishr(page)
 
