@@ -12,11 +12,12 @@ from aiohttp import web
 
 from daemon.config import PublicListenerSettings
 from daemon.directory import Directory
+from daemon.http.serve import REFUSAL_PAGE
 from daemon.portal import views
 from daemon.portal.mfa import pages as mfa_pages
 from daemon.portal.mfa.factors import Factors
 from daemon.portal.mfa.keys import load_mfa_key
-from daemon.portal.middleware import forwarded, no_stack_traces, security_headers
+from daemon.portal.middleware import forwarded, no_stack_traces, refusal_page, security_headers
 from daemon.portal.session_key import load_session_key
 from daemon.portal.sessions import StoreSessionStore
 from daemon.portal.site import PORTAL, Portal
@@ -112,6 +113,7 @@ async def build_public_app(
         client_max_size=MAX_BODY_BYTES,
     )
     app[PORTAL] = portal
+    app[REFUSAL_PAGE] = refusal_page(portal)
     app.router.add_routes(views.routes())
     app.router.add_routes(mfa_pages.routes())
     for routes in plugin_routes:
