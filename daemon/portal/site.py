@@ -52,6 +52,7 @@ class SignedIn:
 class CookieNames:
     session: str
     pre_session: str
+    browser: str
 
 
 def base_url_of(settings: PublicListenerSettings) -> str:
@@ -107,7 +108,9 @@ class Portal:
         # The __Host- prefix makes the browser refuse the cookie unless it is
         # Secure, host-only and for path /, so a sibling subdomain cannot plant one.
         prefix = "__Host-" if self.secure else ""
-        self.cookies = CookieNames(f"{prefix}provisiond_session", f"{prefix}provisiond_pre")
+        self.cookies = CookieNames(
+            f"{prefix}provisiond_session", f"{prefix}provisiond_pre", f"{prefix}provisiond_browser"
+        )
 
     # -- sessions ------------------------------------------------------------------
 
@@ -218,6 +221,28 @@ class Portal:
     def csrf_token(self, binding: str) -> str:
         """The token forms bound to ``binding`` (a session or pre-session id) must carry."""
         return self.key.csrf_token(binding)
+
+    # -- the browser a parked sign-in belongs to --------------------------------------
+
+    def browser(self, request: web.Request) -> tuple[str, bool]:
+        """This browser's id, which SP-initiated requests parked for it are bound to,
+        and whether it is new (then set it with :meth:`keep_browser`).
+
+        It has a signed cookie of its own, which sign-in and sign-out leave
+        alone: the request parked before sign-in is taken up after it.
+        """
+        current = self.browser_of(request)
+        if current is not None:
+            return current, False
+        return new_session_id(), True
+
+    def keep_browser(self, response: web.StreamResponse, browser: str) -> None:
+        """Set the browser cookie."""
+        self._set_cookie(response, self.cookies.browser, self.key.sign(browser))
+
+    def browser_of(self, request: web.Request) -> str | None:
+        """The browser id the browser sent, if its cookie is valid."""
+        return self.key.unsign(request.cookies.get(self.cookies.browser))
 
     # -- pages ---------------------------------------------------------------------
 

@@ -12,9 +12,11 @@ gets these routes, ``<p>`` being ``profile.path``:
 - ``GET|POST /saml2/<p>/slo``: the sign-out URL.
 
 An SP-initiated request is validated before anyone is asked for a password,
-then parked under a single-use handle while the user signs in. Request IDs
-seen (replay protection) and parked requests live in the core's state store,
-the one the :class:`~daemon.directory.Directory` reads: every replica on a
+then parked under a single-use handle, bound to the browser that brought it
+(its browser cookie, see :meth:`~daemon.portal.site.Portal.browser`), while
+the user signs in. Request IDs seen (replay protection) and parked requests
+live in the core's state store, the one the
+:class:`~daemon.directory.Directory` reads: every replica on a
 shared store refuses a request another accepted, and takes up a sign-in
 another parked. ForceAuthn asks for a sign-in made after the request;
 IsPassive never shows a page and answers NoPassive instead.
@@ -48,7 +50,7 @@ from daemon.portal.metrics import (
     SSO_REFUSALS,
 )
 from daemon.portal.mfa.flow import challenge_url, needs_second_factor
-from daemon.portal.pending import PendingFull, PendingRequests
+from daemon.portal.pending import ParkedElsewhere, PendingFull, PendingRequests
 from daemon.portal.site import PORTAL, Portal, SignedIn, client_address
 from daemon.saml.bindings import InboundMessage, decode_post, decode_redirect, post_form
 from daemon.saml.errors import SamlConfigError, SamlRequestError
@@ -184,7 +186,13 @@ class SignOnEndpoint:
                 authn = await self._receive(message, portal)
                 return await self._handle(request, portal, authn, portal.clock())
             if "resume" in request.query:
-                parked = await self.pending.take(request.query["resume"])
+                try:
+                    parked = await self.pending.take(
+                        request.query["resume"], binding=portal.browser_of(request)
+                    )
+                except ParkedElsewhere:
+                    # Another browser's handle (sent a link, perhaps): left for that one.
+                    return portal.refused(request, self.expired, reason="wrong_browser")
                 if parked is None:
                     return portal.refused(request, self.expired, reason="expired")
                 return await self._handle(request, portal, parked.value, parked.parked_at)
@@ -204,15 +212,20 @@ class SignOnEndpoint:
         parked, and the browser continues with a same-site GET that does.
         """
         portal = request.app[PORTAL]
+        browser, fresh = portal.browser(request)
         try:
             message = decode_post(await _form(request), max_bytes=MAX_REQUEST_BYTES)
             authn = await self._receive(message, portal)
-            handle = await self.pending.park(authn, portal.clock())
+            handle = await self.pending.park(authn, portal.clock(), binding=browser)
         except SamlRequestError as exc:
             return portal.refused(request, str(exc), reason="invalid_request")
         except PendingFull:
             return portal.refused(request, BUSY, reason="busy", status=503)
-        raise web.HTTPSeeOther(f"{self.path}?resume={handle}")
+        # The browser cookie may be new: a top-level navigation may set it, even cross-site.
+        redirect = web.HTTPSeeOther(f"{self.path}?resume={handle}")
+        if fresh:
+            portal.keep_browser(redirect, browser)
+        raise redirect
 
     async def _receive(self, message: InboundMessage, portal: Portal) -> AuthnRequest:
         return await receive_authn_request(
@@ -231,11 +244,15 @@ class SignOnEndpoint:
         if authn.is_passive:
             SSO_REFUSALS.labels(reason="no_passive").inc()
             return await self._status(request, portal, authn, STATUS_NO_PASSIVE)
+        browser, fresh = portal.browser(request)
         try:
-            handle = await self.pending.park(authn, received_at)
+            handle = await self.pending.park(authn, received_at, binding=browser)
         except PendingFull:
             return portal.refused(request, BUSY, reason="busy", status=503)
-        raise portal.login_redirect(f"{self.path}?resume={handle}", force=authn.force_authn)
+        redirect = portal.login_redirect(f"{self.path}?resume={handle}", force=authn.force_authn)
+        if fresh:
+            portal.keep_browser(redirect, browser)
+        raise redirect
 
     async def _answer(
         self,
@@ -301,18 +318,23 @@ class SignOnEndpoint:
         """No Response yet: the browser passes a second factor on ``/mfa`` and comes back.
 
         An SP-initiated request is parked again (its handle was used up to get
-        here) with the time it first arrived, so ForceAuthn still judges by it.
+        here) with the time it first arrived, so ForceAuthn still judges by it,
+        and for the same browser.
         """
         if authn is None:
             raise web.HTTPSeeOther(challenge_url(self.path))
         if authn.is_passive:
             SSO_REFUSALS.labels(reason="no_passive").inc()
             return await self._status(request, portal, authn, STATUS_NO_PASSIVE)
+        browser, fresh = portal.browser(request)
         try:
-            handle = await self.pending.park(authn, received_at)
+            handle = await self.pending.park(authn, received_at, binding=browser)
         except PendingFull:
             return portal.refused(request, BUSY, reason="busy", status=503)
-        raise web.HTTPSeeOther(challenge_url(f"{self.path}?resume={handle}"))
+        redirect = web.HTTPSeeOther(challenge_url(f"{self.path}?resume={handle}"))
+        if fresh:
+            portal.keep_browser(redirect, browser)
+        raise redirect
 
     async def _status(
         self, request: web.Request, portal: Portal, authn: AuthnRequest, sub_status: str

@@ -18,7 +18,7 @@ from daemon.directory import Directory
 from daemon.portal import build_public_app
 from daemon.portal.mfa.flow import needs_second_factor
 from daemon.portal.paths import local_path
-from daemon.portal.pending import PendingFull, PendingRequests
+from daemon.portal.pending import ParkedElsewhere, PendingFull, PendingRequests
 from daemon.portal.session_key import (
     GENERATED_KEY_NAME,
     STORE_KEY_NAME,
@@ -261,27 +261,39 @@ async def test_pending_requests_are_single_use_and_bounded(tmp_path: Path):
         pending: PendingRequests[str] = PendingRequests(
             store, "test", encode=str, decode=str, capacity=2, lifetime=10, clock=clock
         )
-        handle = await pending.park("a")
-        assert await pending.take(handle) is not None
-        assert await pending.take(handle) is None
-        await pending.park("b")
-        await pending.park("c")
+        handle = await pending.park("a", binding="browser-1")
+        assert await pending.take(handle, binding="browser-1") is not None
+        assert await pending.take(handle, binding="browser-1") is None
+        await pending.park("b", binding="browser-1")
+        await pending.park("c", binding="browser-1")
         with pytest.raises(PendingFull):
-            await pending.park("d")
+            await pending.park("d", binding="browser-1")
         clock.now += 11
-        late = await pending.park("e")  # the expired ones made room
+        late = await pending.park("e", binding="browser-1")  # the expired ones made room
         clock.now += 11
-        assert await pending.take(late) is None
+        assert await pending.take(late, binding="browser-1") is None
         # Another namespace (another sign-on endpoint) does not know this one's handles.
         other: PendingRequests[str] = PendingRequests(
             store, "other", encode=str, decode=str, clock=clock
         )
-        mine = await pending.park("f")
-        assert await other.take(mine) is None
-        parked = await pending.take(mine)
+        mine = await pending.park("f", binding="browser-1")
+        assert await other.take(mine, binding="browser-1") is None
+        # Another browser, or one without a binding, is refused; the value stays for its own.
+        for stranger in ("browser-2", None):
+            with pytest.raises(ParkedElsewhere):
+                await pending.take(mine, binding=stranger)
+        parked = await pending.take(mine, binding="browser-1")
         assert parked is not None and parked.value == "f"
+        # What a version before bindings parked (the bare value) counts as expired.
+        now = clock()
+        await store.park("test bare", "g", now, now + 10, now, 10)
+        assert await pending.take("bare", binding="browser-1") is None
+        await pending.park("h", binding="browser-1")
     finally:
         await store.aclose()
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        values = [row[0] for row in db.execute("SELECT value FROM parked")]
+    assert values and all("browser-1" not in value for value in values)
 
 
 async def test_unexpected_failure_is_a_plain_500(tmp_path: Path):
