@@ -404,3 +404,37 @@ async def test_signed_out_the_pages_ask_for_a_password(client):
     answer = await client.post("/mfa", data={"code": "123456"}, allow_redirects=False)
     assert answer.status == 303 and path_of(answer.headers["Location"]) == "/login"
     assert PASSWORD  # the stack's password, registered as a secret for the leak checks
+
+
+async def test_the_request_parked_for_the_second_factor_stays_with_its_browser(
+    serve, world, sp_key
+):
+    client = await serve(require_mfa=True)
+    sp = await _sp(client, world, sp_key)
+    assert (await sign_in(client, "alice")).status == 303
+    key, _, _ = await enrol(client, world)
+    _new_browser(client)
+    world.clock.offset = 60
+    assert (await sign_in(client, "alice")).status == 303
+    request_id, info = sp.prepare_for_authenticate(binding=BINDING_HTTP_REDIRECT)
+    resume = next_of(await _no_response(client, _redirect(info)))
+    mine = client.session.cookie_jar.filter_cookies(URL(world.base_url))
+    # Another browser, even one signed in as alice and past her second factor, cannot use it.
+    _new_browser(client)
+    assert (await sign_in(client, "alice")).status == 303
+    world.clock.offset = 90
+    assert (await pass_mfa(client, world, key)).status == 303
+    other = await client.get(resume, allow_redirects=False)
+    assert other.status == 400 and "SAMLResponse" not in await other.text()
+    # Its own browser still can, after the code.
+    _new_browser(client)
+    client.session.cookie_jar.update_cookies(mine)
+    world.clock.offset = 120
+    passed = await pass_mfa(client, world, key, resume)
+    assert passed.headers["Location"] == resume
+    response = sp.parse_authn_request_response(
+        (await _response(client, resume))["SAMLResponse"],
+        BINDING_HTTP_POST,
+        outstanding={request_id: "/"},
+    )
+    assert response.in_response_to == request_id
