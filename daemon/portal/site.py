@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlencode, urlsplit
 
 import jinja2
@@ -27,6 +27,11 @@ from daemon.portal.metrics import SSO_REFUSALS
 from daemon.portal.session_key import SessionKey
 from daemon.portal.sessions import IdpSession, SessionStore, new_session_id
 from daemon.portal.throttle import Throttle
+
+if TYPE_CHECKING:
+    # Types only: the second-factor package is built on this module.
+    from daemon.portal.mfa.factors import Factors
+    from daemon.portal.mfa.keys import MfaKey
 
 audit = structlog.get_logger("provisiond.audit")
 
@@ -47,6 +52,7 @@ class SignedIn:
 class CookieNames:
     session: str
     pre_session: str
+    browser: str
 
 
 def base_url_of(settings: PublicListenerSettings) -> str:
@@ -81,6 +87,8 @@ class Portal:
         throttle: Throttle,
         templates: jinja2.Environment,
         *,
+        factors: Factors,
+        mfa_key: MfaKey,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -88,6 +96,9 @@ class Portal:
         self.key = key
         self.sessions = sessions
         self.throttle = throttle
+        #: Second factors (TOTP, recovery codes) and the key that seals their secrets.
+        self.factors = factors
+        self.mfa_key = mfa_key
         self.templates = templates
         self.clock = clock
         self.base_url = base_url_of(settings)
@@ -97,7 +108,9 @@ class Portal:
         # The __Host- prefix makes the browser refuse the cookie unless it is
         # Secure, host-only and for path /, so a sibling subdomain cannot plant one.
         prefix = "__Host-" if self.secure else ""
-        self.cookies = CookieNames(f"{prefix}provisiond_session", f"{prefix}provisiond_pre")
+        self.cookies = CookieNames(
+            f"{prefix}provisiond_session", f"{prefix}provisiond_pre", f"{prefix}provisiond_browser"
+        )
 
     # -- sessions ------------------------------------------------------------------
 
@@ -158,6 +171,18 @@ class Portal:
         request[_SIGNED_IN_KEY] = SignedIn(session, user)
         return session
 
+    async def update_session(
+        self, request: web.Request, signed_in: SignedIn, session: IdpSession
+    ) -> SignedIn | None:
+        """Record ``session``, a changed copy of ``signed_in.session``; ``None`` (and this
+        browser counts as signed out) if the session was revoked meanwhile."""
+        if not await self.sessions.update(session):
+            request[_SIGNED_IN_KEY] = None
+            return None
+        updated = SignedIn(session, signed_in.user)
+        request[_SIGNED_IN_KEY] = updated
+        return updated
+
     async def end_session(self, request: web.Request, response: web.StreamResponse) -> None:
         """Revoke this browser's session (if any) and clear its cookie."""
         session_id = self.key.unsign(request.cookies.get(self.cookies.session))
@@ -196,6 +221,28 @@ class Portal:
     def csrf_token(self, binding: str) -> str:
         """The token forms bound to ``binding`` (a session or pre-session id) must carry."""
         return self.key.csrf_token(binding)
+
+    # -- the browser a parked sign-in belongs to --------------------------------------
+
+    def browser(self, request: web.Request) -> tuple[str, bool]:
+        """This browser's id, which SP-initiated requests parked for it are bound to,
+        and whether it is new (then set it with :meth:`keep_browser`).
+
+        It has a signed cookie of its own, which sign-in and sign-out leave
+        alone: the request parked before sign-in is taken up after it.
+        """
+        current = self.browser_of(request)
+        if current is not None:
+            return current, False
+        return new_session_id(), True
+
+    def keep_browser(self, response: web.StreamResponse, browser: str) -> None:
+        """Set the browser cookie."""
+        self._set_cookie(response, self.cookies.browser, self.key.sign(browser))
+
+    def browser_of(self, request: web.Request) -> str | None:
+        """The browser id the browser sent, if its cookie is valid."""
+        return self.key.unsign(request.cookies.get(self.cookies.browser))
 
     # -- pages ---------------------------------------------------------------------
 

@@ -12,12 +12,21 @@ gets these routes, ``<p>`` being ``profile.path``:
 - ``GET|POST /saml2/<p>/slo``: the sign-out URL.
 
 An SP-initiated request is validated before anyone is asked for a password,
-then parked under a single-use handle while the user signs in. Request IDs
-seen (replay protection) and parked requests live in the core's state store,
-the one the :class:`~daemon.directory.Directory` reads: every replica on a
+then parked under a single-use handle, bound to the browser that brought it
+(its browser cookie, see :meth:`~daemon.portal.site.Portal.browser`), while
+the user signs in. Request IDs seen (replay protection) and parked requests
+live in the core's state store, the one the
+:class:`~daemon.directory.Directory` reads: every replica on a
 shared store refuses a request another accepted, and takes up a sign-in
 another parked. ForceAuthn asks for a sign-in made after the request;
-IsPassive never shows a page and answers NoPassive instead. RelayState is
+IsPassive never shows a page and answers NoPassive instead.
+
+An application that requires a second factor (``SpProfile.require_mfa``,
+or ``http.public.require_mfa`` for all) gets no Response for a session
+that has not passed one: the browser goes to ``/mfa`` and comes back (an
+SP-initiated request parked again under a new handle). With ForceAuthn
+both the password and the second factor must be newer than the request.
+RelayState is
 only ever handed back to the SP inside the POST form to its ACS; this module
 never redirects to it, and IdP-initiated sign-in sends none.
 """
@@ -40,7 +49,8 @@ from daemon.portal.metrics import (
     SAML_SIGN_SECONDS,
     SSO_REFUSALS,
 )
-from daemon.portal.pending import PendingFull, PendingRequests
+from daemon.portal.mfa.flow import challenge_url, needs_second_factor
+from daemon.portal.pending import ParkedElsewhere, PendingFull, PendingRequests
 from daemon.portal.site import PORTAL, Portal, SignedIn, client_address
 from daemon.saml.bindings import InboundMessage, decode_post, decode_redirect, post_form
 from daemon.saml.errors import SamlConfigError, SamlRequestError
@@ -176,7 +186,13 @@ class SignOnEndpoint:
                 authn = await self._receive(message, portal)
                 return await self._handle(request, portal, authn, portal.clock())
             if "resume" in request.query:
-                parked = await self.pending.take(request.query["resume"])
+                try:
+                    parked = await self.pending.take(
+                        request.query["resume"], binding=portal.browser_of(request)
+                    )
+                except ParkedElsewhere:
+                    # Another browser's handle (sent a link, perhaps): left for that one.
+                    return portal.refused(request, self.expired, reason="wrong_browser")
                 if parked is None:
                     return portal.refused(request, self.expired, reason="expired")
                 return await self._handle(request, portal, parked.value, parked.parked_at)
@@ -186,7 +202,7 @@ class SignOnEndpoint:
         signed_in = await portal.signed_in(request)
         if signed_in is None:
             raise portal.login_redirect(self.path)
-        return await self._answer(request, portal, signed_in, None)
+        return await self._answer(request, portal, signed_in, None, None)
 
     async def sso_post(self, request: web.Request) -> web.StreamResponse:
         """An HTTP-POST AuthnRequest.
@@ -196,15 +212,20 @@ class SignOnEndpoint:
         parked, and the browser continues with a same-site GET that does.
         """
         portal = request.app[PORTAL]
+        browser, fresh = portal.browser(request)
         try:
             message = decode_post(await _form(request), max_bytes=MAX_REQUEST_BYTES)
             authn = await self._receive(message, portal)
-            handle = await self.pending.park(authn, portal.clock())
+            handle = await self.pending.park(authn, portal.clock(), binding=browser)
         except SamlRequestError as exc:
             return portal.refused(request, str(exc), reason="invalid_request")
         except PendingFull:
             return portal.refused(request, BUSY, reason="busy", status=503)
-        raise web.HTTPSeeOther(f"{self.path}?resume={handle}")
+        # The browser cookie may be new: a top-level navigation may set it, even cross-site.
+        redirect = web.HTTPSeeOther(f"{self.path}?resume={handle}")
+        if fresh:
+            portal.keep_browser(redirect, browser)
+        raise redirect
 
     async def _receive(self, message: InboundMessage, portal: Portal) -> AuthnRequest:
         return await receive_authn_request(
@@ -219,15 +240,19 @@ class SignOnEndpoint:
         if signed_in is not None and (
             not authn.force_authn or signed_in.session.authenticated_at >= received_at
         ):
-            return await self._answer(request, portal, signed_in, authn)
+            return await self._answer(request, portal, signed_in, authn, received_at)
         if authn.is_passive:
             SSO_REFUSALS.labels(reason="no_passive").inc()
             return await self._status(request, portal, authn, STATUS_NO_PASSIVE)
+        browser, fresh = portal.browser(request)
         try:
-            handle = await self.pending.park(authn, received_at)
+            handle = await self.pending.park(authn, received_at, binding=browser)
         except PendingFull:
             return portal.refused(request, BUSY, reason="busy", status=503)
-        raise portal.login_redirect(f"{self.path}?resume={handle}", force=authn.force_authn)
+        redirect = portal.login_redirect(f"{self.path}?resume={handle}", force=authn.force_authn)
+        if fresh:
+            portal.keep_browser(redirect, browser)
+        raise redirect
 
     async def _answer(
         self,
@@ -235,7 +260,13 @@ class SignOnEndpoint:
         portal: Portal,
         signed_in: SignedIn,
         authn: AuthnRequest | None,
+        received_at: float | None,
     ) -> web.StreamResponse:
+        """The Response for ``signed_in``, or the page that stands in the way of one.
+
+        ``received_at`` is when an SP-initiated request arrived (``None`` for
+        IdP-initiated sign-in).
+        """
         title = self.profile.title
         if not await self.directory.granted(self.target, signed_in.user):
             return portal.forbidden(request, signed_in, target=self.target, title=title)
@@ -247,11 +278,17 @@ class SignOnEndpoint:
                 reason="no_name_id",
                 status=403,
             )
+        session = signed_in.session
+        if self.profile.require_mfa or portal.settings.require_mfa:
+            since = received_at if authn is not None and authn.force_authn else None
+            if needs_second_factor(session, since=since):
+                return await self._second_factor(request, portal, authn, received_at)
         idp = self.idp(portal.base_url)
         principal = self.profile.principal(
             signed_in.user,
-            session_index=signed_in.session.session_index,
-            authenticated_at=signed_in.session.authenticated_at,
+            session_index=session.session_index,
+            authenticated_at=session.authenticated_at,
+            second_factor_at=session.mfa_at,
         )
         in_response_to = authn.id if authn else None
 
@@ -266,9 +303,38 @@ class SignOnEndpoint:
             application=self.target,
             user_id=signed_in.user.id,
             flow="sp-initiated" if authn else "idp-initiated",
+            mfa=principal.multi_factor,
             client=client_address(request),
         )
         return _post_page(self.sp.acs_url, xml, authn.relay_state if authn else None)
+
+    async def _second_factor(
+        self,
+        request: web.Request,
+        portal: Portal,
+        authn: AuthnRequest | None,
+        received_at: float | None,
+    ) -> web.StreamResponse:
+        """No Response yet: the browser passes a second factor on ``/mfa`` and comes back.
+
+        An SP-initiated request is parked again (its handle was used up to get
+        here) with the time it first arrived, so ForceAuthn still judges by it,
+        and for the same browser.
+        """
+        if authn is None:
+            raise web.HTTPSeeOther(challenge_url(self.path))
+        if authn.is_passive:
+            SSO_REFUSALS.labels(reason="no_passive").inc()
+            return await self._status(request, portal, authn, STATUS_NO_PASSIVE)
+        browser, fresh = portal.browser(request)
+        try:
+            handle = await self.pending.park(authn, received_at, binding=browser)
+        except PendingFull:
+            return portal.refused(request, BUSY, reason="busy", status=503)
+        redirect = web.HTTPSeeOther(challenge_url(f"{self.path}?resume={handle}"))
+        if fresh:
+            portal.keep_browser(redirect, browser)
+        raise redirect
 
     async def _status(
         self, request: web.Request, portal: Portal, authn: AuthnRequest, sub_status: str

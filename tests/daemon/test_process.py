@@ -202,6 +202,17 @@ def test_a_bad_configuration_refuses_to_start_naming_the_key(deployment: Deploym
     assert "targets[0].kind: unknown target 'nope'" in proc.stderr
 
 
+def test_an_unusable_mfa_key_refuses_to_start_naming_the_setting(deployment: Deployment) -> None:
+    public = {"enabled": True, "host": "127.0.0.1", "port": 0, "mfa_key_file": "gone-mfa.key"}
+    deployment.write_config(http={"ops": {"host": "127.0.0.1", "port": 0}, "public": public})
+    proc = deployment.cli("run", check=False)
+    assert proc.returncode == 2, proc.stderr
+    said = " ".join(proc.stderr.split())  # the console wraps long lines
+    assert "http.public: http.public.mfa_key_file" in said
+    assert "gone-mfa.key does not exist" in said
+    assert "Traceback" not in said
+
+
 def test_a_busy_ops_port_fails_the_start_clearly_without_hanging(deployment: Deployment) -> None:
     import socket
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,9 @@ from daemon import logs
 from daemon.config import PublicListenerSettings
 from daemon.directory import Directory
 from daemon.portal import build_public_app
+from daemon.portal.mfa.flow import needs_second_factor
 from daemon.portal.paths import local_path
-from daemon.portal.pending import PendingFull, PendingRequests
+from daemon.portal.pending import ParkedElsewhere, PendingFull, PendingRequests
 from daemon.portal.session_key import (
     GENERATED_KEY_NAME,
     STORE_KEY_NAME,
@@ -27,6 +29,7 @@ from daemon.portal.session_key import (
 from daemon.portal.sessions import IdpSession, MemorySessionStore, StoreSessionStore
 from daemon.portal.throttle import FailureWindow, StoreThrottle
 from daemon.secrets import SECRETS, SecretStore
+from daemon.store import SessionRecord
 from daemon.store.sqlite import SqliteStore
 
 
@@ -258,27 +261,39 @@ async def test_pending_requests_are_single_use_and_bounded(tmp_path: Path):
         pending: PendingRequests[str] = PendingRequests(
             store, "test", encode=str, decode=str, capacity=2, lifetime=10, clock=clock
         )
-        handle = await pending.park("a")
-        assert await pending.take(handle) is not None
-        assert await pending.take(handle) is None
-        await pending.park("b")
-        await pending.park("c")
+        handle = await pending.park("a", binding="browser-1")
+        assert await pending.take(handle, binding="browser-1") is not None
+        assert await pending.take(handle, binding="browser-1") is None
+        await pending.park("b", binding="browser-1")
+        await pending.park("c", binding="browser-1")
         with pytest.raises(PendingFull):
-            await pending.park("d")
+            await pending.park("d", binding="browser-1")
         clock.now += 11
-        late = await pending.park("e")  # the expired ones made room
+        late = await pending.park("e", binding="browser-1")  # the expired ones made room
         clock.now += 11
-        assert await pending.take(late) is None
+        assert await pending.take(late, binding="browser-1") is None
         # Another namespace (another sign-on endpoint) does not know this one's handles.
         other: PendingRequests[str] = PendingRequests(
             store, "other", encode=str, decode=str, clock=clock
         )
-        mine = await pending.park("f")
-        assert await other.take(mine) is None
-        parked = await pending.take(mine)
+        mine = await pending.park("f", binding="browser-1")
+        assert await other.take(mine, binding="browser-1") is None
+        # Another browser, or one without a binding, is refused; the value stays for its own.
+        for stranger in ("browser-2", None):
+            with pytest.raises(ParkedElsewhere):
+                await pending.take(mine, binding=stranger)
+        parked = await pending.take(mine, binding="browser-1")
         assert parked is not None and parked.value == "f"
+        # What a version before bindings parked (the bare value) counts as expired.
+        now = clock()
+        await store.park("test bare", "g", now, now + 10, now, 10)
+        assert await pending.take("bare", binding="browser-1") is None
+        await pending.park("h", binding="browser-1")
     finally:
         await store.aclose()
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        values = [row[0] for row in db.execute("SELECT value FROM parked")]
+    assert values and all("browser-1" not in value for value in values)
 
 
 async def test_unexpected_failure_is_a_plain_500(tmp_path: Path):
@@ -312,3 +327,43 @@ async def test_unexpected_failure_is_a_plain_500(tmp_path: Path):
     log = stream.getvalue()
     assert "RuntimeError" in log
     assert "a-secret-value-that-must-not-leak" not in log
+
+
+def test_a_second_factor_counts_once_passed_and_for_force_authn_only_after_the_request():
+    s = IdpSession(user_id="u", username="u", authenticated_at=100, last_seen=100)
+    assert needs_second_factor(s, since=None)
+    passed = replace(s, mfa_at=200, factors=("totp",))
+    assert not needs_second_factor(passed, since=None)
+    assert not needs_second_factor(passed, since=200)
+    assert needs_second_factor(passed, since=201)
+    assert (s.last_authenticated, passed.last_authenticated) == (100, 200)
+
+
+async def test_sessions_keep_the_second_factor_and_old_rows_still_read(tmp_path: Path):
+    store = SqliteStore(tmp_path / "state.db")
+    await store.open()
+    try:
+        sessions = StoreSessionStore(store, idle_timeout=1000, absolute_timeout=5000)
+        s = IdpSession(user_id="u1", username="a", authenticated_at=100, last_seen=100)
+        await sessions.put(s)
+        passed = replace(s, mfa_at=150, factors=("totp", "recovery"), last_seen=150)
+        assert await sessions.update(passed)
+        assert await sessions.get(s.id) == passed
+        # A row written before second factors existed: a session that passed none.
+        old = SessionRecord(
+            id="old", session_index="_sold", user_id="u1",
+            data='{"username": "a", "authenticated_at": 90}', last_seen=95, expires_at=1095,
+        )  # fmt: skip
+        await store.put_session(old, 95, 50)
+        read = await sessions.get("old")
+        assert read is not None and (read.mfa_at, read.factors) == (None, ())
+        # Revoked elsewhere: an update does not bring it back.
+        await sessions.delete(s.id)
+        assert not await sessions.update(passed)
+        assert await sessions.get(s.id) is None
+        memory = MemorySessionStore()
+        assert not await memory.update(passed)
+        await memory.put(s)
+        assert await memory.update(passed) and await memory.get(s.id) == passed
+    finally:
+        await store.aclose()

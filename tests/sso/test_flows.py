@@ -8,6 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from aiohttp import ClientSession
+from aiohttp.test_utils import TestClient
 from lxml import etree
 from saml2 import BINDING_HTTP_POST, BINDING_HTTP_REDIRECT
 from saml2.response import StatusNoPassive
@@ -18,6 +19,7 @@ from daemon.metrics import REGISTRY
 from daemon.saml.endpoint import profiles_of, sign_on_routes
 from daemon.saml.keys import generate_signing_key, write_signing_key
 from daemon.saml.names import NS_DS, NS_MD, NS_SAML, SIG_RSA_SHA256
+from daemon.saml.request import AuthnRequest
 from tests.sso.conftest import ACS, BOUND, IDP_PATH, make_options, make_sp
 from tests.sso.stack import SsoTarget, directory_doc, form_action, hidden_fields, sign_in
 
@@ -123,6 +125,79 @@ async def test_post_binding_continues_through_a_same_site_get(client, world, sp_
         outstanding={request_id: "/"},
     )
     assert response.in_response_to == request_id
+
+
+async def test_a_parked_request_is_bound_to_the_browser_that_started_it(
+    client, world, sp_key, log_text
+):
+    sp = await _sp(client, world, sp_key)
+    other = TestClient(client.server)  # a second browser: its own cookies, the same IdP
+    await other.start_server()
+    wrong = _metric("provisiond_sso_refusals_total", reason="wrong_browser")
+    try:
+        # HTTP-Redirect: A's request is parked while A signs in.
+        request_id, info = sp.prepare_for_authenticate(binding=BINDING_HTTP_REDIRECT)
+        parked = await client.get(_redirect(info), allow_redirects=False)
+        resume = _next_of(parked.headers["Location"])
+        # B cannot use A's handle: signed out, nor signed in as someone else.
+        refused = await other.get(resume)
+        assert refused.status == 400 and "expired" in await refused.text()
+        await sign_in(other, "carol")
+        refused = await other.get(resume)
+        assert refused.status == 400 and "expired" in await refused.text()
+        assert "SAMLResponse" not in await refused.text()
+        # A still can, after signing in (the binding outlives the pre-session cookie).
+        done = await sign_in(client, "alice", next_path=resume)
+        assert done.headers["Location"] == resume
+        answer = sp.parse_authn_request_response(
+            await _saml_response(client, resume), BINDING_HTTP_POST, outstanding={request_id: "/"}
+        )
+        assert answer.name_id.text == "u-alice"
+        # HTTP-POST: the browser binding is set on the 303 that answers the POST.
+        request_id, info = sp.prepare_for_authenticate(binding=BINDING_HTTP_POST)
+        posted = await client.post(
+            IDP_PATH, data=hidden_fields(info["data"]), allow_redirects=False
+        )
+        resume = posted.headers["Location"]
+        assert (await other.get(resume)).status == 400
+        answer = sp.parse_authn_request_response(
+            await _saml_response(client, resume), BINDING_HTTP_POST, outstanding={request_id: "/"}
+        )
+        assert answer.name_id.text == "u-alice"
+        # A browser that never had the cookie (or lost it) is refused too.
+        request_id, info = sp.prepare_for_authenticate(binding=BINDING_HTTP_POST)
+        posted = await other.post(IDP_PATH, data=hidden_fields(info["data"]), allow_redirects=False)
+        resume = posted.headers["Location"]
+        other.session.cookie_jar.clear(lambda cookie: cookie.key == "provisiond_browser")
+        assert (await other.get(resume)).status == 400
+    finally:
+        await other.close()
+    assert _metric("provisiond_sso_refusals_total", reason="wrong_browser") == wrong + 4
+    assert log_text().count('"reason": "wrong_browser"') == 4
+
+
+async def test_a_request_parked_before_browser_binding_is_refused_cleanly(client, world, log_text):
+    # What provisiond parked before requests were bound to a browser: the bare request.
+    old = AuthnRequest(
+        id="_parked-by-an-older-version",
+        issuer="https://wiki.example.test/saml/metadata",
+        issue_instant=datetime.now(UTC),
+        acs_url=ACS,
+        binding=BINDING_HTTP_POST,
+        relay_state=None,
+        force_authn=False,
+        is_passive=False,
+        name_id_policy_format=None,
+        signed=False,
+    )
+    now = world.clock()
+    await world.store.park(
+        f"saml {IDP_PATH} old-handle", old.to_json(), now, now + 600, now, 10_000
+    )
+    await sign_in(client, "alice")
+    refused = await client.get(f"{IDP_PATH}?resume=old-handle")
+    assert refused.status == 400 and "expired" in await refused.text()
+    assert "Traceback" not in log_text()
 
 
 async def test_force_authn_asks_for_a_new_sign_in_even_when_signed_in(client, world, sp_key):
