@@ -41,3 +41,10 @@ SAML_CERTIFICATE_EXPIRY = Gauge(
     ["application"],
     registry=REGISTRY,
 )
+MFA_RESULTS = Counter(
+    "provisiond_mfa",
+    "Second-factor events, by factor (totp, passkey, recovery) and result: success, failure, "
+    "replayed, throttled, enrolled, removed, reset.",
+    ["factor", "result"],
+    registry=REGISTRY,
+)

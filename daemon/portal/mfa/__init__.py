@@ -1,0 +1,1 @@
+"""Second factors at the portal: TOTP, passkeys, recovery codes, and the sign-in flow."""
