@@ -22,6 +22,7 @@ from daemon.config import PublicListenerSettings
 from daemon.directory import Directory
 from daemon.loopback import is_loopback_host
 from daemon.model import User
+from daemon.portal.errors import PortalConfigError as PortalConfigError
 from daemon.portal.metrics import SSO_REFUSALS
 from daemon.portal.session_key import SessionKey
 from daemon.portal.sessions import IdpSession, SessionStore, new_session_id
@@ -32,10 +33,6 @@ audit = structlog.get_logger("provisiond.audit")
 #: ``request`` keys set by the middleware.
 NONCE_KEY: Final = "provisiond.csp_nonce"
 _SIGNED_IN_KEY: Final = "provisiond.signed_in"
-
-
-class PortalConfigError(Exception):
-    """``http.public`` cannot be served safely as configured; the message says why."""
 
 
 @dataclass(frozen=True, slots=True)
