@@ -238,6 +238,15 @@ class PublicListenerSettings(_Section):
     login_max_failures_per_user: int = Field(default=5, ge=1)
     login_max_failures_per_address: int = Field(default=30, ge=1)
     login_failure_window: float = Field(default=15 * 60.0, gt=0)
+    #: File holding the key that encrypts TOTP secrets in the state store.
+    #: Default: ``portal-mfa.key``, generated once into the state directory.
+    mfa_key_file: Path | None = None
+    #: Ask every application's users for a second factor (each application
+    #: can also ask on its own: ``sso.require_mfa``).
+    require_mfa: bool = False
+    #: Wrong second-factor codes allowed per account within
+    #: ``login_failure_window`` seconds before further codes are refused.
+    mfa_max_failures: int = Field(default=5, ge=1)
 
 
 class HttpSettings(_Section):

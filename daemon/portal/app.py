@@ -13,6 +13,9 @@ from aiohttp import web
 from daemon.config import PublicListenerSettings
 from daemon.directory import Directory
 from daemon.portal import views
+from daemon.portal.mfa import pages as mfa_pages
+from daemon.portal.mfa.factors import Factors
+from daemon.portal.mfa.keys import load_mfa_key
 from daemon.portal.middleware import forwarded, no_stack_traces, security_headers
 from daemon.portal.session_key import load_session_key
 from daemon.portal.sessions import StoreSessionStore
@@ -52,7 +55,11 @@ async def build_public_app(
     replica on it; the session key may too (see
     :func:`~daemon.portal.session_key.load_session_key`).
     ``clock`` (Unix seconds) times sessions and sign-ins; tests move it.
-    Raises :class:`~daemon.portal.site.PortalConfigError` or
+    Second factors are kept in the same store, their secrets sealed with the
+    key of ``http.public.mfa_key_file`` (see
+    :func:`~daemon.portal.mfa.keys.load_mfa_key`).
+    Raises :class:`~daemon.portal.site.PortalConfigError` (a lost or wrong
+    MFA key: :class:`~daemon.portal.mfa.keys.MfaKeyError`, one of them) or
     :class:`~daemon.portal.session_key.SessionKeyError` when the settings
     cannot be served safely.
     """
@@ -74,7 +81,28 @@ async def build_public_app(
         idle_timeout=settings.session_idle_timeout,
         absolute_timeout=settings.session_absolute_timeout,
     )
-    portal = Portal(settings, directory, key, sessions, throttle, templates(), clock=clock)
+    mfa_file = settings.mfa_key_file
+    mfa_key = await load_mfa_key(
+        resolve_secret_path(mfa_file, config_dir) if mfa_file else None, state_dir, store, secrets
+    )
+    factors = Factors(
+        store,
+        mfa_key,
+        clock=clock,
+        max_failures=settings.mfa_max_failures,
+        window=settings.login_failure_window,
+    )
+    portal = Portal(
+        settings,
+        directory,
+        key,
+        sessions,
+        throttle,
+        templates(),
+        factors=factors,
+        mfa_key=mfa_key,
+        clock=clock,
+    )
     app = web.Application(
         middlewares=[
             forwarded(settings.trust_forwarded_headers),
@@ -85,6 +113,7 @@ async def build_public_app(
     )
     app[PORTAL] = portal
     app.router.add_routes(views.routes())
+    app.router.add_routes(mfa_pages.routes())
     for routes in plugin_routes:
         app.router.add_routes(routes)
     return app

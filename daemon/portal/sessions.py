@@ -39,7 +39,13 @@ def new_session_id() -> str:
 
 @dataclass(frozen=True, slots=True)
 class IdpSession:
-    """One signed-in browser. Times are Unix seconds."""
+    """One signed-in browser. Times are Unix seconds.
+
+    ``authenticated_at`` is when the password was checked; ``mfa_at`` when a
+    second factor was last passed in this session (``None``: never), and
+    ``factors`` the kinds passed so far (``"totp"``, ``"recovery"``,
+    ``"passkey"``), in the order first used.
+    """
 
     user_id: str
     username: str
@@ -48,6 +54,8 @@ class IdpSession:
     id: str = field(default_factory=new_session_id)
     #: The SAML SessionIndex of assertions issued in this session (used by logout).
     session_index: str = field(default_factory=lambda: "_s" + secrets.token_hex(16))
+    mfa_at: float | None = None
+    factors: tuple[str, ...] = ()
 
     def expired(self, now: float, idle_timeout: float, absolute_timeout: float) -> bool:
         """Whether the idle or the absolute timeout has passed."""
@@ -59,6 +67,13 @@ class IdpSession:
         """This session, seen at ``now``."""
         return replace(self, last_seen=now)
 
+    @property
+    def last_authenticated(self) -> float:
+        """The latest authentication step of the session: the password or a second factor."""
+        if self.mfa_at is None:
+            return self.authenticated_at
+        return max(self.authenticated_at, self.mfa_at)
+
 
 class SessionStore(Protocol):
     """Where sessions live. Implementations must be safe for concurrent requests."""
@@ -69,6 +84,10 @@ class SessionStore(Protocol):
 
     async def put(self, session: IdpSession) -> None:
         """Create or update ``session``."""
+        ...
+
+    async def update(self, session: IdpSession) -> bool:
+        """Replace ``session`` if it still exists; ``False`` (nothing created) if it was revoked."""
         ...
 
     async def touch(self, session: IdpSession, now: float) -> IdpSession | None:
@@ -114,6 +133,13 @@ class MemorySessionStore:
         self._sessions.move_to_end(session.id)
         while len(self._sessions) > self._capacity:
             self._sessions.popitem(last=False)
+
+    async def update(self, session: IdpSession) -> bool:
+        """See :meth:`SessionStore.update`."""
+        if session.id not in self._sessions:
+            return False
+        await self.put(session)
+        return True
 
     async def touch(self, session: IdpSession, now: float) -> IdpSession | None:
         """See :meth:`SessionStore.touch`."""
@@ -185,9 +211,14 @@ class StoreSessionStore:
 
     async def put(self, session: IdpSession) -> None:
         """See :meth:`SessionStore.put`."""
-        data = json.dumps(
-            {"username": session.username, "authenticated_at": session.authenticated_at}
-        )
+        fields: dict[str, object] = {
+            "username": session.username,
+            "authenticated_at": session.authenticated_at,
+        }
+        if session.mfa_at is not None:
+            fields["mfa_at"] = session.mfa_at
+            fields["factors"] = list(session.factors)
+        data = json.dumps(fields)
         record = SessionRecord(
             id=session.id,
             session_index=session.session_index,
@@ -197,6 +228,21 @@ class StoreSessionStore:
             expires_at=self._expires_at(session),
         )
         await self._store.put_session(record, session.last_seen, self._per_user)
+
+    async def update(self, session: IdpSession) -> bool:
+        """See :meth:`SessionStore.update`.
+
+        The row is checked first (a touch that creates nothing), then
+        replaced: a revocation on another replica between the two is the
+        one moment a revoked session could come back, a window of one store
+        round trip.
+        """
+        if not await self._store.touch_session(
+            session.id, session.last_seen, self._expires_at(session)
+        ):
+            return False
+        await self.put(session)
+        return True
 
     async def touch(self, session: IdpSession, now: float) -> IdpSession | None:
         """See :meth:`SessionStore.touch`."""
@@ -221,9 +267,14 @@ class StoreSessionStore:
 
 
 def _decode(record: SessionRecord) -> IdpSession | None:
-    """The session a row holds; ``None`` for a row this version cannot read."""
+    """The session a row holds; ``None`` for a row this version cannot read.
+
+    Rows written before second factors existed have no ``mfa_at``: a session
+    that passed none.
+    """
     try:
         data = json.loads(record.data)
+        mfa_at = data.get("mfa_at")
         return IdpSession(
             user_id=record.user_id,
             username=str(data["username"]),
@@ -231,6 +282,8 @@ def _decode(record: SessionRecord) -> IdpSession | None:
             last_seen=record.last_seen,
             id=record.id,
             session_index=record.session_index,
+            mfa_at=None if mfa_at is None else float(mfa_at),
+            factors=tuple(str(f) for f in data.get("factors", ())),
         )
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None

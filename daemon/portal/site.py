@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlencode, urlsplit
 
 import jinja2
@@ -27,6 +27,11 @@ from daemon.portal.metrics import SSO_REFUSALS
 from daemon.portal.session_key import SessionKey
 from daemon.portal.sessions import IdpSession, SessionStore, new_session_id
 from daemon.portal.throttle import Throttle
+
+if TYPE_CHECKING:
+    # Types only: the second-factor package is built on this module.
+    from daemon.portal.mfa.factors import Factors
+    from daemon.portal.mfa.keys import MfaKey
 
 audit = structlog.get_logger("provisiond.audit")
 
@@ -84,6 +89,8 @@ class Portal:
         throttle: Throttle,
         templates: jinja2.Environment,
         *,
+        factors: Factors,
+        mfa_key: MfaKey,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -91,6 +98,9 @@ class Portal:
         self.key = key
         self.sessions = sessions
         self.throttle = throttle
+        #: Second factors (TOTP, recovery codes) and the key that seals their secrets.
+        self.factors = factors
+        self.mfa_key = mfa_key
         self.templates = templates
         self.clock = clock
         self.base_url = base_url_of(settings)
@@ -160,6 +170,18 @@ class Portal:
         response.del_cookie(self.cookies.pre_session, path="/")
         request[_SIGNED_IN_KEY] = SignedIn(session, user)
         return session
+
+    async def update_session(
+        self, request: web.Request, signed_in: SignedIn, session: IdpSession
+    ) -> SignedIn | None:
+        """Record ``session``, a changed copy of ``signed_in.session``; ``None`` (and this
+        browser counts as signed out) if the session was revoked meanwhile."""
+        if not await self.sessions.update(session):
+            request[_SIGNED_IN_KEY] = None
+            return None
+        updated = SignedIn(session, signed_in.user)
+        request[_SIGNED_IN_KEY] = updated
+        return updated
 
     async def end_session(self, request: web.Request, response: web.StreamResponse) -> None:
         """Revoke this browser's session (if any) and clear its cookie."""

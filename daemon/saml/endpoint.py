@@ -17,7 +17,14 @@ seen (replay protection) and parked requests live in the core's state store,
 the one the :class:`~daemon.directory.Directory` reads: every replica on a
 shared store refuses a request another accepted, and takes up a sign-in
 another parked. ForceAuthn asks for a sign-in made after the request;
-IsPassive never shows a page and answers NoPassive instead. RelayState is
+IsPassive never shows a page and answers NoPassive instead.
+
+An application that requires a second factor (``SpProfile.require_mfa``,
+or ``http.public.require_mfa`` for all) gets no Response for a session
+that has not passed one: the browser goes to ``/mfa`` and comes back (an
+SP-initiated request parked again under a new handle). With ForceAuthn
+both the password and the second factor must be newer than the request.
+RelayState is
 only ever handed back to the SP inside the POST form to its ACS; this module
 never redirects to it, and IdP-initiated sign-in sends none.
 """
@@ -40,6 +47,7 @@ from daemon.portal.metrics import (
     SAML_SIGN_SECONDS,
     SSO_REFUSALS,
 )
+from daemon.portal.mfa.flow import challenge_url, needs_second_factor
 from daemon.portal.pending import PendingFull, PendingRequests
 from daemon.portal.site import PORTAL, Portal, SignedIn, client_address
 from daemon.saml.bindings import InboundMessage, decode_post, decode_redirect, post_form
@@ -186,7 +194,7 @@ class SignOnEndpoint:
         signed_in = await portal.signed_in(request)
         if signed_in is None:
             raise portal.login_redirect(self.path)
-        return await self._answer(request, portal, signed_in, None)
+        return await self._answer(request, portal, signed_in, None, None)
 
     async def sso_post(self, request: web.Request) -> web.StreamResponse:
         """An HTTP-POST AuthnRequest.
@@ -219,7 +227,7 @@ class SignOnEndpoint:
         if signed_in is not None and (
             not authn.force_authn or signed_in.session.authenticated_at >= received_at
         ):
-            return await self._answer(request, portal, signed_in, authn)
+            return await self._answer(request, portal, signed_in, authn, received_at)
         if authn.is_passive:
             SSO_REFUSALS.labels(reason="no_passive").inc()
             return await self._status(request, portal, authn, STATUS_NO_PASSIVE)
@@ -235,7 +243,13 @@ class SignOnEndpoint:
         portal: Portal,
         signed_in: SignedIn,
         authn: AuthnRequest | None,
+        received_at: float | None,
     ) -> web.StreamResponse:
+        """The Response for ``signed_in``, or the page that stands in the way of one.
+
+        ``received_at`` is when an SP-initiated request arrived (``None`` for
+        IdP-initiated sign-in).
+        """
         title = self.profile.title
         if not await self.directory.granted(self.target, signed_in.user):
             return portal.forbidden(request, signed_in, target=self.target, title=title)
@@ -247,11 +261,17 @@ class SignOnEndpoint:
                 reason="no_name_id",
                 status=403,
             )
+        session = signed_in.session
+        if self.profile.require_mfa or portal.settings.require_mfa:
+            since = received_at if authn is not None and authn.force_authn else None
+            if needs_second_factor(session, since=since):
+                return await self._second_factor(request, portal, authn, received_at)
         idp = self.idp(portal.base_url)
         principal = self.profile.principal(
             signed_in.user,
-            session_index=signed_in.session.session_index,
-            authenticated_at=signed_in.session.authenticated_at,
+            session_index=session.session_index,
+            authenticated_at=session.authenticated_at,
+            second_factor_at=session.mfa_at,
         )
         in_response_to = authn.id if authn else None
 
@@ -266,9 +286,33 @@ class SignOnEndpoint:
             application=self.target,
             user_id=signed_in.user.id,
             flow="sp-initiated" if authn else "idp-initiated",
+            mfa=principal.multi_factor,
             client=client_address(request),
         )
         return _post_page(self.sp.acs_url, xml, authn.relay_state if authn else None)
+
+    async def _second_factor(
+        self,
+        request: web.Request,
+        portal: Portal,
+        authn: AuthnRequest | None,
+        received_at: float | None,
+    ) -> web.StreamResponse:
+        """No Response yet: the browser passes a second factor on ``/mfa`` and comes back.
+
+        An SP-initiated request is parked again (its handle was used up to get
+        here) with the time it first arrived, so ForceAuthn still judges by it.
+        """
+        if authn is None:
+            raise web.HTTPSeeOther(challenge_url(self.path))
+        if authn.is_passive:
+            SSO_REFUSALS.labels(reason="no_passive").inc()
+            return await self._status(request, portal, authn, STATUS_NO_PASSIVE)
+        try:
+            handle = await self.pending.park(authn, received_at)
+        except PendingFull:
+            return portal.refused(request, BUSY, reason="busy", status=503)
+        raise web.HTTPSeeOther(challenge_url(f"{self.path}?resume={handle}"))
 
     async def _status(
         self, request: web.Request, portal: Portal, authn: AuthnRequest, sub_status: str

@@ -27,6 +27,11 @@ ATTRNAME_URI: Final = "urn:oasis:names:tc:SAML:2.0:attrname-format:uri"
 AUTHN_PASSWORD_PROTECTED_TRANSPORT: Final = (
     "urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport"  # noqa: S105
 )
+#: The REFEDS Multi-Factor Authentication profile: the user passed a second
+#: factor besides the password (https://refeds.org/profile/mfa). SAML's own
+#: classes name one particular combination each; this one says "MFA" as
+#: service providers check for it.
+AUTHN_REFEDS_MFA: Final = "https://refeds.org/profile/mfa"
 CONFIRMATION_BEARER: Final = "urn:oasis:names:tc:SAML:2.0:cm:bearer"
 ENTITY_FORMAT: Final = "urn:oasis:names:tc:SAML:2.0:nameid-format:entity"
 

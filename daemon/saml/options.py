@@ -56,6 +56,9 @@ class SsoOptions(BaseModel):
     #: Refuse unsigned requests from the SP; verify them with ``sp_cert_file``.
     want_requests_signed: bool = False
     sp_cert_file: Path | None = None
+    #: Users need a second factor for this application (``http.public.require_mfa``
+    #: asks for one for every application).
+    require_mfa: bool = False
 
     @field_validator("path")
     @classmethod
@@ -143,6 +146,7 @@ class SsoOptions(BaseModel):
             sign_assertion=self.sign_assertion,
             want_requests_signed=self.want_requests_signed,
             sp_cert_file=resolve(self.sp_cert_file) if self.sp_cert_file else None,
+            require_mfa=self.require_mfa,
             secrets=context.secrets,
         )
 

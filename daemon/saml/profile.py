@@ -66,6 +66,8 @@ class SpProfile:
     want_requests_signed: bool = False
     #: The SP's certificate, to verify its signed requests.
     sp_cert_file: Path | None = None
+    #: Issue no Response until the user has passed a second factor in the session.
+    require_mfa: bool = False
     #: Reads the key file and registers it for redaction.
     secrets: SecretStore = field(default_factory=lambda: SECRETS, compare=False, repr=False)
 
@@ -88,8 +90,22 @@ class SpProfile:
         """The user's NameID value; empty when the directory has no value for its field."""
         return _value(user, self.name_id_field)
 
-    def principal(self, user: User, *, session_index: str, authenticated_at: float) -> Principal:
-        """``user`` as this SP sees them, signed in at ``authenticated_at`` (Unix seconds)."""
+    def principal(
+        self,
+        user: User,
+        *,
+        session_index: str,
+        authenticated_at: float,
+        second_factor_at: float | None = None,
+    ) -> Principal:
+        """``user`` as this SP sees them, signed in with a password at ``authenticated_at``
+        and, if not ``None``, with a second factor at ``second_factor_at`` (Unix seconds).
+        """
+        latest = (
+            authenticated_at
+            if second_factor_at is None
+            else max(authenticated_at, second_factor_at)
+        )
         attributes = {
             name: [value]
             for name, source in self.attributes.items()
@@ -99,10 +115,11 @@ class SpProfile:
             name_id=self.name_id(user),
             attributes=attributes,
             session_index=session_index,
-            # When the password was checked, not when the Response is issued:
-            # an SP that asked for ForceAuthn, or limits the age of a
-            # sign-in, judges by it.
-            authn_instant=datetime.fromtimestamp(authenticated_at, UTC),
+            # The latest authentication step (the password or the second
+            # factor), not when the Response is issued: an SP that asked for
+            # ForceAuthn, or limits the age of a sign-in, judges by it.
+            authn_instant=datetime.fromtimestamp(latest, UTC),
+            multi_factor=second_factor_at is not None,
         )
 
     def same_subject(self, user: User, name_id: str) -> bool:

@@ -10,6 +10,7 @@ from lxml import etree
 
 from daemon.saml.names import (
     AUTHN_PASSWORD_PROTECTED_TRANSPORT,
+    AUTHN_REFEDS_MFA,
     CONFIRMATION_BEARER,
     ENTITY_FORMAT,
     NS_SAML,
@@ -38,6 +39,14 @@ class Principal:
     session_index: str = field(default_factory=new_id)
     #: When the user authenticated; defaults to the response's issue time.
     authn_instant: datetime | None = None
+    #: Whether the user passed a second factor: the AuthnContextClassRef is
+    #: then the REFEDS MFA profile, else PasswordProtectedTransport.
+    multi_factor: bool = False
+
+    @property
+    def authn_context(self) -> str:
+        """The ``AuthnContextClassRef`` of the assertion."""
+        return AUTHN_REFEDS_MFA if self.multi_factor else AUTHN_PASSWORD_PROTECTED_TRANSPORT
 
 
 def build_response(
@@ -191,9 +200,7 @@ def _assertion(
         SessionIndex=principal.session_index,
     )
     context = etree.SubElement(authn, f"{_SAML}AuthnContext")
-    etree.SubElement(
-        context, f"{_SAML}AuthnContextClassRef"
-    ).text = AUTHN_PASSWORD_PROTECTED_TRANSPORT
+    etree.SubElement(context, f"{_SAML}AuthnContextClassRef").text = principal.authn_context
 
     if principal.attributes:
         statement = etree.SubElement(assertion, f"{_SAML}AttributeStatement")
