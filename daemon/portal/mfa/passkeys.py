@@ -481,19 +481,6 @@ class Passkeys:
                 return True
         return False
 
-    async def remove(self, user_id: str, passkey_id: str, *, client: str) -> bool:
-        """Delete the user's passkey; ``False`` if the user has no such passkey."""
-        if not any(p.id == passkey_id for p in await self.passkeys(user_id)):
-            return False
-        if not await self.store.delete_factor(user_id, passkey_id):
-            return False
-        MFA_RESULTS.labels(factor=KIND, result="removed").inc()
-        audit.info(
-            "mfa removed", user_id=user_id, factor=KIND, client=client,
-            credential=_short(passkey_id),
-        )  # fmt: skip
-        return True
-
     # -- challenges ----------------------------------------------------------------
 
     async def _park(self, ceremony: Ceremony, session_id: str, user_id: str, raw: bytes) -> str:

@@ -2,6 +2,7 @@
 //
 // A page opts in with elements carrying data attributes:
 //   <section data-passkey data-csrf="..." data-next="/...">  the token and where to go after
+//                                         (data-enrol="1": adding the first factor to go on)
 //   <form data-passkey-register>  (a "name" input)          registers a new passkey
 //   <button data-passkey-signin>                             signs in with a passkey
 //   <p data-passkey-status>                                  where progress and errors show
@@ -120,7 +121,7 @@
 
   function setup(section) {
     var csrf = section.getAttribute("data-csrf") || "";
-    var next = section.getAttribute("data-next") || "/";
+    var next = section.getAttribute("data-next") || "";
     var status = section.querySelector("[data-passkey-status]");
     var say = function (text, isError) {
       if (status) {
@@ -155,12 +156,14 @@
                   handle: started.handle,
                   credential: registrationJSON(credential),
                   name: name,
+                  next: next,
+                  enrol: section.getAttribute("data-enrol") || "",
                 });
               });
           })
           .then(function (done) {
             say("Passkey added.", false);
-            window.location.assign(done.next || next);
+            window.location.assign(done.next);
           })
           .catch(function (error) {
             say(failure(error), true);
