@@ -233,7 +233,8 @@ class PublicListenerSettings(_Section):
     #: ``portal-session.key`` an earlier provisiond generated into the state
     #: directory, else a key generated once into the state store.
     session_key_file: Path | None = None
-    #: Failed sign-ins allowed per username, and per client address, within
+    #: Failed sign-ins allowed per account (a typed name that resolves to
+    #: nobody counts as itself), and per client address, within
     #: ``login_failure_window`` seconds before further attempts are refused.
     login_max_failures_per_user: int = Field(default=5, ge=1)
     login_max_failures_per_address: int = Field(default=30, ge=1)

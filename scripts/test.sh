@@ -20,4 +20,9 @@ echo "==> mypy --strict"
 echo "==> lint-imports (layering contracts in pyproject.toml)"
 .venv/bin/lint-imports --no-cache --no-logo
 echo "==> pytest"
-.venv/bin/python -m pytest "$@"
+# Two workers (pytest-xdist): most tests wait on subprocesses, servers and
+# sockets, so two at once nearly halve the time even on two cores. The daemon
+# process tests with short leases and kill deadlines share one worker, one
+# after another (tests/conftest.py, SERIAL_PATHS). PYTEST_WORKERS=0 runs the
+# suite in one process; arguments given here come after these and win.
+.venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadgroup "$@"

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from daemon import __version__
-from daemon.cli import check, cycle, saml, state
+from daemon.cli import check, cycle, mfa, saml, state
 
 CONFIG_HELP = "Configuration file (YAML). Env: PROVISIOND_CONFIG."
 
@@ -50,6 +50,7 @@ for command in (
     state.approve,
     saml.saml,
     saml.passwd,
+    mfa.mfa,
 ):
     main.add_command(command)
 

@@ -11,7 +11,8 @@ by the mass-removal guard, so it is guarded:
   header or a non-loopback ``Host`` (DNS rebinding) are refused too.
 
 ``request.remote`` is the socket's peer; forwarding headers are never trusted.
-Every error is a JSON ``{"error": "..."}`` without a stack trace.
+Every error is a JSON ``{"error": "..."}`` without a stack trace, also for a
+request the HTTP parser refused (:data:`~daemon.http.serve.REFUSAL_PAGE`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from daemon import metrics
+from daemon.http.serve import REFUSAL_PAGE
 from daemon.logs import get_logger, redact_value
 from daemon.loopback import is_loopback_address, is_loopback_host_header
 from daemon.secrets import SECRETS, SecretError, SecretFile, SecretStore
@@ -35,6 +37,8 @@ _MAX_BODY = 64 * 1024
 _REMOTE_ADMIN_HINT = "configure http.ops.admin_token_file to use the admin API from another host"
 # Response headers of an aiohttp HTTPException worth keeping in our JSON error.
 _KEPT_ERROR_HEADERS = ("Allow", "WWW-Authenticate")
+# For a request the HTTP parser refused, by daemon.http.serve's reason.
+_UNREADABLE = {"too_long": "request line or header too long", "malformed": "malformed request"}
 
 
 class Controller(Protocol):
@@ -187,6 +191,9 @@ def build_ops_app(
     app = web.Application(middlewares=[json_errors], client_max_size=_MAX_BODY)
     app[CONTROLLER] = controller
     app[SECRET_STORE] = secrets
+    app[REFUSAL_PAGE] = lambda status, reason: error_response(
+        status, _UNREADABLE.get(reason, _UNREADABLE["malformed"])
+    )
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)

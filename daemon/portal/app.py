@@ -12,12 +12,13 @@ from aiohttp import web
 
 from daemon.config import PublicListenerSettings
 from daemon.directory import Directory
+from daemon.http.serve import REFUSAL_PAGE
 from daemon.portal import passkey_routes, views
 from daemon.portal.mfa import pages as mfa_pages
 from daemon.portal.mfa.factors import Factors
 from daemon.portal.mfa.keys import load_mfa_key
 from daemon.portal.mfa.passkeys import Passkeys, b64decode
-from daemon.portal.middleware import forwarded, no_stack_traces, security_headers
+from daemon.portal.middleware import forwarded, no_stack_traces, refusal_page, security_headers
 from daemon.portal.session_key import load_session_key
 from daemon.portal.sessions import StoreSessionStore
 from daemon.portal.site import PORTAL, Portal
@@ -115,6 +116,7 @@ async def build_public_app(
         client_max_size=MAX_BODY_BYTES,
     )
     app[PORTAL] = portal
+    app[REFUSAL_PAGE] = refusal_page(portal)
     app[passkey_routes.PASSKEYS] = Passkeys(
         store,
         base_url=portal.base_url,

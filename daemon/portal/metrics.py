@@ -24,7 +24,8 @@ SAML_RESPONSES = Counter(
 SSO_REFUSALS = Counter(
     "provisiond_sso_refusals",
     "Refused sign-in or SSO requests, by reason: invalid_request, not_granted, csrf, "
-    "expired, busy, no_passive, no_name_id, unavailable (the state store cannot be reached).",
+    "expired, busy, no_passive, no_name_id, unavailable (the state store cannot be reached), "
+    "too_long and malformed (the HTTP request could not be read).",
     ["reason"],
     registry=REGISTRY,
 )

@@ -1,4 +1,8 @@
-"""What every public response gets: the real client, security headers, and no stack traces."""
+"""What every public response gets: the real client, security headers, and no stack traces.
+
+That includes the answer to a request aiohttp's parser refused before any
+middleware ran (:func:`refusal_page`).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,9 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from multidict import CIMultiDict
 
-from daemon.portal.site import NONCE_KEY, PORTAL, SCRIPTS_KEY
+from daemon.http.serve import RefusalPage
+from daemon.portal.metrics import SSO_REFUSALS
+from daemon.portal.site import NONCE_KEY, PORTAL, SCRIPTS_KEY, Portal
 from daemon.store import StateError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -27,6 +33,12 @@ _STATIC_HEADERS: Final = {
     "Cross-Origin-Opener-Policy": "same-origin",
     # Pages depend on the session; no shared or browser cache may keep them.
     "Cache-Control": "no-store",
+}
+#: Said to a request the parser refused, by the reason daemon.http.serve gives.
+_UNREADABLE: Final = {
+    "too_long": "This request is too long to be read: its address or one of its headers "
+    "is too large.",
+    "malformed": "This request could not be read.",
 }
 
 
@@ -76,6 +88,30 @@ async def security_headers(request: web.Request, handler: Handler) -> web.Stream
         raise
     _apply(response.headers, nonce, https, scripts=request.get(SCRIPTS_KEY, False))
     return response
+
+
+def refusal_page(portal: Portal) -> RefusalPage:
+    """The answer to a request aiohttp's parser refused (a request line or header over
+    its limits, malformed HTTP; see :data:`daemon.http.serve.REFUSAL_PAGE`).
+
+    The portal's refusal page with every page's headers, counted in
+    ``provisiond_sso_refusals_total`` by reason. It says nothing of the
+    request, which was never read; daemon.http.serve logs it.
+    """
+
+    def page(status: int, reason: str) -> web.StreamResponse:
+        SSO_REFUSALS.labels(reason=reason).inc()
+        nonce = secrets.token_urlsafe(16)
+        text = portal.templates.get_template("message.html").render(
+            nonce=nonce,
+            title="Request refused",
+            message=_UNREADABLE.get(reason, _UNREADABLE["malformed"]),
+        )
+        response = web.Response(text=text, status=status, content_type="text/html")
+        _apply(response.headers, nonce, portal.secure, scripts=False)
+        return response
+
+    return page
 
 
 def _apply(headers: CIMultiDict[str], nonce: str, https: bool, *, scripts: bool) -> None:

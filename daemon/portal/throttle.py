@@ -1,9 +1,11 @@
-"""Slowing down password guessing: failed sign-ins per username and per client address.
+"""Slowing down password guessing: failed sign-ins per account and per client address.
 
 A sliding window: each key keeps the times of its recent failures, and a key
 with too many inside the window is refused until the oldest ones age out.
-Keys are counted whether or not the username exists, so the throttle itself
-never tells who has an account.
+A typed name that resolves to an account is counted as that account, so its
+username and its email address share one budget; a name that resolves to
+nobody is counted as itself, with the same budget. Unknown names are counted
+and held exactly like accounts, so the throttle itself never tells who has one.
 
 :class:`StoreThrottle`, which the daemon uses, keeps one row per failure in
 the core's state store, so the counts add up across every replica on a shared
@@ -27,17 +29,22 @@ DEFAULT_CAPACITY: Final = 50_000
 class Throttle(Protocol):
     """What the sign-in form asks before and after it checks a password."""
 
-    async def blocked(self, login: str, address: str) -> bool:
-        """Whether an attempt for ``login`` from ``address`` must be refused unchecked."""
+    async def blocked(self, login: str, address: str, *, account: str | None) -> bool:
+        """Whether an attempt for ``login`` from ``address`` must be refused unchecked.
+
+        ``account`` is the id of the user ``login`` resolves to, ``None`` when
+        it resolves to nobody; the count is the account's, else the name's.
+        """
         ...
 
-    async def failed(self, login: str, address: str) -> None:
-        """Record a failed attempt."""
+    async def failed(self, login: str, address: str, *, account: str | None) -> None:
+        """Record a failed attempt (``account`` as for :meth:`blocked`)."""
         ...
 
-    async def succeeded(self, login: str) -> None:
-        """Reset the user's count; the address keeps its count (one good password
-        must not buy an attacker fresh guesses at other accounts)."""
+    async def succeeded(self, *, account: str) -> None:
+        """Reset the count of the account (a user id) that signed in; the address
+        keeps its count (one good password must not buy an attacker fresh guesses
+        at other accounts)."""
         ...
 
 
@@ -93,8 +100,9 @@ class FailureWindow:
 class StoreThrottle:
     """A :class:`Throttle` in the core's state store, counted across every replica on it.
 
-    The username is stored only as ``user_key(login)``, a keyed digest: people
-    type passwords into the username field, and the store must not keep them.
+    Accounts are stored only as ``user_key(user_id)`` and names that resolve
+    to nobody as ``user_key(folded name)``, keyed digests: people type
+    passwords into the username field, and the store must not keep them.
     Rows expire with the window; the store purges them.
     """
 
@@ -115,26 +123,27 @@ class StoreThrottle:
         self._user_key = user_key
         self._clock = clock
 
-    def _keys(self, login: str, address: str) -> tuple[str, str]:
-        return f"user:{self._user_key(_folded(login))}", f"address:{address}"
+    def _user(self, login: str, account: str | None) -> str:
+        if account is not None:
+            return f"account:{self._user_key(account)}"
+        return f"name:{self._user_key(_folded(login))}"
 
-    async def blocked(self, login: str, address: str) -> bool:
+    async def blocked(self, login: str, address: str, *, account: str | None) -> bool:
         """See :meth:`Throttle.blocked`."""
-        user, addr = self._keys(login, address)
         since = self._clock() - self.window
-        if await self._store.count_failures(user, since) >= self.per_user:
+        if await self._store.count_failures(self._user(login, account), since) >= self.per_user:
             return True
-        return await self._store.count_failures(addr, since) >= self.per_address
+        return await self._store.count_failures(f"address:{address}", since) >= self.per_address
 
-    async def failed(self, login: str, address: str) -> None:
+    async def failed(self, login: str, address: str, *, account: str | None) -> None:
         """See :meth:`Throttle.failed`."""
         now = self._clock()
-        await self._store.add_failures(self._keys(login, address), now, now + self.window)
+        keys = (self._user(login, account), f"address:{address}")
+        await self._store.add_failures(keys, now, now + self.window)
 
-    async def succeeded(self, login: str) -> None:
+    async def succeeded(self, *, account: str) -> None:
         """See :meth:`Throttle.succeeded`."""
-        user, _ = self._keys(login, "")
-        await self._store.clear_failures(user)
+        await self._store.clear_failures(self._user("", account))
 
 
 def _folded(login: str) -> str:

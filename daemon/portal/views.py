@@ -75,9 +75,13 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     login = _text(form.get("username"), _MAX_LOGIN).strip()
     password = _text(form.get("password"), _MAX_PASSWORD + 1)
     address = client_address(request)
-    # A store that cannot be reached raises StateError here: a 503, never a
-    # sign-in on a throttle that was not checked.
-    if await portal.throttle.blocked(login, address):
+    # Counted per account once the name resolves to one (its username and email
+    # share a budget), else per typed name; both are held alike. A store that
+    # cannot be reached raises StateError here: a 503, never a sign-in on a
+    # throttle that was not checked.
+    known = await portal.directory.find_user(login)
+    account = known.id if known is not None else None
+    if await portal.throttle.blocked(login, address, account=account):
         LOGINS.labels(result="throttled").inc()
         audit.warning("sign-in throttled", client=address)
         return _login_form(
@@ -85,7 +89,6 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         )
     user = None
     if login and password and len(password) <= _MAX_PASSWORD:
-        known = await portal.directory.find_user(login)
         if known is None or not known.active:
             await _equal_cost(password)
         else:
@@ -94,9 +97,9 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         LOGINS.labels(result="failure").inc()
         # The submitted login is not logged: people type passwords into it.
         audit.warning("sign-in failed", client=address)
-        await portal.throttle.failed(login, address)
+        await portal.throttle.failed(login, address, account=account)
         return _login_form(request, portal, next_path, error=LOGIN_FAILED, login=login, status=401)
-    await portal.throttle.succeeded(login)
+    await portal.throttle.succeeded(account=user.id)
     LOGINS.labels(result="success").inc()
     response = web.HTTPSeeOther(next_path)
     session = await portal.start_session(request, response, user)

@@ -24,7 +24,8 @@ def _deployment(tmp_path: Path, kind: Kind, url: str, token: str) -> Deployment:
     d.write_directory(directory(3))
     d.write_config(
         plugins=[],
-        targets=[target_entry(kind, url, ["App Users"], connection="once")],
+        # No wait for a token rotation after the 401: the refusal is reported at once.
+        targets=[target_entry(kind, url, ["App Users"], connection="once", token_rotation_wait=0)],
     )
     return d
 

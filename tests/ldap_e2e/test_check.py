@@ -35,7 +35,7 @@ def write_config(tmp_path: Path, slapd: Slapd, password: str = READER_PASSWORD) 
 
 
 def run_check(config: Path) -> tuple[int, str]:
-    result = CliRunner().invoke(main, ["-c", str(config), "check"], env={"COLUMNS": "200"})
+    result = CliRunner().invoke(main, ["-c", str(config), "check"], env={"COLUMNS": "1000"})
     return result.exit_code, result.output
 
 

@@ -16,6 +16,7 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -115,17 +116,36 @@ class PgBouncer:
         return False
 
     def stop(self) -> None:
-        """Stop PgBouncer (SIGTERM to runuser, which passes it on) and wait for it."""
+        """Stop PgBouncer (SIGTERM) and wait for it.
+
+        As root the process started is runuser, and the signal goes to its child,
+        pgbouncer: runuser handed a SIGTERM itself passes it on but then sleeps
+        2 s before it exits, whether or not the child is gone already.
+        """
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return
-        process.terminate()
+        if not self._stop_child(process):
+            process.terminate()
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, 9)  # its own session: runuser and pgbouncer
             process.wait(timeout=10)
+
+    @staticmethod
+    def _stop_child(process: subprocess.Popen[bytes]) -> bool:
+        """As root: SIGTERM runuser's one child, pgbouncer; whether it was sent."""
+        if os.geteuid() != 0:
+            return False
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+        try:
+            (child,) = (int(pid) for pid in children.read_text().split())
+            os.kill(child, signal.SIGTERM)  # runuser then exits as soon as it is gone
+        except (OSError, ValueError):
+            return False
+        return True
 
     def destroy(self) -> None:
         self.stop()

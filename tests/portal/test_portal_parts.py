@@ -74,24 +74,40 @@ async def test_store_throttle_slides_and_keeps_no_typed_username(tmp_path: Path)
         )
         typed = "Correct-Horse-Typed-Into-Username"
         for _ in range(3):
-            assert not await throttle.blocked(typed, "192.0.2.1")
-            await throttle.failed(typed, "192.0.2.1")
-        # Per username, without regard to case and blanks around it; from any address.
-        assert await throttle.blocked(f"  {typed.lower()} ", "198.51.100.7")
-        assert not await throttle.blocked("someone-else", "198.51.100.7")
-        # A success resets the username's count, not the address's.
-        await throttle.succeeded(typed)
-        assert not await throttle.blocked(typed, "198.51.100.7")
-        await throttle.failed("other", "192.0.2.1")
-        await throttle.failed("other", "192.0.2.1")
-        assert await throttle.blocked("third", "192.0.2.1")  # 5 from this address
+            assert not await throttle.blocked(typed, "192.0.2.1", account=None)
+            await throttle.failed(typed, "192.0.2.1", account=None)
+        # Per name, without regard to case and blanks around it; from any address.
+        assert await throttle.blocked(f"  {typed.lower()} ", "198.51.100.7", account=None)
+        assert not await throttle.blocked("someone-else", "198.51.100.7", account=None)
+        # A name that resolves to an account counts as the account, whatever is typed.
+        await throttle.failed("alice", "198.51.100.7", account="u-alice")
+        await throttle.failed("alice@nordlys.example", "198.51.100.7", account="u-alice")
+        assert not await throttle.blocked(typed, "198.51.100.7", account="u-alice")
+        await throttle.failed(typed, "198.51.100.7", account="u-alice")
+        assert await throttle.blocked("ALICE", "198.51.100.7", account="u-alice")
+        assert not await throttle.blocked("alice", "198.51.100.7", account=None)
+        # A success resets the account's count, not the address's nor a name's.
+        await throttle.succeeded(account="u-alice")
+        assert not await throttle.blocked("alice", "198.51.100.7", account="u-alice")
+        assert await throttle.blocked(typed, "198.51.100.7", account=None)
         clock.now += 61
-        assert not await throttle.blocked("third", "192.0.2.1")
+        assert not await throttle.blocked(typed, "198.51.100.7", account=None)
+        await throttle.failed("other", "192.0.2.1", account=None)
+        await throttle.failed("other", "192.0.2.1", account=None)
+        await throttle.failed("other", "192.0.2.1", account=None)
+        await throttle.failed("other", "192.0.2.1", account="u-bob")
+        await throttle.failed("other", "192.0.2.1", account="u-bob")
+        assert await throttle.blocked("third", "192.0.2.1", account=None)  # 5 from this address
+        await throttle.succeeded(account="u-bob")
+        assert await throttle.blocked("third", "192.0.2.1", account="u-carol")
+        clock.now += 61
+        assert not await throttle.blocked("third", "192.0.2.1", account=None)
     finally:
         await store.aclose()
     with sqlite3.connect(tmp_path / "state.db") as db:
         keys = [row[0] for row in db.execute("SELECT key FROM login_failures")]
     assert keys and all(typed.casefold() not in k.casefold() for k in keys)
+    assert all("u-alice" not in k and "u-bob" not in k for k in keys)
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 import zlib
 from datetime import UTC, datetime
@@ -11,11 +12,14 @@ from urllib.parse import quote, urlsplit
 import pytest
 from saml2 import BINDING_HTTP_POST, BINDING_HTTP_REDIRECT
 
+from daemon.http import serve as listener
 from daemon.metrics import REGISTRY
 from daemon.portal.views import LOGIN_FAILED, LOGIN_THROTTLED
 from daemon.saml.bindings import deflate
+from tests.sso import stack
 from tests.sso.conftest import ACS, ENTITY_ID, IDP_PATH, make_sp
 from tests.sso.stack import PASSWORD, form_action, hidden_fields, sign_in
+from tests.support import raw_http
 
 
 def _authn(world, *, issuer=ENTITY_ID, acs=ACS, request_id="_r1", doctype="", body="") -> bytes:
@@ -184,6 +188,31 @@ async def test_brute_force_is_throttled_with_the_same_message(serve, no_leaks):
     assert after == before + 2
 
 
+async def test_throttle_counts_per_account_whatever_name_is_typed(serve, no_leaks):
+    client = await serve(login_max_failures_per_user=5, login_max_failures_per_address=100)
+    # The username and the email of one account share one budget of guesses.
+    for login in ("alice", "alice@nordlys.example", "ALICE", "alice", " Alice@Nordlys.Example "):
+        assert (await sign_in(client, login, "guess-guess")).status == 401
+    for login in ("alice", "alice@nordlys.example"):
+        held = await sign_in(client, login, PASSWORD)
+        assert held.status == 429
+        assert LOGIN_THROTTLED in await held.text()
+    # A success clears the account's count, whichever name it was typed with.
+    for login in ("bob", "bob@nordlys.example", "bob", "bob@nordlys.example"):
+        assert (await sign_in(client, login, "guess-guess")).status == 401
+    assert (await sign_in(client, "bob@nordlys.example")).status == 303
+    for _ in range(4):
+        assert (await sign_in(client, "bob", "guess-guess")).status == 401
+    assert (await sign_in(client, "bob")).status == 303
+    # A name that resolves to nobody has a budget of its own, and is held after it.
+    for login in ("nobody-here", "Nobody-Here", "nobody-here", "nobody-here", "nobody-here"):
+        assert (await sign_in(client, login, "guess-guess")).status == 401
+    held = await sign_in(client, " nobody-here ", PASSWORD)
+    assert held.status == 429
+    assert LOGIN_THROTTLED in await held.text()
+    assert (await sign_in(client, "carol")).status == 303
+
+
 async def test_per_address_throttle(serve, no_leaks):
     client = await serve(login_max_failures_per_user=100, login_max_failures_per_address=2)
     await sign_in(client, "u1", "guess-guess")
@@ -304,6 +333,43 @@ async def test_post_binding_bad_request_then_signed_in_post(client, world, sp_ke
 async def test_unknown_resume_handle(client, no_leaks):
     await sign_in(client, "alice")
     await _refused(await client.get(f"{IDP_PATH}?resume=made-up"), "expired")
+
+
+async def test_requests_too_long_for_the_parser_get_the_refusal_page(world, no_leaks):
+    # aiohttp refuses these before any handler or middleware sees them: a real
+    # listener, as the daemon starts it, over a plain socket.
+    served = await listener.start(await stack.build_app(world), "127.0.0.1", 0)
+    before = REGISTRY.get_sample_value("provisiond_sso_refusals_total", {"reason": "too_long"})
+    try:
+        for request in (
+            f"GET /{'LongPath' * 1250} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+            f"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: {'LongHead' * 2500}\r\n\r\n",
+        ):
+            answer = await raw_http.exchange(served.port, request.encode())
+            assert answer.status == 400
+            assert answer.headers["Content-Type"].startswith("text/html")
+            assert "frame-ancestors 'none'" in answer.headers["Content-Security-Policy"]
+            assert answer.headers["X-Content-Type-Options"] == "nosniff"
+            assert answer.headers["X-Frame-Options"] == "DENY"
+            assert answer.headers["Referrer-Policy"] == "no-referrer"
+            assert answer.headers["Cache-Control"] == "no-store"
+            assert "Request refused" in answer.body
+            assert "LongPath" not in answer.body and "LongHead" not in answer.body
+        # The listener goes on serving.
+        fine = await raw_http.exchange(
+            served.port, b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        assert fine.status == 200
+    finally:
+        await served.stop()
+    after = REGISTRY.get_sample_value("provisiond_sso_refusals_total", {"reason": "too_long"})
+    assert after == (before or 0) + 2
+    log = world.log.getvalue()
+    events = [json.loads(line) for line in log.splitlines()]
+    refused = [e for e in events if e["event"] == "http request refused"]
+    assert [(e["level"], e["reason"]) for e in refused] == [("warning", "too_long")] * 2
+    assert not [e for e in events if e["level"] in ("error", "critical")]
+    assert "LongPath" not in log and "LongHead" not in log
 
 
 def test_raw_deflate_helper_round_trips():

@@ -319,19 +319,7 @@ class Factors:
 
         The caller revokes the user's sessions if it should.
         """
-        kinds = sorted({f.kind for f in await self.store.factors(user_id)})
-        count = await self.store.delete_factors(user_id)
-        for kind in kinds:
-            MFA_RESULTS.labels(kind, "reset").inc()
-        extra: dict[str, Any] = {"by": by} if by is not None else {}
-        audit.warning(
-            "mfa reset",
-            factors=count,
-            kinds=",".join(kinds),
-            **extra,
-            **_fields(user_id, None, client),
-        )
-        return count
+        return await reset_factors(self.store, user_id, client=client, by=by)
 
     # -- throttle and outcomes -----------------------------------------------------------------
 
@@ -368,6 +356,22 @@ class Factors:
             "mfa failed", result=outcome.value, reason=reason, **_fields(user_id, factor, client)
         )
         return outcome
+
+
+async def reset_factors(
+    store: Store, user_id: str, *, client: str | None = None, by: str | None = None
+) -> int:
+    """Delete every factor of the user, counted and audited as ``mfa reset``; how many there
+    were. Needs no key: ``provisiond mfa reset`` runs it without the key file."""
+    kinds = sorted({f.kind for f in await store.factors(user_id)})
+    count = await store.delete_factors(user_id)
+    for kind in kinds:
+        MFA_RESULTS.labels(kind, "reset").inc()
+    extra: dict[str, Any] = {"by": by} if by is not None else {}
+    audit.warning(
+        "mfa reset", factors=count, kinds=",".join(kinds), **extra, **_fields(user_id, None, client)
+    )
+    return count
 
 
 def _fields(user_id: str, factor: str | None, client: str | None) -> dict[str, Any]:
