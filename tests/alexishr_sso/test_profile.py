@@ -37,6 +37,9 @@ def test_production_profile(tmp_path):
     assert profile.signing.key_file == tmp_path / "idp.key"
     assert profile.signing.cert_file == tmp_path / "idp.crt"
     assert profile.sign_response and profile.sign_assertion
+    assert not profile.require_mfa
+    strict = sso_profile("alexishr", make_options(tmp_path, require_mfa=True), _context(tmp_path))
+    assert strict is not None and strict.require_mfa
 
 
 def test_sandbox_profile_and_overrides(tmp_path):
@@ -85,9 +88,7 @@ def test_the_endpoint_serves_only_targets_that_give_a_profile(tmp_path):
             return None
 
     own = WithNoProfile("own", make_options(tmp_path), context)
-    assert list(profiles_of({"alexishr": mine, "other": WithoutSso(), "own": own})) == [
-        "alexishr"
-    ]
+    assert list(profiles_of({"alexishr": mine, "other": WithoutSso(), "own": own})) == ["alexishr"]
 
 
 def test_alexishr_sso_block_refuses_what_the_shared_block_refuses(tmp_path):

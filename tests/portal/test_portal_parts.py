@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from daemon import logs
 from daemon.config import PublicListenerSettings
 from daemon.directory import Directory
 from daemon.portal import build_public_app
+from daemon.portal.mfa.flow import needs_second_factor
 from daemon.portal.paths import local_path
 from daemon.portal.pending import PendingFull, PendingRequests
 from daemon.portal.session_key import (
@@ -27,6 +29,7 @@ from daemon.portal.session_key import (
 from daemon.portal.sessions import IdpSession, MemorySessionStore, StoreSessionStore
 from daemon.portal.throttle import FailureWindow, StoreThrottle
 from daemon.secrets import SECRETS, SecretStore
+from daemon.store import SessionRecord
 from daemon.store.sqlite import SqliteStore
 
 
@@ -312,3 +315,43 @@ async def test_unexpected_failure_is_a_plain_500(tmp_path: Path):
     log = stream.getvalue()
     assert "RuntimeError" in log
     assert "a-secret-value-that-must-not-leak" not in log
+
+
+def test_a_second_factor_counts_once_passed_and_for_force_authn_only_after_the_request():
+    s = IdpSession(user_id="u", username="u", authenticated_at=100, last_seen=100)
+    assert needs_second_factor(s, since=None)
+    passed = replace(s, mfa_at=200, factors=("totp",))
+    assert not needs_second_factor(passed, since=None)
+    assert not needs_second_factor(passed, since=200)
+    assert needs_second_factor(passed, since=201)
+    assert (s.last_authenticated, passed.last_authenticated) == (100, 200)
+
+
+async def test_sessions_keep_the_second_factor_and_old_rows_still_read(tmp_path: Path):
+    store = SqliteStore(tmp_path / "state.db")
+    await store.open()
+    try:
+        sessions = StoreSessionStore(store, idle_timeout=1000, absolute_timeout=5000)
+        s = IdpSession(user_id="u1", username="a", authenticated_at=100, last_seen=100)
+        await sessions.put(s)
+        passed = replace(s, mfa_at=150, factors=("totp", "recovery"), last_seen=150)
+        assert await sessions.update(passed)
+        assert await sessions.get(s.id) == passed
+        # A row written before second factors existed: a session that passed none.
+        old = SessionRecord(
+            id="old", session_index="_sold", user_id="u1",
+            data='{"username": "a", "authenticated_at": 90}', last_seen=95, expires_at=1095,
+        )  # fmt: skip
+        await store.put_session(old, 95, 50)
+        read = await sessions.get("old")
+        assert read is not None and (read.mfa_at, read.factors) == (None, ())
+        # Revoked elsewhere: an update does not bring it back.
+        await sessions.delete(s.id)
+        assert not await sessions.update(passed)
+        assert await sessions.get(s.id) is None
+        memory = MemorySessionStore()
+        assert not await memory.update(passed)
+        await memory.put(s)
+        assert await memory.update(passed) and await memory.get(s.id) == passed
+    finally:
+        await store.aclose()

@@ -306,7 +306,9 @@ async def test_changes_need_a_password_typed_in_the_last_minutes(client, world):
     assert "pending" not in page and "/login?next=%2Faccount%2Fsecurity&amp;force=1" in page
     # After a new password: a new session, in which the old form does not open either.
     assert (await sign_in(client, "alice")).status == 303
-    other = await post(client, confirm, code=totp_code(world, key))
+    page = await (await client.get("/account/security")).text()
+    csrf = form(page, "/account/security/totp").fields["csrf"]
+    other = await post(client, confirm, csrf=csrf, code=totp_code(world, key))
     assert other.status == 400 and pages.FORM_EXPIRED in await other.text()
     assert await portal.factors.kinds("u-alice") == frozenset()
     await enrol(client, world)

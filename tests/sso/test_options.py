@@ -92,3 +92,9 @@ def test_profile_checks_what_code_builds():
         SpProfile("App", "app", "urn:app", "https://app/acs", files, attributes={"n": "nickname"})
     with pytest.raises(SamlConfigError, match="path"):
         SpProfile("App", "App Path", "urn:app", "https://app/acs", files)
+
+
+def test_require_mfa_reaches_the_profile(tmp_path: Path):
+    context = PluginContext(tmp_path, tmp_path, SECRETS)
+    assert not _options().sp_profile("wiki", context).require_mfa
+    assert _options(require_mfa=True).sp_profile("wiki", context).require_mfa
