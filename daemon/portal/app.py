@@ -13,10 +13,11 @@ from aiohttp import web
 from daemon.config import PublicListenerSettings
 from daemon.directory import Directory
 from daemon.http.serve import REFUSAL_PAGE
-from daemon.portal import views
+from daemon.portal import passkey_routes, views
 from daemon.portal.mfa import pages as mfa_pages
 from daemon.portal.mfa.factors import Factors
 from daemon.portal.mfa.keys import load_mfa_key
+from daemon.portal.mfa.passkeys import Passkeys, b64decode
 from daemon.portal.middleware import forwarded, no_stack_traces, refusal_page, security_headers
 from daemon.portal.session_key import load_session_key
 from daemon.portal.sessions import StoreSessionStore
@@ -27,6 +28,8 @@ from daemon.secrets import SECRETS, SecretStore, resolve_secret_path
 #: Largest request body accepted. SAML AuthnRequests and login forms are a few
 #: kilobytes; anything near this is refused before a handler sees it.
 MAX_BODY_BYTES: Final = 256 * 1024
+#: What authenticators show as the site a passkey is for (the RP id is base_url's host).
+RP_NAME: Final = "provisiond"
 
 
 def templates() -> jinja2.Environment:
@@ -114,8 +117,17 @@ async def build_public_app(
     )
     app[PORTAL] = portal
     app[REFUSAL_PAGE] = refusal_page(portal)
+    app[passkey_routes.PASSKEYS] = Passkeys(
+        store,
+        base_url=portal.base_url,
+        rp_name=RP_NAME,
+        # A keyed digest: stable per user, and it does not reveal the directory id.
+        user_handle=lambda user_id: b64decode(key.digest("webauthn user handle", user_id)),
+        clock=clock,
+    )
     app.router.add_routes(views.routes())
     app.router.add_routes(mfa_pages.routes())
+    app.router.add_routes(passkey_routes.routes())
     for routes in plugin_routes:
         app.router.add_routes(routes)
     return app

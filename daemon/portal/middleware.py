@@ -19,7 +19,7 @@ from multidict import CIMultiDict
 
 from daemon.http.serve import RefusalPage
 from daemon.portal.metrics import SSO_REFUSALS
-from daemon.portal.site import NONCE_KEY, PORTAL, Portal
+from daemon.portal.site import NONCE_KEY, PORTAL, SCRIPTS_KEY, Portal
 from daemon.store import StateError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -73,7 +73,10 @@ async def security_headers(request: web.Request, handler: Handler) -> web.Stream
 
     A handler that sets its own ``Content-Security-Policy`` (the SAML POST
     form) keeps it; everything else gets the portal's policy, which allows
-    no script at all and styles only by nonce.
+    no script at all and styles only by nonce. A page that needs the
+    portal's own script files (the passkey pages, see
+    :func:`~daemon.portal.site.allow_own_scripts`) gets ``script-src 'self'``
+    and ``connect-src 'self'`` added, and nothing more: no inline script.
     """
     nonce = secrets.token_urlsafe(16)  # 128 random bits, base64url
     request[NONCE_KEY] = nonce
@@ -81,9 +84,9 @@ async def security_headers(request: web.Request, handler: Handler) -> web.Stream
     try:
         response = await handler(request)
     except web.HTTPException as exc:
-        _apply(exc.headers, nonce, https)
+        _apply(exc.headers, nonce, https, scripts=False)
         raise
-    _apply(response.headers, nonce, https)
+    _apply(response.headers, nonce, https, scripts=request.get(SCRIPTS_KEY, False))
     return response
 
 
@@ -105,17 +108,18 @@ def refusal_page(portal: Portal) -> RefusalPage:
             message=_UNREADABLE.get(reason, _UNREADABLE["malformed"]),
         )
         response = web.Response(text=text, status=status, content_type="text/html")
-        _apply(response.headers, nonce, portal.secure)
+        _apply(response.headers, nonce, portal.secure, scripts=False)
         return response
 
     return page
 
 
-def _apply(headers: CIMultiDict[str], nonce: str, https: bool) -> None:
+def _apply(headers: CIMultiDict[str], nonce: str, https: bool, *, scripts: bool) -> None:
+    own_scripts = "script-src 'self'; connect-src 'self'; " if scripts else ""
     headers.setdefault(
         "Content-Security-Policy",
-        f"default-src 'none'; style-src 'nonce-{nonce}'; img-src 'self'; form-action 'self'; "
-        "base-uri 'none'; frame-ancestors 'none'",
+        f"default-src 'none'; {own_scripts}style-src 'nonce-{nonce}'; img-src 'self'; "
+        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
     )
     for name, value in _STATIC_HEADERS.items():
         headers.setdefault(name, value)

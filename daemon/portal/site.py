@@ -37,6 +37,9 @@ audit = structlog.get_logger("provisiond.audit")
 
 #: ``request`` keys set by the middleware.
 NONCE_KEY: Final = "provisiond.csp_nonce"
+#: ``request`` key a handler sets (:func:`allow_own_scripts`) when its page loads
+#: the portal's own script files; the middleware then allows ``script-src 'self'``.
+SCRIPTS_KEY: Final = "provisiond.own_scripts"
 _SIGNED_IN_KEY: Final = "provisiond.signed_in"
 
 
@@ -247,9 +250,21 @@ class Portal:
     # -- pages ---------------------------------------------------------------------
 
     def render(
-        self, request: web.Request, template: str, *, status: int = 200, **context: Any
+        self,
+        request: web.Request,
+        template: str,
+        *,
+        status: int = 200,
+        scripts: bool = False,
+        **context: Any,
     ) -> web.Response:
-        """An HTML page from ``templates/``; the CSP nonce is passed in as ``nonce``."""
+        """An HTML page from ``templates/``; the CSP nonce is passed in as ``nonce``.
+
+        ``scripts`` lets the page load the portal's own script files
+        (:func:`allow_own_scripts`).
+        """
+        if scripts:
+            allow_own_scripts(request)
         page = self.templates.get_template(template).render(
             nonce=request.get(NONCE_KEY, ""), **context
         )
@@ -303,6 +318,15 @@ class Portal:
             signed_in=signed_in,
             csrf=self.csrf_token(signed_in.session.id),
         )
+
+
+def allow_own_scripts(request: web.Request) -> None:
+    """Let this response's page run the portal's own script files (``/static/...``).
+
+    Only pages that need one call this (the passkey ceremonies run in the
+    browser); every other page keeps a policy without any script.
+    """
+    request[SCRIPTS_KEY] = True
 
 
 def client_address(request: web.Request) -> str:

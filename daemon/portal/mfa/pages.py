@@ -54,6 +54,8 @@ NOTICES: Final = {
     "totp": "Your authenticator app is set up.",
     "removed": "The factor was removed.",
     "gone": "That factor was already removed.",
+    "passkey": "Your passkey is added.",
+    "renamed": "The passkey was renamed.",
 }
 KIND_NAMES: Final = {"totp": "Authenticator app", "passkey": "Passkey"}
 _MAX_CODE: Final = 64
@@ -124,6 +126,8 @@ async def _challenge(
         kinds=kinds,
         error=error,
         tab=tab,
+        # The passkey button runs /static/passkey.js; the page has no other script.
+        scripts="passkey" in kinds,
     )
 
 
@@ -261,6 +265,13 @@ async def _change(request: web.Request, portal: Portal) -> _Change | web.Respons
     return _Change(signed_in, form, next_path, enrol)
 
 
+async def change_confirmation(portal: Portal, signed_in: SignedIn, back: str) -> str | None:
+    """Where the user must go before changing factors (then back to ``back``); ``None``: the
+    session may change them now (the rule of every change on ``/account/security``)."""
+    kinds = await portal.factors.kinds(signed_in.user.id)
+    return _confirm_first(portal, signed_in, bool(kinds), back)
+
+
 def _confirm_first(portal: Portal, signed_in: SignedIn, has_factor: bool, back: str) -> str | None:
     """Where the user must go before a change (then back to ``back``); ``None``: nowhere."""
     session = signed_in.session
@@ -314,6 +325,9 @@ async def _security(
         recovery_left=sum(1 for r in records if r.kind == "recovery"),
         confirm=confirm,
         enrolment=enrolment,
+        passkeys=[_row(r) for r in factors if r.kind == "passkey"],
+        # Adding a passkey runs /static/passkey.js; the page has no other script.
+        scripts=confirm is None,
     )
 
 
