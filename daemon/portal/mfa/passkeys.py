@@ -54,7 +54,7 @@ from webauthn.helpers.structs import (
 
 from daemon.model import User
 from daemon.portal.metrics import MFA_RESULTS
-from daemon.portal.pending import PendingFull, PendingRequests
+from daemon.portal.pending import ParkedElsewhere, PendingFull, PendingRequests
 from daemon.store import FactorRecord, Store
 
 audit = structlog.get_logger("provisiond.audit")
@@ -486,7 +486,7 @@ class Passkeys:
     async def _park(self, ceremony: Ceremony, session_id: str, user_id: str, raw: bytes) -> str:
         try:
             return await self._challenges.park(
-                Challenge(ceremony, session_id, user_id, b64encode(raw))
+                Challenge(ceremony, session_id, user_id, b64encode(raw)), binding=session_id
             )
         except PendingFull:
             raise PasskeyRefused(BUSY, result="throttled", status=503) from None
@@ -494,7 +494,13 @@ class Passkeys:
     async def _take(
         self, ceremony: Ceremony, handle: str, session_id: str, user_id: str, *, client: str
     ) -> Challenge:
-        parked = await self._challenges.take(handle) if handle else None
+        try:
+            parked = await self._challenges.take(handle, binding=session_id) if handle else None
+        except ParkedElsewhere:
+            # Left parked for the session it belongs to.
+            raise self._failed(
+                user_id, client, "challenge of another session", CHALLENGE_GONE
+            ) from None
         if parked is None:
             reason = "challenge unknown, used or expired"
             raise self._failed(user_id, client, reason, CHALLENGE_GONE)
