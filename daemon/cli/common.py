@@ -24,7 +24,9 @@ from daemon.store import StateError, Store
 
 T = TypeVar("T")
 out = Console()
-err = Console(stderr=True)
+# Errors are not wrapped: a path or setting broken across lines cannot be copied
+# or found with grep (the terminal wraps them if it must).
+err = Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from daemon.portal.mfa.factors import Factors
-from daemon.portal.mfa.keys import MfaKey
+from daemon.portal.mfa.keys import STORE_KEY_ID, MfaKey
 from daemon.store.sqlite import SqliteStore
 
 # The store contract suite's factory (SQLite and PostgreSQL), for the tests of racing stores.
@@ -54,5 +54,7 @@ def key() -> MfaKey:
 
 
 @pytest.fixture
-def factors(store: SqliteStore, key: MfaKey, clock: FakeClock) -> Factors:
+async def factors(store: SqliteStore, key: MfaKey, clock: FakeClock) -> Factors:
+    # The store's key, as load_mfa_key records it: enrolment seals only with that one.
+    await store.set_meta(STORE_KEY_ID, key.id)
     return Factors(store, key, clock=clock, max_failures=3, window=600.0)

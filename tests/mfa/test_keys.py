@@ -8,19 +8,24 @@ import stat
 from pathlib import Path
 
 import anyio
+import pyotp
 import pytest
+from structlog.testing import capture_logs
 
 from daemon import logs
 from daemon.portal.errors import PortalConfigError
+from daemon.portal.mfa.factors import Factors
 from daemon.portal.mfa.keys import (
     GENERATED_KEY_NAME,
     STORE_KEY_ID,
     MfaKey,
     MfaKeyError,
+    MfaKeyNotCurrent,
+    key_is_current,
     load_mfa_key,
 )
 from daemon.secrets import REDACTED, SecretStore
-from daemon.store import Store
+from daemon.store import FactorRecord, Store
 from daemon.store.sqlite import SqliteStore
 from tests.store.backends import StoreFactory
 
@@ -31,6 +36,12 @@ KEY_B = "b" * 16 + "0123456789abcdef0123456789abcdef"
 def write(path: Path, value: str) -> Path:
     path.write_text(value + "\n")
     return path
+
+
+async def enrolled(store: Store) -> None:
+    """Someone has a second factor: from now on the store's key id binds."""
+    record = FactorRecord("u1", "recovery:00", "recovery", "recovery code", "{}", created_at=1.0)
+    await store.put_factor(record)
 
 
 async def test_a_key_is_generated_once_into_the_state_dir(
@@ -64,6 +75,7 @@ async def test_another_key_than_the_stores_is_refused_naming_the_setting(
     store: SqliteStore, tmp_path: Path
 ) -> None:
     first = await load_mfa_key(write(tmp_path / "a.key", KEY_A), tmp_path, store, SecretStore())
+    await enrolled(store)
     other = write(tmp_path / "b.key", KEY_B)
     with pytest.raises(MfaKeyError) as caught:
         await load_mfa_key(other, tmp_path, store, SecretStore())
@@ -81,6 +93,7 @@ async def test_a_generated_key_replaced_by_another_is_refused(
     store: SqliteStore, tmp_path: Path
 ) -> None:
     await load_mfa_key(None, tmp_path, store, SecretStore())
+    await enrolled(store)
     write(tmp_path / GENERATED_KEY_NAME, KEY_B)
     with pytest.raises(MfaKeyError, match=r"http.public.mfa_key_file is not set"):
         await load_mfa_key(None, tmp_path, store, SecretStore())
@@ -90,6 +103,7 @@ async def test_a_missing_generated_file_is_refused_while_the_store_has_a_key_id(
     store: SqliteStore, tmp_path: Path
 ) -> None:
     key = await load_mfa_key(None, tmp_path, store, SecretStore())
+    await enrolled(store)
     (tmp_path / GENERATED_KEY_NAME).unlink()
     with pytest.raises(MfaKeyError) as caught:
         await load_mfa_key(None, tmp_path, store, SecretStore())
@@ -105,6 +119,7 @@ async def test_a_missing_configured_file_is_refused(store: SqliteStore, tmp_path
     with pytest.raises(MfaKeyError, match=r"http.public.mfa_key_file .*mfa.key does not exist"):
         await load_mfa_key(path, tmp_path, store, SecretStore())
     key = await load_mfa_key(write(path, KEY_A), tmp_path, store, SecretStore())
+    await enrolled(store)
     path.unlink()
     with pytest.raises(MfaKeyError, match=rf"does not exist, but .* MFA key {key.id}"):
         await load_mfa_key(path, tmp_path, store, SecretStore())
@@ -140,8 +155,53 @@ async def test_replicas_starting_with_different_keys_on_one_store_agree_on_one(
     async with anyio.create_task_group() as tg:
         for store, path in zip(stores, files, strict=True):
             tg.start_soon(start, store, path)
-    assert len(loaded) == 1 and len(refused) == 1
-    assert await stores[0].get_meta(STORE_KEY_ID) == loaded[0].id
+    # No one has a second factor yet: both start, and exactly one key is the store's.
+    assert len(loaded) == 2 and not refused
+    current = [k for k, s in zip(loaded, stores, strict=True) if await key_is_current(s, k)]
+    assert len(current) == 1
+    assert await stores[0].get_meta(STORE_KEY_ID) == current[0].id
+    # Once someone enrolled, the other key is refused at start-up.
+    await enrolled(stores[0])
+    other = files[1] if current[0].id == MfaKey(KEY_A.encode()).id else files[0]
+    with pytest.raises(MfaKeyError, match="sealed with MFA key"):
+        await load_mfa_key(other, tmp_path, stores[1], SecretStore())
+
+
+async def test_before_anyone_enrols_another_key_takes_over_with_a_warning(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    # Two replicas with their own generated keys, upgraded from a version without MFA.
+    first = await load_mfa_key(None, tmp_path / "r1", store, SecretStore())
+    with capture_logs() as logged:
+        second = await load_mfa_key(None, tmp_path / "r2", store, SecretStore())
+    assert first.id != second.id
+    assert await store.get_meta(STORE_KEY_ID) == second.id
+    [warning] = [e for e in logged if e["log_level"] == "warning"]
+    assert warning["previous_key_id"] == first.id and warning["key_id"] == second.id
+    said = repr(logged)
+    assert "no one has a second factor yet" in said and "http.public.mfa_key_file" in said
+    assert (tmp_path / "r1" / GENERATED_KEY_NAME).read_text().strip() not in said
+    # A missing generated file is simply generated again while nothing is sealed.
+    (tmp_path / "r1" / GENERATED_KEY_NAME).unlink()
+    again = await load_mfa_key(None, tmp_path / "r1", store, SecretStore())
+    assert await store.get_meta(STORE_KEY_ID) == again.id != first.id
+
+
+async def test_a_replica_whose_key_is_not_the_stores_enrols_no_one(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    first = await load_mfa_key(None, tmp_path / "r1", store, SecretStore())
+    await load_mfa_key(None, tmp_path / "r2", store, SecretStore())  # took the id over
+    factors = Factors(store, first, clock=lambda: 1_800_000_000.0)
+    secret = factors.new_totp_secret()
+    code = pyotp.TOTP(secret).at(1_800_000_000)
+    with capture_logs() as logged, pytest.raises(MfaKeyNotCurrent, match="mfa_key_file"):
+        await factors.confirm_totp("u1", secret, code)
+    with pytest.raises(MfaKeyNotCurrent):
+        await factors.new_recovery_codes("u1")
+    assert await store.factors("u1") == []
+    [error] = [e for e in logged if e["log_level"] == "error"]
+    assert "enrolment refused" in error["event"] and "http.public.mfa_key_file" in error["event"]
 
 
 def test_sealed_values_open_only_with_the_key_and_the_same_binding() -> None:

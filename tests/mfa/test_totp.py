@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from daemon.metrics import REGISTRY
 from daemon.portal.mfa.factors import Factors, Outcome
-from daemon.portal.mfa.keys import MfaKey, MfaKeyError
+from daemon.portal.mfa.keys import STORE_KEY_ID, MfaKey, MfaKeyError
 from daemon.store import FactorRecord, Store
 from daemon.store.sqlite import SqliteStore
 from tests.mfa.conftest import FakeClock
@@ -211,6 +211,7 @@ async def test_racing_uses_of_one_code_on_two_stores_have_one_winner(
     store_factory: StoreFactory, key: MfaKey, clock: FakeClock
 ) -> None:
     one, two = await store_factory.open(), await store_factory.open()
+    await one.set_meta(STORE_KEY_ID, key.id)
     replicas = [Factors(s, key, clock=clock, max_failures=100) for s in (one, two)]
     await enrolled(replicas[0], clock)
     for _ in range(3):

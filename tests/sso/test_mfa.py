@@ -18,6 +18,7 @@ from yarl import URL
 
 from daemon.portal.mfa import pages
 from daemon.portal.mfa.factors import Outcome
+from daemon.portal.mfa.keys import STORE_KEY_ID
 from daemon.portal.site import PORTAL
 from daemon.saml.names import AUTHN_PASSWORD_PROTECTED_TRANSPORT, AUTHN_REFEDS_MFA
 from tests.sso.conftest import ACS, IDP_PATH, make_options, make_sp
@@ -438,3 +439,17 @@ async def test_the_request_parked_for_the_second_factor_stays_with_its_browser(
         outstanding={request_id: "/"},
     )
     assert response.in_response_to == request_id
+
+
+async def test_enrolment_on_a_replica_whose_key_is_not_the_stores_is_refused(client, world):
+    # Another replica with its own generated key took the store's key id over
+    # before anyone enrolled: what this one sealed would not open there.
+    portal = world.app[PORTAL]
+    await world.store.set_meta(STORE_KEY_ID, "another-replicas-key")
+    assert (await sign_in(client, "alice")).status == 303
+    page = await (await client.get("/account/security")).text()
+    confirm = form(page, "/account/security/totp")
+    answer = await post(client, confirm, code=totp_code(world, shown_key(page)))
+    assert answer.status == 503
+    assert pages.KEY_NOT_SHARED in await answer.text()
+    assert await portal.factors.kinds("u-alice") == frozenset()

@@ -43,10 +43,11 @@ import segno
 import structlog
 
 from daemon.portal.metrics import MFA_RESULTS
-from daemon.portal.mfa.keys import MfaKey, MfaKeyError
+from daemon.portal.mfa.keys import SETTING, MfaKey, MfaKeyError, MfaKeyNotCurrent, key_is_current
 from daemon.store import FactorRecord, Store
 
 audit = structlog.get_logger("provisiond.audit")
+log = structlog.get_logger("provisiond.portal")
 
 #: The id of a user's one TOTP factor.
 TOTP_ID: Final = "totp"
@@ -214,6 +215,7 @@ class Factors:
         step = _matching_step(secret, digits, now)
         if step is None:
             return self._refused(user_id, "totp", Outcome.FAILURE, client, "enrolment")
+        await self._check_key()
         data = _totp_data(self.key.seal(secret.encode("ascii"), aad=_totp_aad(user_id)), step)
         await self.store.put_factor(
             FactorRecord(user_id, TOTP_ID, "totp", name, data, created_at=now, used_at=now)
@@ -272,6 +274,7 @@ class Factors:
     async def new_recovery_codes(self, user_id: str, *, client: str | None = None) -> list[str]:
         """Ten new recovery codes for the user, replacing any left; shown once, kept only as
         keyed digests."""
+        await self._check_key()
         codes = [_new_recovery_code() for _ in range(RECOVERY_CODES)]
         await self.store.delete_factors(user_id, kind="recovery")
         now = self.clock()
@@ -299,6 +302,20 @@ class Factors:
         if await self.store.delete_factor(user_id, self._recovery_id(user_id, normal)):
             return await self._succeeded(user_id, "recovery", client)
         return await self._failed(user_id, "recovery", client, "unknown or used code")
+
+    async def _check_key(self) -> None:
+        """Refuse to seal or digest with a key that is not the store's (several replicas with
+        their own generated keys): what it wrote would not open on the others."""
+        if not await key_is_current(self.store, self.key):
+            log.error(
+                "enrolment refused: another replica's MFA key is the state store's; set "
+                f"{SETTING} to one key file on every replica",
+                key_id=self.key.id,
+            )
+            raise MfaKeyNotCurrent(
+                f"this replica's MFA key {self.key.id} is not the state store's; set {SETTING} "
+                "to one key file on every replica"
+            )
 
     def _recovery_id(self, user_id: str, normal: str) -> str:
         return RECOVERY_PREFIX + self.key.digest("recovery", f"{user_id}\0{normal}")

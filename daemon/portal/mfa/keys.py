@@ -25,6 +25,7 @@ from pathlib import Path
 from secrets import token_bytes, token_hex
 from typing import Final
 
+import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -47,10 +48,16 @@ _TAG_BYTES: Final = 16
 # Sealed values are short (a TOTP secret); anything far longer is not ours.
 _MAX_SEALED_CHARS: Final = 4096
 
+log = structlog.get_logger("provisiond.portal")
+
 
 class MfaKeyError(PortalConfigError):
     """The MFA key is unusable, or a sealed value does not open with it; the message says
     which setting, file or record, and what to do."""
+
+
+class MfaKeyNotCurrent(MfaKeyError):
+    """Another replica's key is the store's now: this one must not seal or digest anything."""
 
 
 def _derive(material: bytes, label: bytes) -> bytes:
@@ -142,8 +149,12 @@ async def load_mfa_key(
     generated there on the first start; checked against the key id the store remembers.
 
     Raises :class:`MfaKeyError`, naming the setting and the file, when the file
-    cannot be read or is too short, when it is missing although the store has
-    factors sealed with a key, and when it is another key than the store's.
+    cannot be read or is too short, and, while the store holds second factors,
+    when it is missing or another key than the store's. Before anyone has a
+    second factor the store's key id binds nothing: a replica with another key
+    (its own generated one, say, next to a replica that started first) takes
+    over the id with a warning, and enrolment is refused on any replica whose
+    key is then not the store's (:func:`key_is_current`).
     """
     recorded = await store.get_meta(STORE_KEY_ID)
     # An empty id: `provisiond mfa reset --all` forgot the old key; the next key is taken.
@@ -152,13 +163,9 @@ async def load_mfa_key(
     if path is None:
         path = state_dir / GENERATED_KEY_NAME
     where = f"{SETTING} {path}" if configured else f"the MFA key {path} ({SETTING} is not set)"
+    hint = "" if configured else f"; with several replicas, set {SETTING} to one key file on each"
     if not path.exists():
-        if known is not None:
-            hint = (
-                ""
-                if configured
-                else f"; with several replicas, set {SETTING} to one key file on each"
-            )
+        if known is not None and await _sealed_anything(store):
             raise MfaKeyError(f"{where} does not exist, but {_lost(known)}{hint}")
         if configured:
             raise MfaKeyError(f"{where} does not exist; generate one with `openssl rand -hex 32`")
@@ -180,5 +187,32 @@ async def load_mfa_key(
         else:
             known = await store.init_meta(STORE_KEY_ID, key.id)
     if known != key.id:
-        raise MfaKeyError(f"{where} holds MFA key {key.id}, but {_lost(known)}")
+        if await _sealed_anything(store):
+            raise MfaKeyError(f"{where} holds MFA key {key.id}, but {_lost(known)}{hint}")
+        # Nothing is sealed yet: the id binds nothing, and refusing to start here
+        # would stop an upgraded set-up of several replicas that never used MFA.
+        await store.set_meta(STORE_KEY_ID, key.id)
+        log.warning(
+            "the state store named another MFA key, but no one has a second factor yet, so "
+            f"this replica's key is the store's now; with several replicas, set {SETTING} to "
+            "one key file on each, or enrolment works only on the replica that started last",
+            key_id=key.id,
+            previous_key_id=known,
+            path=str(path),
+        )
     return key
+
+
+async def key_is_current(store: Store, key: MfaKey) -> bool:
+    """Whether the store's second factors are (to be) sealed with ``key``.
+
+    False when another replica with another key file took the store's key id
+    over since this one started (see :func:`load_mfa_key`): what this replica
+    sealed would not open there, so it must not enrol anyone.
+    """
+    return await store.get_meta(STORE_KEY_ID) == key.id
+
+
+async def _sealed_anything(store: Store) -> bool:
+    """Whether any user has a factor or recovery code the key sealed or digested."""
+    return bool(await store.factor_users())

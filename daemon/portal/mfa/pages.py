@@ -33,7 +33,7 @@ from daemon.portal.mfa.flow import (
     second_factor_done,
     security_url,
 )
-from daemon.portal.mfa.keys import MfaKeyError
+from daemon.portal.mfa.keys import MfaKeyError, MfaKeyNotCurrent
 from daemon.portal.paths import local_path
 from daemon.portal.site import PORTAL, Portal, SignedIn, client_address
 from daemon.store import FactorRecord
@@ -47,6 +47,9 @@ FORM_EXPIRED: Final = "This form has expired. Go back, reload the page and try a
 CODE_WRONG: Final = "That code is not right. Check it and try again."
 CODE_REPLAYED: Final = "That code was already used. Wait for the next code, then try again."
 CODE_MALFORMED: Final = "Enter the 6-digit code your authenticator app shows."
+KEY_NOT_SHARED: Final = (
+    "Second factors cannot be set up on this server right now. Please tell your administrator."
+)
 RECOVERY_WRONG: Final = "That recovery code is not right, or it was already used."
 THROTTLED: Final = "Too many wrong codes. Wait a few minutes, then try again."
 #: What ``?done=`` on ``/account/security`` says (fixed texts, never from the query).
@@ -174,9 +177,15 @@ async def totp_submit(request: web.Request) -> web.StreamResponse:
     secret = _unseal(portal, signed_in, _text(form, "pending", _MAX_FIELD))
     if secret is None:
         return portal.refused(request, FORM_EXPIRED, reason="expired", status=400)
-    outcome = await portal.factors.confirm_totp(
-        signed_in.user.id, secret, _text(form, "code", _MAX_CODE), client=client_address(request)
-    )
+    try:
+        outcome = await portal.factors.confirm_totp(
+            signed_in.user.id,
+            secret,
+            _text(form, "code", _MAX_CODE),
+            client=client_address(request),
+        )
+    except MfaKeyNotCurrent:
+        return _key_not_current(request, portal)
     if outcome is not Outcome.SUCCESS:
         status, message = _refusal(outcome, "totp")
         return await _security(
@@ -186,9 +195,12 @@ async def totp_submit(request: web.Request) -> web.StreamResponse:
     # The first code proves the new factor: this session has passed it.
     await second_factor_done(portal, request, signed_in, "totp")
     if not any(r.kind == "recovery" for r in records):
-        codes = await portal.factors.new_recovery_codes(
-            signed_in.user.id, client=client_address(request)
-        )
+        try:
+            codes = await portal.factors.new_recovery_codes(
+                signed_in.user.id, client=client_address(request)
+            )
+        except MfaKeyNotCurrent:
+            return _key_not_current(request, portal)
         return _recovery_codes(request, portal, signed_in, codes, next_path, first=True)
     raise web.HTTPSeeOther(next_path or security_url(done="totp"))
 
@@ -205,10 +217,18 @@ async def recovery_submit(request: web.Request) -> web.StreamResponse:
             request, portal, signed_in, next_path, enrol=enrol, status=409,
             error="Set up an authenticator app first: recovery codes stand in for it.",
         )  # fmt: skip
-    codes = await portal.factors.new_recovery_codes(
-        signed_in.user.id, client=client_address(request)
-    )
+    try:
+        codes = await portal.factors.new_recovery_codes(
+            signed_in.user.id, client=client_address(request)
+        )
+    except MfaKeyNotCurrent:
+        return _key_not_current(request, portal)
     return _recovery_codes(request, portal, signed_in, codes, next_path, first=False)
+
+
+def _key_not_current(request: web.Request, portal: Portal) -> web.Response:
+    """Enrolment on a replica whose MFA key is not the store's (logged with the setting)."""
+    return portal.refused(request, KEY_NOT_SHARED, reason="mfa_key", status=503)
 
 
 async def remove_submit(request: web.Request) -> web.StreamResponse:
