@@ -208,10 +208,7 @@ class Portal:
         It lives only in a signed cookie (set a new one with
         :meth:`keep_pre_session`), so showing a login page costs no memory.
         """
-        binding = self.pre_session_of(request)
-        if binding is not None:
-            return binding, False
-        return new_session_id(), True
+        return self._signed_id(request, self.cookies.pre_session)
 
     def keep_pre_session(self, response: web.StreamResponse, binding: str) -> None:
         """Set the pre-session cookie."""
@@ -219,7 +216,7 @@ class Portal:
 
     def pre_session_of(self, request: web.Request) -> str | None:
         """The pre-session id the browser sent, if its cookie is valid."""
-        return self.key.unsign(request.cookies.get(self.cookies.pre_session))
+        return self._signed_id_of(request, self.cookies.pre_session)
 
     def csrf_token(self, binding: str) -> str:
         """The token forms bound to ``binding`` (a session or pre-session id) must carry."""
@@ -234,10 +231,7 @@ class Portal:
         It has a signed cookie of its own, which sign-in and sign-out leave
         alone: the request parked before sign-in is taken up after it.
         """
-        current = self.browser_of(request)
-        if current is not None:
-            return current, False
-        return new_session_id(), True
+        return self._signed_id(request, self.cookies.browser)
 
     def keep_browser(self, response: web.StreamResponse, browser: str) -> None:
         """Set the browser cookie."""
@@ -245,7 +239,17 @@ class Portal:
 
     def browser_of(self, request: web.Request) -> str | None:
         """The browser id the browser sent, if its cookie is valid."""
-        return self.key.unsign(request.cookies.get(self.cookies.browser))
+        return self._signed_id_of(request, self.cookies.browser)
+
+    def _signed_id(self, request: web.Request, cookie: str) -> tuple[str, bool]:
+        """The id in the signed ``cookie``, or a new one (``True``: set the cookie)."""
+        current = self._signed_id_of(request, cookie)
+        if current is not None:
+            return current, False
+        return new_session_id(), True
+
+    def _signed_id_of(self, request: web.Request, cookie: str) -> str | None:
+        return self.key.unsign(request.cookies.get(cookie))
 
     # -- pages ---------------------------------------------------------------------
 

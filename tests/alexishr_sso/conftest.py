@@ -8,6 +8,7 @@ daemon.
 
 from __future__ import annotations
 
+import html
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from saml2 import BINDING_HTTP_POST
 from saml2.client import Saml2Client
 
 from daemon.runtime import PluginContext
@@ -151,3 +153,39 @@ def make_sp(tmp: Path, sp_key: SigningKey, metadata: str, acs: str = ACS) -> Sam
 @pytest.fixture
 def log_text(world: World) -> Iterator[Any]:
     yield lambda: world.log.getvalue()
+
+
+@pytest.fixture
+async def local_acs() -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """The stand-in AlexisHR ACS for the browser tests: its URL, and a holder for the SP
+    (``holder["sp"]``, made from our metadata once the portal serves it).
+
+    It validates the SAMLResponse with pysaml2 and shows the NameID and the
+    AuthnContextClassRef.
+    """
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/login/callback?connection=nordlys"
+    holder: dict[str, Any] = {}
+
+    async def consume(request: web.Request) -> web.Response:
+        form = await request.post()
+        response = holder["sp"].parse_authn_request_response(
+            str(form["SAMLResponse"]), BINDING_HTTP_POST
+        )
+        context = response.assertion.authn_statement[0].authn_context
+        return web.Response(
+            text="<!DOCTYPE html><title>AlexisHR</title><h1>Welcome</h1>"
+            f'<p id="nameid">Signed in as {html.escape(response.name_id.text)}</p>'
+            f'<p id="context">{html.escape(context.authn_context_class_ref.text)}</p>',
+            content_type="text/html",
+        )
+
+    app = web.Application()
+    app.router.add_post("/login/callback", consume)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield url, holder
+    finally:
+        await runner.cleanup()

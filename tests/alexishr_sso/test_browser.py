@@ -37,37 +37,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-async def local_acs(world, sp_key):
-    """The stand-in AlexisHR ACS; returns its URL and a setter for the SP (needs our metadata)."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/login/callback?connection=nordlys"
-    sp_holder: dict[str, object] = {}
-
-    async def consume(request: web.Request) -> web.Response:
-        form = await request.post()
-        sp = sp_holder["sp"]
-        response = sp.parse_authn_request_response(  # type: ignore[attr-defined]
-            str(form["SAMLResponse"]), BINDING_HTTP_POST
-        )
-        name_id = html.escape(response.name_id.text)
-        return web.Response(
-            text=f"<!DOCTYPE html><title>AlexisHR</title><h1>Welcome</h1>"
-            f'<p id="nameid">Signed in as {name_id}</p>',
-            content_type="text/html",
-        )
-
-    app = web.Application()
-    app.router.add_post("/login/callback", consume)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield url, sp_holder
-    finally:
-        await runner.cleanup()
-
-
 async def test_sign_in_click_alexishr_and_the_403_page(world, serve, local_acs, sp_key):
     async_playwright = pytest.importorskip("playwright.async_api").async_playwright
     acs_url, sp_holder = local_acs

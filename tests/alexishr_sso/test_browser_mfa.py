@@ -10,15 +10,11 @@ enrolment page shows. Screenshots go to ``test-artifacts/`` (those in
 
 from __future__ import annotations
 
-import html
-
 import pyotp
 import pytest
-from aiohttp import web
-from saml2 import BINDING_HTTP_POST
 
 from daemon.saml.names import AUTHN_REFEDS_MFA
-from tests.alexishr_sso.conftest import PASSWORD, free_port, make_options, make_sp
+from tests.alexishr_sso.conftest import PASSWORD, make_options, make_sp
 from tests.alexishr_sso.test_browser import ARTIFACTS, CHROMIUM, FLAGS
 
 pytestmark = [
@@ -27,40 +23,11 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-async def acs():
-    """The stand-in AlexisHR ACS; its URL and a holder for the SP (it needs our metadata)."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/login/callback?connection=nordlys"
-    holder: dict[str, object] = {}
-
-    async def consume(request: web.Request) -> web.Response:
-        form = await request.post()
-        response = holder["sp"].parse_authn_request_response(  # type: ignore[attr-defined]
-            str(form["SAMLResponse"]), BINDING_HTTP_POST
-        )
-        context = response.assertion.authn_statement[0].authn_context
-        return web.Response(
-            text="<!DOCTYPE html><title>AlexisHR</title><h1>Welcome</h1>"
-            f'<p id="nameid">Signed in as {html.escape(response.name_id.text)}</p>'
-            f'<p id="context">{html.escape(context.authn_context_class_ref.text)}</p>',
-            content_type="text/html",
-        )
-
-    app = web.Application()
-    app.router.add_post("/login/callback", consume)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield url, holder
-    finally:
-        await runner.cleanup()
-
-
-async def test_enrol_totp_sign_in_with_a_code_and_a_recovery_code_once(world, serve, acs, sp_key):
+async def test_enrol_totp_sign_in_with_a_code_and_a_recovery_code_once(
+    world, serve, local_acs, sp_key
+):
     async_playwright = pytest.importorskip("playwright.async_api").async_playwright
-    acs_url, holder = acs
+    acs_url, holder = local_acs
     world.target.options = make_options(world.tmp, acs_url=acs_url, require_mfa=True)
     client = await serve()
     metadata = await (await client.get("/saml2/alexishr/metadata")).text()

@@ -14,9 +14,7 @@ import re
 import pytest
 
 from tests.alexishr_sso.conftest import PASSWORD, make_options, make_sp
-from tests.alexishr_sso.test_browser import ARTIFACTS, CHROMIUM, FLAGS, local_acs
-
-__all__ = ["local_acs"]  # the fixture, shared with test_browser.py
+from tests.alexishr_sso.test_browser import ARTIFACTS, CHROMIUM, FLAGS
 
 pytestmark = [
     pytest.mark.slow,
