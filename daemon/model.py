@@ -157,12 +157,19 @@ class Snapshot:
     ``version`` identifies the content the source read (a file digest, an LDAP
     ``contextCSN``, ...): two snapshots with the same version are equal.
     ``skipped`` lists the records the source reported and left out.
+
+    ``base`` and ``changed`` let a source that knows what it re-read say so:
+    this snapshot equals the one whose version is ``base`` except for the
+    objects keyed ``(kind, id)`` in ``changed`` (which may have been added,
+    modified or removed). ``changed is None`` means "compare everything".
     """
 
     users: dict[str, User]
     groups: dict[str, Group]
     version: str = ""
     skipped: list[SkippedRecord] = field(default_factory=list)
+    base: str | None = None
+    changed: frozenset[tuple[ObjectKind, str]] | None = None
 
     @classmethod
     def of(

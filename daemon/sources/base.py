@@ -42,6 +42,46 @@ class Source(Protocol):
     async def aclose(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class ChangeNotice:
+    """A source's word that the directory changed, pushed between polls.
+
+    ``users`` and ``groups`` hold the source ids of the objects that changed
+    (added, modified, renamed or deleted), or ``None`` when the source cannot
+    say which: the engine then reads the whole source as on a poll. ``seen_at``
+    is the wall-clock time (``time.time()``) the source learnt of the change;
+    the engine measures the lag to delivery from it.
+    """
+
+    seen_at: float
+    users: frozenset[str] | None = None
+    groups: frozenset[str] | None = None
+
+    @property
+    def everything(self) -> bool:
+        return self.users is None or self.groups is None
+
+
+#: How a watching source hands a notice to the engine. It never blocks and may
+#: be called from the event loop only (a worker thread uses
+#: ``loop.call_soon_threadsafe``).
+Announce = Callable[[ChangeNotice], None]
+
+
+class WatchingSource(Source, Protocol):
+    """A source that can push changes instead of waiting for the next poll.
+
+    ``watch(announce)`` runs until cancelled and calls ``announce`` for every
+    change it sees. It raises :class:`SourceError` when it cannot go on (the
+    connection dropped, the file cannot be watched); the service starts it
+    again with backoff and the periodic poll stays the safety net. After a
+    notice, the engine calls ``fetch`` as usual: the snapshot it returns must
+    already hold the announced change.
+    """
+
+    async def watch(self, announce: Announce) -> None: ...
+
+
 class PasswordSource(Source, Protocol):
     """A source that can check portal passwords (the optional ``authenticate``).
 
