@@ -248,6 +248,22 @@ class PublicListenerSettings(_Section):
     #: Wrong second-factor codes allowed per account within
     #: ``login_failure_window`` seconds before further codes are refused.
     mfa_max_failures: int = Field(default=5, ge=1)
+    #: The organisation's name, shown on the sign-in page and the portal
+    #: (e.g. ``Nordlys``). Default: none (the pages say ``provisiond``).
+    organisation: str | None = Field(default=None, min_length=1, max_length=100)
+    #: A logo image file (PNG, JPEG, GIF, WebP or SVG, at most 512 KiB) shown
+    #: beside the organisation's name; served by the portal at ``/logo``.
+    logo: Path | None = None
+
+    @field_validator("organisation")
+    @classmethod
+    def _organisation_text(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = " ".join(value.split())
+        if not value:
+            raise ValueError("must not be blank")
+        return value
 
 
 class HttpSettings(_Section):

@@ -14,6 +14,7 @@ from daemon.config import PublicListenerSettings
 from daemon.directory import Directory
 from daemon.http.serve import REFUSAL_PAGE
 from daemon.portal import passkey_routes, views
+from daemon.portal.branding import load_branding, logo_route
 from daemon.portal.mfa import pages as mfa_pages
 from daemon.portal.mfa.factors import Factors
 from daemon.portal.mfa.keys import load_mfa_key
@@ -67,6 +68,7 @@ async def build_public_app(
     :class:`~daemon.portal.session_key.SessionKeyError` when the settings
     cannot be served safely.
     """
+    branding = load_branding(settings, config_dir)
     store = directory.store
     key_file = settings.session_key_file
     key = await load_session_key(
@@ -105,6 +107,7 @@ async def build_public_app(
         templates(),
         factors=factors,
         mfa_key=mfa_key,
+        branding=branding,
         clock=clock,
     )
     app = web.Application(
@@ -126,6 +129,7 @@ async def build_public_app(
         clock=clock,
     )
     app.router.add_routes(views.routes())
+    app.router.add_routes(logo_route(branding))
     app.router.add_routes(mfa_pages.routes())
     app.router.add_routes(passkey_routes.routes())
     for routes in plugin_routes:

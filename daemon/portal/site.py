@@ -22,6 +22,7 @@ from daemon.config import PublicListenerSettings
 from daemon.directory import Directory
 from daemon.loopback import is_loopback_host
 from daemon.model import User
+from daemon.portal.branding import LOGO_PATH, Branding, full_name
 from daemon.portal.errors import PortalConfigError as PortalConfigError
 from daemon.portal.metrics import SSO_REFUSALS
 from daemon.portal.session_key import SessionKey
@@ -92,6 +93,7 @@ class Portal:
         *,
         factors: Factors,
         mfa_key: MfaKey,
+        branding: Branding | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -103,6 +105,13 @@ class Portal:
         self.factors = factors
         self.mfa_key = mfa_key
         self.templates = templates
+        #: The organisation's name and logo, on every page (the refusal page too).
+        self.branding = branding or Branding(settings.organisation)
+        templates.globals.update(
+            organisation=self.branding.organisation,
+            logo=LOGO_PATH if self.branding.logo is not None else None,
+        )
+        templates.filters["full_name"] = full_name
         self.clock = clock
         self.base_url = base_url_of(settings)
         #: Cookies carry ``Secure`` whenever the base URL is https. Only a
@@ -280,16 +289,25 @@ class Portal:
         return web.HTTPSeeOther(f"/login?{urlencode(query)}")
 
     def refused(
-        self, request: web.Request, message: str, *, reason: str, status: int = 400
+        self,
+        request: web.Request,
+        message: str,
+        *,
+        reason: str,
+        status: int = 400,
+        title: str = "Request refused",
+        detail: str | None = None,
     ) -> web.Response:
-        """An error page with a fixed, safe ``message``; counted and logged by ``reason``."""
+        """An error page with a fixed, safe ``message`` in plain words, and a way back to
+        the portal; counted and logged by ``reason``. ``detail`` is the technical cause,
+        shown smaller for the administrator."""
         SSO_REFUSALS.labels(reason=reason).inc()
         audit.warning(
-            "request refused", reason=reason, detail=message, path=request.path,
+            "request refused", reason=reason, detail=detail or message, path=request.path,
             client=client_address(request),
         )  # fmt: skip
         return self.render(
-            request, "message.html", status=status, title="Request refused", message=message
+            request, "message.html", status=status, title=title, message=message, detail=detail
         )
 
     def unavailable(self, request: web.Request) -> web.Response:
@@ -316,9 +334,10 @@ class Portal:
             request,
             "message.html",
             status=403,
-            title="No access",
-            message=f"You have no access to {title}. Ask your administrator to add you to a "
-            f"group that grants {title}.",
+            title=f"No access to {title}",
+            message=f"You have no access to {title}. You are signed in as "
+            f"{full_name(signed_in.user)}; ask your administrator to add you to a group that "
+            f"grants {title}.",
             signed_in=signed_in,
             csrf=self.csrf_token(signed_in.session.id),
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from typing import Final
+from urllib.parse import urlsplit
 
 import anyio.to_thread
 import argon2
@@ -55,6 +56,7 @@ def _login_form(
         "login.html",
         status=status,
         next=next_path,
+        continue_to=_continues_to(request, next_path),
         force=force,
         error=error,
         login=login,
@@ -146,6 +148,16 @@ async def home(request: web.Request) -> web.StreamResponse:
         signed_in=signed_in,
         csrf=portal.csrf_token(signed_in.session.id),
     )
+
+
+def _continues_to(request: web.Request, next_path: str) -> str | None:
+    """The title of the application ``next_path`` launches (an SP-initiated request
+    parked for its sign-on URL, or its portal link), or ``None``."""
+    path = urlsplit(next_path).path
+    for app in applications(request.app):
+        if app.path == path:
+            return app.title
+    return None
 
 
 def _text(value: object, limit: int) -> str:

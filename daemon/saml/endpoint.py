@@ -197,7 +197,7 @@ class SignOnEndpoint:
                     return portal.refused(request, self.expired, reason="expired")
                 return await self._handle(request, portal, parked.value, parked.parked_at)
         except SamlRequestError as exc:
-            return portal.refused(request, str(exc), reason="invalid_request")
+            return self._bad_request(request, portal, exc)
         # IdP-initiated: any RelayState in the query is ignored, never forwarded.
         signed_in = await portal.signed_in(request)
         if signed_in is None:
@@ -218,7 +218,7 @@ class SignOnEndpoint:
             authn = await self._receive(message, portal)
             handle = await self.pending.park(authn, portal.clock(), binding=browser)
         except SamlRequestError as exc:
-            return portal.refused(request, str(exc), reason="invalid_request")
+            return self._bad_request(request, portal, exc)
         except PendingFull:
             return portal.refused(request, BUSY, reason="busy", status=503)
         # The browser cookie may be new: a top-level navigation may set it, even cross-site.
@@ -226,6 +226,24 @@ class SignOnEndpoint:
         if fresh:
             portal.keep_browser(redirect, browser)
         raise redirect
+
+    def _bad_request(
+        self, request: web.Request, portal: Portal, exc: SamlRequestError, *, logout: bool = False
+    ) -> web.Response:
+        """The page for a SAML message that was refused: plain words first, the cause after."""
+        title = self.profile.title
+        if logout:
+            message = f"The sign-out request {title} sent could not be accepted."
+            heading = f"{title} could not sign you out"
+        else:
+            message = (
+                f"The request {title} sent could not be accepted, so you are not signed in. "
+                f"Start again from {title}, or open it from your applications."
+            )
+            heading = f"{title} could not sign you in"
+        return portal.refused(
+            request, message, reason="invalid_request", title=heading, detail=str(exc)
+        )
 
     async def _receive(self, message: InboundMessage, portal: Portal) -> AuthnRequest:
         return await receive_authn_request(
@@ -396,7 +414,7 @@ class SignOnEndpoint:
                 message, self.sp, self.replay, destination=self.idp(portal.base_url).slo_url
             )
         except SamlRequestError as exc:
-            return portal.refused(request, str(exc), reason="invalid_request")
+            return self._bad_request(request, portal, exc, logout=True)
         # Only sessions the request proves it knows: by SessionIndex (a secret
         # the SP got in our assertion), or this browser's own session for
         # that NameID. A bare NameID could be forged by anyone.

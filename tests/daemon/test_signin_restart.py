@@ -36,7 +36,7 @@ async def _signed_in(browser: ClientSession, base: str) -> bool:
     if page.status == 303:
         return False
     assert page.status == 200, await page.text()
-    assert "Signed in as alice." in await page.text()
+    assert "Signed in as Alice Lindqvist." in await page.text()  # her full name
     return True
 
 
