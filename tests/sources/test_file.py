@@ -21,6 +21,7 @@ from daemon.sources.file import FileSource, FileSourceOptions, create
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "directory.yaml"
 ALICE_PASSWORD = "correct horse battery staple"
+HANNA_PASSWORD = "contractor demo password"
 
 
 def user(uid: str, **fields: Any) -> dict[str, Any]:
@@ -519,7 +520,9 @@ async def test_example_parses_cleanly() -> None:
     assert any(u.state is AccountState.SUSPENDED for u in snap.users.values())
     assert any(u.manager and u.division for u in snap.users.values())
     assert source.password_hash("alice") is not None
-    assert source.password_hash("hanna.kowalski") is None
+    # The demo's second sign-in user (outside the bound group) has one too.
+    assert source.password_hash("hanna.kowalski") is not None
+    assert source.password_hash("johanna.berg") is None
 
 
 async def test_example_alice_hash_verifies() -> None:
@@ -529,6 +532,9 @@ async def test_example_alice_hash_verifies() -> None:
     hashed = source.password_hash("alice")
     assert hashed is not None
     assert argon2.PasswordHasher().verify(hashed, ALICE_PASSWORD)
+    hanna = source.password_hash("hanna.kowalski")
+    assert hanna is not None
+    assert argon2.PasswordHasher().verify(hanna, HANNA_PASSWORD)
 
 
 async def test_password_hash_stays_out_of_the_record(tmp_path: Path) -> None:
