@@ -241,7 +241,9 @@ class SignOn:
     def employee(self, email: str) -> str | None:
         """How the SCIM side knows the person with work email ``email``, or ``None``."""
         want = email.casefold()
-        for resource in list(self.storage.resources):
+        with self.storage.operation():  # SCIM writes run on other threads
+            resources = list(self.storage.resources)
+        for resource in resources:
             data = resource.model_dump()
             emails = [str(e.get("value", "")) for e in data.get("emails") or []]
             names = [str(data.get("userName", "")), *emails]

@@ -292,3 +292,42 @@ async def test_the_demo_runs_again_on_its_own_state(demo_dirs):
         assert status == 200, text
     finally:
         assert again.stop() == 143
+
+
+@pytest.fixture
+def lone_sandbox(tmp_path: Path) -> Iterator[int]:
+    """scripts/sandbox.py on its own, its IdP metadata URL on a port nobody serves."""
+    token = tmp_path / "token"
+    token.write_text("sandbox-token-1234\n")
+    port, idp = free_port(), free_port()
+    sandbox = subprocess.Popen(
+        [
+            str(REPO / ".venv" / "bin" / "python"),
+            str(REPO / "scripts" / "sandbox.py"),
+            *("--port", str(port), "--token-file", str(token)),
+            *("--idp-metadata", f"http://127.0.0.1:{idp}/saml2/alexishr/metadata"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert sandbox.stdout is not None
+        assert "AlexisHR sandbox: SCIM and sign-in on" in sandbox.stdout.readline()
+        yield port
+    finally:
+        sandbox.terminate()
+        assert sandbox.wait(10) == 0
+
+
+async def test_the_sandbox_says_so_when_provisiond_is_not_running(lone_sandbox):
+    """The sandbox on its own: bad input to its ACS, and an IdP that does not answer."""
+    acs = f"http://127.0.0.1:{lone_sandbox}/login/callback?connection=nordlys"
+    async with ClientSession() as client:
+        down = await client.post(acs, data={"SAMLResponse": "eA=="})
+        assert down.status == 503
+        assert "provisiond is not reachable" in await down.text()
+        assert (await client.post(acs, data={"other": "x"})).status == 400
+        assert (await client.get(acs)).status == 405
+        # SCIM still wants its token.
+        assert (await client.get(f"http://127.0.0.1:{lone_sandbox}/Users")).status == 401
