@@ -3,8 +3,20 @@
 Reads ``GET /api/systemusers`` (v1, ``limit``/``skip`` paging, at most 100 a
 page), ``GET /api/v2/usergroups`` and ``GET /api/v2/usergroups/{id}/members``
 (v2, same paging) with the ``x-api-key`` header (and ``x-org-id`` for a
-multi-tenant administrator). Every poll is a full read: the API offers no
-change feed a poll could use.
+multi-tenant administrator).
+
+Changes between polls: :meth:`JumpCloudSource.watch` polls the Directory
+Insights events API every ``events_interval`` seconds (a short request that
+is empty when nothing happened; see :mod:`daemon.sources.jumpcloud_events`)
+and announces the users and groups the new events name. The next ``fetch``
+then re-reads only those objects (``GET /api/systemusers/{id}``,
+``GET /api/v2/usergroups/{id}`` and its members) into the last snapshot and
+says so in ``Snapshot.base`` and ``Snapshot.changed``. It reads everything
+instead when it has no snapshot yet, when the watch is not running or its
+feed is refused (401/403: the key may not read Directory Insights) or late,
+after a flood or an event it cannot map, when more than
+``events_max_changes`` objects changed at once, and at least every
+``full_read_after`` seconds (events JumpCloud does not log are found then).
 
 Account state: ``suspended: true`` or ``state: SUSPENDED`` is suspended.
 ``state: STAGED`` (an account created ahead of its activation, typically a
@@ -16,14 +28,20 @@ it. An unknown ``state`` is also treated as suspended, the safe side.
 Bad input: a user without ``_id``, ``username`` or a valid ``email`` is a
 :class:`SkippedRecord`; an optional field of the wrong type is left empty; a
 response of the wrong shape, a refused key (401/403) or an API that stays
-down raises :class:`SourceError`, whose text never holds the API key.
+down raises :class:`SourceError`, whose text never holds the API key. An
+event for an object that is gone (404) removes it; a malformed events answer
+is logged and the feed is asked again later.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import time
-from collections.abc import Awaitable, Callable, Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,25 +51,83 @@ import aiohttp
 import anyio
 import msgspec
 import structlog
+from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from daemon.hookspecs import hookimpl
 from daemon.loopback import is_loopback_host
-from daemon.model import AccountState, Group, SkippedRecord, Snapshot, User, make_group
+from daemon.metrics import REGISTRY
+from daemon.model import (
+    AccountState,
+    Group,
+    ObjectKind,
+    SkippedRecord,
+    Snapshot,
+    User,
+    make_group,
+)
 from daemon.runtime import PluginContext
 from daemon.secrets import SecretError
+from daemon.sources import jumpcloud_events as di
 from daemon.sources import metrics
-from daemon.sources.base import Source, SourceError, SourceType
+from daemon.sources.base import Announce, ChangeNotice, Source, SourceError, SourceType
 
 log = structlog.get_logger(__name__)
+
+EVENTS = Counter(
+    "provisiond_source_events",
+    "Change events a source received from its directory's event feed (JumpCloud "
+    "Directory Insights), repeats left out, by source kind.",
+    ["source"],
+    registry=REGISTRY,
+)
 
 DEFAULT_BASE_URL = "https://console.jumpcloud.com"
 USERS_PATH = "/api/systemusers"
 GROUPS_PATH = "/api/v2/usergroups"
 #: Longest error-body excerpt quoted in an error.
 _BODY_EXCERPT = 200
+#: Seconds between tries of an events feed that refused the key (401/403).
+REFUSED_RETRY = 300.0
+#: The longest wait between tries of an events feed that fails (5xx, network, bad JSON).
+MAX_EVENTS_BACKOFF = 60.0
+#: A feed whose last good answer is older than this many intervals is late: read everything.
+LATE_AFTER_INTERVALS = 5
 
 Sleep = Callable[[float], Awaitable[None]]
+Key = tuple[ObjectKind, str]
+
+
+class _Missing:
+    """What ``_get`` returns for a 404 when the caller said it may be missing."""
+
+
+MISSING = _Missing()
+
+
+class _FeedRefused(Exception):
+    """The events API refused the key (401/403)."""
+
+
+class _FeedThrottled(Exception):
+    def __init__(self, wait: float | None) -> None:
+        super().__init__("HTTP 429")
+        self.wait = wait
+
+
+class _FeedDown(Exception):
+    """The events API failed this time (5xx, network, an answer that is not JSON)."""
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if not parts.hostname or parts.username or parts.query or parts.path not in ("", "/"):
+        raise ValueError("must be https://host[:port] with nothing else")
+    if parts.scheme == "http" and is_loopback_host(parts.hostname):
+        return value.rstrip("/")
+    if parts.scheme != "https":
+        raise ValueError("must use https (http is accepted for 127.0.0.1/localhost only)")
+    return value.rstrip("/")
 
 
 class JumpCloudOptions(BaseModel):
@@ -61,6 +137,15 @@ class JumpCloudOptions(BaseModel):
     ``max_retries`` bounds both 429 waits (each at most ``max_retry_after``
     seconds, as the server's ``Retry-After`` asks) and 5xx/network retries
     (``retry_base`` doubling).
+
+    ``events`` turns the Directory Insights watch on; it polls
+    ``events_url`` (by default ``https://api.jumpcloud.com`` for the
+    ``console.jumpcloud.com`` API, ``api.<region>`` for ``console.<region>``,
+    and ``base_url`` itself for any other host) every ``events_interval``
+    seconds, re-reading the last ``events_overlap`` seconds of events for the
+    ones that show up late. More than ``events_max_changes`` changed objects
+    at once are read as one full read; a full read happens at least every
+    ``full_read_after`` seconds.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -75,18 +160,32 @@ class JumpCloudOptions(BaseModel):
     max_retry_after: float = Field(default=120.0, gt=0)
     groups: bool = True
     concurrency: int = Field(default=4, ge=1, le=16)
+    events: bool = True
+    events_url: str | None = None
+    events_interval: float = Field(default=2.0, ge=0.5, le=300.0)
+    events_overlap: float = Field(default=60.0, ge=5.0, le=3600.0)
+    events_max_changes: int = Field(default=100, ge=1, le=10_000)
+    full_read_after: float = Field(default=3600.0, ge=60.0)
 
     @field_validator("base_url")
     @classmethod
     def _base_url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if not parts.hostname or parts.username or parts.query or parts.path not in ("", "/"):
-            raise ValueError("must be https://host[:port] with nothing else")
-        if parts.scheme == "http" and is_loopback_host(parts.hostname):
-            return v.rstrip("/")
-        if parts.scheme != "https":
-            raise ValueError("must use https (http is accepted for 127.0.0.1/localhost only)")
-        return v.rstrip("/")
+        return _http_url(v)
+
+    @field_validator("events_url")
+    @classmethod
+    def _events_url(cls, v: str | None) -> str | None:
+        return None if v is None else _http_url(v)
+
+    def events_base(self) -> str:
+        """Where the Directory Insights API is (see the class docstring)."""
+        if self.events_url is not None:
+            return self.events_url
+        parts = urlsplit(self.base_url)
+        host = parts.hostname or ""
+        if host.startswith("console.") and host.endswith("jumpcloud.com"):
+            return f"https://api.{host.removeprefix('console.')}"
+        return self.base_url
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -167,11 +266,61 @@ def user_from_record(record: object, index: int, where: str) -> User | SkippedRe
     )
 
 
+@dataclass
+class _Directory:
+    """The last snapshot, and what a re-read of single objects needs beside it."""
+
+    snapshot: Snapshot
+    #: User id -> the manager id JumpCloud holds (the snapshot drops unknown ones).
+    managers: dict[str, str]
+    #: Group id -> the user ids JumpCloud lists as members (the snapshot keeps known ones).
+    members: dict[str, frozenset[str]]
+    #: Skipped records with an object id, by key; ``loose``: those without one.
+    skipped: dict[Key, SkippedRecord]
+    loose: list[SkippedRecord]
+    #: Wall-clock time the full read this snapshot descends from started.
+    read_at: float
+
+
+@dataclass
+class _Pending:
+    """What the events said changed that no fetch has re-read yet (bounded)."""
+
+    users: set[str] = field(default_factory=set)
+    groups: set[str] = field(default_factory=set)
+    everything: bool = False
+
+    def add(self, users: frozenset[str], groups: frozenset[str], limit: int) -> None:
+        if self.everything:
+            return
+        self.users |= users
+        self.groups |= groups
+        if len(self.users) + len(self.groups) > limit:
+            self.flood()
+
+    def flood(self) -> None:
+        self.users, self.groups, self.everything = set(), set(), True
+
+    def take(self) -> _Pending:
+        taken = _Pending(self.users, self.groups, self.everything)
+        self.users, self.groups, self.everything = set(), set(), False
+        return taken
+
+    def put_back(self, taken: _Pending, limit: int) -> None:
+        if taken.everything:
+            self.flood()
+        else:
+            self.add(frozenset(taken.users), frozenset(taken.groups), limit)
+
+    def __bool__(self) -> bool:
+        return self.everything or bool(self.users or self.groups)
+
+
 class JumpCloudSource:
-    """JumpCloud over its REST API; every fetch reads the whole directory."""
+    """JumpCloud over its REST API, with the Directory Insights events as a change feed."""
 
     kind = "jumpcloud"
-    incremental = False
+    incremental = True
 
     def __init__(
         self, options: JumpCloudOptions, context: PluginContext, *, sleep: Sleep = anyio.sleep
@@ -183,27 +332,111 @@ class JumpCloudSource:
             raise SourceError(f"JumpCloud: api_key_file: {exc}") from None
         self._redact = context.secrets.redact
         self._sleep = sleep
+        #: Wall clock and monotonic clock (tests move them).
+        self.clock: Callable[[], float] = time.time
+        self.monotonic: Callable[[], float] = time.monotonic
         self._session: aiohttp.ClientSession | None = None
         #: Requests made by the last fetch (for ``check`` and tests).
         self.requests = 0
+        #: ``full`` or ``incremental``: what the last fetch that read did.
+        self.last_read: metrics.ReadKind | None = None
         #: User and group records the last fetch received (for the metrics).
         self._received = (0, 0)
+        self._dir: _Directory | None = None
+        self._full_at = 0.0
+        self._epoch = uuid.uuid4().hex[:8]
+        self._generation = 0
+        # The event feed: where it reads, since when it has read without a gap,
+        # when it last answered, whether it refused the key, and what it found.
+        self._cursor: di.EventCursor | None = None
+        self._feed_from: float | None = None
+        self._feed_ok_at: float | None = None
+        self._refused: str | None = None
+        self._watching = 0
+        self._pending = _Pending()
 
-    async def fetch(self, known_version: str | None) -> Snapshot:
-        """The whole directory (JumpCloud offers no cheap "unchanged" answer)."""
-        with metrics.timed_read(self.kind, "full"):
-            snapshot = await self._read_all()
+    # -- fetch ---------------------------------------------------------------------
+
+    async def fetch(self, known_version: str | None) -> Snapshot | None:
+        """The directory; ``None`` when it is still the snapshot ``known_version``.
+
+        Re-reads only what the event feed named since the last fetch when it
+        can (see the module docstring), else reads everything.
+        """
+        taken = self._pending.take()
+        try:
+            why_full = self._why_full(taken)
+            if why_full is None and not taken:
+                assert self._dir is not None
+                snapshot = self._dir.snapshot
+                return None if known_version == snapshot.version else snapshot
+            read: metrics.ReadKind = "incremental" if why_full is None else "full"
+            if why_full is not None and self._dir is not None:
+                log.info("jumpcloud full read", reason=why_full)
+            with metrics.timed_read(self.kind, read):
+                if why_full is None:
+                    snapshot = await self._read_changed(taken)
+                else:
+                    snapshot = await self._read_full()
+        except BaseException:
+            self._pending.put_back(taken, self.options.events_max_changes)
+            raise
+        self.last_read = read
         metrics.count_objects(self.kind, *self._received)
         metrics.report_skipped(self.kind, snapshot.skipped)
+        if known_version is not None and snapshot.version == known_version:
+            return None
         return snapshot
 
-    async def _read_all(self) -> Snapshot:
+    def _why_full(self, taken: _Pending) -> str | None:
+        """Why this fetch must read everything, or ``None`` when re-reading ``taken`` will do."""
+        if self._dir is None:
+            return "first read"
+        if not self.options.events or not self._watching:
+            return "no event watch"
+        if self._refused is not None:
+            return "events refused"
+        now = self.monotonic()
+        late = max(LATE_AFTER_INTERVALS * self.options.events_interval, self.options.timeout)
+        if self._feed_ok_at is None or now - self._feed_ok_at > late:
+            return "event feed late"
+        if self._feed_from is None or self._feed_from > self._dir.read_at:
+            return "event feed started after the last full read"
+        if taken.everything:
+            return "events named everything"
+        if now - self._full_at >= self.options.full_read_after:
+            return "full_read_after"
+        return None
+
+    async def _read_full(self) -> Snapshot:
+        started = self.clock()
+        snapshot, managers, members = await self._read_all()
+        skipped: dict[Key, SkippedRecord] = {}
+        loose: list[SkippedRecord] = []
+        for record in snapshot.skipped:
+            if record.key is None:
+                loose.append(record)
+            else:
+                skipped[record.key] = record
+        previous = self._dir.snapshot if self._dir is not None else None
+        self._settle(snapshot, previous)
+        self._dir = _Directory(snapshot, managers, members, skipped, loose, started)
+        self._full_at = self.monotonic()
+        return snapshot
+
+    def _settle(self, snapshot: Snapshot, previous: Snapshot | None) -> None:
+        """Give ``snapshot`` its version: a new one only when its content moved."""
+        if previous is None or (snapshot.users, snapshot.groups) != (
+            previous.users,
+            previous.groups,
+        ):
+            self._generation += 1
+        snapshot.version = f"{self._epoch}:{self._generation}"
+
+    async def _read_all(self) -> tuple[Snapshot, dict[str, str], dict[str, frozenset[str]]]:
         self.requests = 0
         self._received = (0, 0)
-        try:
-            key = self._key.value()
-        except SecretError as exc:
-            raise SourceError(f"JumpCloud: api_key_file: {exc}") from None
+        key = self._api_key()
         snapshot = Snapshot(users={}, groups={})
         managers: dict[str, str] = {}
         records = await self._all_users(key)
@@ -227,10 +460,313 @@ class JumpCloudSource:
                 snapshot.users[user_id] = msgspec.structs.replace(
                     snapshot.users[user_id], manager=None
                 )
+        members: dict[str, frozenset[str]] = {}
         if self.options.groups:
-            for group in await self._all_groups(key, snapshot):
+            for group, raw in await self._all_groups(key, snapshot):
                 snapshot.groups[group.id] = group
+                members[group.id] = raw
+        return snapshot, managers, members
+
+    def _api_key(self) -> str:
+        try:
+            return self._key.value()
+        except SecretError as exc:
+            raise SourceError(f"JumpCloud: api_key_file: {exc}") from None
+
+    # -- re-reading what the events named ------------------------------------------
+
+    async def _read_changed(self, taken: _Pending) -> Snapshot:
+        """The last snapshot with the users and groups in ``taken`` read again."""
+        assert self._dir is not None
+        self.requests = 0
+        key = self._api_key()
+        old = self._dir
+        base = old.snapshot
+        groups_on = self.options.groups
+        user_ids = sorted(taken.users)
+        group_ids = sorted(taken.groups) if groups_on else []
+        self._received = (len(user_ids), len(group_ids))
+        user_records: dict[str, object] = {}
+        group_records: dict[str, tuple[object, list[object] | _Missing]] = {}
+        limiter = anyio.CapacityLimiter(self.options.concurrency)
+
+        async def read_user(user_id: str) -> None:
+            async with limiter:
+                user_records[user_id] = await self._get(
+                    key, f"{USERS_PATH}/{user_id}", {}, missing_ok=True
+                )
+
+        async def read_group(group_id: str) -> None:
+            async with limiter:
+                path = f"{GROUPS_PATH}/{group_id}"
+                record = await self._get(key, path, {}, missing_ok=True)
+                items: list[object] | _Missing = MISSING
+                if record is not MISSING:
+                    items = await self._v2_pages(key, f"{path}/members", missing_ok=True)
+                group_records[group_id] = (record, items)
+
+        with _first_source_error():
+            async with anyio.create_task_group() as tg:
+                for user_id in user_ids:
+                    tg.start_soon(read_user, user_id)
+                for group_id in group_ids:
+                    tg.start_soon(read_group, group_id)
+
+        users = dict(base.users)
+        groups = dict(base.groups)
+        managers = dict(old.managers)
+        members = dict(old.members)
+        skipped = dict(old.skipped)
+        touched: set[Key] = set()
+        for user_id in user_ids:
+            touched.add(("user", user_id))
+            skipped.pop(("user", user_id), None)
+            users.pop(user_id, None)
+            managers.pop(user_id, None)
+            where = f"{self.options.base_url}{USERS_PATH}/{user_id}"
+            record = user_records[user_id]
+            if record is MISSING:
+                if user_id in base.users:
+                    log.info("jumpcloud user is gone (404); removed", user=user_id, where=where)
+                else:
+                    log.warning(
+                        "jumpcloud event named a user that cannot be read (404)",
+                        user=user_id,
+                        where=where,
+                    )
+                continue
+            user = user_from_record(record, 0, where)
+            if isinstance(user, User) and user.id != user_id:
+                user = SkippedRecord(where, user_id, "_id", f"is {user.id[:64]!r}", "user", user_id)
+            if isinstance(user, SkippedRecord):
+                skipped[("user", user_id)] = dataclasses.replace(user, object_id=user_id)
+                continue
+            users[user_id] = user
+            if user.manager:
+                managers[user_id] = user.manager
+        came = {u for u in user_ids if u in users and u not in base.users}
+        went = {u for u in user_ids if u not in users and u in base.users}
+        # Managers: a re-read user's own, and everyone whose manager came or went.
+        moved = came | went
+        for user_id, manager in managers.items():
+            if user_id in users and (manager in moved or ("user", user_id) in touched):
+                user = users[user_id]
+                pointed = manager if manager in users else None
+                if user.manager != pointed:
+                    users[user_id] = msgspec.structs.replace(user, manager=pointed)
+                    touched.add(("user", user_id))
+        for group_id in group_ids:
+            touched.add(("group", group_id))
+            skipped.pop(("group", group_id), None)
+            groups.pop(group_id, None)
+            members.pop(group_id, None)
+            where = f"{self.options.base_url}{GROUPS_PATH}/{group_id}"
+            record, items = group_records[group_id]
+            if record is MISSING or isinstance(items, _Missing):
+                if group_id in base.groups:
+                    log.info("jumpcloud group is gone (404); removed", group=group_id, where=where)
+                else:
+                    log.warning(
+                        "jumpcloud event named a group that cannot be read (404)",
+                        group=group_id,
+                        where=where,
+                    )
+                continue
+            name = _text(record, "name") if isinstance(record, dict) else None
+            if name is None:
+                skipped[("group", group_id)] = SkippedRecord(
+                    where, group_id, "name", "missing", "group", group_id
+                )
+                continue
+            raw = frozenset(_member_ids(items))
+            members[group_id] = raw
+            groups[group_id] = make_group(group_id, name, (m for m in raw if m in users))
+        if moved:
+            # A user who came or went joins or leaves every group that lists them.
+            for group_id, raw in members.items():
+                if group_id in groups and ("group", group_id) not in touched and raw & moved:
+                    group = groups[group_id]
+                    listed = (m for m in raw if m in users)
+                    groups[group_id] = make_group(group_id, group.name, listed)
+                    touched.add(("group", group_id))
+        after = Snapshot(users=users, groups=groups)
+        changed = frozenset(k for k in touched if base.get(*k) != after.get(*k))
+        skipped_list = [*old.loose, *skipped.values()]
+        self._dir = _Directory(base, managers, members, skipped, old.loose, old.read_at)
+        if not changed:
+            return base  # re-read, and nothing moved (the events' change was undone)
+        self._generation += 1
+        snapshot = Snapshot(
+            users=users,
+            groups=groups,
+            version=f"{self._epoch}:{self._generation}",
+            skipped=skipped_list,
+            base=base.version,
+            changed=changed,
+        )
+        self._dir.snapshot = snapshot
         return snapshot
+
+    # -- the event feed --------------------------------------------------------------
+
+    async def watch(self, announce: Announce) -> None:
+        """Poll the Directory Insights events; announce the users and groups they name.
+
+        Runs until cancelled. A refused key (401/403) is logged once and the
+        feed is tried again every few minutes, while every fetch reads
+        everything (plain polling); a 429 waits as ``Retry-After`` asks; a 5xx,
+        a network error or an answer that is not JSON backs off. None of these
+        ends the watch: the read position is kept, so no event is lost.
+        """
+        if not self.options.events:
+            await anyio.sleep_forever()
+        self._watching += 1
+        try:
+            await self._watch(announce)
+        finally:
+            self._watching -= 1
+
+    async def _watch(self, announce: Announce) -> None:
+        interval = self.options.events_interval
+        if self._cursor is None:
+            now = self.clock()
+            start = min(now, self._dir.read_at) if self._dir is not None else now
+            # Events from a little before the last full read on: that read may
+            # have missed changes made while it ran.
+            self._cursor = di.EventCursor(start, self.options.events_overlap)
+            self._feed_from = start
+        backoff = interval
+        failing = False
+        while True:
+            try:
+                events = await self._poll_events()
+            except _FeedRefused as exc:
+                self._feed_ok_at = None
+                if self._refused is None:
+                    log.warning(
+                        "JumpCloud Directory Insights refused the API key; changes are found "
+                        "by polling only (every engine.interval). Give api_key_file a key of "
+                        "an administrator who may read Directory Insights"
+                        + (" and check org_id" if self.options.org_id else "")
+                        + ", or set source.options.events: false",
+                        error=str(exc),
+                        retry_in=REFUSED_RETRY,
+                    )
+                self._refused = str(exc)
+                await self._sleep(REFUSED_RETRY)
+                continue
+            except _FeedThrottled as exc:
+                wait = exc.wait if exc.wait is not None else backoff
+                wait = min(max(wait, interval), self.options.max_retry_after)
+                log.info("jumpcloud events throttled (HTTP 429)", wait=round(wait, 1))
+                backoff = min(backoff * 2, MAX_EVENTS_BACKOFF)
+                await self._sleep(wait)
+                continue
+            except _FeedDown as exc:
+                if not failing:
+                    log.warning(
+                        "jumpcloud events cannot be read; trying again with backoff",
+                        error=str(exc),
+                    )
+                failing = True
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, MAX_EVENTS_BACKOFF)
+                continue
+            if self._refused is not None:
+                log.info("JumpCloud Directory Insights accepts the API key now")
+                self._refused = None
+            if failing:
+                log.info("jumpcloud events can be read again")
+                failing = False
+            backoff = interval
+            self._feed_ok_at = self.monotonic()
+            notice = self._take_events(events)
+            if notice is not None:
+                announce(notice)
+            await self._sleep(interval)
+
+    def _take_events(self, events: list[object] | None) -> ChangeNotice | None:
+        """Add what new events name to the pending changes; the notice to announce."""
+        assert self._cursor is not None
+        seen_at = self.clock()
+        limit = self.options.events_max_changes
+        if events is None:  # a flood: more pages than one poll reads
+            log.warning(
+                "jumpcloud event flood; the next fetch reads everything",
+                pages=di.MAX_PAGES,
+                events_per_page=di.PAGE_LIMIT,
+            )
+            self._cursor.jump(seen_at)
+            self._feed_from = seen_at
+            self._pending.flood()
+            return ChangeNotice(seen_at)
+        fresh = self._cursor.fresh(events, seen_at)
+        if not fresh:
+            return None
+        EVENTS.labels(self.kind).inc(len(fresh))
+        found = di.map_events(fresh)
+        if found.unmapped:
+            log.warning(
+                "jumpcloud event cannot be mapped to users or groups; the next fetch reads "
+                "everything",
+                reason=found.unmapped[0],
+                unmapped=len(found.unmapped),
+            )
+            self._pending.flood()
+            return ChangeNotice(seen_at)
+        if not found.users and not (found.groups and self.options.groups):
+            return None
+        groups = found.groups if self.options.groups else frozenset()
+        self._pending.add(found.users, groups, limit)
+        if self._pending.everything:
+            return ChangeNotice(seen_at)
+        return ChangeNotice(seen_at, found.users, groups)
+
+    async def _poll_events(self) -> list[object] | None:
+        """The events from the cursor's start on, every page; ``None`` past ``MAX_PAGES``."""
+        assert self._cursor is not None
+        start = self._cursor.query_start()
+        if start > self.clock():
+            return []  # just after a flood: its last second is not over yet
+        token: Any = None
+        out: list[object] = []
+        for _ in range(di.MAX_PAGES):
+            page, headers = await self._post_events(di.request_body(start, token))
+            out.extend(page)
+            if not di.more_pages(headers, len(page)):
+                return out
+            token = di.search_after(headers)
+            if token is None:
+                raise _FeedDown("a full page came without a readable X-Search_after header")
+        return None
+
+    async def _post_events(self, body: dict[str, Any]) -> tuple[list[object], Any]:
+        """One events query: the page and the response headers."""
+        url = self.options.events_base() + di.EVENTS_PATH
+        headers = {"x-api-key": self._api_key(), "Accept": "application/json"}
+        if self.options.org_id:
+            headers["x-org-id"] = self.options.org_id
+        session = self._client()
+        try:
+            async with session.post(url, json=body, headers=headers) as resp:
+                if resp.status in (401, 403):
+                    raise _FeedRefused(f"{url}: HTTP {resp.status}")
+                if resp.status == 429:
+                    raise _FeedThrottled(_retry_after(resp.headers.get("Retry-After")))
+                if resp.status != 200:
+                    text = (await resp.text(errors="replace"))[:_BODY_EXCERPT]
+                    raise _FeedDown(self._redact(f"{url}: HTTP {resp.status}: {text}"))
+                try:
+                    page = await resp.json(content_type=None)
+                except ValueError:
+                    raise _FeedDown(f"{url}: the answer is not JSON") from None
+                if not isinstance(page, list):
+                    raise _FeedDown(f"{url}: the answer is not a JSON array of events")
+                return page, resp.headers
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _FeedDown(f"{url}: {type(exc).__name__}") from None
+
+    # -- the REST API -----------------------------------------------------------------
 
     async def _all_users(self, key: str) -> list[object]:
         """Every system user; read again once if the directory moved under the paging."""
@@ -264,11 +800,16 @@ class JumpCloudSource:
             if not results or skip >= total:
                 return records, total
 
-    async def _v2_pages(self, key: str, path: str) -> list[object]:
+    async def _v2_pages(
+        self, key: str, path: str, *, missing_ok: bool = False
+    ) -> list[object] | _Missing:
         items: list[object] = []
         skip = 0
         while True:
-            page = await self._get(key, path, {"limit": self.options.page_size, "skip": skip})
+            params = {"limit": self.options.page_size, "skip": skip}
+            page = await self._get(key, path, params, missing_ok=missing_ok)
+            if isinstance(page, _Missing):
+                return MISSING
             if not isinstance(page, list):
                 raise self._shape_error(path, "a JSON array")
             items.extend(page)
@@ -276,10 +817,11 @@ class JumpCloudSource:
             if len(page) < self.options.page_size:
                 return items
 
-    async def _all_groups(self, key: str, snapshot: Snapshot) -> list[Group]:
+    async def _all_groups(self, key: str, snapshot: Snapshot) -> list[tuple[Group, frozenset[str]]]:
         where = self.options.base_url + GROUPS_PATH
         found: list[tuple[str, str]] = []
         listed = await self._v2_pages(key, GROUPS_PATH)
+        assert isinstance(listed, list)
         self._received = (self._received[0], len(listed))
         for index, item in enumerate(listed):
             group_id = _text(item, "id") if isinstance(item, dict) else None
@@ -291,23 +833,31 @@ class JumpCloudSource:
                 snapshot.skipped.append(skip)
                 continue
             found.append((group_id, name))
-        members: dict[str, list[object]] = {}
+        members: dict[str, frozenset[str]] = {}
         limiter = anyio.CapacityLimiter(self.options.concurrency)
 
         async def read_members(group_id: str) -> None:
             async with limiter:
-                members[group_id] = await self._v2_pages(key, f"{GROUPS_PATH}/{group_id}/members")
+                items = await self._v2_pages(key, f"{GROUPS_PATH}/{group_id}/members")
+                assert isinstance(items, list)
+                members[group_id] = frozenset(_member_ids(items))
 
-        async with anyio.create_task_group() as tg:
-            for group_id, _ in found:
-                tg.start_soon(read_members, group_id)
+        with _first_source_error():
+            async with anyio.create_task_group() as tg:
+                for group_id, _ in found:
+                    tg.start_soon(read_members, group_id)
         return [
-            make_group(gid, name, _user_members(members[gid], snapshot.users))
+            (make_group(gid, name, (m for m in members[gid] if m in snapshot.users)), members[gid])
             for gid, name in found
         ]
 
-    async def _get(self, key: str, path: str, params: dict[str, int]) -> Any:
-        """GET ``path`` as JSON, honouring 429 ``Retry-After`` and retrying 5xx, bounded."""
+    async def _get(
+        self, key: str, path: str, params: dict[str, int], *, missing_ok: bool = False
+    ) -> Any:
+        """GET ``path`` as JSON, honouring 429 ``Retry-After`` and retrying 5xx, bounded.
+
+        With ``missing_ok``, a 404 answers :data:`MISSING` instead of failing.
+        """
         url = self.options.base_url + path
         headers = {"x-api-key": key, "Accept": "application/json"}
         if self.options.org_id:
@@ -331,6 +881,8 @@ class JumpCloudSource:
                         last = f"HTTP {resp.status}"
                         await self._sleep(backoff)
                         continue
+                    if resp.status == 404 and missing_ok:
+                        return MISSING
                     if resp.status != 200:
                         raise await self._status_error(url, resp)
                     try:
@@ -371,18 +923,46 @@ class JumpCloudSource:
         return self._session
 
     async def check(self) -> list[str]:
-        """Read everything once; one summary line."""
+        """Read everything once, and ask the events feed once; a line for each."""
         started = time.monotonic()
-        snapshot = await self.fetch(None)
+        snapshot, _, _ = await self._read_all()
         skipped = len(snapshot.skipped)
         for record in snapshot.skipped:
             log.warning("directory record skipped", **record.log_fields())
-        return [
+        lines = [
             f"JumpCloud {self.options.base_url}: {len(snapshot.users):,} users, "
             f"{len(snapshot.groups):,} groups, {skipped:,} "
             f"{'record' if skipped == 1 else 'records'} skipped{' (see log)' if skipped else ''} "
             f"({self.requests} requests, {time.monotonic() - started:.1f}s)"
         ]
+        lines.append(await self._check_events())
+        return lines
+
+    async def _check_events(self) -> str:
+        """One line: whether the Directory Insights events can be read with this key."""
+        url = self.options.events_base() + di.EVENTS_PATH
+        if not self.options.events:
+            return "JumpCloud events: off (events: false); changes are found by polling only"
+        body = di.request_body(self.clock() - self.options.events_overlap)
+        body["limit"] = 1
+        try:
+            await self._post_events(body)
+        except _FeedRefused as exc:
+            hint = " and org_id" if self.options.org_id else ""
+            return (
+                f"warning: JumpCloud Directory Insights {exc}: the key in api_key_file may not "
+                f"read events (check the administrator's Directory Insights access{hint}); "
+                "changes are found by polling only (engine.interval). Set "
+                "source.options.events: false to stop asking"
+            )
+        except _FeedThrottled:
+            return f"JumpCloud events {url}: readable (throttled just now: HTTP 429)"
+        except _FeedDown as exc:
+            return f"warning: JumpCloud events {exc}; changes are found by polling until it answers"
+        return (
+            f"JumpCloud events {url}: readable; changes are watched every "
+            f"{self.options.events_interval:g}s"
+        )
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -390,12 +970,33 @@ class JumpCloudSource:
             self._session = None
 
 
-def _user_members(items: Sequence[object], users: dict[str, User]) -> list[str]:
+@contextmanager
+def _first_source_error() -> Iterator[None]:
+    """A task group's failure as the first :class:`SourceError` in it, as the caller expects.
+
+    anyio wraps even a single failed task's error in an ``ExceptionGroup``,
+    which the engine and ``provisiond check`` would report as a crash rather
+    than as "the directory cannot be read".
+    """
+    try:
+        yield
+    except ExceptionGroup as group:
+        match, _ = group.split(SourceError)
+        if match is None:
+            raise
+        first: BaseException = match
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
+
+
+def _member_ids(items: Sequence[object]) -> list[str]:
+    """The user ids in a page of v2 graph connections (other member types are left out)."""
     out: list[str] = []
     for item in items:
         to = item.get("to") if isinstance(item, dict) else None
-        if isinstance(to, dict) and to.get("type") == "user" and to.get("id") in users:
-            out.append(str(to["id"]))
+        if isinstance(to, dict) and to.get("type") == "user" and isinstance(to.get("id"), str):
+            out.append(to["id"])
     return out
 
 
