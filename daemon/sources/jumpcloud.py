@@ -371,7 +371,7 @@ class JumpCloudSource:
                 snapshot = self._dir.snapshot
                 return None if known_version == snapshot.version else snapshot
             read: metrics.ReadKind = "incremental" if why_full is None else "full"
-            if why_full is not None and self._dir is not None:
+            if why_full is not None and self._dir is not None and self._watching:
                 log.info("jumpcloud full read", reason=why_full)
             with metrics.timed_read(self.kind, read):
                 if why_full is None:
@@ -548,13 +548,16 @@ class JumpCloudSource:
         went = {u for u in user_ids if u not in users and u in base.users}
         # Managers: a re-read user's own, and everyone whose manager came or went.
         moved = came | went
-        for user_id, manager in managers.items():
-            if user_id in users and (manager in moved or ("user", user_id) in touched):
-                user = users[user_id]
-                pointed = manager if manager in users else None
-                if user.manager != pointed:
-                    users[user_id] = msgspec.structs.replace(user, manager=pointed)
-                    touched.add(("user", user_id))
+        check = {u for u in user_ids if u in users}
+        if moved:
+            check |= {u for u, m in managers.items() if m in moved and u in users}
+        for user_id in check:
+            manager = managers.get(user_id)
+            pointed = manager if manager in users else None
+            user = users[user_id]
+            if user.manager != pointed:
+                users[user_id] = msgspec.structs.replace(user, manager=pointed)
+                touched.add(("user", user_id))
         for group_id in group_ids:
             touched.add(("group", group_id))
             skipped.pop(("group", group_id), None)

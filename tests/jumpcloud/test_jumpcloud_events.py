@@ -553,3 +553,22 @@ def test_events_options() -> None:
     ):
         with pytest.raises(ValueError):
             options(**bad)
+
+
+async def test_a_manager_created_later_is_linked_to_their_reports(
+    fake: FakeJumpCloud, make_source: MakeSource
+) -> None:
+    directory(fake)
+    fake.user(uid(6))["manager"] = uid(77)  # not a user yet: dropped downstream
+    steps = Steps()
+    source = make_source(sleep=steps)
+    first = await source.fetch(None)
+    assert first is not None and first.users[uid(6)].manager is None
+    async with watching(source, steps):
+        fake.create_user(system_user(77))
+        await steps.poll()
+        fake.requests.clear()
+        snapshot = await source.fetch(first.version)
+    assert snapshot is not None and snapshot.users[uid(6)].manager == uid(77)
+    assert fake.api_paths() == [f"/api/systemusers/{uid(77)}"]
+    assert snapshot.changed == {("user", uid(77)), ("user", uid(6))}
