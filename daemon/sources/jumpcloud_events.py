@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -40,6 +41,8 @@ MAX_PAGES = 10
 #: Only these event fields are asked for (the API's ``fields`` projection).
 FIELDS = ("id", "event_type", "timestamp", "resource", "association")
 
+#: What an object id may look like (JumpCloud's are 24 hex digits): it goes into a URL path.
+_OBJECT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _USER_TYPES = frozenset({"user", "systemuser"})
 _GROUP_TYPES = frozenset({"user_group", "usergroup", "group"})
 # Directory events that say something about a user or group but change nothing
@@ -114,12 +117,14 @@ class EventChanges:
 
 
 def _id_of(end: object) -> str | None:
+    """The object id at ``end``, or ``None`` when it has none or one that is not an id."""
     if not isinstance(end, dict):
         return None
     for key in ("object_id", "id"):
         value = end.get(key)
         if isinstance(value, str) and value.strip():
-            return value.strip()
+            value = value.strip()
+            return value if _OBJECT_ID.fullmatch(value) else None
     return None
 
 
@@ -167,7 +172,7 @@ def map_event(event: object) -> tuple[set[str], set[str], str | None]:
             if end_type in _GROUP_TYPES:
                 object_id = _id_of(end)
                 if object_id is None:
-                    return users, groups, f"{_describe(event)} names a group without an id"
+                    return users, groups, f"{_describe(event)} names a group without a valid id"
                 groups.add(object_id)
         return users, groups, None
     resource = event.get("resource")
@@ -175,7 +180,7 @@ def map_event(event: object) -> tuple[set[str], set[str], str | None]:
     if rtype in _USER_TYPES or rtype in _GROUP_TYPES:
         object_id = _id_of(resource)
         if object_id is None:
-            return users, groups, f"{_describe(event)} names a {rtype} without an id"
+            return users, groups, f"{_describe(event)} names a {rtype} without a valid id"
         (users if rtype in _USER_TYPES else groups).add(object_id)
         return users, groups, None
     if resource is None and kind.startswith(("user_", "systemuser_", "group_", "usergroup")):

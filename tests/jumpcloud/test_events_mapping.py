@@ -60,10 +60,13 @@ def test_events_name_their_objects(given: Any, users: set[str], groups: set[str]
     [
         ("not an event", "not a JSON object"),
         ({"id": "e1"}, "no event_type"),
-        (event("user_update", resource={"type": "user"}), "without an id"),
+        (event("user_update", resource={"type": "user"}), "without a valid id"),
         (event("user_update"), "no resource"),
         (event("association_change"), "no association.connection"),
-        (membership("user_group", None, "user", "u1"), "group without an id"),
+        (membership("user_group", None, "user", "u1"), "group without a valid id"),
+        # An id goes into a URL path: anything but an id's characters is refused.
+        (event("user_update", resource={"type": "user", "id": "../v2/usergroups"}), "valid id"),
+        (membership("user_group", "g1?skip=1", "user", "u1"), "valid id"),
     ],
 )
 def test_events_that_cannot_be_mapped_say_why(given: Any, reason: str) -> None:

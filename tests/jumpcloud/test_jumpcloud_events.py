@@ -397,7 +397,7 @@ async def test_an_event_that_cannot_be_mapped_reads_everything(
         await source.fetch(first.version)
     assert source.last_read == "full"
     (line,) = [e for e in logs if "cannot be mapped" in e["event"]]
-    assert "group without an id" in line["reason"]
+    assert "group without a valid id" in line["reason"]
 
 
 async def test_refused_feed_says_so_and_falls_back_to_polling(
