@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from daemon.sources.jumpcloud_events import (
+from daemon.sources.jumpcloud.events import (
     EventCursor,
     map_event,
     map_events,

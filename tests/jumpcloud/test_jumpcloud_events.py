@@ -20,8 +20,9 @@ from structlog.testing import capture_logs
 
 from daemon.metrics import REGISTRY
 from daemon.sources.base import ChangeNotice, SourceError
-from daemon.sources.jumpcloud import REFUSED_RETRY, JumpCloudOptions, JumpCloudSource
-from daemon.sources.jumpcloud_events import MAX_PAGES, PAGE_LIMIT
+from daemon.sources.jumpcloud import JumpCloudOptions, JumpCloudSource
+from daemon.sources.jumpcloud.events import MAX_PAGES, PAGE_LIMIT
+from daemon.sources.jumpcloud.source import REFUSED_RETRY
 from tests.jumpcloud.fake_jumpcloud import FakeJumpCloud, system_user
 
 MakeSource = Callable[..., JumpCloudSource]

@@ -1,76 +1,42 @@
-"""The ``jumpcloud`` directory source: JumpCloud's REST API (v1 users, v2 user groups).
+"""The jumpcloud source: full reads, re-reads of what the events named, and the event watch.
 
-Reads ``GET /api/systemusers`` (v1, ``limit``/``skip`` paging, at most 100 a
-page), ``GET /api/v2/usergroups`` and ``GET /api/v2/usergroups/{id}/members``
-(v2, same paging) with the ``x-api-key`` header (and ``x-org-id`` for a
-multi-tenant administrator).
-
-Changes between polls: :meth:`JumpCloudSource.watch` polls the Directory
-Insights events API every ``events_interval`` seconds (a short request that
-is empty when nothing happened; see :mod:`daemon.sources.jumpcloud_events`)
-and announces the users and groups the new events name. The next ``fetch``
-then re-reads only those objects (``GET /api/systemusers/{id}``,
-``GET /api/v2/usergroups/{id}`` and its members) into the last snapshot and
-says so in ``Snapshot.base`` and ``Snapshot.changed``. It reads everything
-instead when it has no snapshot yet, when the watch is not running or its
-feed is refused (401/403: the key may not read Directory Insights) or late,
-after a flood or an event it cannot map, when more than
-``events_max_changes`` objects changed at once, and at least every
-``full_read_after`` seconds (events JumpCloud does not log are found then).
-
-Account state: ``suspended: true`` or ``state: SUSPENDED`` is suspended.
-``state: STAGED`` (an account created ahead of its activation, typically a
-hire before the first day) is provisioned as *suspended*: the target learns
-the person exists but the account cannot be used until JumpCloud activates
-it. An unknown ``state`` is also treated as suspended, the safe side.
-``account_locked`` (a temporary lock after failed logins) is not a suspension.
-
-Bad input: a user without ``_id``, ``username`` or a valid ``email`` is a
-:class:`SkippedRecord`; an optional field of the wrong type is left empty; a
-response of the wrong shape, a refused key (401/403) or an API that stays
-down raises :class:`SourceError`, whose text never holds the API key. An
-event for an object that is gone (404) removes it; a malformed events answer
-is logged and the feed is asked again later.
+See the package docstring (:mod:`daemon.sources.jumpcloud`) for what it reads
+and when it reads everything.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import email.utils
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import anyio
 import msgspec
 import structlog
 from prometheus_client import Counter
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from daemon.hookspecs import hookimpl
-from daemon.loopback import is_loopback_host
 from daemon.metrics import REGISTRY
-from daemon.model import (
-    AccountState,
-    Group,
-    ObjectKind,
-    SkippedRecord,
-    Snapshot,
-    User,
-    make_group,
-)
+from daemon.model import Group, SkippedRecord, Snapshot, make_group
 from daemon.runtime import PluginContext
 from daemon.secrets import SecretError
-from daemon.sources import jumpcloud_events as di
 from daemon.sources import metrics
-from daemon.sources.base import Announce, ChangeNotice, Source, SourceError, SourceType
+from daemon.sources.base import Announce, ChangeNotice, SourceError
+from daemon.sources.jumpcloud import events as di
+from daemon.sources.jumpcloud.directory import (
+    MISSING,
+    Directory,
+    Key,
+    Missing,
+    Pending,
+    patch,
+)
+from daemon.sources.jumpcloud.records import member_ids, text, user_from_record
+from daemon.sources.jumpcloud.settings import JumpCloudOptions
 
 log = structlog.get_logger(__name__)
 
@@ -82,7 +48,6 @@ EVENTS = Counter(
     registry=REGISTRY,
 )
 
-DEFAULT_BASE_URL = "https://console.jumpcloud.com"
 USERS_PATH = "/api/systemusers"
 GROUPS_PATH = "/api/v2/usergroups"
 #: Longest error-body excerpt quoted in an error.
@@ -95,14 +60,6 @@ MAX_EVENTS_BACKOFF = 60.0
 LATE_AFTER_INTERVALS = 5
 
 Sleep = Callable[[float], Awaitable[None]]
-Key = tuple[ObjectKind, str]
-
-
-class _Missing:
-    """What ``_get`` returns for a 404 when the caller said it may be missing."""
-
-
-MISSING = _Missing()
 
 
 class _FeedRefused(Exception):
@@ -119,75 +76,6 @@ class _FeedDown(Exception):
     """The events API failed this time (5xx, network, an answer that is not JSON)."""
 
 
-def _http_url(value: str) -> str:
-    parts = urlsplit(value)
-    if not parts.hostname or parts.username or parts.query or parts.path not in ("", "/"):
-        raise ValueError("must be https://host[:port] with nothing else")
-    if parts.scheme == "http" and is_loopback_host(parts.hostname):
-        return value.rstrip("/")
-    if parts.scheme != "https":
-        raise ValueError("must use https (http is accepted for 127.0.0.1/localhost only)")
-    return value.rstrip("/")
-
-
-class JumpCloudOptions(BaseModel):
-    """Options of the ``jumpcloud`` source.
-
-    ``base_url`` must be https; plain http is accepted for loopback only (tests).
-    ``max_retries`` bounds both 429 waits (each at most ``max_retry_after``
-    seconds, as the server's ``Retry-After`` asks) and 5xx/network retries
-    (``retry_base`` doubling).
-
-    ``events`` turns the Directory Insights watch on; it polls
-    ``events_url`` (by default ``https://api.jumpcloud.com`` for the
-    ``console.jumpcloud.com`` API, ``api.<region>`` for ``console.<region>``,
-    and ``base_url`` itself for any other host) every ``events_interval``
-    seconds, re-reading the last ``events_overlap`` seconds of events for the
-    ones that show up late. More than ``events_max_changes`` changed objects
-    at once are read as one full read; a full read happens at least every
-    ``full_read_after`` seconds.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    api_key_file: Path
-    org_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9]{1,64}$")
-    base_url: str = DEFAULT_BASE_URL
-    page_size: int = Field(default=100, ge=1, le=100)
-    timeout: float = Field(default=30.0, gt=0)
-    max_retries: int = Field(default=5, ge=0, le=10)
-    retry_base: float = Field(default=1.0, gt=0)
-    max_retry_after: float = Field(default=120.0, gt=0)
-    groups: bool = True
-    concurrency: int = Field(default=4, ge=1, le=16)
-    events: bool = True
-    events_url: str | None = None
-    events_interval: float = Field(default=2.0, ge=0.5, le=300.0)
-    events_overlap: float = Field(default=60.0, ge=5.0, le=3600.0)
-    events_max_changes: int = Field(default=100, ge=1, le=10_000)
-    full_read_after: float = Field(default=3600.0, ge=60.0)
-
-    @field_validator("base_url")
-    @classmethod
-    def _base_url(cls, v: str) -> str:
-        return _http_url(v)
-
-    @field_validator("events_url")
-    @classmethod
-    def _events_url(cls, v: str | None) -> str | None:
-        return None if v is None else _http_url(v)
-
-    def events_base(self) -> str:
-        """Where the Directory Insights API is (see the class docstring)."""
-        if self.events_url is not None:
-            return self.events_url
-        parts = urlsplit(self.base_url)
-        host = parts.hostname or ""
-        if host.startswith("console.") and host.endswith("jumpcloud.com"):
-            return f"https://api.{host.removeprefix('console.')}"
-        return self.base_url
-
-
 def _retry_after(value: str | None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date)."""
     if not value:
@@ -202,118 +90,6 @@ def _retry_after(value: str | None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def _text(record: dict[str, Any], key: str) -> str | None:
-    value = record.get(key)
-    if isinstance(value, str) and value.strip():
-        return value.strip()
-    return None
-
-
-def _work_phone(record: dict[str, Any]) -> str | None:
-    phones = record.get("phoneNumbers")
-    if not isinstance(phones, list):
-        return None
-    for phone in phones:
-        if isinstance(phone, dict) and phone.get("type") == "work":
-            return _text(phone, "number")
-    return None
-
-
-def _state(record: dict[str, Any]) -> AccountState:
-    if record.get("suspended") is True:
-        return AccountState.SUSPENDED
-    state = record.get("state")
-    if state is None or state == "ACTIVATED":
-        return AccountState.ACTIVE
-    if state not in ("SUSPENDED", "STAGED"):
-        log.warning("jumpcloud_unknown_state", state=str(state)[:32], treated_as="suspended")
-    return AccountState.SUSPENDED
-
-
-def user_from_record(record: object, index: int, where: str) -> User | SkippedRecord:
-    """A JumpCloud system user as a canonical :class:`User` (manager still a raw id)."""
-    if not isinstance(record, dict):
-        return SkippedRecord(where, f"#{index}", "-", "is not a JSON object")
-    user_id = _text(record, "_id") or _text(record, "id")
-    if user_id is None:
-        return SkippedRecord(where, f"#{index}", "_id", "missing")
-    username = _text(record, "username")
-    if username is None:
-        return SkippedRecord(where, user_id, "username", "missing", object_id=user_id)
-    mail = _text(record, "email")
-    if mail is None:
-        return SkippedRecord(where, user_id, "email", "missing", object_id=user_id)
-    if "@" not in mail.strip("@"):
-        reason = f"{mail[:64]!r} is not an email address"
-        return SkippedRecord(where, user_id, "email", reason, object_id=user_id)
-    return User(
-        id=user_id,
-        username=username,
-        email=mail,
-        given_name=_text(record, "firstname") or "",
-        family_name=_text(record, "lastname") or "",
-        display_name=_text(record, "displayname"),
-        title=_text(record, "jobTitle"),
-        phone=_work_phone(record),
-        employee_id=_text(record, "employeeIdentifier"),
-        department=_text(record, "department"),
-        cost_center=_text(record, "costCenter"),
-        company=_text(record, "company"),
-        manager=_text(record, "manager"),
-        state=_state(record),
-    )
-
-
-@dataclass
-class _Directory:
-    """The last snapshot, and what a re-read of single objects needs beside it."""
-
-    snapshot: Snapshot
-    #: User id -> the manager id JumpCloud holds (the snapshot drops unknown ones).
-    managers: dict[str, str]
-    #: Group id -> the user ids JumpCloud lists as members (the snapshot keeps known ones).
-    members: dict[str, frozenset[str]]
-    #: Skipped records with an object id, by key; ``loose``: those without one.
-    skipped: dict[Key, SkippedRecord]
-    loose: list[SkippedRecord]
-    #: Wall-clock time the full read this snapshot descends from started.
-    read_at: float
-
-
-@dataclass
-class _Pending:
-    """What the events said changed that no fetch has re-read yet (bounded)."""
-
-    users: set[str] = field(default_factory=set)
-    groups: set[str] = field(default_factory=set)
-    everything: bool = False
-
-    def add(self, users: frozenset[str], groups: frozenset[str], limit: int) -> None:
-        if self.everything:
-            return
-        self.users |= users
-        self.groups |= groups
-        if len(self.users) + len(self.groups) > limit:
-            self.flood()
-
-    def flood(self) -> None:
-        self.users, self.groups, self.everything = set(), set(), True
-
-    def take(self) -> _Pending:
-        taken = _Pending(self.users, self.groups, self.everything)
-        self.users, self.groups, self.everything = set(), set(), False
-        return taken
-
-    def put_back(self, taken: _Pending, limit: int) -> None:
-        if taken.everything:
-            self.flood()
-        else:
-            self.add(frozenset(taken.users), frozenset(taken.groups), limit)
-
-    def __bool__(self) -> bool:
-        return self.everything or bool(self.users or self.groups)
 
 
 class JumpCloudSource:
@@ -342,7 +118,7 @@ class JumpCloudSource:
         self.last_read: metrics.ReadKind | None = None
         #: User and group records the last fetch received (for the metrics).
         self._received = (0, 0)
-        self._dir: _Directory | None = None
+        self._dir: Directory | None = None
         self._full_at = 0.0
         self._epoch = uuid.uuid4().hex[:8]
         self._generation = 0
@@ -353,7 +129,7 @@ class JumpCloudSource:
         self._feed_ok_at: float | None = None
         self._refused: str | None = None
         self._watching = 0
-        self._pending = _Pending()
+        self._pending = Pending()
 
     # -- fetch ---------------------------------------------------------------------
 
@@ -388,7 +164,7 @@ class JumpCloudSource:
             return None
         return snapshot
 
-    def _why_full(self, taken: _Pending) -> str | None:
+    def _why_full(self, taken: Pending) -> str | None:
         """Why this fetch must read everything, or ``None`` when re-reading ``taken`` will do."""
         if self._dir is None:
             return "first read"
@@ -420,7 +196,7 @@ class JumpCloudSource:
                 skipped[record.key] = record
         previous = self._dir.snapshot if self._dir is not None else None
         self._settle(snapshot, previous)
-        self._dir = _Directory(snapshot, managers, members, skipped, loose, started)
+        self._dir = Directory(snapshot, managers, members, skipped, loose, started)
         self._full_at = self.monotonic()
         return snapshot
 
@@ -475,7 +251,7 @@ class JumpCloudSource:
 
     # -- re-reading what the events named ------------------------------------------
 
-    async def _read_changed(self, taken: _Pending) -> Snapshot:
+    async def _read_changed(self, taken: Pending) -> Snapshot:
         """The last snapshot with the users and groups in ``taken`` read again."""
         assert self._dir is not None
         self.requests = 0
@@ -487,7 +263,7 @@ class JumpCloudSource:
         group_ids = sorted(taken.groups) if groups_on else []
         self._received = (len(user_ids), len(group_ids))
         user_records: dict[str, object] = {}
-        group_records: dict[str, tuple[object, list[object] | _Missing]] = {}
+        group_records: dict[str, tuple[object, list[object] | Missing]] = {}
         limiter = anyio.CapacityLimiter(self.options.concurrency)
 
         async def read_user(user_id: str) -> None:
@@ -500,7 +276,7 @@ class JumpCloudSource:
             async with limiter:
                 path = f"{GROUPS_PATH}/{group_id}"
                 record = await self._get(key, path, {}, missing_ok=True)
-                items: list[object] | _Missing = MISSING
+                items: list[object] | Missing = MISSING
                 if record is not MISSING:
                     items = await self._v2_pages(key, f"{path}/members", missing_ok=True)
                 group_records[group_id] = (record, items)
@@ -512,103 +288,17 @@ class JumpCloudSource:
                 for group_id in group_ids:
                     tg.start_soon(read_group, group_id)
 
-        users = dict(base.users)
-        groups = dict(base.groups)
-        managers = dict(old.managers)
-        members = dict(old.members)
-        skipped = dict(old.skipped)
-        touched: set[Key] = set()
-        for user_id in user_ids:
-            touched.add(("user", user_id))
-            skipped.pop(("user", user_id), None)
-            users.pop(user_id, None)
-            managers.pop(user_id, None)
-            where = f"{self.options.base_url}{USERS_PATH}/{user_id}"
-            record = user_records[user_id]
-            if record is MISSING:
-                if user_id in base.users:
-                    log.info("jumpcloud user is gone (404); removed", user=user_id, where=where)
-                else:
-                    log.warning(
-                        "jumpcloud event named a user that cannot be read (404)",
-                        user=user_id,
-                        where=where,
-                    )
-                continue
-            user = user_from_record(record, 0, where)
-            if isinstance(user, User) and user.id != user_id:
-                user = SkippedRecord(where, user_id, "_id", f"is {user.id[:64]!r}", "user", user_id)
-            if isinstance(user, SkippedRecord):
-                skipped[("user", user_id)] = dataclasses.replace(user, object_id=user_id)
-                continue
-            users[user_id] = user
-            if user.manager:
-                managers[user_id] = user.manager
-        came = {u for u in user_ids if u in users and u not in base.users}
-        went = {u for u in user_ids if u not in users and u in base.users}
-        # Managers: a re-read user's own, and everyone whose manager came or went.
-        moved = came | went
-        check = {u for u in user_ids if u in users}
-        if moved:
-            check |= {u for u, m in managers.items() if m in moved and u in users}
-        for user_id in check:
-            manager = managers.get(user_id)
-            pointed = manager if manager in users else None
-            user = users[user_id]
-            if user.manager != pointed:
-                users[user_id] = msgspec.structs.replace(user, manager=pointed)
-                touched.add(("user", user_id))
-        for group_id in group_ids:
-            touched.add(("group", group_id))
-            skipped.pop(("group", group_id), None)
-            groups.pop(group_id, None)
-            members.pop(group_id, None)
-            where = f"{self.options.base_url}{GROUPS_PATH}/{group_id}"
-            record, items = group_records[group_id]
-            if record is MISSING or isinstance(items, _Missing):
-                if group_id in base.groups:
-                    log.info("jumpcloud group is gone (404); removed", group=group_id, where=where)
-                else:
-                    log.warning(
-                        "jumpcloud event named a group that cannot be read (404)",
-                        group=group_id,
-                        where=where,
-                    )
-                continue
-            name = _text(record, "name") if isinstance(record, dict) else None
-            if name is None:
-                skipped[("group", group_id)] = SkippedRecord(
-                    where, group_id, "name", "missing", "group", group_id
-                )
-                continue
-            raw = frozenset(_member_ids(items))
-            members[group_id] = raw
-            groups[group_id] = make_group(group_id, name, (m for m in raw if m in users))
-        if moved:
-            # A user who came or went joins or leaves every group that lists them.
-            for group_id, raw in members.items():
-                if group_id in groups and ("group", group_id) not in touched and raw & moved:
-                    group = groups[group_id]
-                    listed = (m for m in raw if m in users)
-                    groups[group_id] = make_group(group_id, group.name, listed)
-                    touched.add(("group", group_id))
-        after = Snapshot(users=users, groups=groups)
-        changed = frozenset(k for k in touched if base.get(*k) != after.get(*k))
-        skipped_list = [*old.loose, *skipped.values()]
-        self._dir = _Directory(base, managers, members, skipped, old.loose, old.read_at)
-        if not changed:
-            return base  # re-read, and nothing moved (the events' change was undone)
-        self._generation += 1
-        snapshot = Snapshot(
-            users=users,
-            groups=groups,
-            version=f"{self._epoch}:{self._generation}",
-            skipped=skipped_list,
-            base=base.version,
-            changed=changed,
+        where = self.options.base_url
+        new, changed = patch(
+            old, user_records, group_records, where + USERS_PATH, where + GROUPS_PATH
         )
-        self._dir.snapshot = snapshot
-        return snapshot
+        self._dir = new
+        if changed:
+            self._generation += 1
+            new.snapshot.version = f"{self._epoch}:{self._generation}"
+            new.snapshot.base = base.version
+            new.snapshot.changed = changed
+        return new.snapshot
 
     # -- the event feed --------------------------------------------------------------
 
@@ -805,13 +495,13 @@ class JumpCloudSource:
 
     async def _v2_pages(
         self, key: str, path: str, *, missing_ok: bool = False
-    ) -> list[object] | _Missing:
+    ) -> list[object] | Missing:
         items: list[object] = []
         skip = 0
         while True:
             params = {"limit": self.options.page_size, "skip": skip}
             page = await self._get(key, path, params, missing_ok=missing_ok)
-            if isinstance(page, _Missing):
+            if isinstance(page, Missing):
                 return MISSING
             if not isinstance(page, list):
                 raise self._shape_error(path, "a JSON array")
@@ -827,8 +517,8 @@ class JumpCloudSource:
         assert isinstance(listed, list)
         self._received = (self._received[0], len(listed))
         for index, item in enumerate(listed):
-            group_id = _text(item, "id") if isinstance(item, dict) else None
-            name = _text(item, "name") if isinstance(item, dict) else None
+            group_id = text(item, "id") if isinstance(item, dict) else None
+            name = text(item, "name") if isinstance(item, dict) else None
             if group_id is None or name is None:
                 field = "id" if group_id is None else "name"
                 record = group_id or f"#{index}"
@@ -843,7 +533,7 @@ class JumpCloudSource:
             async with limiter:
                 items = await self._v2_pages(key, f"{GROUPS_PATH}/{group_id}/members")
                 assert isinstance(items, list)
-                members[group_id] = frozenset(_member_ids(items))
+                members[group_id] = frozenset(member_ids(items))
 
         with _first_source_error():
             async with anyio.create_task_group() as tg:
@@ -991,31 +681,3 @@ def _first_source_error() -> Iterator[None]:
         while isinstance(first, BaseExceptionGroup):
             first = first.exceptions[0]
         raise first from None
-
-
-def _member_ids(items: Sequence[object]) -> list[str]:
-    """The user ids in a page of v2 graph connections (other member types are left out)."""
-    out: list[str] = []
-    for item in items:
-        to = item.get("to") if isinstance(item, dict) else None
-        if isinstance(to, dict) and to.get("type") == "user" and isinstance(to.get("id"), str):
-            out.append(to["id"])
-    return out
-
-
-def _create(options: BaseModel, context: PluginContext) -> Source:
-    assert isinstance(options, JumpCloudOptions)
-    return JumpCloudSource(options, context)
-
-
-@hookimpl
-def provisiond_source_types() -> Sequence[SourceType]:
-    """The ``jumpcloud`` source kind."""
-    return [
-        SourceType(
-            kind="jumpcloud",
-            options=JumpCloudOptions,
-            create=_create,
-            description="JumpCloud directory over its REST API (API key)",
-        )
-    ]
