@@ -23,6 +23,7 @@ from daemon.sources.base import ChangeNotice, SourceError
 from daemon.sources.jumpcloud import JumpCloudOptions, JumpCloudSource
 from daemon.sources.jumpcloud.events import MAX_PAGES, PAGE_LIMIT
 from daemon.sources.jumpcloud.source import REFUSED_RETRY
+from tests.jumpcloud.conftest import API_KEY
 from tests.jumpcloud.fake_jumpcloud import FakeJumpCloud, system_user
 
 MakeSource = Callable[..., JumpCloudSource]
@@ -575,3 +576,22 @@ async def test_a_manager_created_later_is_linked_to_their_reports(
     assert snapshot is not None and snapshot.users[uid(6)].manager == uid(77)
     assert fake.api_paths() == [f"/api/systemusers/{uid(77)}"]
     assert snapshot.changed == {("user", uid(77)), ("user", uid(6))}
+
+
+async def test_the_api_key_never_reaches_the_log(
+    fake: FakeJumpCloud, make_source: MakeSource
+) -> None:
+    directory(fake)
+    fake.event_faults = [(500, {}, f"internal error for key {API_KEY}")]
+    steps = Steps()
+    source = make_source(sleep=steps)
+    with capture_logs() as logs:
+        async with watching(source, steps):
+            pass
+        steps_wrong = Steps()
+        wrong = make_source(key="jc-wrong-key-fedcba9876543210", sleep=steps_wrong)
+        async with watching(wrong, steps_wrong):
+            pass
+    text = repr(logs)
+    assert "HTTP 500" in text and "HTTP 401" in text
+    assert API_KEY not in text and "jc-wrong-key-fedcba9876543210" not in text
