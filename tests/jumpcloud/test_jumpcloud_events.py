@@ -595,3 +595,21 @@ async def test_the_api_key_never_reaches_the_log(
     text = repr(logs)
     assert "HTTP 500" in text and "HTTP 401" in text
     assert API_KEY not in text and "jc-wrong-key-fedcba9876543210" not in text
+
+
+async def test_without_groups_membership_events_are_ignored(
+    fake: FakeJumpCloud, make_source: MakeSource
+) -> None:
+    directory(fake)
+    steps = Steps()
+    source = make_source(sleep=steps, groups=False)
+    first = await source.fetch(None)
+    assert first is not None and first.groups == {}
+    async with watching(source, steps) as notices:
+        fake.add_member("g1", uid(25))
+        fake.rename_group("g2", "Renamed")
+        await steps.poll()
+        assert notices == []
+        fake.update_user(uid(1), jobTitle="Still watched")
+        await steps.poll()
+        assert [(n.users, n.groups) for n in notices] == [({uid(1)}, frozenset())]
