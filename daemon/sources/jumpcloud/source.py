@@ -137,7 +137,7 @@ class JumpCloudSource:
         """The directory; ``None`` when it is still the snapshot ``known_version``.
 
         Re-reads only what the event feed named since the last fetch when it
-        can (see the module docstring), else reads everything.
+        can (see the package docstring), else reads everything.
         """
         taken = self._pending.take()
         try:
