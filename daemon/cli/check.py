@@ -22,7 +22,12 @@ from daemon.store import Store
 )
 @click.pass_context
 def check(ctx: click.Context, write_test: bool) -> None:
-    """Validate the configuration and reach the state store, the source and every target."""
+    """Validate the configuration and reach the state store, the source and every target.
+
+    For a jumpcloud source, also ask the Directory Insights events API once:
+    a key that may not read it is a warning (changes are then found by
+    polling only; see the source's events options in docs/sources.md).
+    """
     config = load_config(ctx)
     logs.configure("warning", "auto")
     out.print(f"[green]ok[/]  configuration {config.path or '(defaults)'} is valid")

@@ -51,12 +51,13 @@ async def make_source(
     made: list[JumpCloudSource] = []
     context = PluginContext(config_dir=tmp_path, state_dir=tmp_path, secrets=SecretStore())
 
-    def make(key: str = API_KEY, **overrides: Any) -> JumpCloudSource:
+    def make(key: str = API_KEY, sleep: Any = None, **overrides: Any) -> JumpCloudSource:
+        """A source on the fake; ``sleep`` replaces the recorded no-wait sleeps."""
         (tmp_path / "jc.key").write_text(key + "\n")
         options = JumpCloudOptions.model_validate(
             {"api_key_file": "jc.key", "base_url": fake_url, **overrides}
         )
-        source = JumpCloudSource(options, context, sleep=sleeps)
+        source = JumpCloudSource(options, context, sleep=sleeps if sleep is None else sleep)
         made.append(source)
         return source
 

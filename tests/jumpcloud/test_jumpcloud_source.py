@@ -213,8 +213,9 @@ async def test_api_down_fails_loudly(make_source: MakeSource, sleeps: Sleeps) ->
 
 async def test_check_summarises(fake: FakeJumpCloud, make_source: MakeSource) -> None:
     fake.users = [system_user(1), system_user(2, email="")]
-    (line,) = await make_source().check()
+    line, events = await make_source().check()
     assert line.startswith(f"JumpCloud {make_source().options.base_url}: 1 users, 0 groups, 1 ")
+    assert events.startswith("JumpCloud events ") and "readable" in events
 
 
 @pytest.mark.parametrize(
@@ -252,3 +253,14 @@ async def test_metrics_count_reads_records_and_skips(
     assert sample("provisiond_source_reads_total", read="full", result="ok") == reads + 1
     assert sample("provisiond_source_objects_read_total", kind="user") == users + 2
     assert sample("provisiond_source_skipped_entries", kind="user", reason="missing") == 1
+
+
+async def test_a_failed_member_page_is_a_source_error(
+    fake: FakeJumpCloud, make_source: MakeSource
+) -> None:
+    """A group's member read failing in its task is "cannot read", not a task-group crash."""
+    fake.users = [system_user(1)]
+    fake.groups = [{"id": "g1", "name": "one", "type": "user_group"}]
+    fake.members = {}  # listed, but its members answer 404
+    with pytest.raises(SourceError, match=r"usergroups/g1/members: HTTP 404"):
+        await make_source().fetch(None)
