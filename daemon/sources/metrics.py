@@ -31,6 +31,14 @@ _FETCH_BUCKETS = (
 #: The reasons a skipped entry is counted under (see :func:`reason_label`).
 SKIP_REASONS = ("missing", "invalid", "duplicate")
 
+EVENTS = Counter(
+    "provisiond_source_events",
+    "Change events a source received from its directory's change feed (syncrepl, a "
+    "file watch, JumpCloud Directory Insights), repeats left out, by source kind.",
+    ["source"],
+    registry=REGISTRY,
+)
+
 FETCH_DURATION = Histogram(
     "provisiond_source_fetch_duration_seconds",
     "Time one source read took, by source kind and read (full, incremental).",

@@ -18,9 +18,7 @@ import aiohttp
 import anyio
 import msgspec
 import structlog
-from prometheus_client import Counter
 
-from daemon.metrics import REGISTRY
 from daemon.model import Group, SkippedRecord, Snapshot, make_group
 from daemon.runtime import PluginContext
 from daemon.secrets import SecretError
@@ -39,14 +37,6 @@ from daemon.sources.jumpcloud.records import member_ids, text, user_from_record
 from daemon.sources.jumpcloud.settings import JumpCloudOptions
 
 log = structlog.get_logger(__name__)
-
-EVENTS = Counter(
-    "provisiond_source_events",
-    "Change events a source received from its directory's event feed (JumpCloud "
-    "Directory Insights), repeats left out, by source kind.",
-    ["source"],
-    registry=REGISTRY,
-)
 
 USERS_PATH = "/api/systemusers"
 GROUPS_PATH = "/api/v2/usergroups"
@@ -396,7 +386,7 @@ class JumpCloudSource:
         fresh = self._cursor.fresh(events, seen_at)
         if not fresh:
             return None
-        EVENTS.labels(self.kind).inc(len(fresh))
+        metrics.EVENTS.labels(self.kind).inc(len(fresh))
         found = di.map_events(fresh)
         if found.unmapped:
             log.warning(
