@@ -11,6 +11,7 @@ import argon2
 import structlog
 from aiohttp import web
 
+from daemon.portal.admin import is_admin
 from daemon.portal.applications import applications
 from daemon.portal.metrics import LOGINS
 from daemon.portal.paths import local_path
@@ -143,6 +144,7 @@ async def home(request: web.Request) -> web.StreamResponse:
         request,
         "portal.html",
         applications=apps,
+        console=await is_admin(request, signed_in.user),
         signed_in=signed_in,
         csrf=portal.csrf_token(signed_in.session.id),
     )
