@@ -288,6 +288,7 @@ async def held(
     hold = await store.hold(chosen) if chosen else None
     keys = sorted(hold.keys) if hold else []
     shown, pages = _slice(keys, page)
+    page = min(page, pages)
     records = await store.records(shown) if shown else {}
     counts = {name: _held_count(await store.hold(name)) for name in names}
     return _render(
@@ -366,6 +367,7 @@ async def failures(
     page = _page(request.query.get("page"))
     counts = {name: (await store.counts(name))[1] for name in names}
     total = counts.get(chosen, 0) if chosen else 0
+    page = min(page, _pages(total))
     # problems() pages by limit only: read up to this page's end, one more to know of a next.
     problems = await store.problems(chosen, page * PAGE_SIZE + 1) if chosen else []
     shown = problems[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
@@ -383,7 +385,7 @@ async def failures(
     return _render(
         request, portal, signed_in, "admin_failures.html", "failures",
         names=names, target=chosen, counts=counts, rows=rows, total=total, page=page,
-        pages=max(1, math.ceil(total / PAGE_SIZE)), done=request.query.get("done"),
+        pages=_pages(total), done=request.query.get("done"),
     )  # fmt: skip
 
 
@@ -431,6 +433,7 @@ async def users(
         capped = len(candidates) >= SEARCH_CANDIDATES
         found = [u for u in candidates if _matches(u, query)]
     shown, pages = _slice(found, page)
+    page = min(page, pages)
     return _render(
         request, portal, signed_in, "admin_users.html", "users",
         query=query, users=shown, total=len(found), page=page, pages=pages, capped=capped,
@@ -560,10 +563,14 @@ def _page(raw: str | None) -> int:
         return 1
 
 
+def _pages(total: int) -> int:
+    return max(1, math.ceil(total / PAGE_SIZE))
+
+
 def _slice(items: Sequence[Any], page: int) -> tuple[list[Any], int]:
-    pages = max(1, math.ceil(len(items) / PAGE_SIZE))
-    start = (min(page, pages) - 1) * PAGE_SIZE
-    return list(items[start : start + PAGE_SIZE]), pages
+    """The items on ``page`` (1-based; past the end: the last page), and the page count."""
+    start = (min(page, _pages(len(items))) - 1) * PAGE_SIZE
+    return list(items[start : start + PAGE_SIZE]), _pages(len(items))
 
 
 def _choose(raw: str | None, names: Sequence[str]) -> str | None:

@@ -403,3 +403,21 @@ async def test_a_closed_store_mid_session(serve, console):
     response = await client.get("/admin")
     assert response.status == 503
     assert "cannot reach the state store" in await response.text()
+
+
+async def test_held_and_failures_are_paged_and_past_the_end_is_the_last_page(
+    serve, console, monkeypatch
+):
+    monkeypatch.setattr(admin, "PAGE_SIZE", 1)
+    client = await _admin_client(serve)
+    pages = [await (await client.get(f"/admin/held?page={n}")).text() for n in (1, 2, 3, 9)]
+    shown = [re.findall(r"<code>((?:user|group):[^<]+)</code>", p) for p in pages]
+    assert shown == [["group:g-bound"], ["user:u-carol"], ["user:u-dave"], ["user:u-dave"]]
+    assert "Page 3 of 3" in pages[3] and 'rel="prev" ' not in pages[3]
+    assert 'href="?target=wiki&amp;page=2" rel="prev"' in pages[3]
+    # "Approve all" still means the whole hold, whatever page it is clicked on.
+    (form,) = [f for f in _forms(pages[1]) if f.get("action") == "approve"]
+    assert (await client.post("/admin/held", data=form, allow_redirects=False)).status == 303
+    assert (await console.world.store.hold("wiki")).approved
+    failures = await (await client.get("/admin/failures?page=9")).text()
+    assert "user:u-erin" in failures and "Page" not in failures
