@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,6 +51,7 @@ SEARCH_CANDIDATES: Final = 1000
 _MAX_QUERY: Final = 200
 _MAX_PAGE: Final = 1_000_000
 _MAX_KEY: Final = 1024
+_DONE: Final = re.compile(r"(approved|rejected|retried)-([0-9]{1,9})")
 FORM_EXPIRED: Final = "This form has expired. Go back, reload the page and try again."
 STALE_HOLD: Final = (
     "The held removals changed since this page was drawn, so nothing was approved. "
@@ -297,7 +299,7 @@ async def held(
         rows=[_object_row(k, records.get(k)) for k in shown],
         digest=_hold_digest(chosen, hold) if hold else "", total=len(keys),
         page=page, pages=pages, per_object=_decisions(portal, backend).per_object,
-        since=_when(hold.created_at) if hold else None, done=request.query.get("done"),
+        since=_when(hold.created_at) if hold else None, done=_done(request),
     )  # fmt: skip
 
 
@@ -385,7 +387,7 @@ async def failures(
     return _render(
         request, portal, signed_in, "admin_failures.html", "failures",
         names=names, target=chosen, counts=counts, rows=rows, total=total, page=page,
-        pages=_pages(total), done=request.query.get("done"),
+        pages=_pages(total), done=_done(request),
     )  # fmt: skip
 
 
@@ -553,6 +555,13 @@ def _decisions(portal: Portal, backend: AdminBackend) -> HoldDecisions:
 def _text(form: MultiDictProxy[Any], name: str, limit: int) -> str:
     value = form.get(name)
     return value[:limit] if isinstance(value, str) else ""
+
+
+def _done(request: web.Request) -> str | None:
+    """The notice after a decision (``approved-3``: "approved 3"); anything else shows none,
+    so a crafted link cannot put its own words on the page."""
+    match = _DONE.fullmatch(request.query.get("done", ""))
+    return f"{match[1]} {match[2]}" if match else None
 
 
 def _page(raw: str | None) -> int:

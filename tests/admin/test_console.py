@@ -421,3 +421,12 @@ async def test_held_and_failures_are_paged_and_past_the_end_is_the_last_page(
     assert (await console.world.store.hold("wiki")).approved
     failures = await (await client.get("/admin/failures?page=9")).text()
     assert "user:u-erin" in failures and "Page" not in failures
+
+
+async def test_a_crafted_done_link_puts_no_words_on_the_page(serve):
+    client = await _admin_client(serve)
+    for path in ("/admin/held", "/admin/failures"):
+        crafted = await (await client.get(path, params={"done": "call-helpdesk-now"})).text()
+        assert 'class="notice"' not in crafted and "helpdesk" not in crafted
+        shown = await (await client.get(path, params={"done": "retried-2"})).text()
+        assert "Done: retried 2" in shown
