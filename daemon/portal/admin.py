@@ -350,13 +350,14 @@ async def held_decide(
             )  # fmt: skip
     except StaleHold:
         return _stale(request, portal, signed_in, target, action, sorted(keys))
+    done = "approved" if action == "approve" else "rejected"
     audit.info(
-        f"held removals {action}d in the admin console",
+        f"held removals {done} in the admin console",
         target=target, objects=n, keys=[_key_text(k) for k in sorted(keys)][:PAGE_SIZE],
         user_id=signed_in.user.id, client=client_address(request),
     )  # fmt: skip
     backend.trigger_sync()
-    raise web.HTTPSeeOther(f"/admin/held?target={_q(target)}&done={action}d-{n}")
+    raise web.HTTPSeeOther(f"/admin/held?target={_q(target)}&done={done}-{n}")
 
 
 async def failures(

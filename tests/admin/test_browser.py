@@ -134,3 +134,40 @@ async def test_an_admin_decides_retries_and_looks_up_and_bob_is_refused(serve, c
             await page.screenshot(path=ARTIFACTS / "admin-9-store-down.png", full_page=True)
         finally:
             await browser.close()
+
+
+async def test_per_object_buttons_once_decisions_support_them(serve, console: Console):
+    """The held page with a per-object decision-maker plugged into the seam (the store
+    cannot decide single objects yet): one removal approved, another rejected, by keyboard."""
+    async_playwright = pytest.importorskip("playwright.async_api").async_playwright
+    from tests.admin.test_console import PerObject
+
+    decisions = PerObject()
+    backend = console.backend()
+    backend.decisions = decisions
+    await serve(backend=backend)
+    base = console.world.base_url
+    ARTIFACTS.mkdir(exist_ok=True)
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        try:
+            context = await browser.new_context(viewport={"width": 1280, "height": 900})
+            context.set_default_timeout(90_000)
+            page = await context.new_page()
+            await page.goto(f"{base}/admin/held")
+            await _sign_in(page, "alice")
+            await page.wait_for_url(f"{base}/admin/held")
+            await page.screenshot(path=ARTIFACTS / "admin-10-held-per-object.png", full_page=True)
+            await page.get_by_role("button", name="Approve removal of Carol Ek").focus()
+            await page.keyboard.press("Enter")
+            await page.wait_for_url(f"{base}/admin/held?*")
+            assert "approved 1" in await page.get_by_role("status").inner_text()
+            await page.get_by_role("button", name="Reject removal of Dave Dahl").click()
+            await page.wait_for_url(f"{base}/admin/held?*done=rejected*")
+            assert "rejected 1" in await page.get_by_role("status").inner_text()
+            assert decisions.calls == [
+                ("approve", "wiki", frozenset({("user", "u-carol")})),
+                ("reject", "wiki", frozenset({("user", "u-dave")})),
+            ]
+        finally:
+            await browser.close()

@@ -232,8 +232,12 @@ async def test_per_object_approve_and_reject_through_the_seam(serve, console):
     forms = [f for f in _forms(page) if f.get("key")]
     approve = next(f for f in forms if f["key"] == "user:u-carol" and f["action"] == "approve")
     reject = next(f for f in forms if f["key"] == "user:u-dave" and f["action"] == "reject")
-    assert (await client.post("/admin/held", data=approve, allow_redirects=False)).status == 303
-    assert (await client.post("/admin/held", data=reject, allow_redirects=False)).status == 303
+    approved = await client.post("/admin/held", data=approve, allow_redirects=False)
+    assert approved.headers["Location"] == "/admin/held?target=wiki&done=approved-1"
+    rejected = await client.post("/admin/held", data=reject, allow_redirects=False)
+    assert rejected.headers["Location"] == "/admin/held?target=wiki&done=rejected-1"
+    (event,) = _audit(console, "held removals rejected in the admin console")
+    assert event["keys"] == ["user:u-dave"] and event["user_id"] == "u-alice"
     assert decisions.calls == [
         ("approve", "wiki", frozenset({("user", "u-carol")})),
         ("reject", "wiki", frozenset({("user", "u-dave")})),
