@@ -264,6 +264,11 @@ class PublicListenerSettings(_Section):
         if not value:
             raise ValueError("must not be blank")
         return value
+    #: Directory group (its name or id) whose members may use the admin console
+    #: at ``/admin``. Unset: the console is off and its URLs answer 404.
+    admin_group: str | None = Field(default=None, min_length=1)
+    #: Ask console users for a second factor even when ``require_mfa`` is off.
+    admin_require_mfa: bool = False
 
 
 class HttpSettings(_Section):

@@ -41,6 +41,7 @@ from daemon.leadership import SOURCE, Leadership, new_holder, target_lease
 from daemon.notify import Notifier
 from daemon.plugins import Registry, await_me_maybe, plugin_manager
 from daemon.portal import PortalConfigError, build_public_app
+from daemon.portal.admin import AdminBackend
 from daemon.portal.session_key import SessionKeyError
 from daemon.runtime import PluginContext
 from daemon.saml.errors import SamlConfigError
@@ -259,7 +260,15 @@ class Service:
 
     def status(self) -> dict[str, Any]:
         """The status document of the last cycle, with who leads what as of now."""
-        doc = dict(self._status)
+        return self._with_leaders(self._status)
+
+    async def status_now(self) -> dict[str, Any]:
+        """The status document read from the store now (the admin console's overview);
+        raises :class:`~daemon.store.StateError` when the store cannot be reached."""
+        return self._with_leaders(await self._read_status())
+
+    def _with_leaders(self, status: dict[str, Any]) -> dict[str, Any]:
+        doc = dict(status)
         doc["replica"] = self.config.settings.ha.replica_id
         doc["source_leader"] = self._leader(SOURCE)
         targets = doc.get("targets")
@@ -506,6 +515,7 @@ class Service:
                 routes,
                 state_dir=self.config.state_path.parent,
                 config_dir=self.config.config_dir,
+                console=self._console(),
             )
         except (PortalConfigError, SessionKeyError, SamlConfigError) as exc:
             raise ConfigError(where, [f"http.public: {exc}"]) from None
@@ -550,22 +560,33 @@ class Service:
         return summary_line(self.engine.last_report if self.engine else None, self._status)
 
     async def _refresh_status(self) -> None:
-        assert self.store is not None and self.parts is not None and self.engine is not None
         try:
-            self._status = await daemon_status(
-                self.store,
-                [slot.settings for slot in self.parts.slots],
-                targets=self.parts.targets,
-                source_kind=self.parts.config.settings.source.kind,
-                last_report=self.engine.last_report,
-                live=self._live,
-                ready=self._ready,
-            )
+            self._status = await self._read_status()
         except Exception as exc:
             if store_unavailable(exc) is not None:
                 log.warning("reading status from the state store failed", error=str(exc))
             else:
                 log.exception("reading status from the state store failed")
+
+    async def _read_status(self) -> dict[str, Any]:
+        assert self.store is not None and self.parts is not None and self.engine is not None
+        return await daemon_status(
+            self.store,
+            [slot.settings for slot in self.parts.slots],
+            targets=self.parts.targets,
+            source_kind=self.parts.config.settings.source.kind,
+            last_report=self.engine.last_report,
+            live=self._live,
+            ready=self._ready,
+        )
+
+    def _console(self) -> AdminBackend:
+        """What the admin console reads and steers (it follows reloads)."""
+        return AdminBackend(
+            overview=self.status_now,
+            target_names=lambda: [s.name for s in self.parts.slots] if self.parts else [],
+            trigger_sync=self.trigger_sync,
+        )
 
     async def _signals(self, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:

@@ -96,7 +96,7 @@ for _ in range(300):
 else:
     sys.exit(1)
 if status("/admin") != 404:
-    print(f"    console:     {portal}/admin  (for members of http.public.admin_group)")
+    print(f"    console:     {portal}/admin  (alice may use it: she is in Engineering, the admin group)")
 PY
 )
 cat <<MSG

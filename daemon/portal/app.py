@@ -13,7 +13,7 @@ from aiohttp import web
 from daemon.config import PublicListenerSettings
 from daemon.directory import Directory
 from daemon.http.serve import REFUSAL_PAGE
-from daemon.portal import passkey_routes, views
+from daemon.portal import admin, passkey_routes, views
 from daemon.portal.branding import load_branding, logo_route
 from daemon.portal.mfa import pages as mfa_pages
 from daemon.portal.mfa.factors import Factors
@@ -51,6 +51,7 @@ async def build_public_app(
     config_dir: Path,
     secrets: SecretStore = SECRETS,
     clock: Callable[[], float] = time.time,
+    console: admin.AdminBackend | None = None,
 ) -> web.Application:
     """The public listener's application.
 
@@ -66,7 +67,9 @@ async def build_public_app(
     Raises :class:`~daemon.portal.site.PortalConfigError` (a lost or wrong
     MFA key: :class:`~daemon.portal.mfa.keys.MfaKeyError`, one of them) or
     :class:`~daemon.portal.session_key.SessionKeyError` when the settings
-    cannot be served safely.
+    cannot be served safely. ``console`` is what the admin console at
+    ``/admin`` reads and steers (see :mod:`daemon.portal.admin`); without it,
+    or without ``http.public.admin_group``, the console's URLs answer 404.
     """
     branding = load_branding(settings, config_dir)
     store = directory.store
@@ -132,6 +135,9 @@ async def build_public_app(
     app.router.add_routes(logo_route(branding))
     app.router.add_routes(mfa_pages.routes())
     app.router.add_routes(passkey_routes.routes())
+    if console is not None:
+        app[admin.ADMIN] = console
+    app.router.add_routes(admin.routes())
     for routes in plugin_routes:
         app.router.add_routes(routes)
     return app

@@ -12,6 +12,7 @@ import argon2
 import structlog
 from aiohttp import web
 
+from daemon.portal.admin import is_admin
 from daemon.portal.applications import applications
 from daemon.portal.metrics import LOGINS
 from daemon.portal.paths import local_path
@@ -145,6 +146,7 @@ async def home(request: web.Request) -> web.StreamResponse:
         request,
         "portal.html",
         applications=apps,
+        console=await is_admin(request, signed_in.user),
         signed_in=signed_in,
         csrf=portal.csrf_token(signed_in.session.id),
     )

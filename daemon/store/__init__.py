@@ -364,6 +364,16 @@ class Store(Protocol):
         """Mark the target's hold approved; the number of held objects (0: none)."""
         ...
 
+    async def retry_now(self, target: str, keys: Sequence[Key], now: float) -> int:
+        """Make the failed objects among ``keys`` due at ``now`` (their backoff is cut
+        short; attempts and the last error stay); the number of objects changed."""
+        ...
+
+    async def search_users(self, text: str, limit: int) -> list[User]:
+        """At most ``limit`` users whose username, email or record contains ``text``
+        (case-insensitive for ASCII), by username: candidates for a search by name."""
+        ...
+
     async def get_meta(self, key: str) -> str | None: ...
 
     async def set_meta(self, key: str, value: str, *, fence: Fence | None = None) -> None: ...

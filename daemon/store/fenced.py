@@ -118,6 +118,12 @@ class FencedStore:
     async def approve(self, target: str) -> int:
         return await self.inner.approve(target)
 
+    async def retry_now(self, target: str, keys: Sequence[Key], now: float) -> int:
+        return await self.inner.retry_now(target, keys, now)
+
+    async def search_users(self, text: str, limit: int) -> list[User]:
+        return await self.inner.search_users(text, limit)
+
     async def get_meta(self, key: str) -> str | None:
         return await self.inner.get_meta(key)
 

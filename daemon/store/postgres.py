@@ -1072,6 +1072,24 @@ class PostgresStore:
         keys = await db.fetchval(_APPROVE, target)
         return 0 if keys is None else len(json.loads(keys))
 
+    @_writes
+    async def retry_now(self, db: Connection, target: str, keys: Sequence[Key], now: float) -> int:
+        changed = 0
+        for kind, object_id in keys:
+            status = await db.execute(numbered(sql.RETRY_NOW), now, target, kind, object_id)
+            changed += int(status.rsplit(" ", 1)[-1])
+        return changed
+
+    @_reads_one
+    async def search_users(self, db: Connection, text: str, limit: int) -> list[User]:
+        pattern = sql.like_pattern(text)
+        out: list[User] = []
+        for (data,) in await db.fetch(numbered(sql.SEARCH_USERS), pattern, pattern, pattern, limit):
+            user = decode("user", data)
+            assert isinstance(user, User)
+            out.append(user)
+        return out
+
     # -- what targets remember ----------------------------------------------------------------
 
     @_reads

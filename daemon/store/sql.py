@@ -66,6 +66,26 @@ ROWS = (
 DIRTY_ROWS = f"{ROWS} WHERE target = ? AND dirty = TRUE"
 DUE = f"{DIRTY_ROWS} AND next_attempt_at <= ? ORDER BY phase, kind, object_id LIMIT ?"
 
+#: Cut a failed object's backoff short: due now (only if it is still failed).
+RETRY_NOW = (
+    "UPDATE target_objects SET next_attempt_at = ? WHERE target = ? AND kind = ? "
+    "AND object_id = ? AND dirty = TRUE AND attempts > 0"
+)
+
+#: Users whose logins or record contain a pattern (``!`` escapes ``%`` and ``_``).
+SEARCH_USERS = (
+    "SELECT data FROM directory_objects WHERE kind = 'user' AND (login_username LIKE ? "
+    "ESCAPE '!' OR login_email LIKE ? ESCAPE '!' OR lower(data) LIKE ? ESCAPE '!') "
+    "ORDER BY login_username, object_id LIMIT ?"
+)
+
+
+def like_pattern(text: str) -> str:
+    """``%text%`` for LIKE, casefolded, with ``!``, ``%`` and ``_`` escaped by ``!``."""
+    folded = text.strip().casefold()
+    return "%" + "".join("!" + c if c in "!%_" else c for c in folded) + "%"
+
+
 COUNTS = (
     "SELECT COUNT(*), COALESCE(SUM(CASE WHEN attempts > 0 THEN 1 ELSE 0 END), 0) "
     "FROM target_objects WHERE target = ? AND dirty = TRUE"

@@ -628,6 +628,25 @@ class SqliteStore:
             await self.db.execute(sql.APPROVE, (target,))
         return len(hold.keys)
 
+    async def retry_now(self, target: str, keys: Sequence[Key], now: float) -> int:
+        changed = 0
+        async with self._transaction():
+            for kind, object_id in keys:
+                cur = await self.db.execute(sql.RETRY_NOW, (now, target, kind, object_id))
+                changed += max(cur.rowcount, 0)
+        return changed
+
+    @_read_one
+    async def search_users(self, text: str, limit: int) -> list[User]:
+        pattern = sql.like_pattern(text)
+        out: list[User] = []
+        async with self.db.execute(sql.SEARCH_USERS, (pattern, pattern, pattern, limit)) as cur:
+            async for (data,) in cur:
+                user = decode("user", data)
+                assert isinstance(user, User)
+                out.append(user)
+        return out
+
     @_read
     async def target_links(self, target: str) -> TargetLinks:
         links: dict[Key, Link] = {}

@@ -85,6 +85,8 @@ def test_the_environment_overrides_the_file(
             "ha.renew_every: must be at most a third of ha.lease_seconds (5)",
         ),
         (BASE + "ha: {replica_id: 'two words'}\n", "ha.replica_id: must be printable"),
+        (BASE + "http: {public: {admin_group: ''}}\n", "http.public.admin_group"),
+        (BASE + "http: {public: {admin_group: [a, b]}}\n", "http.public.admin_group"),
         ("source: [\n", "not valid YAML at line 2"),
         ("- just a list\n", "the top level must be a mapping"),
     ],

@@ -193,6 +193,7 @@ async def test_sign_in_through_the_portal_into_the_sandbox(demo, demo_dirs):
     assert "alice / correct horse battery staple" in demo.output
     assert "hanna.kowalski / contractor demo password" in demo.output
     assert "11 object(s) to change" in demo.output  # the plan of the first cycle
+    assert f"console:     {portal}/admin" in demo.output
     ARTIFACTS.mkdir(exist_ok=True)
 
     async with async_playwright() as pw:
@@ -217,6 +218,11 @@ async def test_sign_in_through_the_portal_into_the_sandbox(demo, demo_dirs):
             assert await page.inner_text("#nameid") == "alice.lindqvist@nordlys.example"
             assert "SCIM id" in await page.inner_text("#employee")  # provisioned, by the cycle
 
+            # alice is in Engineering, the demo's admin group: the console is hers.
+            response = await page.goto(f"{portal}/admin")
+            assert response is not None and response.status == 200
+            assert await page.inner_text("h1") == "Overview"
+
             # From AlexisHR's side: the sandbox's "Sign in with SSO", an SP-initiated request.
             other = await (await browser.new_context()).new_page()
             await other.goto(f"{sandbox}/")
@@ -239,6 +245,8 @@ async def test_sign_in_through_the_portal_into_the_sandbox(demo, demo_dirs):
             await other.wait_for_url(f"{portal}/")
             assert await other.get_by_role("link", name="Open AlexisHR").count() == 0
             assert "No applications are assigned to you yet" in await other.inner_text("main")
+            response = await other.goto(f"{portal}/admin")  # not in the admin group
+            assert response is not None and response.status == 403
 
             # A tampered Response posted to the sandbox's ACS: refused, with a page saying so.
             acs, signed = await _signed_response(portal, *GRANTED[:2])

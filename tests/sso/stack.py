@@ -40,6 +40,7 @@ from daemon.directory import Directory
 from daemon.engine import Engine, TargetSlot
 from daemon.plugins import plugin_manager
 from daemon.portal import build_public_app
+from daemon.portal.admin import AdminBackend
 from daemon.runtime import PluginContext
 from daemon.saml.keys import SigningKey, write_signing_key
 from daemon.saml.names import NAMEID_EMAIL
@@ -212,6 +213,7 @@ async def build_app(
     routes: Iterable[Sequence[web.AbstractRouteDef]] | None = None,
     *,
     directory: Directory | None = None,
+    console: AdminBackend | None = None,
     **public: Any,
 ) -> web.Application:
     """The public app on the world's clock; ``routes`` default to what every plugin's hook says.
@@ -225,7 +227,13 @@ async def build_app(
         targets = {w.target.name: w.target}
         routes = w.pm.hook.provisiond_public_routes(targets=targets, directory=directory)
     app = await build_public_app(
-        settings, directory, routes, state_dir=w.tmp, config_dir=w.tmp, clock=w.clock
+        settings,
+        directory,
+        routes,
+        state_dir=w.tmp,
+        config_dir=w.tmp,
+        clock=w.clock,
+        console=console,
     )
     if directory is w.directory:
         w.app = app
