@@ -2,9 +2,14 @@
 
 Starts Debian's slapd on 127.0.0.1 and a free high port with a throw-away
 ``slapd.conf`` and an mdb database in a temporary directory, and stops it
-again. It loads the ppolicy overlay (for ``pwdAccountLockedTime``) and the
-AD-shaped test schema in ``ad.schema``. Works as root (slapd then simply
-keeps root's uid; nothing is written outside the directory) and unprivileged.
+again. It loads the AD-shaped test schema in ``ad.schema`` and two overlays
+real directories run: ``ppolicy`` (``pwdAccountLockedTime``; its default
+policy is :data:`POLICY_DN`, which takes effect once a test adds that entry,
+see ``seed.lockout_policy_ldif``) and ``refint``, which rewrites the
+``member``, ``uniqueMember``, ``manager`` and ``memberOf`` values naming an
+entry that is renamed or deleted, without changing the rewritten entries'
+``modifyTimestamp``. Works as root (slapd then simply keeps root's uid;
+nothing is written outside the directory) and unprivileged.
 
 The service account ``cn=reader`` has a size limit of ``size_limit`` entries
 per search, but no limit on paged searches (``size.prtotal=unlimited``),
@@ -33,6 +38,10 @@ ADMIN_DN = f"cn=admin,{BASE_DN}"
 READER_DN = f"cn=reader,{BASE_DN}"
 ADMIN_PASSWORD = "admin-secret-1234"
 READER_PASSWORD = "reader-secret-5678"
+#: The DN-valued attributes refint keeps pointing at renamed entries.
+REFINT_ATTRIBUTES = ("member", "uniqueMember", "manager", "memberOf")
+#: ppolicy's default policy: absent (no policy) until a test adds it.
+POLICY_DN = f"cn=lockout,ou=policies,{BASE_DN}"
 
 _CONF = """\
 include {schema}/core.schema
@@ -42,6 +51,7 @@ include {ad_schema}
 modulepath {modules}
 moduleload back_mdb
 moduleload ppolicy
+moduleload refint
 pidfile {work}/slapd.pid
 argsfile {work}/slapd.args
 
@@ -56,6 +66,10 @@ limits users size.soft={limit} size.hard={limit} size.prtotal={prtotal}
 access to attrs=userPassword by self write by anonymous auth by * none
 access to * by users read by * none
 overlay ppolicy
+ppolicy_default "{policy}"
+overlay refint
+refint_attributes {refint}
+refint_nothing "{admin}"
 """
 
 _TLS_CONF = """\
@@ -154,6 +168,8 @@ def start(
                 base=BASE_DN,
                 admin=ADMIN_DN,
                 admin_password=ADMIN_PASSWORD,
+                policy=POLICY_DN,
+                refint=" ".join(REFINT_ATTRIBUTES),
                 reader=READER_DN,
                 limit=size_limit,
                 prtotal="unlimited" if paged_total is None else paged_total,
