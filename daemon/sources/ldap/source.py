@@ -29,6 +29,7 @@ from daemon.sources.ldap.read import (
     assemble,
     dn_key,
     group_reader,
+    id_reader,
     user_reader,
 )
 from daemon.sources.ldap.settings import Layout, LdapOptions
@@ -121,8 +122,9 @@ class LdapSource:
     reads everything; the polls between read only entries whose change
     attribute (``modifyTimestamp``, ``uSNChanged``) moved, and merge them into
     the records of the last read; a group change or a rename there reads
-    every group again (see :meth:`_read`). Deletions show up at the next full
-    read. ``last_read`` and ``last_filters`` say what the last fetch did.
+    every group again (see :meth:`_read`), and a read of the ids alone finds
+    the entries deleted since (see :meth:`_drop_deleted`). ``last_read`` and
+    ``last_filters`` say what the last fetch did.
     """
 
     kind = "ldap"
@@ -231,6 +233,8 @@ class LdapSource:
         )
         marks: list[str] = [state.mark] if state.mark else []
         renames = mark is not None
+        if mark is not None:
+            self._drop_deleted(reader, state, stats)
         # Entries are mapped as each page arrives: the reader has already asked
         # for the next page, so the server prepares it while this one is mapped.
         users = _merge(
@@ -276,6 +280,43 @@ class LdapSource:
             self._read_in_chain(reader, state, stats)
         state.mark = high_water_mark(marks, counter=layout.change_is_counter)
         return state
+
+    def _drop_deleted(self, reader: Reader, state: DirectoryState, stats: SearchStats) -> None:
+        """Forget the records whose entries are gone: deleted, or out of the base or filter.
+
+        A change attribute never shows a deletion, so every increment reads
+        the ids alone of all users and groups (a paged search asking for one
+        attribute) and drops the records whose id is not among them. A
+        renamed entry keeps its id, so it stays until the increment reads it
+        under its new DN.
+        """
+        layout = self.layout
+        read_id = id_reader(layout)
+        id_attr = [layout.fields["id"]]
+        searches: list[tuple[str, str, Literal["user", "group"]]] = [
+            (layout.user_base, layout.user_filter, "user")
+        ]
+        if layout.group_base:
+            searches.append((layout.group_base, layout.group_filter, "group"))
+        for base, search_filter, kind in searches:
+            ids: set[str] = set()
+            keys: set[str] = set()
+            for entry in reader.search(base, search_filter, id_attr, stats):
+                keys.add(dn_key(entry.dn))
+                found = read_id(entry)
+                if found is not None:
+                    ids.add(found)
+            if kind == "user":
+                for key, urec in list(state.users.items()):
+                    if urec.user.id not in ids:
+                        del state.users[key]
+            else:
+                for key, grec in list(state.groups.items()):
+                    if grec.id not in ids:
+                        del state.groups[key]
+            for key, skip in list(state.skipped.items()):
+                if skip.kind == kind and key not in keys and skip.object_id not in ids:
+                    del state.skipped[key]
 
     def _refresh_references(
         self, reader: Reader, state: DirectoryState, renamed: Renamed, stats: SearchStats
