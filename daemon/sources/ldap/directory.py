@@ -21,10 +21,17 @@ from ldap3.core.exceptions import LDAPException
 from daemon.sources.base import SourceError
 from daemon.sources.ldap.settings import LdapOptions
 
+#: RFC 4511 resultCode of a bind with a wrong DN or password (and of a locked account).
+INVALID_CREDENTIALS = 49
+
 #: RFC 2696 simple paged results control.
 PAGED_RESULTS_OID = "1.2.840.113556.1.4.319"
 #: LDAPMessage protocolOp tag of a SearchResultEntry (RFC 4511).
 _SEARCH_RESULT_ENTRY = 4
+
+
+class BindRefused(SourceError):
+    """The server refused the service account's credentials (``invalidCredentials``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +122,8 @@ def connect(options: LdapOptions, dn: str, password: str) -> ldap3.Connection:
         if not options.use_ssl and options.start_tls and not conn.start_tls():
             raise SourceError(f"LDAP {options.url}: StartTLS refused: {_describe(conn)}")
         if not conn.bind():
-            raise SourceError(
+            refused = (conn.result or {}).get("result") == INVALID_CREDENTIALS
+            raise (BindRefused if refused else SourceError)(
                 f"LDAP {options.url}: bind as {dn} refused ({_describe(conn)}); "
                 "check bind_dn and bind_password_file"
             )

@@ -29,7 +29,7 @@ from ldap.controls import SimplePagedResultsControl  # type: ignore[import-untyp
 from ldap3.core.results import RESULT_CODES
 
 from daemon.sources.base import SourceError
-from daemon.sources.ldap.directory import Entry, SearchStats
+from daemon.sources.ldap.directory import BindRefused, Entry, SearchStats
 from daemon.sources.ldap.settings import LdapOptions
 
 _PAGED = SimplePagedResultsControl.controlType
@@ -77,8 +77,12 @@ class LibldapReader:
                     ) from None
             try:
                 conn.simple_bind_s(dn, password)
+            except ldap.INVALID_CREDENTIALS as exc:
+                raise BindRefused(
+                    f"LDAP {url}: bind as {dn} refused ({_describe(exc)}); "
+                    "check bind_dn and bind_password_file"
+                ) from None
             except (
-                ldap.INVALID_CREDENTIALS,
                 ldap.INAPPROPRIATE_AUTH,
                 ldap.UNWILLING_TO_PERFORM,
                 ldap.INVALID_DN_SYNTAX,

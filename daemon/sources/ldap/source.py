@@ -21,6 +21,7 @@ from daemon.sources import metrics
 from daemon.sources.base import SourceError
 from daemon.sources.ldap.auth import authenticate_sync
 from daemon.sources.ldap.backend import Reader, chosen_backend, open_reader
+from daemon.sources.ldap.bindguard import BindGuard
 from daemon.sources.ldap.directory import Entry, SearchStats
 from daemon.sources.ldap.presets import LDAP_MATCHING_RULE_IN_CHAIN
 from daemon.sources.ldap.read import (
@@ -138,6 +139,14 @@ class LdapSource:
         except SecretError as exc:
             raise SourceError(f"LDAP {options.url}: bind_password_file: {exc}") from None
         self._redact = context.secrets.redact
+        self._guard = BindGuard(
+            url=options.url,
+            bind_dn=options.bind_dn,
+            password_file=self._password.path,
+            limit=options.bind_retry_limit,
+            wait=options.bind_retry_after,
+            state_dir=context.state_dir,
+        )
         self._state: DirectoryState | None = None
         self._snapshot: Snapshot | None = None
         self._epoch = uuid.uuid4().hex[:8]
@@ -175,7 +184,7 @@ class LdapSource:
 
     def _fetch_now(self, full: bool) -> Snapshot | None:
         stats = SearchStats()
-        reader = open_reader(self.options, self.options.bind_dn, self._password.value())
+        reader = self._open()
         try:
             if full or self._state is None:
                 state = self._read(reader, DirectoryState(), None, stats)
@@ -420,8 +429,13 @@ class LdapSource:
             )
         return lines
 
+    def _open(self) -> Reader:
+        """A reader bound as the service account, unless binding must wait (see BindGuard)."""
+        with self._guard.binding():
+            return open_reader(self.options, self.options.bind_dn, self._password.value())
+
     def _check_sync(self) -> Snapshot:
-        reader = open_reader(self.options, self.options.bind_dn, self._password.value())
+        reader = self._open()
         try:
             state = self._read(reader, DirectoryState(), None, SearchStats())
         finally:
@@ -443,6 +457,8 @@ class LdapSource:
             self._password.value(),
             username,
             password,
+            # The service account binds to find the user: that bind is guarded too.
+            self._guard.binding,
         )
 
     async def aclose(self) -> None:
