@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -320,3 +321,18 @@ async def test_check_summarises(make_source: MakeSource, slapd: Slapd) -> None:
         f"LDAP {slapd.url}: bound as {READER_DN}, 3 users, 3 groups, 1 entry skipped (see log)"
     )
     assert any("start_tls is off" in line for line in lines[1:])
+
+
+async def test_a_server_that_does_not_answer_names_the_wait_and_the_setting(
+    make_source: MakeSource, slapd: Slapd
+) -> None:
+    source = make_source(timeout=1, connect_timeout=1)
+    await full(source)
+    # Stopped, not gone: connections are still accepted, nothing answers.
+    slapd.process.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(SourceError) as caught:
+            await source.fetch(None)
+    finally:
+        slapd.process.send_signal(signal.SIGCONT)
+    assert "no answer within 1 s (timeout)" in str(caught.value)

@@ -16,7 +16,7 @@ from ldap3.utils.conv import escape_filter_chars
 
 from daemon.model import SkippedRecord
 from daemon.sources.base import SourceError
-from daemon.sources.ldap.directory import Entry, connect, connection
+from daemon.sources.ldap.directory import Entry, connect, connection, failure
 from daemon.sources.ldap.read import user_record
 from daemon.sources.ldap.settings import Layout, LdapOptions
 
@@ -81,7 +81,9 @@ def _find(
             if item.get("type") == "searchResEntry"
         ]
     except LDAPException as exc:
-        raise SourceError(f"LDAP {options.url}: user search failed: {exc}") from None
+        raise SourceError(
+            f"LDAP {options.url}: user search failed: {failure(exc, options.timeout)}"
+        ) from None
     finally:
         conn.unbind()
     if len(found) != 1:

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import ldap3
-from ldap3.core.exceptions import LDAPException
+from ldap3.core.exceptions import LDAPException, LDAPSocketOpenError
 
 from daemon.sources.base import SourceError
 from daemon.sources.ldap.settings import LdapOptions
@@ -75,7 +75,8 @@ def connection(options: LdapOptions, dn: str, password: str, **extra: Any) -> ld
         user=dn,
         password=password,
         raise_exceptions=False,
-        receive_timeout=int(options.timeout),
+        # Whole seconds (a socket option); at least one, zero would wait forever.
+        receive_timeout=max(1, round(options.timeout)),
         # Following a referral would send the bind credentials to another host.
         auto_referrals=False,
         **extra,
@@ -129,11 +130,23 @@ def connect(options: LdapOptions, dn: str, password: str) -> ldap3.Connection:
             )
     except LDAPException as exc:
         _close(conn)
-        raise SourceError(f"LDAP {options.url}: cannot connect: {exc}") from None
+        raise SourceError(
+            f"LDAP {options.url}: cannot connect: {failure(exc, options.timeout, options)}"
+        ) from None
     except SourceError:
         _close(conn)
         raise
     return conn
+
+
+def failure(exc: LDAPException, timeout: float, options: LdapOptions | None = None) -> str:
+    """What went wrong; a wait that ran out says how long it was and which setting set it."""
+    text = str(exc)
+    if "timed out" not in text.lower() and "timeout" not in type(exc).__name__.lower():
+        return text
+    if options is not None and isinstance(exc, LDAPSocketOpenError):
+        return f"no answer within {options.connect_timeout:g} s (connect_timeout)"
+    return f"no answer within {timeout:g} s (timeout)"
 
 
 def _close(conn: ldap3.Connection) -> None:
@@ -150,6 +163,7 @@ def paged_search(
     attributes: list[str],
     page_size: int,
     stats: SearchStats,
+    timeout: float,
 ) -> Iterator[Entry]:
     """Every entry under ``base`` matching ``search_filter``, a page at a time (RFC 2696).
 
@@ -173,7 +187,9 @@ def paged_search(
                 paged_cookie=cookie,
             )
         except LDAPException as exc:
-            raise SourceError(f"LDAP {url}: search under {base} failed: {exc}") from None
+            raise SourceError(
+                f"LDAP {url}: search under {base} failed: {failure(exc, timeout)}"
+            ) from None
         if conn.result["result"] != 0:
             raise SourceError(
                 f"LDAP {url}: search under {base} with {search_filter} failed "
@@ -194,22 +210,30 @@ def paged_search(
 class Ldap3Reader:
     """The ldap3 backend of :class:`~daemon.sources.ldap.backend.Reader`."""
 
-    def __init__(self, conn: ldap3.Connection, url: str, page_size: int) -> None:
+    def __init__(self, conn: ldap3.Connection, url: str, page_size: int, timeout: float) -> None:
         self._conn = conn
         self._url = url
         self._page_size = page_size
+        self._timeout = timeout
 
     @classmethod
     def open(cls, options: LdapOptions, dn: str, password: str) -> Ldap3Reader:
         """A reader bound as ``dn`` (see :func:`connect`)."""
-        return cls(connect(options, dn, password), options.url, options.page_size)
+        return cls(connect(options, dn, password), options.url, options.page_size, options.timeout)
 
     def search(
         self, base: str, search_filter: str, attributes: list[str], stats: SearchStats
     ) -> Iterator[Entry]:
         """See :func:`paged_search`."""
         return paged_search(
-            self._conn, self._url, base, search_filter, attributes, self._page_size, stats
+            self._conn,
+            self._url,
+            base,
+            search_filter,
+            attributes,
+            self._page_size,
+            stats,
+            self._timeout,
         )
 
     def close(self) -> None:

@@ -63,7 +63,9 @@ class LibldapReader:
             conn = ldap.initialize(url)
             _configure(conn, options)
         except (ldap.LDAPError, ValueError) as exc:
-            raise SourceError(f"LDAP {url}: cannot connect: {_describe(exc)}") from None
+            raise SourceError(
+                f"LDAP {url}: cannot connect: {_describe(exc, options.timeout)}"
+            ) from None
         reader = cls(conn, options)
         try:
             if not options.use_ssl and options.start_tls:
@@ -94,7 +96,9 @@ class LibldapReader:
                 ) from None
         except ldap.LDAPError as exc:
             reader.close()
-            raise SourceError(f"LDAP {url}: cannot connect: {_describe(exc)}") from None
+            raise SourceError(
+                f"LDAP {url}: cannot connect: {_describe(exc, options.timeout)}"
+            ) from None
         except SourceError:
             reader.close()
             raise
@@ -124,7 +128,7 @@ class LibldapReader:
             except ldap.LDAPError as exc:
                 raise SourceError(
                     f"LDAP {self._url}: search under {base} with {search_filter} failed "
-                    f"({_describe(exc)}); the read is incomplete and was discarded"
+                    f"({_describe(exc, self._timeout)}); the read is incomplete and was discarded"
                 ) from None
             except UnicodeDecodeError:
                 raise SourceError(
@@ -157,7 +161,7 @@ class LibldapReader:
         except ldap.LDAPError as exc:
             raise SourceError(
                 f"LDAP {self._url}: search under {base} with {search_filter} failed "
-                f"({_describe(exc)}); the read is incomplete and was discarded"
+                f"({_describe(exc, self._timeout)}); the read is incomplete and was discarded"
             ) from None
         return msgid
 
@@ -170,7 +174,7 @@ class LibldapReader:
             except ldap.LDAPError as exc:
                 raise SourceError(
                     f"LDAP {self._url}: reading {wanted} of {dn} under {base} failed "
-                    f"({_describe(exc)}); the read is incomplete and was discarded"
+                    f"({_describe(exc, self._timeout)}); the read is incomplete and was discarded"
                 ) from None
             for found_dn, attrs in found:
                 if found_dn is not None:
@@ -243,8 +247,13 @@ def _configure(conn: Any, options: LdapOptions) -> None:
     conn.set_option(ldap.OPT_X_TLS_NEWCTX, 0)  # last: applies the TLS options above
 
 
-def _describe(exc: BaseException) -> str:
-    """``sizeLimitExceeded: <server message>``, in ldap3's words for the same result."""
+def _describe(exc: BaseException, timeout: float | None = None) -> str:
+    """``sizeLimitExceeded: <server message>``, in ldap3's words for the same result.
+
+    A wait that ran out says how long it was and which setting set it.
+    """
+    if timeout is not None and isinstance(exc, ldap.TIMEOUT):
+        return f"no answer within {timeout:g} s (timeout)"
     info = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
     code = info.get("result")
     name = RESULT_CODES.get(code) if isinstance(code, int) else None
