@@ -132,18 +132,22 @@ async def test_directory_lifecycle_flows_through_the_core(world: World, slapd: S
     assert read_kind(world) == "full"
     assert "(modifyTimestamp>=" not in world.source.last_filters[0]
 
-    # 4. Locking a user suspends them downstream: a deactivation, not a removal.
+    # 4. Locking a user suspends them downstream: a deactivation, not a removal,
+    # and they leave the target's group (which lists only active users), as
+    # carol, locked before the first sync, was never in it.
     slapd.modify(
         f"dn: uid=alice,{seed.PEOPLE}\nchangetype: modify\nadd: pwdAccountLockedTime\n"
         "pwdAccountLockedTime: 000001010000Z\n"
     )
     await world.cycle()
     assert read_kind(world) == "incremental"
-    assert world.recording.changes() == ["user_suspended"]
+    assert sorted(world.recording.changes()) == ["members_removed", "user_suspended"]
     alice_id = held_users(world)["alice"]["id"]
     assert held_users(world)["alice"]["state"] == "suspended"
     held = world.recording.holding[("user", alice_id)]
     assert held.state is AccountState.SUSPENDED  # type: ignore[union-attr]
+    (staff,) = [v for k, v in world.recording.holding.items() if k[0] == "group"]
+    assert alice_id not in staff.members  # type: ignore[union-attr]
 
     # Nothing more changed: the next poll is quiet and sends nothing.
     await world.cycle(expect="quiet")
