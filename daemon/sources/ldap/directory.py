@@ -24,6 +24,9 @@ from daemon.sources.ldap.settings import LdapOptions
 #: RFC 4511 resultCode of a bind with a wrong DN or password (and of a locked account).
 INVALID_CREDENTIALS = 49
 
+#: RFC 4511 resultCode when the base entry of a search does not exist.
+NO_SUCH_OBJECT = 32
+
 #: RFC 2696 simple paged results control.
 PAGED_RESULTS_OID = "1.2.840.113556.1.4.319"
 #: LDAPMessage protocolOp tag of a SearchResultEntry (RFC 4511).
@@ -235,6 +238,31 @@ class Ldap3Reader:
             stats,
             self._timeout,
         )
+
+    def read_entry(self, dn: str, attributes: list[str]) -> Entry | None:
+        """See :meth:`~daemon.sources.ldap.backend.Reader.read_entry`."""
+        where = dn or "the RootDSE"
+        conn = self._conn
+        try:
+            conn.search(
+                dn,
+                "(objectClass=*)",
+                search_scope=ldap3.BASE,
+                dereference_aliases=ldap3.DEREF_NEVER,
+                attributes=attributes,
+            )
+        except LDAPException as exc:
+            why = failure(exc, self._timeout)
+            raise SourceError(f"LDAP {self._url}: reading {where} failed: {why}") from None
+        code = conn.result["result"]
+        if code == NO_SUCH_OBJECT:
+            return None
+        if code != 0:
+            raise SourceError(f"LDAP {self._url}: reading {where} failed ({_describe(conn)})")
+        for item in conn.response or ():
+            if item.get("type") == "searchResEntry":
+                return Entry(dn=item["dn"], attrs=item["raw_attributes"])
+        return None
 
     def close(self) -> None:
         """Unbind; a connection that is already gone is fine."""

@@ -183,6 +183,24 @@ class LibldapReader:
 
         return fetch
 
+    def read_entry(self, dn: str, attributes: list[str]) -> Entry | None:
+        """See :meth:`~daemon.sources.ldap.backend.Reader.read_entry`."""
+        try:
+            found = self._conn.search_ext_s(
+                dn, ldap.SCOPE_BASE, "(objectClass=*)", attributes, timeout=self._timeout
+            )
+        except ldap.NO_SUCH_OBJECT:
+            return None
+        except ldap.LDAPError as exc:
+            why = _describe(exc, self._timeout)
+            raise SourceError(
+                f"LDAP {self._url}: reading {dn or 'the RootDSE'} failed ({why})"
+            ) from None
+        for found_dn, attrs in found:
+            if found_dn is not None:
+                return Entry(found_dn, {name.lower(): vals for name, vals in attrs.items()})
+        return None
+
     def close(self) -> None:
         """Unbind; a connection that is already gone is fine."""
         with contextlib.suppress(ldap.LDAPError):

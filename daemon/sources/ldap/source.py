@@ -34,6 +34,7 @@ from daemon.sources.ldap.read import (
     user_reader,
 )
 from daemon.sources.ldap.settings import Layout, LdapOptions
+from daemon.sources.ldap.usn import DomainController, read_dc, usn_window
 
 log = structlog.get_logger(__name__)
 
@@ -101,6 +102,8 @@ class DirectoryState:
     skipped: dict[str, SkippedRecord] = field(default_factory=dict)
     mark: str | None = None
     recheck: Renamed | None = None
+    #: The Active Directory DC the marks come from (``None``: not AD).
+    dc: DomainController | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,10 +189,22 @@ class LdapSource:
         stats = SearchStats()
         reader = self._open()
         try:
-            if full or self._state is None:
-                state = self._read(reader, DirectoryState(), None, stats)
+            dc = read_dc(reader) if self.layout.change_is_counter else None
+            last = self._state
+            if not full and last is not None and dc is not None and not dc.same(last.dc):
+                # Another DC, or this one restored: its USNs say nothing about ours.
+                log.warning(
+                    "ldap_domain_controller_changed",
+                    url=self.options.url,
+                    before=last.dc.describe() if last.dc else "unknown",
+                    now=dc.describe(),
+                    note="uSNChanged is per DC and per copy of its database; reading everything",
+                )
+                full = True
+            if full or last is None:
+                state = self._read(reader, DirectoryState(), None, stats, dc)
             else:
-                state = self._read(reader, self._state, self._state.mark, stats)
+                state = self._read(reader, last, last.mark, stats, dc)
         finally:
             reader.close()
         self.last_read = "full" if full else "incremental"
@@ -216,7 +231,12 @@ class LdapSource:
         return snapshot
 
     def _read(
-        self, reader: Reader, base: DirectoryState, mark: str | None, stats: SearchStats
+        self,
+        reader: Reader,
+        base: DirectoryState,
+        mark: str | None,
+        stats: SearchStats,
+        dc: DomainController | None = None,
     ) -> DirectoryState:
         """Read users and groups (changed since ``mark``, or all) into a copy of ``base``.
 
@@ -225,12 +245,18 @@ class LdapSource:
         every group again (see :meth:`_refresh_references`): the server
         rewrites DN values that name a renamed entry (OpenLDAP's ``refint``,
         AD's linked attributes) without touching the entries holding them.
+        With ``dc`` (Active Directory), an increment reads the window up to
+        its ``highestCommittedUSN``, and the next one starts after it (see
+        :mod:`daemon.sources.ldap.usn`).
         """
         layout, url = self.layout, self.options.url
         change = layout.change_attribute
         user_filter = layout.user_filter
         group_filter = layout.group_filter
-        if mark is not None:
+        if mark is not None and dc is not None:
+            user_filter = usn_window(user_filter, change, mark, dc.highest)
+            group_filter = usn_window(group_filter, change, mark, dc.highest)
+        elif mark is not None:
             user_filter = since_filter(user_filter, change, mark)
             group_filter = since_filter(group_filter, change, mark)
         state = DirectoryState(
@@ -239,6 +265,7 @@ class LdapSource:
             skipped=dict(base.skipped),
             mark=base.mark,
             recheck=base.recheck,
+            dc=dc,
         )
         marks: list[str] = [state.mark] if state.mark else []
         renames = mark is not None
@@ -287,7 +314,10 @@ class LdapSource:
                 return base
         if layout.nested_groups == "in_chain":
             self._read_in_chain(reader, state, stats)
-        state.mark = high_water_mark(marks, counter=layout.change_is_counter)
+        if dc is not None:
+            state.mark = str(dc.highest + 1)
+        else:
+            state.mark = high_water_mark(marks, counter=layout.change_is_counter)
         return state
 
     def _drop_deleted(self, reader: Reader, state: DirectoryState, stats: SearchStats) -> None:
