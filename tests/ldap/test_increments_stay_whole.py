@@ -11,7 +11,9 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable
+from typing import Any
 
+import pytest
 from ldap3.utils.conv import escape_filter_chars
 
 from daemon.model import AccountState, Snapshot
@@ -145,4 +147,36 @@ async def test_renaming_a_group_keeps_the_members_its_users_name_in_member_of(
     assert names(after, "Administrators") == {"anna", "cleo"}
     assert names(after, "All") == {"anna", "cleo"}
     whole = await read_all(lambda: make_source(**options))
+    assert (after.users, after.groups) == (whole.users, whole.groups)
+
+
+async def test_the_poll_after_a_rename_reads_the_references_again(
+    make_source: MakeSource, slapd: Slapd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """refint rewrites after the rename has returned: a poll in between reads old values.
+
+    That race cannot be provoked on purpose, so its effect is: the first
+    poll's re-read of the groups is skipped (as if it had come before refint's
+    rewrite); the next poll, with nothing new, must still put the groups right.
+    """
+    slapd.modify(nested_chain_ldif(5))
+    settle(slapd)
+    source = make_source()
+    first = await source.fetch(None)
+    assert first is not None
+    real = LdapSource._refresh_references
+    calls: list[int] = []
+
+    def too_early(self: LdapSource, *args: Any) -> list[str]:
+        calls.append(1)
+        return [] if len(calls) == 1 else real(self, *args)
+
+    monkeypatch.setattr(LdapSource, "_refresh_references", too_early)
+    rename(slapd, f"cn=level3,{seed.GROUPS}", "cn=level3-renamed")
+    early = await source.fetch(first.version)
+    assert early is not None and names(early, "top") == set()  # what the race looks like
+    after = await source.fetch(early.version)
+    assert source.last_read == "incremental"
+    assert after is not None and len(names(after, "top")) == 5
+    whole = await read_all(make_source)
     assert (after.users, after.groups) == (whole.users, whole.groups)
