@@ -560,6 +560,7 @@ class Service:
                 last_report=self.engine.last_report,
                 live=self._live,
                 ready=self._ready,
+                source=self.parts.source,
             )
         except Exception as exc:
             if store_unavailable(exc) is not None:

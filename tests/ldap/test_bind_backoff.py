@@ -8,6 +8,7 @@ bind again as soon as the password file changes.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,7 +59,12 @@ async def test_a_wrong_password_does_not_lock_the_account_and_a_fixed_file_recov
     last = errors[-1]
     assert "bind_retry_limit 3" in last and str(pwfile) in last and READER_DN in last
     assert all(WRONG not in e for e in errors)
-    assert source._guard.describe()["bind_stopped"] is True
+    assert source.status() == {
+        "bind_refusals": 3,
+        "bind_retry_limit": 3,
+        "bind_blocked_until": None,
+        "bind_stopped": True,
+    }
     # check (and a restarted daemon, reading the count from the state directory) binds no more.
     with pytest.raises(SourceError, match="not binding again"):
         await make_source().check()
@@ -69,7 +75,7 @@ async def test_a_wrong_password_does_not_lock_the_account_and_a_fixed_file_recov
     snapshot = await source.fetch(None)
     assert snapshot is not None and snapshot.users
     assert not (tmp_path / STATE_FILE).exists()
-    assert source._guard.describe()["bind_refusals"] == 0
+    assert source.status()["bind_refusals"] == 0
 
 
 async def test_binds_back_off_between_refusals(
@@ -83,6 +89,7 @@ async def test_binds_back_off_between_refusals(
         with pytest.raises(SourceError, match=r"next attempt at .* \(in 60 s\)"):
             await source.fetch(None)
     assert failures(lockout) == (1, False)
+    assert source.status()["bind_blocked_until"] > time.time() + 50
     # Touching the file is the operator's way to say "try again now".
     (tmp_path / "bind.pw").write_text(WRONG + "x")
     with pytest.raises(SourceError, match="invalidCredentials"):

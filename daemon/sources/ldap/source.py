@@ -491,6 +491,10 @@ class LdapSource:
             self._guard.binding,
         )
 
+    def status(self) -> dict[str, object]:
+        """For the status document: the service account's refused binds and the backoff."""
+        return self._guard.describe()
+
     async def aclose(self) -> None:
         """Nothing to close: every read uses its own connection."""
 
