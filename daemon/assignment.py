@@ -4,7 +4,10 @@ Users are implicitly denied. A target holds the users who are members of at
 least one group bound to it; a user it already holds who leaves every bound
 group stays in its view as ``unassigned`` (deactivated), and a user removed
 from the directory leaves the view (removed). Bound groups are held with
-their members filtered to the users the target holds.
+their members filtered to the target's *active* users: a suspended or
+unassigned user leaves the target's groups, whether the suspension came
+before the first sync (the user is then never created) or later (the user
+is deactivated and taken out of the groups, and put back when active again).
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ def view(
     for g in bound:
         in_scope.update(g.members)
     out: dict[Key, tuple[str, DirectoryObject]] = {}
+    #: The users the target holds active: the only members its groups list.
     held: set[str] = set()
     for uid, user in snapshot.users.items():
         key: Key = ("user", uid)
@@ -76,11 +80,11 @@ def view(
             # A suspended user nobody provisioned yet is not created at all.
             if user.active or known:
                 out[key] = (hashes[key], user)
-                held.add(uid)
+                if user.active:
+                    held.add(uid)
         elif known:
             gone = msgspec.structs.replace(user, state=AccountState.UNASSIGNED)
             out[key] = (content_hash(gone), gone)
-            held.add(uid)
     for g in bound:
         members = tuple(m for m in g.members if m in held)
         group = g if members == g.members else msgspec.structs.replace(g, members=members)

@@ -578,6 +578,7 @@ class Service:
             last_report=self.engine.last_report,
             live=self._live,
             ready=self._ready,
+            source=self.parts.source,
         )
 
     def _console(self) -> AdminBackend:

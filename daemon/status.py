@@ -119,15 +119,22 @@ async def daemon_status(
     last_report: CycleReport | None,
     live: bool,
     ready: bool,
+    source: object | None = None,
 ) -> dict[str, Any]:
-    """The running daemon's document (``GET /api/v1/status``), with the targets' fields."""
+    """The running daemon's document (``GET /api/v1/status``), with the targets' fields.
+
+    A ``source`` with the optional ``status()`` method adds its own fields
+    under ``source_status`` (the ldap source: its refused binds and backoff).
+    """
     per_target = await target_status(store, settings, targets)
     stale = await stale_objects(store)
+    own = getattr(source, "status", None)
     return {
         "version": __version__,
         "live": live,
         "ready": ready,
         "source": source_kind,
+        "source_status": (own() or {}) if callable(own) else {},
         "last_cycle": report_dict(last_report),
         "stale_objects": stale,
         "targets": per_target,

@@ -35,6 +35,7 @@ from daemon.targets.scim.schema import (
     e164,
     group_resource,
     strip_skip,
+    user_problem,
 )
 from daemon.targets.scim.schema import UserSchema as BaseUserSchema
 
@@ -157,7 +158,7 @@ class UserSchema(BaseUserSchema):
                     {"value": e164(user.phone, self.phone_region), "type": "work"}
                 ]
             except PhoneError as exc:
-                problems.append(str(exc))
+                problems.append(user_problem(user, str(exc)))
                 skip.append("phoneNumbers")
         enterprise = compact({scim: getattr(user, field) for field, scim in _ENTERPRISE_FIELDS})
         if enterprise:

@@ -58,3 +58,11 @@ def test_a_refused_address_names_the_attribute() -> None:
     schema = UserSchema(phone_region="SE")
     with pytest.raises(ValueError, match=r"emails\.0\.value: value is not a valid email"):
         schema.check(schema.body(person("u1", email="trailing@")).body)
+
+
+def test_a_phone_problem_names_the_user_as_the_directory_knows_them() -> None:
+    """The directory id alone (``user:<entryUUID>``) does not lead an operator to the entry."""
+    schema = UserSchema(phone_region="SE")
+    user = person("3f2a6c1e", username="ada.lind", email="ada@corp.example", phone="not a number")
+    (problem,) = schema.body(user).problems
+    assert problem.startswith("user ada.lind (ada@corp.example): phone number 'not a number'")

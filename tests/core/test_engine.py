@@ -102,6 +102,30 @@ async def test_a_suspended_user_nobody_provisioned_is_not_created(world) -> None
     assert "u3" not in target.holding[("group", "g-app")].members  # type: ignore[union-attr]
 
 
+async def test_a_user_suspended_later_leaves_the_targets_groups_as_one_suspended_first(
+    world,
+) -> None:
+    """The rule both cases follow: a target's groups list only its active users."""
+    eng, source, target = world
+    await eng.cycle()
+    assert "u3" in target.holding[("group", "g-app")].members  # type: ignore[union-attr]
+    snap = org()
+    snap.users["u3"] = msgspec.structs.replace(snap.users["u3"], state=AccountState.SUSPENDED)
+    source.set(snap)
+    target.calls.clear()
+    await eng.cycle()
+    assert sorted(target.changes()) == ["members_removed", "user_suspended"]
+    assert target.holding[("user", "u3")].state == AccountState.SUSPENDED  # type: ignore[union-attr]
+    assert "u3" not in target.holding[("group", "g-app")].members  # type: ignore[union-attr]
+
+    # Active again: back in the group.
+    source.set(org())
+    target.calls.clear()
+    await eng.cycle()
+    assert sorted(target.changes()) == ["members_added", "user_reactivated"]
+    assert "u3" in target.holding[("group", "g-app")].members  # type: ignore[union-attr]
+
+
 async def test_failed_objects_are_retried_until_they_succeed(world) -> None:
     eng, source, target = world  # noqa: RUF059
     target.fail = {"u3"}

@@ -63,6 +63,27 @@ async def test_targets_add_their_own_fields(engines) -> None:
     # Without running targets (``provisiond status``), only the store is read.
     plain = await target_status(eng.store, settings)
     assert "quarantined" not in plain["mine"]
+    assert doc["source_status"] == {}  # FedSource has no status()
+
+
+async def test_a_source_adds_its_own_fields(engines) -> None:
+    class Backing(FedSource):
+        def status(self) -> dict[str, object]:
+            return {"bind_refusals": 2}
+
+    source = Backing(org(2))
+    eng = await engines(source, [])
+    doc = await daemon_status(
+        eng.store,
+        [],
+        targets={},
+        source_kind="ldap",
+        last_report=None,
+        live=True,
+        ready=True,
+        source=source,
+    )
+    assert doc["source_status"] == {"bind_refusals": 2}
 
 
 def test_report_dict_and_the_systemd_line() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import uuid
 
-from tests.ldap.slapd import BASE_DN, READER_DN, READER_PASSWORD
+from tests.ldap.slapd import BASE_DN, POLICY_DN, READER_DN, READER_PASSWORD
 
 PEOPLE = f"ou=people,{BASE_DN}"
 GROUPS = f"ou=groups,{BASE_DN}"
@@ -171,5 +171,29 @@ cn: All
 objectGUID:: {_guid("all")}
 member: cn=Admins,{CORP}
 member: cn=Cleo Ek,{CORP}
+
+"""
+
+
+def lockout_policy_ldif(max_failure: int = 5) -> str:
+    """ppolicy's default policy: lock an account after ``max_failure`` refused binds, for good.
+
+    The failures are never forgotten (no ``pwdFailureCountInterval``) and the
+    lock never lapses (``pwdLockoutDuration: 0``): only an administrator
+    unlocks, as with the directory that found the lockout defect.
+    """
+    return f"""dn: ou=policies,{BASE_DN}
+objectClass: organizationalUnit
+ou: policies
+
+dn: {POLICY_DN}
+objectClass: organizationalRole
+objectClass: pwdPolicy
+cn: lockout
+pwdAttribute: userPassword
+pwdLockout: TRUE
+pwdMaxFailure: {max_failure}
+pwdLockoutDuration: 0
+pwdFailureCountInterval: 0
 
 """

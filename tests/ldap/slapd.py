@@ -2,9 +2,14 @@
 
 Starts Debian's slapd on 127.0.0.1 and a free high port with a throw-away
 ``slapd.conf`` and an mdb database in a temporary directory, and stops it
-again. It loads the ppolicy overlay (for ``pwdAccountLockedTime``) and the
-AD-shaped test schema in ``ad.schema``. Works as root (slapd then simply
-keeps root's uid; nothing is written outside the directory) and unprivileged.
+again. It loads the AD-shaped test schema in ``ad.schema`` and two overlays
+real directories run: ``ppolicy`` (``pwdAccountLockedTime``; its default
+policy is :data:`POLICY_DN`, which takes effect once a test adds that entry,
+see ``seed.lockout_policy_ldif``) and ``refint``, which rewrites the
+``member``, ``uniqueMember``, ``manager`` and ``memberOf`` values naming an
+entry that is renamed or deleted, without changing the rewritten entries'
+``modifyTimestamp``. Works as root (slapd then simply keeps root's uid;
+nothing is written outside the directory) and unprivileged.
 
 The service account ``cn=reader`` has a size limit of ``size_limit`` entries
 per search, but no limit on paged searches (``size.prtotal=unlimited``),
@@ -33,15 +38,20 @@ ADMIN_DN = f"cn=admin,{BASE_DN}"
 READER_DN = f"cn=reader,{BASE_DN}"
 ADMIN_PASSWORD = "admin-secret-1234"
 READER_PASSWORD = "reader-secret-5678"
+#: The DN-valued attributes refint keeps pointing at renamed entries.
+REFINT_ATTRIBUTES = ("member", "uniqueMember", "manager", "memberOf")
+#: ppolicy's default policy: absent (no policy) until a test adds it.
+POLICY_DN = f"cn=lockout,ou=policies,{BASE_DN}"
 
 _CONF = """\
 include {schema}/core.schema
 include {schema}/cosine.schema
 include {schema}/inetorgperson.schema
 include {ad_schema}
-modulepath {modules}
+{root_dse}modulepath {modules}
 moduleload back_mdb
 moduleload ppolicy
+moduleload refint
 pidfile {work}/slapd.pid
 argsfile {work}/slapd.args
 
@@ -56,7 +66,14 @@ limits users size.soft={limit} size.hard={limit} size.prtotal={prtotal}
 access to attrs=userPassword by self write by anonymous auth by * none
 access to * by users read by * none
 overlay ppolicy
+ppolicy_default "{policy}"
+overlay refint
+refint_attributes {refint}
+refint_nothing "{admin}"
 """
+
+#: Served as part of the RootDSE (slapd's ``rootDSE`` directive): emulated AD attributes.
+_ROOT_DSE_CONF = "rootDSE {path}\n"
 
 _TLS_CONF = """\
 TLSCertificateFile {cert}
@@ -81,6 +98,30 @@ class Slapd:
     process: subprocess.Popen[bytes]
     #: The ``ldaps://`` port, when started with a certificate.
     tls_port: int | None = None
+    #: What slapd listens on (``-h``).
+    listen: str = ""
+
+    @property
+    def root_dse_file(self) -> Path:
+        return self.workdir / "rootdse.ldif"
+
+    def restart(self, root_dse: dict[str, str] | None = None) -> None:
+        """Stop and start again on the same port and database, with new RootDSE values.
+
+        Only for a slapd started with ``root_dse``: slapd reads that file once.
+        """
+        self.stop()
+        if root_dse is not None:
+            write_root_dse(self.root_dse_file, root_dse)
+        log = (self.workdir / "slapd.log").open("ab")
+        self.process = subprocess.Popen(
+            [str(SLAPD), "-f", str(self.workdir / "slapd.conf"), "-h", self.listen, "-d", "0"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        if not _wait_ready(self):
+            raise RuntimeError(f"slapd did not restart: {(self.workdir / 'slapd.log').read_text()}")
 
     @property
     def url(self) -> str:
@@ -127,6 +168,7 @@ def start(
     paged_total: int | None = None,
     preload: Path | None = None,
     tls: tuple[Path, Path] | None = None,
+    root_dse: dict[str, str] | None = None,
 ) -> Slapd:
     """Start slapd in ``workdir`` (which must exist) and wait until it answers.
 
@@ -135,7 +177,10 @@ def start(
     first: far faster than adding over the wire, and it keeps the
     operational attributes (``modifyTimestamp``) the file sets. ``tls`` is
     a (certificate, key) pair of PEM files: StartTLS is then offered, and
-    ``ldaps://`` listens on a second port.
+    ``ldaps://`` listens on a second port. ``root_dse`` adds attributes to
+    the RootDSE (names from ``ad.schema``, values as LDIF text): how the tests
+    emulate a domain controller's ``highestCommittedUSN`` and the like; see
+    :meth:`Slapd.restart` to change them.
     """
     (workdir / "db").mkdir()
     last_error = ""
@@ -144,9 +189,12 @@ def start(
         port = free_port()
         tls_port = free_port() if tls else None
         conf = workdir / "slapd.conf"
+        if root_dse is not None:
+            write_root_dse(workdir / "rootdse.ldif", root_dse)
         conf.write_text(
             (_TLS_CONF.format(cert=tls[0], key=tls[1]) if tls else "")
             + _CONF.format(
+                root_dse=_ROOT_DSE_CONF.format(path=workdir / "rootdse.ldif") if root_dse else "",
                 schema=SCHEMA_DIR,
                 ad_schema=AD_SCHEMA,
                 modules=MODULE_DIR,
@@ -154,6 +202,8 @@ def start(
                 base=BASE_DN,
                 admin=ADMIN_DN,
                 admin_password=ADMIN_PASSWORD,
+                policy=POLICY_DN,
+                refint=" ".join(REFINT_ATTRIBUTES),
                 reader=READER_DN,
                 limit=size_limit,
                 prtotal="unlimited" if paged_total is None else paged_total,
@@ -178,12 +228,16 @@ def start(
             stderr=subprocess.STDOUT,
         )
         log.close()
-        slapd = Slapd(workdir, port, process, tls_port)
+        slapd = Slapd(workdir, port, process, tls_port, listen)
         if _wait_ready(slapd):
             return slapd
         slapd.stop()
         last_error = (workdir / "slapd.log").read_text(errors="replace")
     raise RuntimeError(f"slapd did not start: {last_error}")
+
+
+def write_root_dse(path: Path, values: dict[str, str]) -> None:
+    path.write_text("dn:\n" + "".join(f"{k}: {v}\n" for k, v in values.items()))
 
 
 def _wait_ready(slapd: Slapd, timeout: float = 15.0) -> bool:

@@ -1,7 +1,8 @@
 """The active_directory preset against slapd loaded with an AD-shaped schema (ad.schema).
 
-slapd has no uSNChanged and no LDAP_MATCHING_RULE_IN_CHAIN: increments are
-tested with modifyTimestamp, and the in-chain option by its filter.
+slapd has no LDAP_MATCHING_RULE_IN_CHAIN: the in-chain option is tested by
+its filter. Increments here use modifyTimestamp; the uSNChanged method (with
+the RootDSE and NTDS Settings of a DC emulated) is in test_ad_usn.py.
 """
 
 from __future__ import annotations

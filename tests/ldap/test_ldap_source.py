@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -99,8 +100,14 @@ async def test_modification_is_read_incrementally(make_source: MakeSource, slapd
     second = await source.fetch(first.version)
 
     assert source.last_read == "incremental"
-    assert source.last_filters[0] == f"(&(objectClass=inetOrgPerson)(modifyTimestamp>={mark}))"
-    assert all("(modifyTimestamp>=" in f for f in source.last_filters)
+    # The ids-only reads that find deletions come first; every other search is narrowed.
+    sweep, since = source.last_filters[:2], source.last_filters[2:]
+    assert sweep == [
+        "(objectClass=inetOrgPerson)",
+        "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames))",
+    ]
+    assert since[0] == f"(&(objectClass=inetOrgPerson)(modifyTimestamp>={mark}))"
+    assert all("(modifyTimestamp>=" in f for f in since)
     assert second is not None
     assert by_name(second)["alice"].title == "Staff Engineer"
     # Entries the increment did not return are still there, memberships intact.
@@ -128,23 +135,42 @@ async def test_membership_change_reaches_nested_groups_incrementally(
     assert group_members(second, "staff") == {"alice", "carol"}
 
 
-async def test_deletion_is_caught_by_the_next_full_read(
+async def test_deletion_is_seen_by_the_next_incremental_poll(
     make_source: MakeSource, slapd: Slapd
 ) -> None:
-    source = make_source(full_read_every=2)
+    source = make_source(full_read_every=12)
     await full(source)
-    slapd.modify(f"dn: uid=bob,{seed.PEOPLE}\nchangetype: delete\n")
-
-    between = await full(source)
-    kinds = [source.last_read]
-    assert "bob" in by_name(between)  # an increment cannot see a deletion
+    slapd.modify(
+        f"dn: uid=bob,{seed.PEOPLE}\nchangetype: delete\n\n"
+        f"dn: cn=legacy,{seed.GROUPS}\nchangetype: delete\n\n"
+        f"dn: uid=dave,{seed.PEOPLE}\nchangetype: delete\n"
+    )
 
     after = await full(source)
-    kinds.append(source.last_read)
-    assert kinds == ["incremental", "full"]
+    assert source.last_read == "incremental"
     assert "bob" not in by_name(after)
     assert by_name(after)["alice"].manager is None
     assert group_members(after, "engineering") == {"alice"}
+    assert "legacy" not in {g.name for g in after.groups.values()}
+    assert after.skipped == []  # dave (skipped for his missing mail) is gone too
+    assert "(objectClass=inetOrgPerson)" in source.last_filters  # the ids-only read
+    whole = await make_source().fetch(None)
+    assert whole is not None
+    assert (after.users, after.groups) == (whole.users, whole.groups)
+
+
+async def test_an_entry_moved_out_of_the_base_leaves_at_the_next_poll(
+    make_source: MakeSource, slapd: Slapd
+) -> None:
+    source = make_source()
+    await full(source)
+    slapd.modify(
+        f"dn: uid=alice,{seed.PEOPLE}\nchangetype: modrdn\nnewrdn: uid=alice\n"
+        f"deleteoldrdn: 1\nnewsuperior: {seed.GROUPS}\n"
+    )
+    after = await full(source)
+    assert source.last_read == "incremental"
+    assert set(by_name(after)) == {"bob", "carol"}
 
 
 async def test_locking_a_user_suspends_them(make_source: MakeSource, slapd: Slapd) -> None:
@@ -295,3 +321,18 @@ async def test_check_summarises(make_source: MakeSource, slapd: Slapd) -> None:
         f"LDAP {slapd.url}: bound as {READER_DN}, 3 users, 3 groups, 1 entry skipped (see log)"
     )
     assert any("start_tls is off" in line for line in lines[1:])
+
+
+async def test_a_server_that_does_not_answer_names_the_wait_and_the_setting(
+    make_source: MakeSource, slapd: Slapd
+) -> None:
+    source = make_source(timeout=1, connect_timeout=1)
+    await full(source)
+    # Stopped, not gone: connections are still accepted, nothing answers.
+    slapd.process.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(SourceError) as caught:
+            await source.fetch(None)
+    finally:
+        slapd.process.send_signal(signal.SIGCONT)
+    assert "no answer within 1 s (timeout)" in str(caught.value)

@@ -1,8 +1,8 @@
 """slapd → ldap source → the real Engine and SqliteStore → the log target and a recording target.
 
 One directory lifecycle: the first full sync, a change picked up by an
-incremental poll, a deletion caught by the next full read, and a lock that
-turns into a deactivation downstream.
+incremental poll, a deletion caught by the next incremental poll, and a lock
+that turns into a deactivation downstream.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from daemon.targets.log import LogOptions, LogTarget
 from tests.core.support import RecordingTarget
 from tests.ldap import seed
 from tests.ldap.slapd import Slapd
+from tests.ldap.test_increments_stay_whole import rename, settle
 
 BOUND = "staff"  # alice, bob (through engineering) and carol (locked)
 
@@ -110,38 +111,43 @@ async def test_directory_lifecycle_flows_through_the_core(world: World, slapd: S
     )
     await world.cycle()
     assert read_kind(world) == "incremental"
-    assert world.source.last_filters[0] == (
+    # After the ids-only reads that find deletions (users, then groups).
+    assert world.source.last_filters[2] == (
         f"(&(objectClass=inetOrgPerson)(modifyTimestamp>={mark}))"
     )
     assert held_users(world)["alice"]["title"] == "Principal Engineer"
     assert world.recording.changes() == ["user_changed"]
 
-    # 3. A deletion: an incremental poll cannot see it, the next full read does.
+    # 3. A deletion: the next incremental poll sees it (its ids-only read).
     bob_id = held_users(world)["bob"]["id"]
     slapd.modify(f"dn: uid=bob,{seed.PEOPLE}\nchangetype: delete\n")
-    await world.cycle(expect="quiet")
-    assert read_kind(world) == "incremental"
-    assert "bob" in held_users(world)
     await world.cycle()
-    assert read_kind(world) == "full"
-    assert "(modifyTimestamp>=" not in world.source.last_filters[0]
+    assert read_kind(world) == "incremental"
     assert "bob" not in held_users(world)
     assert {"op": "delete", "key": f"user:{bob_id}"} in world.journal_entries()
     assert "user_removed" in world.recording.changes()
     assert ("user", bob_id) not in world.recording.holding
+    # The next full read finds nothing the increment missed.
+    await world.cycle(expect="quiet")
+    assert read_kind(world) == "full"
+    assert "(modifyTimestamp>=" not in world.source.last_filters[0]
 
-    # 4. Locking a user suspends them downstream: a deactivation, not a removal.
+    # 4. Locking a user suspends them downstream: a deactivation, not a removal,
+    # and they leave the target's group (which lists only active users), as
+    # carol, locked before the first sync, was never in it.
     slapd.modify(
         f"dn: uid=alice,{seed.PEOPLE}\nchangetype: modify\nadd: pwdAccountLockedTime\n"
         "pwdAccountLockedTime: 000001010000Z\n"
     )
     await world.cycle()
     assert read_kind(world) == "incremental"
-    assert world.recording.changes() == ["user_suspended"]
+    assert sorted(world.recording.changes()) == ["members_removed", "user_suspended"]
     alice_id = held_users(world)["alice"]["id"]
     assert held_users(world)["alice"]["state"] == "suspended"
     held = world.recording.holding[("user", alice_id)]
     assert held.state is AccountState.SUSPENDED  # type: ignore[union-attr]
+    (staff,) = [v for k, v in world.recording.holding.items() if k[0] == "group"]
+    assert alice_id not in staff.members  # type: ignore[union-attr]
 
     # Nothing more changed: the next poll is quiet and sends nothing.
     await world.cycle(expect="quiet")
@@ -227,3 +233,20 @@ async def test_an_entry_that_becomes_invalid_keeps_its_last_good_state(
     (stale,) = await stale_objects(world.engine.store)
     assert stale["object"] == f"user:{alice['id']}"
     assert "is not an email address" in stale["problems"][0]
+
+
+async def test_renaming_a_nested_group_changes_nothing_downstream(
+    world: World, slapd: Slapd
+) -> None:
+    """refint rewrites staff's member value, not staff's modifyTimestamp (see tests/ldap)."""
+    settle(slapd)
+    await world.cycle()
+    held = dict(world.recording.holding)
+    rename(slapd, f"cn=engineering,{seed.GROUPS}", "cn=platform")
+    world.recording.calls.clear()
+    report = await world.engine.cycle()
+    assert report.result != "failed", report.error
+    assert read_kind(world) == "incremental"
+    assert world.recording.changes() == []  # no user_suspended, no member removed
+    assert world.recording.holding == held
+    assert {u["username"] for u in held_users(world).values()} == {"alice", "bob"}

@@ -12,7 +12,9 @@ directory is copied, and this code's engine and AlexisHR target start on it.
 The promise (issue 10, "Upgrading an existing installation"): the mirror is
 imported into the store once, named in the log and left in place; nothing is
 lost and nothing is provisioned twice; the next cycle and a reconciliation
-send the application nothing.
+send the application nothing, but for one rule that changed since 0.1: a
+target's groups list only its active users, so the user 0.1 deactivated
+while leaving it in Staff leaves Staff (one PATCH).
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ MANIFEST: dict[str, Any] = json.loads((FIXTURES / "manifest.json").read_text())
 TARGET = MANIFEST["target"]
 LEGACY = f"alexishr-{TARGET}.db"
 REMOVED = MANIFEST["removed_user"]
+#: Suspended (deactivated in the application) while provisiond 0.1 ran; still in Staff.
+SUSPENDED = "u-11"
 GRACE = MANIFEST["hard_delete_after"]
 #: The core store's schema version in provisiond 0.1.
 OLD_SCHEMA = 2
@@ -198,17 +202,30 @@ async def test_an_installation_of_0_1_comes_up_and_sends_nothing(
                 row = await cur.fetchone()
             assert row is not None and row[0] == len(MIGRATIONS) > OLD_SCHEMA
 
-            # Every remote id and body, and the pending deletion, are in the store now.
-            assert await stored_links(w) == (imported(objects, doomed), doomed)
+            # Every remote id and body, and the pending deletion, are in the store now
+            # (Staff's as sent just now: see below).
+            links, pending = await stored_links(w)
+            expected = imported(objects, doomed)
+            staff = expected.pop(("group", "g-staff"))
+            assert {k: v for k, v in links.items() if k != ("group", "g-staff")} == expected
+            assert pending == doomed
             assert await store.target_meta(TARGET, LEGACY_IMPORTED) == str(legacy)
+            suspended = objects[("user", SUSPENDED)].remote_id
+            assert links[("group", "g-staff")].remote_id == staff.remote_id
+            assert sorted(links[("group", "g-staff")].body["members"]) == sorted(
+                m for m in staff.body["members"] if m != suspended
+            )
 
-            # The next cycle sends nothing: nothing new, nothing twice.
-            assert first == [], first
+            # The first cycle sends one thing only: u-11, suspended (deactivated) under
+            # 0.1, leaves Staff, as a target's groups list only its active users now.
+            # Nothing new besides, nothing twice.
+            assert first == [f"PATCH /Groups/{staff.remote_id}"], first
             assert report.result != "failed" and report.targets[TARGET].failed == 0
             assert report.targets[TARGET].dirty == 1  # the deletion still in its grace
+            mark = len(w.proxy.log)
             w.engine.force_plan = True  # as after a reload: every target planned again
             await w.engine.cycle()
-            assert w.writes() == []
+            assert w.writes(mark) == []
 
             # Reconciliation compares every body and member list with the server and
             # finds them equal (groups from 0.1 have only the remote ids of members).
@@ -245,7 +262,11 @@ async def test_an_installation_of_0_1_comes_up_and_sends_nothing(
             await w.engine.cycle()
             assert w.writes() == []
             links, pending = await stored_links(w)
-            assert links == {k: v for k, v in objects.items() if k != ("user", REMOVED)}
+            kept = {k: v for k, v in objects.items() if k != ("user", REMOVED)}
+            assert {k: v for k, v in links.items() if k != ("group", "g-staff")} == {
+                k: v for k, v in kept.items() if k != ("group", "g-staff")
+            }
+            assert suspended not in links[("group", "g-staff")].body["members"]
             assert pending == {}
             assert await w.target.reconcile() == {}
             assert w.writes() == []

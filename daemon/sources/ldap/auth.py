@@ -6,13 +6,17 @@ new connection. Every refusal looks the same to the caller: ``False``.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
 import ldap3
 from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
 
 from daemon.model import SkippedRecord
 from daemon.sources.base import SourceError
-from daemon.sources.ldap.directory import Entry, connect, connection
+from daemon.sources.ldap.directory import Entry, connect, connection, failure
 from daemon.sources.ldap.read import user_record
 from daemon.sources.ldap.settings import Layout, LdapOptions
 
@@ -27,7 +31,12 @@ def user_filter(layout: Layout, username: str) -> str:
 
 
 def authenticate_sync(
-    options: LdapOptions, layout: Layout, service_password: str, username: str, password: str
+    options: LdapOptions,
+    layout: Layout,
+    service_password: str,
+    username: str,
+    password: str,
+    guard: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
 ) -> bool:
     """Whether ``password`` is ``username``'s; blocking (run it in a worker thread).
 
@@ -35,18 +44,26 @@ def authenticate_sync(
     bind with a DN and no password is an *unauthenticated* bind, which many
     servers answer with success. Unknown, ambiguous, suspended or malformed
     users and wrong passwords all give ``False``. :class:`SourceError` only
-    when the service account itself cannot search.
+    when the service account itself cannot search. ``guard`` wraps the
+    service account's bind (see :class:`~daemon.sources.ldap.bindguard.BindGuard`).
     """
     if not password or not username or len(password) > MAX_INPUT or len(username) > MAX_INPUT:
         return False
-    dn = _find(options, layout, service_password, username)
+    dn = _find(options, layout, service_password, username, guard)
     if dn is None:
         return False
     return bind_as(options, dn, password)
 
 
-def _find(options: LdapOptions, layout: Layout, service_password: str, username: str) -> str | None:
-    conn = connect(options, options.bind_dn, service_password)
+def _find(
+    options: LdapOptions,
+    layout: Layout,
+    service_password: str,
+    username: str,
+    guard: Callable[[], AbstractContextManager[None]],
+) -> str | None:
+    with guard():
+        conn = connect(options, options.bind_dn, service_password)
     try:
         conn.search(
             layout.user_base,
@@ -64,7 +81,9 @@ def _find(options: LdapOptions, layout: Layout, service_password: str, username:
             if item.get("type") == "searchResEntry"
         ]
     except LDAPException as exc:
-        raise SourceError(f"LDAP {options.url}: user search failed: {exc}") from None
+        raise SourceError(
+            f"LDAP {options.url}: user search failed: {failure(exc, options.timeout)}"
+        ) from None
     finally:
         conn.unbind()
     if len(found) != 1:

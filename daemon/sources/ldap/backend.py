@@ -32,6 +32,13 @@ class Reader(Protocol):
         """
         ...
 
+    def read_entry(self, dn: str, attributes: list[str]) -> Entry | None:
+        """The one entry at ``dn`` (``""``: the RootDSE); ``None`` when there is none.
+
+        Raises :class:`~daemon.sources.base.SourceError` for any other failure.
+        """
+        ...
+
     def close(self) -> None:
         """Unbind; never raises."""
         ...

@@ -16,15 +16,25 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import ldap3
-from ldap3.core.exceptions import LDAPException
+from ldap3.core.exceptions import LDAPException, LDAPSocketOpenError
 
 from daemon.sources.base import SourceError
 from daemon.sources.ldap.settings import LdapOptions
+
+#: RFC 4511 resultCode of a bind with a wrong DN or password (and of a locked account).
+INVALID_CREDENTIALS = 49
+
+#: RFC 4511 resultCode when the base entry of a search does not exist.
+NO_SUCH_OBJECT = 32
 
 #: RFC 2696 simple paged results control.
 PAGED_RESULTS_OID = "1.2.840.113556.1.4.319"
 #: LDAPMessage protocolOp tag of a SearchResultEntry (RFC 4511).
 _SEARCH_RESULT_ENTRY = 4
+
+
+class BindRefused(SourceError):
+    """The server refused the service account's credentials (``invalidCredentials``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +78,8 @@ def connection(options: LdapOptions, dn: str, password: str, **extra: Any) -> ld
         user=dn,
         password=password,
         raise_exceptions=False,
-        receive_timeout=int(options.timeout),
+        # Whole seconds (a socket option); at least one, zero would wait forever.
+        receive_timeout=max(1, round(options.timeout)),
         # Following a referral would send the bind credentials to another host.
         auto_referrals=False,
         **extra,
@@ -115,17 +126,30 @@ def connect(options: LdapOptions, dn: str, password: str) -> ldap3.Connection:
         if not options.use_ssl and options.start_tls and not conn.start_tls():
             raise SourceError(f"LDAP {options.url}: StartTLS refused: {_describe(conn)}")
         if not conn.bind():
-            raise SourceError(
+            refused = (conn.result or {}).get("result") == INVALID_CREDENTIALS
+            raise (BindRefused if refused else SourceError)(
                 f"LDAP {options.url}: bind as {dn} refused ({_describe(conn)}); "
                 "check bind_dn and bind_password_file"
             )
     except LDAPException as exc:
         _close(conn)
-        raise SourceError(f"LDAP {options.url}: cannot connect: {exc}") from None
+        raise SourceError(
+            f"LDAP {options.url}: cannot connect: {failure(exc, options.timeout, options)}"
+        ) from None
     except SourceError:
         _close(conn)
         raise
     return conn
+
+
+def failure(exc: LDAPException, timeout: float, options: LdapOptions | None = None) -> str:
+    """What went wrong; a wait that ran out says how long it was and which setting set it."""
+    text = str(exc)
+    if "timed out" not in text.lower() and "timeout" not in type(exc).__name__.lower():
+        return text
+    if options is not None and isinstance(exc, LDAPSocketOpenError):
+        return f"no answer within {options.connect_timeout:g} s (connect_timeout)"
+    return f"no answer within {timeout:g} s (timeout)"
 
 
 def _close(conn: ldap3.Connection) -> None:
@@ -142,6 +166,7 @@ def paged_search(
     attributes: list[str],
     page_size: int,
     stats: SearchStats,
+    timeout: float,
 ) -> Iterator[Entry]:
     """Every entry under ``base`` matching ``search_filter``, a page at a time (RFC 2696).
 
@@ -165,7 +190,9 @@ def paged_search(
                 paged_cookie=cookie,
             )
         except LDAPException as exc:
-            raise SourceError(f"LDAP {url}: search under {base} failed: {exc}") from None
+            raise SourceError(
+                f"LDAP {url}: search under {base} failed: {failure(exc, timeout)}"
+            ) from None
         if conn.result["result"] != 0:
             raise SourceError(
                 f"LDAP {url}: search under {base} with {search_filter} failed "
@@ -186,23 +213,56 @@ def paged_search(
 class Ldap3Reader:
     """The ldap3 backend of :class:`~daemon.sources.ldap.backend.Reader`."""
 
-    def __init__(self, conn: ldap3.Connection, url: str, page_size: int) -> None:
+    def __init__(self, conn: ldap3.Connection, url: str, page_size: int, timeout: float) -> None:
         self._conn = conn
         self._url = url
         self._page_size = page_size
+        self._timeout = timeout
 
     @classmethod
     def open(cls, options: LdapOptions, dn: str, password: str) -> Ldap3Reader:
         """A reader bound as ``dn`` (see :func:`connect`)."""
-        return cls(connect(options, dn, password), options.url, options.page_size)
+        return cls(connect(options, dn, password), options.url, options.page_size, options.timeout)
 
     def search(
         self, base: str, search_filter: str, attributes: list[str], stats: SearchStats
     ) -> Iterator[Entry]:
         """See :func:`paged_search`."""
         return paged_search(
-            self._conn, self._url, base, search_filter, attributes, self._page_size, stats
+            self._conn,
+            self._url,
+            base,
+            search_filter,
+            attributes,
+            self._page_size,
+            stats,
+            self._timeout,
         )
+
+    def read_entry(self, dn: str, attributes: list[str]) -> Entry | None:
+        """See :meth:`~daemon.sources.ldap.backend.Reader.read_entry`."""
+        where = dn or "the RootDSE"
+        conn = self._conn
+        try:
+            conn.search(
+                dn,
+                "(objectClass=*)",
+                search_scope=ldap3.BASE,
+                dereference_aliases=ldap3.DEREF_NEVER,
+                attributes=attributes,
+            )
+        except LDAPException as exc:
+            why = failure(exc, self._timeout)
+            raise SourceError(f"LDAP {self._url}: reading {where} failed: {why}") from None
+        code = conn.result["result"]
+        if code == NO_SUCH_OBJECT:
+            return None
+        if code != 0:
+            raise SourceError(f"LDAP {self._url}: reading {where} failed ({_describe(conn)})")
+        for item in conn.response or ():
+            if item.get("type") == "searchResEntry":
+                return Entry(dn=item["dn"], attrs=item["raw_attributes"])
+        return None
 
     def close(self) -> None:
         """Unbind; a connection that is already gone is fine."""

@@ -29,7 +29,7 @@ from ldap.controls import SimplePagedResultsControl  # type: ignore[import-untyp
 from ldap3.core.results import RESULT_CODES
 
 from daemon.sources.base import SourceError
-from daemon.sources.ldap.directory import Entry, SearchStats
+from daemon.sources.ldap.directory import BindRefused, Entry, SearchStats
 from daemon.sources.ldap.settings import LdapOptions
 
 _PAGED = SimplePagedResultsControl.controlType
@@ -63,7 +63,9 @@ class LibldapReader:
             conn = ldap.initialize(url)
             _configure(conn, options)
         except (ldap.LDAPError, ValueError) as exc:
-            raise SourceError(f"LDAP {url}: cannot connect: {_describe(exc)}") from None
+            raise SourceError(
+                f"LDAP {url}: cannot connect: {_describe(exc, options.timeout)}"
+            ) from None
         reader = cls(conn, options)
         try:
             if not options.use_ssl and options.start_tls:
@@ -77,8 +79,12 @@ class LibldapReader:
                     ) from None
             try:
                 conn.simple_bind_s(dn, password)
+            except ldap.INVALID_CREDENTIALS as exc:
+                raise BindRefused(
+                    f"LDAP {url}: bind as {dn} refused ({_describe(exc)}); "
+                    "check bind_dn and bind_password_file"
+                ) from None
             except (
-                ldap.INVALID_CREDENTIALS,
                 ldap.INAPPROPRIATE_AUTH,
                 ldap.UNWILLING_TO_PERFORM,
                 ldap.INVALID_DN_SYNTAX,
@@ -90,7 +96,9 @@ class LibldapReader:
                 ) from None
         except ldap.LDAPError as exc:
             reader.close()
-            raise SourceError(f"LDAP {url}: cannot connect: {_describe(exc)}") from None
+            raise SourceError(
+                f"LDAP {url}: cannot connect: {_describe(exc, options.timeout)}"
+            ) from None
         except SourceError:
             reader.close()
             raise
@@ -120,7 +128,7 @@ class LibldapReader:
             except ldap.LDAPError as exc:
                 raise SourceError(
                     f"LDAP {self._url}: search under {base} with {search_filter} failed "
-                    f"({_describe(exc)}); the read is incomplete and was discarded"
+                    f"({_describe(exc, self._timeout)}); the read is incomplete and was discarded"
                 ) from None
             except UnicodeDecodeError:
                 raise SourceError(
@@ -153,7 +161,7 @@ class LibldapReader:
         except ldap.LDAPError as exc:
             raise SourceError(
                 f"LDAP {self._url}: search under {base} with {search_filter} failed "
-                f"({_describe(exc)}); the read is incomplete and was discarded"
+                f"({_describe(exc, self._timeout)}); the read is incomplete and was discarded"
             ) from None
         return msgid
 
@@ -166,7 +174,7 @@ class LibldapReader:
             except ldap.LDAPError as exc:
                 raise SourceError(
                     f"LDAP {self._url}: reading {wanted} of {dn} under {base} failed "
-                    f"({_describe(exc)}); the read is incomplete and was discarded"
+                    f"({_describe(exc, self._timeout)}); the read is incomplete and was discarded"
                 ) from None
             for found_dn, attrs in found:
                 if found_dn is not None:
@@ -174,6 +182,24 @@ class LibldapReader:
             return {}
 
         return fetch
+
+    def read_entry(self, dn: str, attributes: list[str]) -> Entry | None:
+        """See :meth:`~daemon.sources.ldap.backend.Reader.read_entry`."""
+        try:
+            found = self._conn.search_ext_s(
+                dn, ldap.SCOPE_BASE, "(objectClass=*)", attributes, timeout=self._timeout
+            )
+        except ldap.NO_SUCH_OBJECT:
+            return None
+        except ldap.LDAPError as exc:
+            why = _describe(exc, self._timeout)
+            raise SourceError(
+                f"LDAP {self._url}: reading {dn or 'the RootDSE'} failed ({why})"
+            ) from None
+        for found_dn, attrs in found:
+            if found_dn is not None:
+                return Entry(found_dn, {name.lower(): vals for name, vals in attrs.items()})
+        return None
 
     def close(self) -> None:
         """Unbind; a connection that is already gone is fine."""
@@ -239,8 +265,13 @@ def _configure(conn: Any, options: LdapOptions) -> None:
     conn.set_option(ldap.OPT_X_TLS_NEWCTX, 0)  # last: applies the TLS options above
 
 
-def _describe(exc: BaseException) -> str:
-    """``sizeLimitExceeded: <server message>``, in ldap3's words for the same result."""
+def _describe(exc: BaseException, timeout: float | None = None) -> str:
+    """``sizeLimitExceeded: <server message>``, in ldap3's words for the same result.
+
+    A wait that ran out says how long it was and which setting set it.
+    """
+    if timeout is not None and isinstance(exc, ldap.TIMEOUT):
+        return f"no answer within {timeout:g} s (timeout)"
     info = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
     code = info.get("result")
     name = RESULT_CODES.get(code) if isinstance(code, int) else None

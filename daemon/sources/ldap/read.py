@@ -195,6 +195,20 @@ def _suspension(layout: Layout) -> Callable[[dict[str, list[bytes]]], bool]:
     return suspended
 
 
+def id_reader(layout: Layout) -> Callable[[Entry], str | None]:
+    """A function giving an entry's object id, or ``None`` when it has no usable one."""
+    id_attr = layout.fields["id"]
+    id_key, guid = id_attr.lower(), layout.id_encoding == "guid"
+
+    def read(entry: Entry) -> str | None:
+        try:
+            return _object_id(entry.attrs, id_attr, id_key, guid)
+        except _Bad:
+            return None
+
+    return read
+
+
 def user_record(entry: Entry, layout: Layout, where: str) -> UserRecord | SkippedRecord:
     """The entry as a user, or the reason it cannot be one (see :func:`user_reader`)."""
     return user_reader(layout, where)(entry)

@@ -56,6 +56,10 @@ class LdapOptions(BaseModel):
     ``backend`` picks the client library for reads (see
     :mod:`daemon.sources.ldap.backend`); naming one that is not installed is
     a configuration error.
+    After the server refuses the service account's password, binds back off
+    from ``bind_retry_after`` seconds (doubling) and stop after
+    ``bind_retry_limit`` refusals until the password file changes (see
+    :mod:`daemon.sources.ldap.bindguard`).
     Unset values come from ``preset``; ``attributes`` overrides single fields
     of the preset's attribute map (``null`` leaves a field empty).
     """
@@ -86,6 +90,8 @@ class LdapOptions(BaseModel):
     full_read_after: float | None = Field(default=None, gt=0)
     connect_timeout: float = Field(default=10.0, gt=0)
     timeout: float = Field(default=60.0, gt=0)
+    bind_retry_limit: int = Field(default=3, ge=1, le=100)
+    bind_retry_after: float = Field(default=60.0, gt=0)
     backend: Literal["auto", "ldap3", "python-ldap"] = "auto"
 
     @field_validator("url")

@@ -21,6 +21,7 @@ from daemon.sources import metrics
 from daemon.sources.base import SourceError
 from daemon.sources.ldap.auth import authenticate_sync
 from daemon.sources.ldap.backend import Reader, chosen_backend, open_reader
+from daemon.sources.ldap.bindguard import BindGuard
 from daemon.sources.ldap.directory import Entry, SearchStats
 from daemon.sources.ldap.presets import LDAP_MATCHING_RULE_IN_CHAIN
 from daemon.sources.ldap.read import (
@@ -29,9 +30,11 @@ from daemon.sources.ldap.read import (
     assemble,
     dn_key,
     group_reader,
+    id_reader,
     user_reader,
 )
 from daemon.sources.ldap.settings import Layout, LdapOptions
+from daemon.sources.ldap.usn import DomainController, read_dc, usn_window
 
 log = structlog.get_logger(__name__)
 
@@ -87,12 +90,33 @@ def high_water_mark(marks: list[str], *, counter: bool) -> str | None:
 
 @dataclass(slots=True)
 class DirectoryState:
-    """The records of the last reads, keyed by DN key, and the change high-water mark."""
+    """The records of the last reads, keyed by DN key, and the change high-water mark.
+
+    ``recheck`` holds the group changes and renames the last increment saw
+    (see :meth:`LdapSource._refresh_references`): the next increment reads
+    what they touched once more.
+    """
 
     users: dict[str, UserRecord] = field(default_factory=dict)
     groups: dict[str, GroupRecord] = field(default_factory=dict)
     skipped: dict[str, SkippedRecord] = field(default_factory=dict)
     mark: str | None = None
+    recheck: Renamed | None = None
+    #: The Active Directory DC the marks come from (``None``: not AD).
+    dc: DomainController | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Renamed:
+    """The new DNs of the users and groups an increment saw renamed."""
+
+    users: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+
+    def plus(self, other: Renamed | None) -> Renamed:
+        if other is None:
+            return self
+        return Renamed(self.users + other.users, self.groups + other.groups)
 
 
 class LdapSource:
@@ -101,8 +125,10 @@ class LdapSource:
     Every ``full_read_every``-th poll (or after ``full_read_after`` seconds)
     reads everything; the polls between read only entries whose change
     attribute (``modifyTimestamp``, ``uSNChanged``) moved, and merge them into
-    the records of the last read. Deletions show up at the next full read.
-    ``last_read`` and ``last_filters`` say what the last fetch did.
+    the records of the last read; a group change or a rename there reads
+    every group again (see :meth:`_read`), and a read of the ids alone finds
+    the entries deleted since (see :meth:`_drop_deleted`). ``last_read`` and
+    ``last_filters`` say what the last fetch did.
     """
 
     kind = "ldap"
@@ -116,6 +142,14 @@ class LdapSource:
         except SecretError as exc:
             raise SourceError(f"LDAP {options.url}: bind_password_file: {exc}") from None
         self._redact = context.secrets.redact
+        self._guard = BindGuard(
+            url=options.url,
+            bind_dn=options.bind_dn,
+            password_file=self._password.path,
+            limit=options.bind_retry_limit,
+            wait=options.bind_retry_after,
+            state_dir=context.state_dir,
+        )
         self._state: DirectoryState | None = None
         self._snapshot: Snapshot | None = None
         self._epoch = uuid.uuid4().hex[:8]
@@ -153,12 +187,24 @@ class LdapSource:
 
     def _fetch_now(self, full: bool) -> Snapshot | None:
         stats = SearchStats()
-        reader = open_reader(self.options, self.options.bind_dn, self._password.value())
+        reader = self._open()
         try:
-            if full or self._state is None:
-                state = self._read(reader, DirectoryState(), None, stats)
+            dc = read_dc(reader) if self.layout.change_is_counter else None
+            last = self._state
+            if not full and last is not None and dc is not None and not dc.same(last.dc):
+                # Another DC, or this one restored: its USNs say nothing about ours.
+                log.warning(
+                    "ldap_domain_controller_changed",
+                    url=self.options.url,
+                    before=last.dc.describe() if last.dc else "unknown",
+                    now=dc.describe(),
+                    note="uSNChanged is per DC and per copy of its database; reading everything",
+                )
+                full = True
+            if full or last is None:
+                state = self._read(reader, DirectoryState(), None, stats, dc)
             else:
-                state = self._read(reader, self._state, self._state.mark, stats)
+                state = self._read(reader, last, last.mark, stats, dc)
         finally:
             reader.close()
         self.last_read = "full" if full else "incremental"
@@ -185,17 +231,32 @@ class LdapSource:
         return snapshot
 
     def _read(
-        self, reader: Reader, base: DirectoryState, mark: str | None, stats: SearchStats
+        self,
+        reader: Reader,
+        base: DirectoryState,
+        mark: str | None,
+        stats: SearchStats,
+        dc: DomainController | None = None,
     ) -> DirectoryState:
         """Read users and groups (changed since ``mark``, or all) into a copy of ``base``.
 
-        Returns ``base`` itself when an incremental read found nothing.
+        Returns ``base`` itself when an incremental read found nothing new.
+        An increment that sees any group change, or a renamed user, reads
+        every group again (see :meth:`_refresh_references`): the server
+        rewrites DN values that name a renamed entry (OpenLDAP's ``refint``,
+        AD's linked attributes) without touching the entries holding them.
+        With ``dc`` (Active Directory), an increment reads the window up to
+        its ``highestCommittedUSN``, and the next one starts after it (see
+        :mod:`daemon.sources.ldap.usn`).
         """
         layout, url = self.layout, self.options.url
         change = layout.change_attribute
         user_filter = layout.user_filter
         group_filter = layout.group_filter
-        if mark is not None:
+        if mark is not None and dc is not None:
+            user_filter = usn_window(user_filter, change, mark, dc.highest)
+            group_filter = usn_window(group_filter, change, mark, dc.highest)
+        elif mark is not None:
             user_filter = since_filter(user_filter, change, mark)
             group_filter = since_filter(group_filter, change, mark)
         state = DirectoryState(
@@ -203,12 +264,16 @@ class LdapSource:
             groups=dict(base.groups),
             skipped=dict(base.skipped),
             mark=base.mark,
+            recheck=base.recheck,
+            dc=dc,
         )
         marks: list[str] = [state.mark] if state.mark else []
         renames = mark is not None
+        if mark is not None:
+            self._drop_deleted(reader, state, stats)
         # Entries are mapped as each page arrives: the reader has already asked
         # for the next page, so the server prepares it while this one is mapped.
-        stats.users, user_marks = _merge(
+        users = _merge(
             reader.search(layout.user_base, user_filter, layout.user_attributes(), stats),
             user_reader(layout, url),
             state.users,
@@ -216,10 +281,10 @@ class LdapSource:
             lambda r: r.user.id,
             renames,
         )
-        group_marks: list[str] = []
-        stats.groups = 0
+        stats.users = users.count
+        groups = Merged()
         if layout.group_base:
-            stats.groups, group_marks = _merge(
+            groups = _merge(
                 reader.search(layout.group_base, group_filter, layout.group_attributes(), stats),
                 group_reader(layout, url),
                 state.groups,
@@ -227,14 +292,121 @@ class LdapSource:
                 lambda r: r.id,
                 renames,
             )
-        nothing_new = mark is not None and not stats.users and not stats.groups
-        if nothing_new and layout.nested_groups != "in_chain":
-            return base
-        marks += user_marks + group_marks
+        stats.groups = groups.count
+        marks += users.marks + groups.marks
+        if mark is not None:
+            now = Renamed(tuple(users.renamed), tuple(groups.renamed))
+            touched = groups.changed or bool(now.users)
+            # refint rewrites the values naming a renamed entry in a task of
+            # its own, after the rename returned: the poll right after it may
+            # read them before they change, so the next poll reads them again.
+            pending = base.recheck
+            if touched or pending is not None:
+                marks += self._refresh_references(reader, state, now.plus(pending), stats)
+            state.recheck = now if touched else None
+            unchanged = (state.users, state.groups, state.skipped) == (
+                base.users,
+                base.groups,
+                base.skipped,
+            )
+            if unchanged and state.recheck is None and layout.nested_groups != "in_chain":
+                base.recheck = None
+                return base
         if layout.nested_groups == "in_chain":
             self._read_in_chain(reader, state, stats)
-        state.mark = high_water_mark(marks, counter=layout.change_is_counter)
+        if dc is not None:
+            state.mark = str(dc.highest + 1)
+        else:
+            state.mark = high_water_mark(marks, counter=layout.change_is_counter)
         return state
+
+    def _drop_deleted(self, reader: Reader, state: DirectoryState, stats: SearchStats) -> None:
+        """Forget the records whose entries are gone: deleted, or out of the base or filter.
+
+        A change attribute never shows a deletion, so every increment reads
+        the ids alone of all users and groups (a paged search asking for one
+        attribute) and drops the records whose id is not among them. A
+        renamed entry keeps its id, so it stays until the increment reads it
+        under its new DN.
+        """
+        layout = self.layout
+        read_id = id_reader(layout)
+        id_attr = [layout.fields["id"]]
+        searches: list[tuple[str, str, Literal["user", "group"]]] = [
+            (layout.user_base, layout.user_filter, "user")
+        ]
+        if layout.group_base:
+            searches.append((layout.group_base, layout.group_filter, "group"))
+        for base, search_filter, kind in searches:
+            ids: set[str] = set()
+            keys: set[str] = set()
+            for entry in reader.search(base, search_filter, id_attr, stats):
+                keys.add(dn_key(entry.dn))
+                found = read_id(entry)
+                if found is not None:
+                    ids.add(found)
+            if kind == "user":
+                for key, urec in list(state.users.items()):
+                    if urec.user.id not in ids:
+                        del state.users[key]
+            else:
+                for key, grec in list(state.groups.items()):
+                    if grec.id not in ids:
+                        del state.groups[key]
+            for key, skip in list(state.skipped.items()):
+                if skip.kind == kind and key not in keys and skip.object_id not in ids:
+                    del state.skipped[key]
+
+    def _refresh_references(
+        self, reader: Reader, state: DirectoryState, renamed: Renamed, stats: SearchStats
+    ) -> list[str]:
+        """After an increment with group changes or renames: what they touched unseen.
+
+        Every group is read again (groups are few), so nesting and member DNs
+        match the server's. The users whose ``manager`` names a renamed
+        user, and with ``member_of_attribute`` those whose ``memberOf`` names
+        a renamed group, are read again too. Returns their change marks.
+        """
+        layout, url = self.layout, self.options.url
+        marks: list[str] = []
+        if layout.group_base:
+            for key, rec in list(state.skipped.items()):
+                if rec.kind == "group":
+                    del state.skipped[key]
+            state.groups.clear()
+            again = _merge(
+                reader.search(
+                    layout.group_base, layout.group_filter, layout.group_attributes(), stats
+                ),
+                group_reader(layout, url),
+                state.groups,
+                state.skipped,
+                lambda r: r.id,
+                False,
+            )
+            marks += again.marks
+        pointing: list[tuple[str, str]] = []
+        manager = layout.fields.get("manager")
+        if manager:
+            pointing += [(manager, dn) for dn in renamed.users]
+        if layout.member_of_attribute:
+            pointing += [(layout.member_of_attribute, dn) for dn in renamed.groups]
+        for attribute, dn in pointing:
+            found = _merge(
+                reader.search(
+                    layout.user_base,
+                    f"(&{layout.user_filter}({attribute}={escape_filter_chars(dn)}))",
+                    layout.user_attributes(),
+                    stats,
+                ),
+                user_reader(layout, url),
+                state.users,
+                state.skipped,
+                lambda r: r.user.id,
+                False,
+            )
+            marks += found.marks
+        return marks
 
     def _read_in_chain(self, reader: Reader, state: DirectoryState, stats: SearchStats) -> None:
         """Replace every group's members with its transitive users, asked of the server.
@@ -287,8 +459,13 @@ class LdapSource:
             )
         return lines
 
+    def _open(self) -> Reader:
+        """A reader bound as the service account, unless binding must wait (see BindGuard)."""
+        with self._guard.binding():
+            return open_reader(self.options, self.options.bind_dn, self._password.value())
+
     def _check_sync(self) -> Snapshot:
-        reader = open_reader(self.options, self.options.bind_dn, self._password.value())
+        reader = self._open()
         try:
             state = self._read(reader, DirectoryState(), None, SearchStats())
         finally:
@@ -310,7 +487,13 @@ class LdapSource:
             self._password.value(),
             username,
             password,
+            # The service account binds to find the user: that bind is guarded too.
+            self._guard.binding,
         )
+
+    def status(self) -> dict[str, object]:
+        """For the status document: the service account's refused binds and the backoff."""
+        return self._guard.describe()
 
     async def aclose(self) -> None:
         """Nothing to close: every read uses its own connection."""
@@ -324,6 +507,20 @@ class LdapSource:
             raise SourceError(f"LDAP {self.options.url}: bind_password_file: {exc}") from None
 
 
+@dataclass(slots=True)
+class Merged:
+    """What :func:`_merge` put into its table."""
+
+    #: Entries the search returned.
+    count: int = 0
+    #: Their change marks.
+    marks: list[str] = field(default_factory=list)
+    #: Whether any record is new or differs from the one it replaced.
+    changed: bool = False
+    #: The new DNs of records that came back under another DN (renamed).
+    renamed: list[str] = field(default_factory=list)
+
+
 def _merge(
     entries: Iterable[Entry],
     read: Callable[[Entry], R | SkippedRecord],
@@ -331,29 +528,33 @@ def _merge(
     skipped: dict[str, SkippedRecord],
     id_of: Callable[[R], str],
     renames: bool,
-) -> tuple[int, list[str]]:
-    """Put freshly read entries into ``table`` by DN; how many came, and their change marks.
+) -> Merged:
+    """Put freshly read entries into ``table`` by DN; what came, and what differs.
 
     With ``renames`` (an incremental read), an entry renamed since the last
     read comes back under a new DN with the same id: its record under the old
     DN goes.
     """
     by_id = {id_of(r): k for k, r in table.items()} if renames else {}
-    marks: list[str] = []
-    count = 0
+    out = Merged()
     for entry in entries:
-        count += 1
+        out.count += 1
         key = dn_key(entry.dn)
-        table.pop(key, None)
-        skipped.pop(key, None)
+        before: R | SkippedRecord | None = table.pop(key, None)
+        was_skipped = skipped.pop(key, None)
+        before = was_skipped if before is None else before
         rec = read(entry)
         if isinstance(rec, SkippedRecord):
             skipped[key] = rec
+            out.changed = out.changed or rec != before
             continue
         old = by_id.get(id_of(rec))
         if old is not None and old != key:
             table.pop(old, None)
+            out.renamed.append(entry.dn)
+            out.changed = True
         table[key] = rec
+        out.changed = out.changed or rec != before
         if rec.change:
-            marks.append(rec.change)
-    return count, marks
+            out.marks.append(rec.change)
+    return out

@@ -47,6 +47,7 @@ from daemon.targets.scim.schema import (
     PhoneError,
     UserSchema,
     e164,
+    user_problem,
 )
 
 #: Directory fields a value may come from (``state`` is what ``active`` follows).
@@ -520,7 +521,7 @@ class MappedSchema(UserSchema):
                     try:
                         entry["value"] = e164(value, self.phone_region)
                     except PhoneError as exc:
-                        problems.append(str(exc))
+                        problems.append(user_problem(user, str(exc)))
                         skip.append(path.key)
                         continue
                 body[path.key] = [entry]

@@ -46,6 +46,16 @@ def e164(raw: str, region: str) -> str:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
+def user_problem(user: Any, text: str) -> str:
+    """``text`` about ``user``, naming them as the directory does (username and email).
+
+    The directory id alone (``user:<entryUUID>`` in status and logs) does
+    not lead anyone to the entry; the username (``uid``,
+    ``sAMAccountName``) does.
+    """
+    return f"user {user.username} ({user.email}): {text}"
+
+
 @dataclass(frozen=True, slots=True)
 class MappedUser:
     """A user's SCIM body and what could not be mapped (one line per problem)."""
