@@ -3,7 +3,11 @@
 Starts Debian's slapd on 127.0.0.1 and a free high port with a throw-away
 ``slapd.conf`` and an mdb database in a temporary directory, and stops it
 again. It loads the ppolicy overlay (for ``pwdAccountLockedTime``) and the
-AD-shaped test schema in ``ad.schema``. Works as root (slapd then simply
+AD-shaped test schema in ``ad.schema``; with ``syncprov=True`` also the
+syncprov overlay (RFC 4533 content synchronisation, with reload hints
+honoured), and with ``refint=True`` the refint overlay (group members and
+managers rewritten on rename and delete). :meth:`Slapd.restart` stops and
+starts it on the same port and database. Works as root (slapd then simply
 keeps root's uid; nothing is written outside the directory) and unprivileged.
 
 The service account ``cn=reader`` has a size limit of ``size_limit`` entries
@@ -42,7 +46,7 @@ include {ad_schema}
 modulepath {modules}
 moduleload back_mdb
 moduleload ppolicy
-pidfile {work}/slapd.pid
+{modules_extra}pidfile {work}/slapd.pid
 argsfile {work}/slapd.args
 
 database mdb
@@ -55,7 +59,21 @@ limits dn.exact="{reader}" size.soft={limit} size.hard={limit} size.prtotal={prt
 limits users size.soft={limit} size.hard={limit} size.prtotal={prtotal}
 access to attrs=userPassword by self write by anonymous auth by * none
 access to * by users read by * none
-overlay ppolicy
+{overlays}overlay ppolicy
+"""
+
+_SYNCPROV = """\
+index entryCSN,entryUUID eq
+overlay syncprov
+syncprov-checkpoint 10 1
+syncprov-sessionlog 1000
+syncprov-reloadhint TRUE
+"""
+
+_REFINT = """\
+overlay refint
+refint_attributes member uniqueMember manager
+refint_nothing "cn=nobody,{base}"
 """
 
 _TLS_CONF = """\
@@ -81,6 +99,8 @@ class Slapd:
     process: subprocess.Popen[bytes]
     #: The ``ldaps://`` port, when started with a certificate.
     tls_port: int | None = None
+    #: The listen URLs slapd was started with (for :meth:`restart`).
+    listen: str = ""
 
     @property
     def url(self) -> str:
@@ -110,6 +130,24 @@ class Slapd:
         server = ldap3.Server("127.0.0.1", port=self.port, get_info=ldap3.NONE)
         return ldap3.Connection(server, ADMIN_DN, ADMIN_PASSWORD, auto_bind=True)
 
+    def restart(self, *, down: float = 0.0) -> None:
+        """Stop slapd (cleanly: it writes its contextCSN), wait ``down`` seconds, start it again.
+
+        Same port, configuration and database; returns once it answers.
+        """
+        self.stop()
+        time.sleep(down)
+        for _ in range(50):  # the old socket may linger a moment
+            self.process = _spawn(self.workdir, self.listen)
+            if _wait_ready(self):
+                return
+            self.process.wait(timeout=10)
+            time.sleep(0.1)
+        raise RuntimeError(
+            "slapd did not start again: "
+            + (self.workdir / "slapd.log").read_text(errors="replace")[-2000:]
+        )
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -127,6 +165,8 @@ def start(
     paged_total: int | None = None,
     preload: Path | None = None,
     tls: tuple[Path, Path] | None = None,
+    syncprov: bool = False,
+    refint: bool = False,
 ) -> Slapd:
     """Start slapd in ``workdir`` (which must exist) and wait until it answers.
 
@@ -135,7 +175,8 @@ def start(
     first: far faster than adding over the wire, and it keeps the
     operational attributes (``modifyTimestamp``) the file sets. ``tls`` is
     a (certificate, key) pair of PEM files: StartTLS is then offered, and
-    ``ldaps://`` listens on a second port.
+    ``ldaps://`` listens on a second port. ``syncprov`` and ``refint`` load
+    and stack those overlays on the database.
     """
     (workdir / "db").mkdir()
     last_error = ""
@@ -157,6 +198,10 @@ def start(
                 reader=READER_DN,
                 limit=size_limit,
                 prtotal="unlimited" if paged_total is None else paged_total,
+                modules_extra=("moduleload syncprov\n" if syncprov else "")
+                + ("moduleload refint\n" if refint else ""),
+                overlays=(_SYNCPROV if syncprov else "")
+                + (_REFINT.format(base=BASE_DN) if refint else ""),
             )
         )
         if not loaded:
@@ -171,19 +216,22 @@ def start(
         listen = f"ldap://127.0.0.1:{port}/"
         if tls_port is not None:
             listen += f" ldaps://127.0.0.1:{tls_port}/"
-        log = (workdir / "slapd.log").open("wb")
-        process = subprocess.Popen(
-            [str(SLAPD), "-f", str(conf), "-h", listen, "-d", "0"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        slapd = Slapd(workdir, port, process, tls_port)
+        process = _spawn(workdir, listen)
+        slapd = Slapd(workdir, port, process, tls_port, listen)
         if _wait_ready(slapd):
             return slapd
         slapd.stop()
         last_error = (workdir / "slapd.log").read_text(errors="replace")
     raise RuntimeError(f"slapd did not start: {last_error}")
+
+
+def _spawn(workdir: Path, listen: str) -> subprocess.Popen[bytes]:
+    with (workdir / "slapd.log").open("ab") as log:
+        return subprocess.Popen(
+            [str(SLAPD), "-f", str(workdir / "slapd.conf"), "-h", listen, "-d", "0"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def _wait_ready(slapd: Slapd, timeout: float = 15.0) -> bool:
