@@ -392,3 +392,43 @@ def test_sync_options_are_checked() -> None:
     with pytest.raises(ValueError, match="sync_retry_max"):
         LdapOptions.model_validate({**base, "sync_retry_initial": 5, "sync_retry_max": 1})
     assert LdapOptions.model_validate(base).sync == "auto"
+
+
+async def test_without_refint_the_group_read_agrees_with_a_poll(tmp_path: Path) -> None:
+    """No refint: a renamed member's old DN stays in the group, so it is no member any more.
+
+    The rename is followed at once (as refint would), and the group read a
+    moment later puts what the server holds back: the same as a poll reads.
+    """
+    work = tmp_path / "norefint"
+    work.mkdir()
+    server = start(work, syncprov=True)
+    try:
+        server.modify(seed.base_ldif())
+        source = make(server, tmp_path)
+        async with watching(source) as w:
+            await w.until(lambda s: "alice" in names(s))
+            server.modify(
+                f"dn: uid=alice,{seed.PEOPLE}\nchangetype: modrdn\nnewrdn: uid=alice2\n"
+                "deleteoldrdn: 1\n\n"
+            )
+            synced = await w.until(
+                lambda s: "alice2" in names(s) and members(s, "engineering") == {"bob"}
+            )
+        polled = await make(server, tmp_path, sync="poll").fetch(None)
+        assert polled is not None
+        assert members(polled, "engineering") == members(synced, "engineering")
+    finally:
+        server.stop()
+
+
+async def test_unreadable_checkpoint_is_ignored_with_a_full_load(
+    sync_slapd: Slapd, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "ldap-syncrepl.checkpoint").write_bytes(b"\x93not msgpack of ours")
+    source = make(sync_slapd, tmp_path)
+    async with watching(source) as w:
+        snap = await w.until(lambda s: "alice" in names(s))
+        assert names(snap) == {"alice", "bob", "carol"}
+        assert source.sync is not None and source.sync.full_loads == 2
+    assert "ldap_sync_checkpoint_unreadable" in capsys.readouterr().out

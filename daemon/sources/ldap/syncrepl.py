@@ -639,7 +639,9 @@ class Syncrepl:
         #: Searches started without a cookie (full reloads), and reconnects.
         self.full_loads = 0
         self.reconnects = 0
-        self._stop = threading.Event()
+        self._attempts: dict[SyncKind, int] = {"user": 0, "group": 0}
+        self._refreshed_attempt: dict[SyncKind, int] = {}
+        self._refreshed: set[SyncKind] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake_scheduled = False
         self._announce: Announce | None = None
@@ -714,104 +716,108 @@ class Syncrepl:
         """Keep the searches open until cancelled (see the module doc)."""
         self._loop = asyncio.get_running_loop()
         self._announce = announce
-        options = self.options
         restored = await asyncio.to_thread(self.load)
         if restored:
             self.ready.set()  # a consistent, if older, state: the resume brings it up to date
         self.running = True
-        backoff = options.sync_retry_initial
-        reloaded: set[SyncKind] = set()
+        kinds: list[SyncKind] = ["user", "group"] if self.layout.group_base else ["user"]
+        if not self.layout.group_base:
+            self.state.tables["group"].refreshed = True
+            self._refreshed.add("group")
+        tasks = [asyncio.create_task(self._keep(kind)) for kind in kinds]
         try:
-            while True:
-                try:
-                    await self._session(reloaded)
-                except RefreshRequired as exc:
-                    if exc.kind in reloaded:
-                        raise SourceError(
-                            f"LDAP {options.url}: the server asked for a full reload again "
-                            f"right after one ({exc}); giving up on syncrepl"
-                        ) from None
-                    reloaded.add(exc.kind)
-                    log.warning(
-                        "ldap_sync_reload",
-                        url=options.url,
-                        search=exc.kind,
-                        reason=str(exc),
-                        note="the server refused the sync cookie; one full reload",
-                    )
-                    self.state.drop_cookie(exc.kind)
-                    continue
-                except NoSyncprov:
-                    if options.sync == "syncrepl":
-                        raise SourceError(
-                            f"LDAP {options.url}: the server has no syncprov (content "
-                            "synchronisation, RFC 4533) for sync: syncrepl; use sync: auto or poll"
-                        ) from None
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+        finally:
+            self.running = False
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            watch_metrics.connected(_SOURCE, False)
+            self.save()
+
+    async def _keep(self, kind: SyncKind) -> None:
+        """Keep one search open: reconnect with backoff, reload once on a refused cookie."""
+        options = self.options
+        backoff = options.sync_retry_initial
+        reloaded = False
+        while True:
+            attempt = self._attempts[kind] = self._attempts[kind] + 1
+            try:
+                await self._search(kind)
+            except RefreshRequired as exc:
+                if self._refreshed_attempt.get(kind) == attempt:
+                    reloaded = False  # it persisted since the last reload
+                if reloaded:
+                    raise SourceError(
+                        f"LDAP {options.url}: the server asked for a full reload of the {kind} "
+                        f"search again right after one ({exc}); giving up on syncrepl"
+                    ) from None
+                reloaded = True
+                log.warning(
+                    "ldap_sync_reload",
+                    url=options.url,
+                    search=kind,
+                    reason=str(exc),
+                    note="the server refused the sync cookie; one full reload",
+                )
+                self.state.drop_cookie(kind)
+            except NoSyncprov:
+                if options.sync == "syncrepl":
+                    raise SourceError(
+                        f"LDAP {options.url}: the server has no syncprov (content "
+                        "synchronisation, RFC 4533) for sync: syncrepl; use sync: auto or poll"
+                    ) from None
+                if self.running:
                     log.info(
                         "ldap_sync_unavailable",
                         url=options.url,
                         note="the server has no syncprov; polling only",
                     )
-                    self.running = False
-                    await asyncio.Event().wait()  # never announces; cancelled with the watch
-                except Dropped as exc:
-                    message = self._redact(str(exc))
-                    watch_metrics.connected(_SOURCE, False, message)
-                    wait = backoff
-                    log.warning("ldap_sync_dropped", error=message, retry_in=round(wait, 1))
-                    await asyncio.sleep(wait)
-                    backoff = min(backoff * 2, options.sync_retry_max)
-                    self.reconnects += 1
-                    watch_metrics.reconnected(_SOURCE)
-                    continue
-                backoff = options.sync_retry_initial
-        finally:
-            self.running = False
-            self._stop.set()
-            watch_metrics.connected(_SOURCE, False)
-            self.save()
+                self.running = False
+                await asyncio.Event().wait()  # never announces; cancelled with the watch
+            except Dropped as exc:
+                if self._refreshed_attempt.get(kind) == attempt:
+                    backoff = options.sync_retry_initial
+                    reloaded = False
+                self._refreshed.discard(kind)
+                message = self._redact(str(exc))
+                watch_metrics.connected(_SOURCE, False, message)
+                log.warning("ldap_sync_dropped", error=message, retry_in=round(backoff, 1))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, options.sync_retry_max)
+                self.reconnects += 1
+                watch_metrics.reconnected(_SOURCE)
 
-    async def _session(self, reloaded: set[SyncKind]) -> None:
-        """One pair of searches, until one fails (raises)."""
+    async def _search(self, kind: SyncKind) -> None:
+        """One persistent search in a worker thread, until it fails (raises)."""
         assert self._loop is not None
         loop = self._loop
-        self._stop = stop = threading.Event()
-        done: dict[SyncKind, asyncio.Future[None]] = {
-            "user": loop.create_future(),
-            "group": loop.create_future(),
-        }
-        refreshed: set[SyncKind] = set()
+        stop = threading.Event()
+        done: asyncio.Future[None] = loop.create_future()
+        attempt = self._attempts[kind]
+        self._refreshed.discard(kind)
 
-        def on_refreshed(kind: SyncKind) -> None:
-            refreshed.add(kind)
-            if refreshed == {"user", "group"}:
-                reloaded.clear()
+        def on_refreshed() -> None:
+            self._refreshed_attempt[kind] = attempt
+            self._refreshed.add(kind)
+            if self._refreshed >= {"user", "group"}:
                 self.ready.set()
                 watch_metrics.connected(_SOURCE, True)
                 log.info("ldap_sync_persisting", url=self.options.url)
                 self._wake()
 
-        threads = []
-        for kind in ("user", "group"):
-            if kind == "group" and not self.layout.group_base:
-                self.state.tables["group"].refreshed = True
-                refreshed.add("group")
-                done["group"].set_result(None)
-                continue
-            thread = threading.Thread(
-                target=self._consume,
-                args=(kind, stop, done[kind], on_refreshed),
-                name=f"ldap-syncrepl-{kind}",
-                daemon=True,
-            )
-            threads.append(thread)
-            thread.start()
+        thread = threading.Thread(
+            target=self._consume,
+            args=(kind, stop, done, on_refreshed),
+            name=f"ldap-syncrepl-{kind}",
+            daemon=True,
+        )
+        thread.start()
         try:
-            pending = [f for f in done.values() if not f.done()]
-            finished, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
-            for fut in finished:
-                fut.result()
-            raise Dropped(f"LDAP {self.options.url}: the server ended the persistent search")
+            await done
+            raise Dropped(f"LDAP {self.options.url}: the server ended the {kind} search")
         finally:
             stop.set()
 
@@ -820,7 +826,7 @@ class Syncrepl:
         kind: SyncKind,
         stop: threading.Event,
         done: asyncio.Future[None],
-        on_refreshed: Callable[[SyncKind], None],
+        on_refreshed: Callable[[], None],
     ) -> None:
         """A worker thread: one persistent search until ``stop`` or a failure."""
         assert self._loop is not None
@@ -841,7 +847,7 @@ class Syncrepl:
 
         conn = _Consumer(options.url, self.state, kind)
         conn.on_change = lambda: post(self._wake)
-        conn.on_refreshed = lambda: post(on_refreshed, kind)
+        conn.on_refreshed = lambda: post(on_refreshed)
         result: BaseException | None = None
         try:
             _bind(conn, options, self._password())
