@@ -432,3 +432,30 @@ async def test_unreadable_checkpoint_is_ignored_with_a_full_load(
         assert names(snap) == {"alice", "bob", "carol"}
         assert source.sync is not None and source.sync.full_loads == 2
     assert "ldap_sync_checkpoint_unreadable" in capsys.readouterr().out
+
+
+async def test_a_size_limit_that_stops_the_refresh_falls_back_to_polls(
+    sync_slapd: Slapd, tmp_path: Path
+) -> None:
+    """The reader may read 50 entries per search; paged polls pass it, a sync search cannot."""
+    sync_slapd.modify(seed.bulk_ldif(60))
+    auto = make(sync_slapd, tmp_path, sync="auto")
+    lines = await auto.check()
+    assert any("incremental polls, since" in line and "size=unlimited" in line for line in lines)
+    notices: list[ChangeNotice] = []
+    task = asyncio.create_task(auto.watch(notices.append))
+    await asyncio.sleep(1.0)
+    assert not task.done(), "auto: the watch waits without announcing"
+    snapshot = await auto.fetch(None)
+    assert snapshot is not None and len(snapshot.users) == 63
+    assert auto.last_read == "full", "fetch polled (paged)"
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert notices == []
+
+    strict = make(sync_slapd, tmp_path, sync="syncrepl")
+    with pytest.raises(SourceError, match=r"sizeLimitExceeded.*size=unlimited"):
+        await strict.check()
+    with pytest.raises(SourceError, match="cannot be paged"):
+        await asyncio.wait_for(strict.watch(notices.append), 10)

@@ -339,8 +339,13 @@ class LdapSource:
             )
         from daemon.sources.ldap.syncrepl import probe
 
-        if probe(self.options, self._password.value()):
+        found, advice = probe(self.options, self.layout, self._password.value())
+        if found == "syncrepl":
             return f"sync: {sync}: syncrepl (the server has syncprov; changes are pushed)"
+        if found == "limited":
+            if sync == "syncrepl":
+                raise SourceError(advice)
+            return f"sync: auto: incremental polls, since {advice}"
         if sync == "syncrepl":
             raise SourceError(
                 f"LDAP {self.options.url}: sync: syncrepl, but the server has no syncprov "

@@ -117,6 +117,23 @@ class NoSyncprov(Exception):
     """The server does not support content synchronisation (no syncprov)."""
 
 
+class Limited(Exception):
+    """A server limit (size, admin) stops the refresh: it cannot be paged, so retrying is futile."""
+
+
+#: Results that mean "this account may not read that much in one search".
+_LIMITS = (ldap.SIZELIMIT_EXCEEDED, ldap.ADMINLIMIT_EXCEEDED)
+
+
+def limit_advice(options: LdapOptions, detail: str) -> str:
+    return (
+        f"LDAP {options.url}: the server's limit stops the syncrepl refresh ({detail}); "
+        "a content synchronisation search cannot be paged, so raise the limit for "
+        f'{options.bind_dn} (OpenLDAP: limits dn.exact="{options.bind_dn}" size=unlimited) '
+        "or set sync: poll"
+    )
+
+
 class Dropped(Exception):
     """The connection or the search ended; reconnect and resume."""
 
@@ -584,10 +601,14 @@ def _bind(conn: Any, options: LdapOptions, password: str) -> None:
         raise Dropped(f"LDAP {url}: cannot connect: {_describe(exc)}") from None
 
 
-def probe(options: LdapOptions, password: str) -> bool:
-    """Whether the server answers a Sync Request on ``user_base`` (has syncprov).
+ProbeResult = Literal["syncrepl", "no syncprov", "limited"]
 
-    Raises :class:`SourceError` when the server cannot be reached or the bind fails.
+
+def probe(options: LdapOptions, layout: Layout, password: str) -> tuple[ProbeResult, str]:
+    """Whether a refresh of the users would work: the server has syncprov, and no limit stops it.
+
+    One refreshOnly search for the users' DNs alone (``1.1``). Raises
+    :class:`SourceError` when the server cannot be reached or the bind fails.
     """
     conn = SimpleLDAPObject(options.url)
     try:
@@ -597,20 +618,22 @@ def probe(options: LdapOptions, password: str) -> bool:
             raise SourceError(str(exc)) from None
         try:
             conn.search_ext_s(
-                options.user_base,
-                ldap.SCOPE_BASE,
-                "(objectClass=*)",
+                layout.user_base,
+                ldap.SCOPE_SUBTREE,
+                layout.user_filter,
                 ["1.1"],
                 serverctrls=[SyncRequestControl(mode="refreshOnly")],
                 timeout=options.timeout,
             )
         except ldap.UNAVAILABLE_CRITICAL_EXTENSION:
-            return False
+            return "no syncprov", ""
+        except _LIMITS as exc:
+            return "limited", limit_advice(options, _describe(exc))
         except ldap.LDAPError as exc:
             raise SourceError(
                 f"LDAP {options.url}: content synchronisation probe failed: {_describe(exc)}"
             ) from None
-        return True
+        return "syncrepl", ""
     finally:
         with contextlib.suppress(ldap.LDAPError):
             conn.unbind_ext_s()
@@ -777,6 +800,13 @@ class Syncrepl:
                     )
                 self.running = False
                 await asyncio.Event().wait()  # never announces; cancelled with the watch
+            except Limited as exc:
+                if options.sync == "syncrepl":
+                    raise SourceError(str(exc)) from None
+                if self.running:
+                    log.warning("ldap_sync_unavailable", error=str(exc), note="polling only")
+                self.running = False
+                await asyncio.Event().wait()  # never announces; cancelled with the watch
             except Dropped as exc:
                 if self._refreshed_attempt.get(kind) == attempt:
                     backoff = options.sync_retry_initial
@@ -881,6 +911,8 @@ class Syncrepl:
                     post(self._wake)
         except ldap.UNAVAILABLE_CRITICAL_EXTENSION:
             result = NoSyncprov()
+        except _LIMITS as exc:
+            result = Limited(limit_advice(options, f"{kind} search: {_describe(exc)}"))
         except ldap.LDAPError as exc:
             if _result_code(exc) in REFRESH_REQUIRED:
                 result = RefreshRequired(kind, _describe(exc))
