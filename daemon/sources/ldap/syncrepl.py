@@ -27,7 +27,8 @@ How it runs:
   plain read of all groups (groups are few), which replaces the group state.
 - The cookies and the state they belong to are kept in a checkpoint file in
   the state directory (:data:`CHECKPOINT_NAME`, msgpack, mode 0600): written
-  every ``sync_checkpoint_every`` changes and when the watch stops. A start
+  every ``sync_checkpoint_every`` changes (at the latest :data:`CHECKPOINT_AFTER`
+  seconds after a change) and when the watch stops. A start
   with a checkpoint resumes from its cookies: syncprov sends only what changed
   since (and the UUIDs of the entries still present, so deletions are found),
   with no full read. The state's keys are ``entryUUID``\\s, so a checkpoint
@@ -41,6 +42,9 @@ How it runs:
 - An entry that is not a valid user or group is a skipped record named by its
   DN in the log, as on a poll; one that cannot be processed at all is logged
   with its DN and left out, and the rest goes on.
+- A server limit that stops the refresh (``sizeLimitExceeded``: a sync
+  search cannot be paged) is not retried: ``sync: auto`` polls, as without
+  syncprov, and says why; ``sync: syncrepl`` fails naming the limit to raise.
 - Without syncprov (the server refuses the critical Sync Request control),
   ``sync: auto`` logs it once and the watch waits without announcing: the
   incremental polls go on as before. ``sync: syncrepl`` raises
@@ -93,6 +97,8 @@ log = structlog.get_logger(__name__)
 SYNC_REQUEST_OID = "1.3.6.1.4.1.4203.1.9.1.1"
 #: The checkpoint file in the state directory.
 CHECKPOINT_NAME = "ldap-syncrepl.checkpoint"
+#: A checkpoint with fewer than ``sync_checkpoint_every`` changes is written after this long.
+CHECKPOINT_AFTER = 300.0
 #: Seconds after a rename or delete (or a resumed refresh) before groups are read again.
 REREAD_DELAY = 1.0
 #: How long a worker thread waits for a message before it looks at its stop flag.
@@ -662,6 +668,7 @@ class Syncrepl:
         #: Searches started without a cookie (full reloads), and reconnects.
         self.full_loads = 0
         self.reconnects = 0
+        self._saved_at = time.monotonic()
         self._attempts: dict[SyncKind, int] = {"user": 0, "group": 0}
         self._refreshed_attempt: dict[SyncKind, int] = {}
         self._refreshed: set[SyncKind] = set()
@@ -697,6 +704,7 @@ class Syncrepl:
         return True
 
     def save(self) -> None:
+        self._saved_at = time.monotonic()
         saved = self.state.checkpoint(self.fingerprint)
         if saved is None:
             return
@@ -726,8 +734,12 @@ class Syncrepl:
         """
         if not self.ready.is_set():
             await asyncio.wait_for(self.ready.wait(), self.options.timeout)
-        snapshot = self.state.build()
-        if self.state.changes >= self.options.sync_checkpoint_every:
+        # In a thread: assembling the state again after a rename takes a few
+        # hundred milliseconds at 20,000 users (docs/benchmarks.md).
+        snapshot = await asyncio.to_thread(self.state.build)
+        changes = self.state.changes
+        stale = time.monotonic() - self._saved_at >= CHECKPOINT_AFTER
+        if changes >= self.options.sync_checkpoint_every or (changes and stale):
             await asyncio.to_thread(self.save)
         if known_version is not None and snapshot.version == known_version:
             return None
