@@ -391,6 +391,8 @@ def test_sync_options_are_checked() -> None:
         LdapOptions.model_validate({**base, "sync": "push"})
     with pytest.raises(ValueError, match="sync_retry_max"):
         LdapOptions.model_validate({**base, "sync_retry_initial": 5, "sync_retry_max": 1})
+    with pytest.raises(ValueError, match="in_chain"):
+        LdapOptions.model_validate({**base, "sync": "syncrepl", "nested_groups": "in_chain"})
     assert LdapOptions.model_validate(base).sync == "auto"
 
 

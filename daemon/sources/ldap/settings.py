@@ -167,6 +167,11 @@ class LdapOptions(BaseModel):
                 "sync: syncrepl needs python-ldap (pip install 'provisiond[ldap-fast]'), "
                 "or use sync: auto or poll"
             )
+        if self.sync == "syncrepl" and self.nested_groups == "in_chain":
+            raise ValueError(
+                "sync: syncrepl cannot follow nested_groups: in_chain (Active Directory asks "
+                "the server per group); use nested_groups: flatten, or sync: auto or poll"
+            )
         if self.sync_retry_max < self.sync_retry_initial:
             raise ValueError("sync_retry_max must be at least sync_retry_initial")
         return self

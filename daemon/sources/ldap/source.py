@@ -290,10 +290,14 @@ class LdapSource:
     async def watch(self, announce: Announce) -> None:
         """Push changes with syncrepl (RFC 4533); see :mod:`daemon.sources.ldap.syncrepl`.
 
-        With ``sync: poll``, or without python-ldap, it never announces and
-        runs until cancelled: the polls go on.
+        With ``sync: poll``, ``nested_groups: in_chain``, or without
+        python-ldap, it never announces and runs until cancelled: the polls go on.
         """
-        if self.options.sync == "poll" or not fast_backend_installed():
+        if (
+            self.options.sync == "poll"
+            or self.layout.nested_groups == "in_chain"
+            or not fast_backend_installed()
+        ):
             await anyio.sleep_forever()
         from daemon.sources.ldap.syncrepl import Syncrepl
 
@@ -333,6 +337,8 @@ class LdapSource:
         sync = self.options.sync
         if sync == "poll":
             return "sync: poll (incremental polls; syncrepl not asked for)"
+        if self.layout.nested_groups == "in_chain":
+            return "sync: auto: nested_groups is in_chain, so incremental polls"
         if not fast_backend_installed():
             return (
                 "sync: auto: python-ldap is not installed, so incremental polls (ldap-fast extra)"
