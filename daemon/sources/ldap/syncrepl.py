@@ -75,7 +75,7 @@ import structlog
 from ldap.ldapobject import SimpleLDAPObject  # type: ignore[import-untyped,import-not-found,unused-ignore]
 from ldap.syncrepl import SyncreplConsumer, SyncRequestControl  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
-from daemon.model import ObjectKind, SkippedRecord, Snapshot
+from daemon.model import ObjectKind, SkippedRecord, Snapshot, make_group
 from daemon.sources.base import Announce, ChangeNotice, SourceError
 from daemon.sources.ldap import watch_metrics
 from daemon.sources.ldap.backend import open_reader
@@ -84,6 +84,7 @@ from daemon.sources.ldap.libldap import _configure, _describe
 from daemon.sources.ldap.read import (
     GroupRecord,
     UserRecord,
+    _members,
     assemble,
     dn_key,
     group_reader,
@@ -208,10 +209,9 @@ class SyncState:
             "user": user_reader(layout, options.url),
             "group": group_reader(layout, options.url),
         }
-        #: entryUUIDs changed since the last snapshot, by kind.
-        self.dirty: dict[SyncKind, set[str]] = {"user": set(), "group": set()}
-        #: A change since the last snapshot that needs the state assembled again.
-        self.structural = False
+        #: Entries changed since the last snapshot, by kind: entryUUID -> the
+        #: record (valid or skipped) it had then, ``None`` for a new one.
+        self.dirty: dict[SyncKind, dict[str, Any]] = {"user": {}, "group": {}}
         #: Object ids changed since the last announcement (``None``: everything).
         self.pending: dict[SyncKind, set[str]] | None = {"user": set(), "group": set()}
         self.changes = 0
@@ -225,6 +225,13 @@ class SyncState:
         self.rereads = 0
 
     # -- messages from the consumers ------------------------------------------------
+
+    def _remember(self, kind: SyncKind, uuid: str) -> None:
+        """Keep the record ``uuid`` had at the last snapshot, before it first changes."""
+        before = self.dirty[kind]
+        if uuid not in before:
+            table = self.tables[kind]
+            before[uuid] = table.records.get(uuid) or table.skipped.get(uuid)
 
     def _touch(self, kind: SyncKind, *ids: str | None) -> None:
         self.changes += 1
@@ -241,7 +248,6 @@ class SyncState:
             table.seen.add(uuid)
             old_dn = table.dn_of(uuid)
             old_id = table.object_id(uuid)
-            old = table.records.get(uuid)
             try:
                 rec = self._readers[kind](Entry(dn, {k.lower(): v for k, v in attrs.items()}))
             except Exception as exc:
@@ -253,6 +259,7 @@ class SyncState:
                     note="left out; the rest goes on",
                 )
                 return
+            self._remember(kind, uuid)
             table.records.pop(uuid, None)
             table.skipped.pop(uuid, None)
             if isinstance(rec, SkippedRecord):
@@ -262,24 +269,9 @@ class SyncState:
             else:
                 table.records[uuid] = rec
                 new_id = rec.user.id if isinstance(rec, UserRecord) else rec.id
-            self.dirty[kind].add(uuid)
-            moved = old_dn is not None and dn_key(old_dn) != dn_key(dn)
-            if moved:
-                assert old_dn is not None
+            if old_dn is not None and dn_key(old_dn) != dn_key(dn):
                 self._follow_rename(dn_key(old_dn), dn)
                 self._schedule_reread()
-            simple = (
-                kind == "user"
-                and isinstance(old, UserRecord)
-                and isinstance(rec, UserRecord)
-                and not moved
-                and old.user.id == rec.user.id
-                and old.member_of == rec.member_of
-                and old.manager_dn == rec.manager_dn
-                and rec.user.id not in self._duplicates
-            )
-            if not simple:
-                self.structural = True
             self._touch(kind, old_id, new_id)
 
     def _follow_rename(self, old_key: str, new_dn: str) -> None:
@@ -294,21 +286,19 @@ class SyncState:
         groups = self.tables["group"]
         for uuid, grec in list(groups.records.items()):
             if old_key in grec.members:
+                self._remember("group", uuid)
                 members = tuple(sorted({new_key if m == old_key else m for m in grec.members}))
                 groups.records[uuid] = GroupRecord(
                     grec.dn, grec.id, grec.name, members, grec.change
                 )
-                self.dirty["group"].add(uuid)
-                self.structural = True
                 self._touch("group", grec.id)
         users = self.tables["user"]
         for uuid, urec in list(users.records.items()):
             if urec.manager_dn and dn_key(urec.manager_dn) == old_key:
+                self._remember("user", uuid)
                 users.records[uuid] = UserRecord(
                     urec.dn, urec.user, new_dn, urec.member_of, urec.change
                 )
-                self.dirty["user"].add(uuid)
-                self.structural = True
                 self._touch("user", urec.user.id)
 
     def apply_delete(self, kind: SyncKind, uuids: list[str]) -> None:
@@ -321,10 +311,9 @@ class SyncState:
         old_id = table.object_id(uuid)
         if uuid not in table.records and uuid not in table.skipped:
             return
+        self._remember(kind, uuid)
         table.records.pop(uuid, None)
         table.skipped.pop(uuid, None)
-        self.dirty[kind].add(uuid)
-        self.structural = True
         self._schedule_reread()
         self._touch(kind, old_id)
 
@@ -410,11 +399,11 @@ class SyncState:
             after: dict[str, Any] = {**fresh, **skipped}
             changed = [u for u in set(before) | set(after) if before.get(u) != after.get(u)]
             ids = [table.object_id(u) for u in changed]
+            for uuid in changed:
+                self._remember("group", uuid)
             table.records, table.skipped = fresh, skipped
             ids += [table.object_id(u) for u in changed]
             if changed:
-                self.dirty["group"].update(changed)
-                self.structural = True
                 self._touch("group", *ids)
 
     # -- what the loop asks ---------------------------------------------------------
@@ -440,13 +429,14 @@ class SyncState:
             previous = self.snapshot
             if previous is not None and not self.dirty["user"] and not self.dirty["group"]:
                 return previous
-            if previous is None or self.structural:
+            patched = None if previous is None else self._patch(previous)
+            changed: frozenset[tuple[ObjectKind, str]] | None
+            if patched is not None:
+                snapshot, changed = patched
+            else:
                 snapshot = self._assemble()
                 changed = None if previous is None else _differences(previous, snapshot)
-            else:
-                snapshot, changed = self._patch(previous)
-            self.dirty = {"user": set(), "group": set()}
-            self.structural = False
+            self.dirty = {"user": {}, "group": {}}
             self._generation += 1
             snapshot.version = f"sync:{self._epoch}:{self._generation}"
             if previous is not None:
@@ -475,22 +465,86 @@ class SyncState:
         }
         return snapshot
 
-    def _patch(self, previous: Snapshot) -> tuple[Snapshot, frozenset[tuple[ObjectKind, str]]]:
-        """Attribute changes of users only: replace those users in the last snapshot."""
+    def _patch(
+        self, previous: Snapshot
+    ) -> tuple[Snapshot, frozenset[tuple[ObjectKind, str]]] | None:
+        """The last snapshot with the changes applied, or ``None`` to assemble everything.
+
+        Work proportional to the changed users: they leave and (re)enter the
+        users; the users whose manager's DN came or went are resolved again;
+        when a DN came or went, or a group changed, every group's members are
+        resolved again (groups are few). Skipped records, duplicate ids and
+        ``member_of_attribute`` take the full assembly.
+        """
+        if self.layout.member_of_attribute or self._duplicates:
+            return None
+        utab, gtab = self.tables["user"], self.tables["group"]
+        for before, table in ((self.dirty["user"], utab), (self.dirty["group"], gtab)):
+            for uuid, old in before.items():
+                if isinstance(old, SkippedRecord) or uuid in table.skipped:
+                    return None
         users = dict(previous.users)
+        ids_by_dn = dict(self._ids_by_dn)
         changed: set[tuple[ObjectKind, str]] = set()
-        table = self.tables["user"]
+        gone_keys: set[str] = set()
+        for old in self.dirty["user"].values():
+            if old is not None:
+                users.pop(old.user.id, None)
+                changed.add(("user", old.user.id))
+                key = dn_key(old.dn)
+                ids_by_dn.pop(key, None)
+                gone_keys.add(key)
+        fresh: list[UserRecord] = []
         for uuid in self.dirty["user"]:
-            rec = table.records[uuid]
+            rec = utab.records.get(uuid)
+            if rec is None:
+                continue
+            key = dn_key(rec.dn)
+            if rec.user.id in users or key in ids_by_dn:
+                return None  # a duplicate: the full assembly reports it
+            ids_by_dn[key] = rec.user.id
+            users[rec.user.id] = rec.user
+            fresh.append(rec)
+        # DNs that came, went, or now name another id.
+        moved = {
+            k
+            for k in gone_keys | {dn_key(r.dn) for r in fresh}
+            if self._ids_by_dn.get(k) != ids_by_dn.get(k)
+        }
+
+        def resolved(rec: UserRecord) -> None:
             user = rec.user
             if rec.manager_dn:
-                manager = self._ids_by_dn.get(dn_key(rec.manager_dn))
+                manager = ids_by_dn.get(dn_key(rec.manager_dn))
                 if manager is not None:
                     user = msgspec.structs.replace(user, manager=manager)
-            if users.get(user.id) != user:
-                users[user.id] = user
+            if previous.users.get(user.id) != user:
                 changed.add(("user", user.id))
-        snapshot = Snapshot(users=users, groups=previous.groups, skipped=list(previous.skipped))
+            users[user.id] = user
+
+        for rec in fresh:
+            resolved(rec)
+        if moved:
+            for uuid, rec in utab.records.items():
+                manager_dn = rec.manager_dn
+                if manager_dn and uuid not in self.dirty["user"] and dn_key(manager_dn) in moved:
+                    resolved(rec)
+        groups = previous.groups
+        if moved or self.dirty["group"]:
+            by_key = {dn_key(r.dn): r for r in gtab.records.values()}
+            flatten = self.layout.nested_groups == "flatten"
+            groups = {}
+            for key, grec in by_key.items():
+                if grec.id in groups:
+                    return None
+                groups[grec.id] = make_group(
+                    grec.id, grec.name, _members(key, by_key, ids_by_dn, flatten)
+                )
+            for gid in groups.keys() | previous.groups.keys():
+                if groups.get(gid) != previous.groups.get(gid):
+                    changed.add(("group", gid))
+        self._ids_by_dn = ids_by_dn
+        snapshot = Snapshot(users=users, groups=groups, skipped=list(previous.skipped))
         return snapshot, frozenset(changed)
 
     # -- the checkpoint ---------------------------------------------------------------
@@ -528,8 +582,7 @@ class SyncState:
             )
             self.snapshot = self._assemble()
             self.snapshot.version = saved.version or f"sync:{self._epoch}:restored"
-            self.dirty = {"user": set(), "group": set()}
-            self.structural = False
+            self.dirty = {"user": {}, "group": {}}
 
 
 def _differences(a: Snapshot, b: Snapshot) -> frozenset[tuple[ObjectKind, str]]:
