@@ -12,7 +12,8 @@ loads ``--users`` users and ``--groups`` groups offline (the generator of
   (an upper bound of "from when ldapmodify returns") to the notice, and to a
   ``fetch`` that returns a snapshot holding the change; and the ``fetch``
   alone (the patch of one changed user into the last snapshot);
-- the same ``fetch`` after a rename (the state assembled again);
+- the same ``fetch`` after a rename (the renamed user, its reports' managers
+  and every group's members resolved again);
 - idle CPU of this process with both persistent searches open, over ``--idle``
   seconds, in % of one core;
 - a restart of the source: the time until it persists again, resumed from
@@ -164,7 +165,7 @@ async def _run(args: argparse.Namespace, workdir: Path) -> None:
             renames.append(time.perf_counter() - f0)
         rows.append(
             (
-                "fetch after a rename (assembled again), median",
+                "fetch after a rename (patched, groups resolved again), median",
                 f"{statistics.median(renames) * ms:.1f} ms",
             )
         )

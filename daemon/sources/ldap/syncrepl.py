@@ -15,9 +15,10 @@ How it runs:
   with ``loop.call_soon_threadsafe``; the loop announces the ids that changed,
   coalesced (one notice per wake-up, never one per message in a burst).
 - ``fetch`` then builds the snapshot from that state without reading the
-  directory: an attribute change of users is patched into the last snapshot
-  (work proportional to the change); anything that moves DNs or groups
-  (add, rename, delete, a group change) assembles the state again. Either way
+  directory, by patching the last snapshot (:meth:`SyncState._patch`: work
+  proportional to the changed users, plus one pass over the groups when a DN
+  came or went or a group changed); skipped records, duplicate ids and
+  ``member_of_attribute`` assemble the whole state instead. Either way
   ``Snapshot.base`` is the last snapshot's version and ``Snapshot.changed``
   the keys that differ.
 - The refint overlay rewrites ``member`` values when a member is renamed or
@@ -484,16 +485,17 @@ class SyncState:
                 if isinstance(old, SkippedRecord) or uuid in table.skipped:
                     return None
         users = dict(previous.users)
-        ids_by_dn = dict(self._ids_by_dn)
+        # Edited in place (a bail-out below assembles everything, which
+        # rebuilds it); ``was`` keeps the values the edits replaced.
+        ids_by_dn = self._ids_by_dn
+        was: dict[str, str | None] = {}
         changed: set[tuple[ObjectKind, str]] = set()
-        gone_keys: set[str] = set()
         for old in self.dirty["user"].values():
             if old is not None:
                 users.pop(old.user.id, None)
                 changed.add(("user", old.user.id))
                 key = dn_key(old.dn)
-                ids_by_dn.pop(key, None)
-                gone_keys.add(key)
+                was.setdefault(key, ids_by_dn.pop(key, None))
         fresh: list[UserRecord] = []
         for uuid in self.dirty["user"]:
             rec = utab.records.get(uuid)
@@ -502,15 +504,12 @@ class SyncState:
             key = dn_key(rec.dn)
             if rec.user.id in users or key in ids_by_dn:
                 return None  # a duplicate: the full assembly reports it
+            was.setdefault(key, None)
             ids_by_dn[key] = rec.user.id
             users[rec.user.id] = rec.user
             fresh.append(rec)
         # DNs that came, went, or now name another id.
-        moved = {
-            k
-            for k in gone_keys | {dn_key(r.dn) for r in fresh}
-            if self._ids_by_dn.get(k) != ids_by_dn.get(k)
-        }
+        moved = {k for k, before in was.items() if before != ids_by_dn.get(k)}
 
         def resolved(rec: UserRecord) -> None:
             user = rec.user
@@ -543,7 +542,6 @@ class SyncState:
             for gid in groups.keys() | previous.groups.keys():
                 if groups.get(gid) != previous.groups.get(gid):
                     changed.add(("group", gid))
-        self._ids_by_dn = ids_by_dn
         snapshot = Snapshot(users=users, groups=groups, skipped=list(previous.skipped))
         return snapshot, frozenset(changed)
 
