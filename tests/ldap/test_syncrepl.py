@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from daemon.metrics import REGISTRY
 from daemon.model import Snapshot
 from daemon.runtime import PluginContext
 from daemon.secrets import SecretStore
@@ -28,6 +29,8 @@ from daemon.sources.ldap import LdapOptions, LdapSource
 from daemon.sources.ldap.backend import fast_backend_installed
 from tests.ldap import seed
 from tests.ldap.slapd import READER_DN, READER_PASSWORD, SLAPD, Slapd, start
+
+LDAP = {"source": "ldap"}
 
 pytestmark = pytest.mark.skipif(
     not fast_backend_installed() or not SLAPD.exists(),
@@ -170,6 +173,9 @@ async def test_initial_refresh_then_add_modify_rename_delete(
         assert members(first, "staff") == {"alice", "bob", "carol"}
         assert any(n.everything for n in w.notices), "the first load announces everything"
         assert source.sync is not None and source.sync.full_loads == 2
+        assert REGISTRY.get_sample_value("provisiond_source_watch_connected", LDAP) == 1
+        age = REGISTRY.get_sample_value("provisiond_source_sync_cookie_age_seconds", LDAP)
+        assert age is not None and 0 <= age < 60
 
         # add
         sync_slapd.modify(seed.person("erin"))
@@ -214,6 +220,7 @@ async def test_initial_refresh_then_add_modify_rename_delete(
         await announced(w, bob)
         assert source.sync.full_loads == 2, "no reload after the first"
     assert source.last_read is None, "fetch never polled"
+    assert REGISTRY.get_sample_value("provisiond_source_watch_connected", LDAP) == 0
 
 
 async def test_group_membership_changes(sync_slapd: Slapd, tmp_path: Path) -> None:
@@ -294,6 +301,7 @@ async def test_slapd_restart_mid_changes_loses_nothing(sync_slapd: Slapd, tmp_pa
         assert set(made) <= names(snap)
         assert source.sync is not None
         assert source.sync.reconnects >= 1, "the watch reconnected"
+        assert REGISTRY.get_sample_value("provisiond_source_watch_reconnects_total", LDAP)
         assert source.sync.full_loads == 2, "it resumed from the cookie, no reload"
 
 

@@ -161,3 +161,23 @@ def test_patched_snapshots_equal_a_full_assembly(seed: int) -> None:
         assert snapshot.changed is not None
         assert _differences(previous, snapshot) <= snapshot.changed
         previous = snapshot
+
+
+def test_an_entry_that_cannot_be_processed_is_named_and_the_rest_goes_on(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    options = _options()
+    state = SyncState(options, options.layout())
+    broken = f"uid=broken,{PEOPLE}"
+    # Not bytes: decoding it raises inside the mapping, which must not stop the watch.
+    state.apply_entry("user", broken, {"entryUUID": [None], "uid": [7]}, "uuid-broken")  # type: ignore[list-item]
+    state.apply_entry(
+        "user",
+        f"uid=fine,{PEOPLE}",
+        {"entryUUID": [b"uuid-fine"], "uid": [b"fine"], "mail": [b"fine@example.org"]},
+        "uuid-fine",
+    )
+    snapshot = state.build()
+    assert [u.username for u in snapshot.users.values()] == ["fine"]
+    out = capsys.readouterr().out
+    assert "ldap_sync_entry_unreadable" in out and broken in out
