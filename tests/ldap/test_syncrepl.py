@@ -29,6 +29,7 @@ from daemon.sources.ldap import LdapOptions, LdapSource
 from daemon.sources.ldap.backend import fast_backend_installed
 from tests.ldap import seed
 from tests.ldap.slapd import READER_DN, READER_PASSWORD, SLAPD, Slapd, start
+from tests.support.certs import write_ca_and_server
 
 LDAP = {"source": "ldap"}
 
@@ -469,3 +470,35 @@ async def test_a_size_limit_that_stops_the_refresh_falls_back_to_polls(
         await strict.check()
     with pytest.raises(SourceError, match="cannot be paged"):
         await asyncio.wait_for(strict.watch(notices.append), 10)
+
+
+async def test_over_starttls_and_ldaps_with_the_certificate_checked(tmp_path: Path) -> None:
+    """The persistent searches are secured like the reads; an unknown CA is refused."""
+    _, cert, key = write_ca_and_server(tmp_path / "pki", ca_name="Test CA", ips=["127.0.0.1"])
+    write_ca_and_server(tmp_path / "other", ca_name="Other CA", ips=["127.0.0.1"])
+    other = tmp_path / "other" / "ca.pem"
+    work = tmp_path / "tls-slapd"
+    work.mkdir()
+    server = start(work, tls=(cert, key), syncprov=True)
+    ca = tmp_path / "pki" / "ca.pem"
+    try:
+        server.modify(seed.base_ldif())
+        for url, start_tls in ((server.url, True), (server.ldaps_url, False)):
+            state = tmp_path / f"state-{start_tls}"
+            state.mkdir()
+            source = make(server, state, url=url, start_tls=start_tls, ca_file=str(ca))
+            async with watching(source) as w:
+                await w.until(lambda s: "alice" in names(s))
+        state = tmp_path / "state-other"
+        state.mkdir()
+        refused = make(server, state, url=server.ldaps_url, ca_file=str(other))
+        task = asyncio.create_task(refused.watch(lambda notice: None))
+        await asyncio.sleep(1.5)
+        assert refused.sync is not None
+        assert not refused.sync.ready.is_set(), "an unknown CA must not be trusted"
+        assert refused.sync.reconnects >= 1, "retried with backoff, as a server that is down"
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        server.stop()
