@@ -8,7 +8,10 @@ policy is :data:`POLICY_DN`, which takes effect once a test adds that entry,
 see ``seed.lockout_policy_ldif``) and ``refint``, which rewrites the
 ``member``, ``uniqueMember``, ``manager`` and ``memberOf`` values naming an
 entry that is renamed or deleted, without changing the rewritten entries'
-``modifyTimestamp``. Works as root (slapd then simply keeps root's uid;
+``modifyTimestamp`` (``refint=False`` leaves it out). With ``syncprov=True``
+it also stacks the syncprov overlay (RFC 4533 content synchronisation, with
+reload hints honoured). :meth:`Slapd.restart` stops and starts it on the same
+port and database. Works as root (slapd then simply keeps root's uid;
 nothing is written outside the directory) and unprivileged.
 
 The service account ``cn=reader`` has a size limit of ``size_limit`` entries
@@ -51,8 +54,7 @@ include {ad_schema}
 {root_dse}modulepath {modules}
 moduleload back_mdb
 moduleload ppolicy
-moduleload refint
-pidfile {work}/slapd.pid
+{modules_extra}pidfile {work}/slapd.pid
 argsfile {work}/slapd.args
 
 database mdb
@@ -65,10 +67,21 @@ limits dn.exact="{reader}" size.soft={limit} size.hard={limit} size.prtotal={prt
 limits users size.soft={limit} size.hard={limit} size.prtotal={prtotal}
 access to attrs=userPassword by self write by anonymous auth by * none
 access to * by users read by * none
-overlay ppolicy
+{overlays}overlay ppolicy
 ppolicy_default "{policy}"
+"""
+
+_SYNCPROV = """\
+index entryCSN,entryUUID eq
+overlay syncprov
+syncprov-checkpoint 10 1
+syncprov-sessionlog 1000
+syncprov-reloadhint TRUE
+"""
+
+_REFINT = """\
 overlay refint
-refint_attributes {refint}
+refint_attributes {attributes}
 refint_nothing "{admin}"
 """
 
@@ -105,23 +118,27 @@ class Slapd:
     def root_dse_file(self) -> Path:
         return self.workdir / "rootdse.ldif"
 
-    def restart(self, root_dse: dict[str, str] | None = None) -> None:
-        """Stop and start again on the same port and database, with new RootDSE values.
+    def restart(self, root_dse: dict[str, str] | None = None, *, down: float = 0.0) -> None:
+        """Stop slapd (cleanly: it writes its contextCSN), wait ``down`` seconds, start it again.
 
-        Only for a slapd started with ``root_dse``: slapd reads that file once.
+        Same port, configuration and database; returns once it answers. New
+        ``root_dse`` values apply only to a slapd started with ``root_dse``
+        (slapd reads that file once, at start).
         """
         self.stop()
         if root_dse is not None:
             write_root_dse(self.root_dse_file, root_dse)
-        log = (self.workdir / "slapd.log").open("ab")
-        self.process = subprocess.Popen(
-            [str(SLAPD), "-f", str(self.workdir / "slapd.conf"), "-h", self.listen, "-d", "0"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
+        time.sleep(down)
+        for _ in range(50):  # the old socket may linger a moment
+            self.process = _spawn(self.workdir, self.listen)
+            if _wait_ready(self):
+                return
+            self.process.wait(timeout=10)
+            time.sleep(0.1)
+        raise RuntimeError(
+            "slapd did not start again: "
+            + (self.workdir / "slapd.log").read_text(errors="replace")[-2000:]
         )
-        log.close()
-        if not _wait_ready(self):
-            raise RuntimeError(f"slapd did not restart: {(self.workdir / 'slapd.log').read_text()}")
 
     @property
     def url(self) -> str:
@@ -169,6 +186,8 @@ def start(
     preload: Path | None = None,
     tls: tuple[Path, Path] | None = None,
     root_dse: dict[str, str] | None = None,
+    syncprov: bool = False,
+    refint: bool = True,
 ) -> Slapd:
     """Start slapd in ``workdir`` (which must exist) and wait until it answers.
 
@@ -180,7 +199,8 @@ def start(
     ``ldaps://`` listens on a second port. ``root_dse`` adds attributes to
     the RootDSE (names from ``ad.schema``, values as LDIF text): how the tests
     emulate a domain controller's ``highestCommittedUSN`` and the like; see
-    :meth:`Slapd.restart` to change them.
+    :meth:`Slapd.restart` to change them. ``syncprov`` stacks that overlay;
+    ``refint=False`` leaves refint out.
     """
     (workdir / "db").mkdir()
     last_error = ""
@@ -203,7 +223,14 @@ def start(
                 admin=ADMIN_DN,
                 admin_password=ADMIN_PASSWORD,
                 policy=POLICY_DN,
-                refint=" ".join(REFINT_ATTRIBUTES),
+                modules_extra=("moduleload syncprov\n" if syncprov else "")
+                + ("moduleload refint\n" if refint else ""),
+                overlays=(_SYNCPROV if syncprov else "")
+                + (
+                    _REFINT.format(attributes=" ".join(REFINT_ATTRIBUTES), admin=ADMIN_DN)
+                    if refint
+                    else ""
+                ),
                 reader=READER_DN,
                 limit=size_limit,
                 prtotal="unlimited" if paged_total is None else paged_total,
@@ -221,13 +248,8 @@ def start(
         listen = f"ldap://127.0.0.1:{port}/"
         if tls_port is not None:
             listen += f" ldaps://127.0.0.1:{tls_port}/"
-        log = (workdir / "slapd.log").open("wb")
-        process = subprocess.Popen(
-            [str(SLAPD), "-f", str(conf), "-h", listen, "-d", "0"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
+        (workdir / "slapd.log").write_bytes(b"")
+        process = _spawn(workdir, listen)
         slapd = Slapd(workdir, port, process, tls_port, listen)
         if _wait_ready(slapd):
             return slapd
@@ -238,6 +260,15 @@ def start(
 
 def write_root_dse(path: Path, values: dict[str, str]) -> None:
     path.write_text("dn:\n" + "".join(f"{k}: {v}\n" for k, v in values.items()))
+
+
+def _spawn(workdir: Path, listen: str) -> subprocess.Popen[bytes]:
+    with (workdir / "slapd.log").open("ab") as log:
+        return subprocess.Popen(
+            [str(SLAPD), "-f", str(workdir / "slapd.conf"), "-h", listen, "-d", "0"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def _wait_ready(slapd: Slapd, timeout: float = 15.0) -> bool:

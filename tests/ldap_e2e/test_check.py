@@ -49,6 +49,8 @@ def test_check_reports_the_bind_and_the_counts(tmp_path: Path, slapd: Slapd) -> 
     # The log names the skipped entry: dave has no mail.
     assert f"uid=dave,{seed.PEOPLE}" in output
     assert "start_tls is off" in output
+    # This slapd has no syncprov: check says the source falls back to polls.
+    assert "sync: auto: the server has no syncprov, so incremental polls" in output
 
 
 def test_check_fails_on_a_refused_bind_without_the_password(tmp_path: Path, slapd: Slapd) -> None:

@@ -37,6 +37,8 @@ log = structlog.get_logger(__name__)
 STATE_FILE = "ldap-bind-refusals.json"
 #: The longest wait between two attempts, whatever ``bind_retry_after`` doubles to.
 CEILING = 3600.0
+#: Seconds a bind waits for another thread's bind with the same untried password.
+PROBE_WAIT = 15.0
 
 Stamp = tuple[int, int, int]
 
@@ -71,7 +73,7 @@ class BindGuard:
         self.clock = clock
         self._path = state_dir / STATE_FILE
         self._key = f"{url} {bind_dn}"
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self.refusals = 0
         self.blocked_until = 0.0
         #: The password file as it was at the last refusal.
@@ -115,6 +117,10 @@ class BindGuard:
     def _enter(self) -> Stamp | None:
         with self._lock:
             stamp = _stamp(self.password_file)
+            if stamp != self._proven and self._probing:
+                # Another thread (the other syncrepl search, a sign-in) is trying this
+                # password: wait for its answer rather than bind twice with it.
+                self._lock.wait_for(lambda: not self._probing, timeout=PROBE_WAIT)
             if self.refusals and stamp != self._refused_stamp:
                 log.info(
                     "ldap_bind_retry",
@@ -140,10 +146,12 @@ class BindGuard:
     def _leave(self) -> None:
         with self._lock:
             self._probing = False
+            self._lock.notify_all()
 
     def _succeeded(self, stamp: Stamp | None) -> None:
         with self._lock:
             self._probing = False
+            self._lock.notify_all()
             self._proven = stamp
             if self.refusals:
                 self._reset()
@@ -151,6 +159,7 @@ class BindGuard:
     def _refused(self, stamp: Stamp | None, message: str) -> str:
         with self._lock:
             self._probing = False
+            self._lock.notify_all()
             self._proven = None
             self.refusals += 1
             self._refused_stamp = stamp

@@ -93,6 +93,13 @@ class LdapOptions(BaseModel):
     bind_retry_limit: int = Field(default=3, ge=1, le=100)
     bind_retry_after: float = Field(default=60.0, gt=0)
     backend: Literal["auto", "ldap3", "python-ldap"] = "auto"
+    #: How changes are found between polls (see :mod:`daemon.sources.ldap.syncrepl`):
+    #: ``syncrepl`` keeps an RFC 4533 refreshAndPersist search open, ``poll``
+    #: only polls, ``auto`` uses syncrepl when the server has syncprov.
+    sync: Literal["auto", "syncrepl", "poll"] = "auto"
+    sync_retry_initial: float = Field(default=1.0, gt=0, le=3600)
+    sync_retry_max: float = Field(default=60.0, gt=0, le=86400)
+    sync_checkpoint_every: int = Field(default=1000, ge=1)
 
     @field_validator("url")
     @classmethod
@@ -158,6 +165,22 @@ class LdapOptions(BaseModel):
                 "see docs/sources.md), or use auto or ldap3"
             )
         return v
+
+    @model_validator(mode="after")
+    def _sync_options(self) -> LdapOptions:
+        if self.sync == "syncrepl" and importlib.util.find_spec("ldap") is None:
+            raise ValueError(
+                "sync: syncrepl needs python-ldap (pip install 'provisiond[ldap-fast]'), "
+                "or use sync: auto or poll"
+            )
+        if self.sync == "syncrepl" and self.nested_groups == "in_chain":
+            raise ValueError(
+                "sync: syncrepl cannot follow nested_groups: in_chain (Active Directory asks "
+                "the server per group); use nested_groups: flatten, or sync: auto or poll"
+            )
+        if self.sync_retry_max < self.sync_retry_initial:
+            raise ValueError("sync_retry_max must be at least sync_retry_initial")
+        return self
 
     @property
     def use_ssl(self) -> bool:

@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import anyio
 import structlog
@@ -18,9 +18,14 @@ from daemon.model import SkippedRecord, Snapshot
 from daemon.runtime import PluginContext
 from daemon.secrets import SecretError
 from daemon.sources import metrics
-from daemon.sources.base import SourceError
+from daemon.sources.base import Announce, SourceError
 from daemon.sources.ldap.auth import authenticate_sync
-from daemon.sources.ldap.backend import Reader, chosen_backend, open_reader
+from daemon.sources.ldap.backend import (
+    Reader,
+    chosen_backend,
+    fast_backend_installed,
+    open_reader,
+)
 from daemon.sources.ldap.bindguard import BindGuard
 from daemon.sources.ldap.directory import Entry, SearchStats
 from daemon.sources.ldap.presets import LDAP_MATCHING_RULE_IN_CHAIN
@@ -35,6 +40,9 @@ from daemon.sources.ldap.read import (
 )
 from daemon.sources.ldap.settings import Layout, LdapOptions
 from daemon.sources.ldap.usn import DomainController, read_dc, usn_window
+
+if TYPE_CHECKING:
+    from daemon.sources.ldap.syncrepl import Syncrepl
 
 log = structlog.get_logger(__name__)
 
@@ -150,6 +158,9 @@ class LdapSource:
             wait=options.bind_retry_after,
             state_dir=context.state_dir,
         )
+        self._state_dir = context.state_dir
+        #: The running syncrepl watch (see :meth:`watch`), if any.
+        self.sync: Syncrepl | None = None
         self._state: DirectoryState | None = None
         self._snapshot: Snapshot | None = None
         self._epoch = uuid.uuid4().hex[:8]
@@ -167,7 +178,16 @@ class LdapSource:
             log.warning("ldap_plaintext_bind", url=options.url, note="lab use only")
 
     async def fetch(self, known_version: str | None) -> Snapshot | None:
-        """The whole directory; ``None`` when nothing changed since ``known_version``."""
+        """The whole directory; ``None`` when nothing changed since ``known_version``.
+
+        While the syncrepl watch runs, from its state (no read); else a poll.
+        """
+        sync = self.sync
+        if sync is not None and sync.serving:
+            try:
+                return await sync.fetch(known_version)
+            except TimeoutError:
+                log.warning("ldap_sync_not_ready", note="first refresh still running; polling")
         full = self._state is None or self._state.mark is None
         full = full or self._polls_since_full + 1 >= self.options.full_read_every
         after = self.options.full_read_after
@@ -439,6 +459,35 @@ class LdapSource:
             id_attribute=self.layout.fields["id"],
         )
 
+    async def watch(self, announce: Announce) -> None:
+        """Push changes with syncrepl (RFC 4533); see :mod:`daemon.sources.ldap.syncrepl`.
+
+        With ``sync: poll``, ``nested_groups: in_chain``, or without
+        python-ldap, it never announces and runs until cancelled: the polls go on.
+        """
+        if (
+            self.options.sync == "poll"
+            or self.layout.nested_groups == "in_chain"
+            or not fast_backend_installed()
+        ):
+            await anyio.sleep_forever()
+        from daemon.sources.ldap.syncrepl import Syncrepl
+
+        self.sync = Syncrepl(
+            self.options,
+            self.layout,
+            self._password.value,
+            self._state_dir,
+            self._redact,
+            binding=self._guard.binding,
+        )
+        try:
+            await self.sync.run(announce)
+        except SecretError as exc:
+            raise SourceError(f"LDAP {self.options.url}: bind_password_file: {exc}") from None
+        finally:
+            self.sync = None
+
     async def check(self) -> list[str]:
         """Bind and read everything (without touching the poll state); one summary line."""
         snapshot = await self._run(self._check_sync)
@@ -451,6 +500,7 @@ class LdapSource:
             f"{skipped:,} {'entry' if skipped == 1 else 'entries'} skipped"
             + (" (see log)" if skipped else "")
         ]
+        lines.append(await self._run(self._sync_line))
         if not self.options.tls_verify:
             lines.append("warning: tls_verify is off; any certificate is accepted (lab use only)")
         if self.options.plaintext:
@@ -463,6 +513,35 @@ class LdapSource:
         """A reader bound as the service account, unless binding must wait (see BindGuard)."""
         with self._guard.binding():
             return open_reader(self.options, self.options.bind_dn, self._password.value())
+
+    def _sync_line(self) -> str:
+        """What ``check`` says about change detection (``sync``)."""
+        sync = self.options.sync
+        if sync == "poll":
+            return "sync: poll (incremental polls; syncrepl not asked for)"
+        if self.layout.nested_groups == "in_chain":
+            return "sync: auto: nested_groups is in_chain, so incremental polls"
+        if not fast_backend_installed():
+            return (
+                "sync: auto: python-ldap is not installed, so incremental polls (ldap-fast extra)"
+            )
+        from daemon.sources.ldap.syncrepl import probe
+
+        found, advice = probe(
+            self.options, self.layout, self._password.value(), self._guard.binding
+        )
+        if found == "syncrepl":
+            return f"sync: {sync}: syncrepl (the server has syncprov; changes are pushed)"
+        if found == "limited":
+            if sync == "syncrepl":
+                raise SourceError(advice)
+            return f"sync: auto: incremental polls, since {advice}"
+        if sync == "syncrepl":
+            raise SourceError(
+                f"LDAP {self.options.url}: sync: syncrepl, but the server has no syncprov "
+                "(content synchronisation, RFC 4533); use sync: auto or poll"
+            )
+        return "sync: auto: the server has no syncprov, so incremental polls"
 
     def _check_sync(self) -> Snapshot:
         reader = self._open()
