@@ -7,6 +7,7 @@ bind again as soon as the password file changes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -106,3 +107,61 @@ async def test_portal_sign_ins_spend_no_attempts_while_binds_wait(
         with pytest.raises(SourceError):
             await source.authenticate("alice", seed.PASSWORDS["alice"])
     assert failures(lockout) == (1, False)
+
+
+def test_a_second_bind_waits_for_the_first_with_an_untried_password(tmp_path: Path) -> None:
+    """The two syncrepl searches bind at once at start: the second waits, it does not fail.
+
+    With a refused first bind, the second does not bind at all (one attempt spent, not two).
+    """
+    import threading
+
+    from daemon.sources.ldap.bindguard import BindGuard
+    from daemon.sources.ldap.directory import BindRefused
+
+    password = tmp_path / "pw"
+    password.write_text("secret\n")
+
+    def guard() -> BindGuard:
+        return BindGuard(
+            url="ldap://x", bind_dn="cn=r", password_file=password, limit=3, wait=60.0,
+            state_dir=tmp_path,
+        )  # fmt: skip
+
+    def race(g: BindGuard, first: Callable[[], None]) -> list[str]:
+        entered, outcomes = threading.Event(), []
+
+        def one() -> None:
+            with g.binding():
+                entered.set()
+                first()
+
+        def two() -> None:
+            entered.wait()
+            try:
+                with g.binding():
+                    outcomes.append("bound")
+            except SourceError as exc:
+                outcomes.append(str(exc))
+
+        t1, t2 = threading.Thread(target=lambda: _quiet(one)), threading.Thread(target=two)
+        t1.start(), t2.start()
+        t1.join(5), t2.join(5)
+        return outcomes
+
+    def slow_ok() -> None:
+        time.sleep(0.3)
+
+    def slow_refused() -> None:
+        time.sleep(0.3)
+        raise BindRefused("refused")
+
+    assert race(guard(), slow_ok) == ["bound"]
+    refused = guard()
+    (outcome,) = race(refused, slow_refused)
+    assert "refused" in outcome and refused.refusals == 1
+
+
+def _quiet(func: Callable[[], None]) -> None:
+    with contextlib.suppress(SourceError):
+        func()
