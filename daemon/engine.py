@@ -33,7 +33,7 @@ from daemon.plugins import await_me_maybe
 from daemon.report import CycleReport, TargetReport
 from daemon.runtime import REMOTE_WRITES, NotLeader
 from daemon.screening import STALE_META, Screened, StaleObject, screen, stale_doc, stale_objects
-from daemon.sources.base import Source, SourceError
+from daemon.sources.base import ChangeNotice, Source, SourceError
 from daemon.store import (
     Committed,
     DesiredRow,
@@ -138,6 +138,87 @@ def guard(
     return frozenset()
 
 
+class Pending:
+    """Change notices waiting for their cycle, coalesced in bounded memory.
+
+    The ids of the changed objects are kept, at most ``max_keys`` of them (users
+    and groups together); past that, or after a notice that cannot say which
+    objects changed, the pending change is "everything". The times the notices
+    were seen are kept for the lag metric, at most ``max_keys`` of them too,
+    and the oldest one always.
+    """
+
+    def __init__(self, max_keys: int) -> None:
+        self.max_keys = max_keys
+        self.users: set[str] | None = set()
+        self.groups: set[str] | None = set()
+        self.seen: list[float] = []
+        self.oldest: float | None = None
+        self.notices = 0
+        #: ``time.monotonic()`` of the first and the last notice since the last take.
+        self.first_at: float | None = None
+        self.last_at: float | None = None
+
+    def __len__(self) -> int:
+        return self.notices
+
+    @property
+    def everything(self) -> bool:
+        return self.users is None or self.groups is None
+
+    @property
+    def keys(self) -> int:
+        """How many object ids are kept now."""
+        return (
+            0 if self.users is None or self.groups is None else len(self.users) + len(self.groups)
+        )
+
+    def add(self, notice: ChangeNotice, now: float) -> None:
+        self.notices += 1
+        self.first_at = now if self.first_at is None else self.first_at
+        self.last_at = now
+        self._seen(notice.seen_at)
+        self._merge(notice.users, notice.groups)
+
+    def _seen(self, at: float) -> None:
+        if len(self.seen) < self.max_keys:
+            self.seen.append(at)
+        self.oldest = at if self.oldest is None else min(self.oldest, at)
+
+    def _merge(self, users: frozenset[str] | None, groups: frozenset[str] | None) -> None:
+        if self.users is None or self.groups is None:
+            return
+        if users is None or groups is None:
+            self.users = self.groups = None
+            return
+        self.users |= users
+        self.groups |= groups
+        if len(self.users) + len(self.groups) > self.max_keys:
+            self.users = self.groups = None  # a flood: forget the ids, read everything
+
+    def take(self) -> tuple[ChangeNotice | None, list[float]]:
+        """The pending change as one notice (``None``: nothing pending) and the times seen."""
+        if not self.notices or self.oldest is None:
+            return None, []
+        if self.users is None or self.groups is None:
+            notice = ChangeNotice(self.oldest)
+        else:
+            notice = ChangeNotice(self.oldest, frozenset(self.users), frozenset(self.groups))
+        seen = self.seen if self.oldest in self.seen else [*self.seen, self.oldest]
+        self.users, self.groups, self.seen, self.oldest, self.notices = set(), set(), [], None, 0
+        self.first_at = self.last_at = None
+        return notice, seen
+
+    def put_back(self, notice: ChangeNotice, seen: list[float], now: float) -> None:
+        """Return a taken change whose cycle failed: the next cycle takes it again."""
+        self.notices += len(seen)
+        self.first_at = now if self.first_at is None else self.first_at
+        self.last_at = self.last_at or now
+        for at in seen:
+            self._seen(at)
+        self._merge(notice.users, notice.groups)
+
+
 class Engine:
     """Runs cycles for one source and its targets over one store."""
 
@@ -167,6 +248,10 @@ class Engine:
         self.last_report: CycleReport | None = None
         #: Called as ``progress(target, done, total)`` while delivering (CLI progress bars).
         self.progress: Callable[[str, int, int], None] | None = None
+        #: Changes the source announced (``announce``) that no cycle has taken yet.
+        self.pending = Pending(settings.max_pending_keys)
+        self._noticed = anyio.Event()
+        self.monotonic: Callable[[], float] = time.monotonic
 
     def reconfigure(
         self, source: Source, targets: Sequence[TargetSlot], settings: EngineSettings
@@ -179,12 +264,66 @@ class Engine:
         self.source = source
         self.targets = list(targets)
         self.settings = settings
+        self.pending.max_keys = settings.max_pending_keys
         self.force_plan = True
+
+    # -- change notices ------------------------------------------------------------
+
+    def announce(self, notice: ChangeNotice) -> None:
+        """A watching source's notice (an :data:`~daemon.sources.base.Announce`).
+
+        Never blocks: the notice joins :attr:`pending`, and :meth:`settled`
+        returns once the burst it belongs to is over.
+        """
+        metrics.CHANGE_EVENTS.labels(self.source.kind).inc()
+        self.pending.add(notice, self.monotonic())
+        self._noticed.set()
+
+    async def settled(self) -> None:
+        """Return when announced changes are waiting and their burst is over.
+
+        A burst is over once no notice came for ``engine.debounce`` seconds,
+        or, under a steady stream of notices, four times that after its first
+        notice: a flood still gets a cycle every so often. Notices that come
+        while a cycle runs wait for the next one, which takes them all.
+        """
+        while True:
+            await self._noticed.wait()
+            first, last = self.pending.first_at, self.pending.last_at
+            if first is None or last is None:
+                self._noticed = anyio.Event()  # taken meanwhile by a cycle
+                continue
+            debounce = self.settings.debounce
+            deadline = min(last + debounce, first + 4 * debounce)
+            wait = deadline - self.monotonic()
+            if wait <= 0:
+                return
+            await anyio.sleep(wait)
+
+    def _take_pending(self) -> tuple[ChangeNotice | None, list[float]]:
+        taken = self.pending.take()
+        self._noticed = anyio.Event()
+        return taken
+
+    def _pending_done(
+        self, report: CycleReport, notice: ChangeNotice | None, seen: list[float]
+    ) -> None:
+        if notice is None:
+            return
+        if report.result == "failed":
+            self.pending.put_back(notice, seen, self.monotonic())
+            return  # no new wake-up: the next poll, or the next notice, retries
+        kind = self.source.kind
+        now = self.clock()
+        for at in seen:
+            metrics.CHANGE_LAG.labels(kind).observe(max(0.0, now - at))
 
     # -- one cycle ---------------------------------------------------------------
 
     async def cycle(self) -> CycleReport:
         report = CycleReport(id=uuid.uuid4().hex[:12], started_at=self.clock())
+        # Notices until now are answered by this cycle's read; later ones wait for the next.
+        notice, seen = self._take_pending()
         with structlog.contextvars.bound_contextvars(cycle=report.id):
             # Targets led in a new term drop their cached index before planning uses it.
             for slot in self.targets:
@@ -205,9 +344,11 @@ class Engine:
             metrics.CYCLE_DURATION.observe(report.duration)
             if report.result != "failed":
                 metrics.LAST_SUCCESS.set(report.finished_at)
+            self._pending_done(report, notice, seen)
             log.info(
                 "cycle finished",
                 result=report.result,
+                notices=len(seen) or None,
                 seconds=round(report.duration, 4),
                 changes=sum(report.changes.values()),
                 delivered=sum(t.delivered for t in report.targets.values()),
@@ -269,7 +410,8 @@ class Engine:
 
     def _fenced_out(self, lease: str, exc: FencedOut) -> None:
         log.warning(
-            "a write was fenced out: another replica leads now; this one stops", lease=lease,
+            "a write was fenced out: another replica leads now; this one stops",
+            lease=lease,
             error=str(exc),
         )
         if self.leadership is not None:
@@ -598,9 +740,7 @@ class Engine:
             for res, delta in pairs:
                 outcome = outcomes.get(delta.key)
                 kind = (
-                    "ok"
-                    if res.ok
-                    else ("permanent" if outcome and outcome.permanent else "failed")
+                    "ok" if res.ok else ("permanent" if outcome and outcome.permanent else "failed")
                 )
                 metrics.DELIVERIES.labels(slot.name, kind).inc()
                 if res.ok:
