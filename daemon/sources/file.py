@@ -28,6 +28,7 @@ from typing import Any, Literal
 import anyio.to_thread
 import argon2
 import msgspec
+import watchfiles
 import yaml
 from pydantic import BaseModel, ConfigDict
 
@@ -35,7 +36,7 @@ from daemon.hookspecs import hookimpl
 from daemon.model import AccountState, Group, SkippedRecord, Snapshot, User, make_group
 from daemon.runtime import PluginContext
 from daemon.sources import metrics
-from daemon.sources.base import SourceError, SourceType
+from daemon.sources.base import Announce, ChangeNotice, SourceError, SourceType
 
 # The C parser is several times faster at 100k users; PyYAML builds without
 # libyaml still work, only slower.
@@ -60,6 +61,12 @@ class FileSourceOptions(BaseModel):
     """The directory file; a relative path is resolved against the configuration's directory."""
     format: Literal["auto", "yaml", "json"] = "auto"
     """``auto`` picks by extension: ``.json`` is JSON, anything else is YAML."""
+    watch: bool = True
+    """Watch the file's directory and run a cycle as soon as the file changes.
+
+    The stat check of every poll stays either way; it is all there is with
+    ``false``, or while watching is impossible (the watch is retried).
+    """
 
 
 def _hasher() -> argon2.PasswordHasher:
@@ -92,6 +99,8 @@ def create(options: BaseModel, context: PluginContext) -> FileSource:
     fmt = options.format
     if fmt == "auto":
         fmt = "json" if path.suffix.lower() == ".json" else "yaml"
+    if options.watch:
+        return WatchedFileSource(path=path, format=fmt, where=str(options.path))
     return FileSource(path=path, format=fmt, where=str(options.path))
 
 
@@ -224,6 +233,81 @@ class FileSource:
         if isinstance(exc, FileNotFoundError):
             return f"directory file {shown} does not exist; check source.options.path"
         return f"directory file {shown} cannot be read: {exc.strerror or exc}"
+
+
+#: The file watch's own grouping of events, in milliseconds: short, since the
+#: engine debounces notices itself (``engine.debounce``).
+_WATCH_DEBOUNCE_MS = 50
+_WATCH_STEP_MS = 10
+
+
+@dataclass
+class WatchedFileSource(FileSource):
+    """A :class:`FileSource` that also watches its file (``source.options.watch``, the default).
+
+    The watch is on the file's directory, not on the file, so every way the
+    file can change is seen: written in place, renamed into place (an atomic
+    replace makes a new inode, which a watch on the old one would miss),
+    removed and created again, a symlink pointed elsewhere, and a Kubernetes
+    ConfigMap's ``..data`` symlink swapped to a new directory. When the path
+    is a symlink to a file in another directory, that directory is watched
+    too, and the watch follows the link when it moves.
+    """
+
+    async def watch(self, announce: Announce) -> None:
+        """Announce "the directory file changed" until cancelled; :class:`SourceError` if it
+        cannot be watched (the directory is missing, the system's watch limit is reached)."""
+        while True:
+            dirs = self._watched_dirs()
+            try:
+                moved = await self._watch_dirs(dirs, announce)
+            except (OSError, RuntimeError) as exc:
+                metrics.watch_connected(self.kind, False, str(exc))
+                raise SourceError(
+                    f"directory file {self.where}: cannot watch {', '.join(map(str, dirs))}: "
+                    f"{exc}; the file is checked at every poll instead"
+                ) from None
+            if not moved:
+                raise SourceError(f"directory file {self.where}: the file watch stopped")
+
+    def _watched_dirs(self) -> list[Path]:
+        parent = self.path.parent
+        dirs = [parent]
+        try:
+            real = self.path.resolve().parent
+        except OSError:
+            return dirs
+        if real != parent.resolve():
+            dirs.append(real)
+        return dirs
+
+    def _relevant(self, changed: Path) -> bool:
+        """Whether an event on ``changed`` may mean the file's content changed."""
+        name = changed.name
+        if name in (self.path.name, "..data", "..data_tmp"):
+            return True
+        try:
+            return changed == self.path.resolve()
+        except OSError:
+            return False
+
+    async def _watch_dirs(self, dirs: list[Path], announce: Announce) -> bool:
+        """Watch ``dirs`` until the link the path follows moves (``True``) or the watch ends."""
+        watcher = watchfiles.awatch(
+            *dirs,
+            watch_filter=None,
+            debounce=_WATCH_DEBOUNCE_MS,
+            step=_WATCH_STEP_MS,
+            recursive=False,
+        )
+        metrics.watch_connected(self.kind, True)
+        async for changes in watcher:
+            if any(self._relevant(Path(p)) for _, p in changes):
+                announce(ChangeNotice(time.time()))
+            if self._watched_dirs() != dirs:
+                announce(ChangeNotice(time.time()))
+                return True
+        return False
 
 
 def read_bytes(path: Path) -> tuple[bytes, os.stat_result]:
@@ -541,6 +625,7 @@ def _type_name(value: Any) -> str:
 __all__: list[str] = [
     "FileSource",
     "FileSourceOptions",
+    "WatchedFileSource",
     "create",
     "decode",
     "parse",
