@@ -15,7 +15,7 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -23,16 +23,31 @@ import pluggy
 import structlog
 
 from daemon import metrics
-from daemon.assignment import Assignment, MemberLosses, ScopedPlan, member_losses, plan
+from daemon.assignment import (
+    Assignment,
+    MemberLosses,
+    ScopedPlan,
+    member_losses,
+    plan,
+    plan_changed,
+)
 from daemon.changes import Change, describe
 from daemon.config import EngineSettings, GuardSettings, TargetSettings
 from daemon.diff import delivery_order, diff_object
 from daemon.leadership import SOURCE, Leadership, target_lease
-from daemon.model import Group, Snapshot
+from daemon.model import DirectoryObject, Group, Snapshot, User, content_hash
 from daemon.plugins import await_me_maybe
 from daemon.report import CycleReport, TargetReport
 from daemon.runtime import REMOTE_WRITES, NotLeader
-from daemon.screening import STALE_META, Screened, StaleObject, screen, stale_doc, stale_objects
+from daemon.screening import (
+    STALE_META,
+    Screened,
+    StaleObject,
+    duplicate_logins,
+    screen,
+    stale_doc,
+    stale_objects,
+)
 from daemon.sources.base import ChangeNotice, Source, SourceError
 from daemon.store import (
     Committed,
@@ -94,6 +109,8 @@ class _Observation:
     upserts: list[tuple[Key, str, object]]
     deletes: list[Key]
     plans: dict[str, tuple[ScopedPlan, frozenset[Key]]]
+    #: The committed records of the changed and deleted keys (proportional cycles).
+    before: dict[Key, DirectoryObject] = field(default_factory=dict)
 
 
 NO_LOSSES = MemberLosses({}, [], 0, 0)
@@ -136,6 +153,44 @@ def guard(
     ):
         return frozenset(users).union(groups, deleted)
     return frozenset()
+
+
+class Logins:
+    """Who holds each username and email (folded), to screen changed users alone.
+
+    Built from a whole snapshot without shared logins; ``None`` in the engine
+    while the committed snapshot had any (then every cycle screens it all).
+    """
+
+    def __init__(self, users: Iterable[User]) -> None:
+        self.usernames: dict[str, str] = {}
+        self.emails: dict[str, str] = {}
+        for user in users:
+            self.add(user)
+
+    def add(self, user: User) -> None:
+        self.usernames[user.username.casefold()] = user.id
+        self.emails[user.email.casefold()] = user.id
+
+    def remove(self, user: User) -> None:
+        for table, value in ((self.usernames, user.username), (self.emails, user.email)):
+            if table.get(value.casefold()) == user.id:
+                del table[value.casefold()]
+
+    def clash(self, users: Iterable[User]) -> bool:
+        """Whether any of ``users`` (the changed ones) would share a login with another user."""
+        seen: dict[tuple[str, str], str] = {}
+        for user in users:
+            for name, table, value in (
+                ("username", self.usernames, user.username),
+                ("email", self.emails, user.email),
+            ):
+                folded = value.casefold()
+                if table.get(folded, user.id) != user.id:
+                    return True
+                if seen.setdefault((name, folded), user.id) != user.id:
+                    return True
+        return False
 
 
 class Pending:
@@ -243,6 +298,8 @@ class Engine:
         self.stopping = False
         self.force_plan = True  # plan once after start: the configuration may have changed
         self._committed: Committed | None = None
+        #: The committed users' logins (see :class:`Logins`), for proportional cycles.
+        self._logins: Logins | None = None
         #: The source lease term this engine's cached committed state belongs to.
         self._source_fence: Fence | None = None
         self.last_report: CycleReport | None = None
@@ -372,6 +429,7 @@ class Engine:
         if fence != self._source_fence:
             self._source_fence = fence
             self._committed = None
+            self._logins = None
             self.force_plan = True
             for slot in self.targets:
                 slot.index = None
@@ -433,9 +491,15 @@ class Engine:
         fetched = await self.source.fetch(known)
         if fetched is None:
             return
-        screened = await self._screen(fetched)
+        changed = self._proportional(fetched)
+        if changed is not None:
+            # The source re-read only some objects: compare and plan only those.
+            screened = Screened(fetched, [])
+            obs = await self._compare_changed(fetched, changed)
+        else:
+            screened = await self._screen(fetched)
+            obs = await self._compare(screened.snapshot)
         snapshot = screened.snapshot
-        obs = await self._compare(snapshot)
         report.snapshot_version = snapshot.version
         report.users, report.groups = len(snapshot.users), len(snapshot.groups)
         report.skipped, report.stale = len(snapshot.skipped), len(screened.stale)
@@ -472,6 +536,8 @@ class Engine:
             fence=self._source_fence,
         )
         self._committed = Committed(snapshot.version, obs.hashes)
+        # Proportional cycles need the committed snapshot to be the source's own.
+        self._update_logins(obs, changed is not None, screened.snapshot is fetched)
         await self._record_stale(screened.stale)
         for slot in self.targets:
             if slot.name in target_plans:
@@ -479,6 +545,88 @@ class Engine:
                 if target_plans[slot.name].released:
                     await self._release(slot, target_plans[slot.name].released)
         self.force_plan = False
+
+    def _proportional(self, snapshot: Snapshot) -> frozenset[Key] | None:
+        """The keys to compare alone, or ``None`` when the whole snapshot must be compared.
+
+        Only when the source says the snapshot is the committed one except for
+        ``changed``, nothing forces a full plan, and screening would do nothing
+        the committed snapshot does not already hold: no skipped record of a
+        known object (it would be kept stale), and no changed user sharing a
+        login with another.
+        """
+        committed = self._committed
+        changed = snapshot.changed
+        if (
+            changed is None
+            or self.force_plan
+            or committed is None
+            or committed.version is None
+            or snapshot.base != committed.version
+            or self._logins is None
+        ):
+            return None
+        for skipped in snapshot.skipped:
+            key = skipped.key
+            if key is not None and key in committed.hashes and snapshot.get(*key) is None:
+                return None
+        users = [snapshot.users[k[1]] for k in changed if k[0] == "user" and k[1] in snapshot.users]
+        if self._logins.clash(users):
+            return None
+        return changed
+
+    def _update_logins(self, obs: _Observation, proportional: bool, unscreened: bool) -> None:
+        if not proportional:
+            users = obs.snapshot.users.values()
+            clean = unscreened and not duplicate_logins(users)
+            self._logins = Logins(users) if clean else None
+            return
+        if self._logins is None:
+            return
+        for old in obs.before.values():
+            if isinstance(old, User):
+                self._logins.remove(old)
+        for _, _, obj in obs.upserts:
+            if isinstance(obj, User):
+                self._logins.add(obj)
+
+    async def _compare_changed(self, snapshot: Snapshot, keys: frozenset[Key]) -> _Observation:
+        """:meth:`_compare` for the ``keys`` the source re-read; the rest is as committed."""
+        assert self._committed is not None
+        old_hashes = self._committed.hashes
+        hashes = dict(old_hashes)
+        changed: list[Key] = []
+        deletes: list[Key] = []
+        for key in sorted(keys):
+            obj = snapshot.get(*key)
+            if obj is None:
+                if hashes.pop(key, None) is not None:
+                    deletes.append(key)
+                continue
+            h = content_hash(obj)
+            if old_hashes.get(key) != h:
+                hashes[key] = h
+                changed.append(key)
+        before = await self.store.records([k for k in changed if k in old_hashes] + deletes)
+        changes: list[Change] = []
+        for key in changed:
+            changes.extend(diff_object(before.get(key), snapshot.get(*key)))
+        for key in deletes:
+            changes.extend(diff_object(before.get(key), None))
+        changes = delivery_order(changes)
+        for change in changes:
+            log.debug("directory change", change=change.name, what=describe(change))
+        upserts: list[tuple[Key, str, object]] = [
+            (key, hashes[key], snapshot.get(*key)) for key in changed
+        ]
+        plans: dict[str, tuple[ScopedPlan, frozenset[Key]]] = {}
+        if changes:
+            touched = [*changed, *deletes]
+            for slot in self.targets:
+                plans[slot.name] = await self._plan_target(
+                    slot, snapshot, hashes, (touched, before)
+                )
+        return _Observation(snapshot, hashes, changes, upserts, deletes, plans, before)
 
     async def _release(self, slot: TargetSlot, keys: list[Key]) -> None:
         log.info("objects released from the target", target=slot.name, objects=len(keys))
@@ -560,8 +708,13 @@ class Engine:
         return _Observation(snapshot, hashes, changes, upserts, deletes, plans)
 
     async def _plan_target(
-        self, slot: TargetSlot, snapshot: Snapshot, hashes: dict[Key, str]
+        self,
+        slot: TargetSlot,
+        snapshot: Snapshot,
+        hashes: dict[Key, str],
+        only: tuple[list[Key], dict[Key, DirectoryObject]] | None = None,
     ) -> tuple[ScopedPlan, frozenset[Key]]:
+        """Plan one target; ``only``: the changed keys and their committed records."""
         if slot.index is None:
             slot.index = await self.store.target_index(slot.name)
         for ref in slot.assignment.unknown(snapshot):
@@ -571,7 +724,10 @@ class Engine:
                 setting=f"targets[{self.targets.index(slot)}].groups",
                 group=ref,
             )
-        scoped = plan(snapshot, hashes, slot.assignment, slot.index)
+        if only is None:
+            scoped = plan(snapshot, hashes, slot.assignment, slot.index)
+        else:
+            scoped = plan_changed(snapshot, hashes, slot.assignment, slot.index, *only)
         hold = await self.store.hold(slot.name)
         approved = hold.keys if hold is not None and hold.approved else frozenset()
         losses = await self._member_losses(slot, scoped)
