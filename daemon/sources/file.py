@@ -122,6 +122,9 @@ class FileSource:
     _version: str | None = None
     _failed: tuple[str, str] | None = None  # (version, message) of content that did not parse
     _hashes: dict[str, str] | None = field(default=None, repr=False)
+    #: The last snapshot parsed, and its records by the digest of their bytes (JSON only).
+    _last: Snapshot | None = field(default=None, repr=False)
+    _records: RecordCache | None = field(default=None, repr=False)
 
     async def fetch(self, known_version: str | None) -> Snapshot | None:
         """The whole directory, or ``None`` when the file still holds ``known_version``."""
@@ -201,10 +204,16 @@ class FileSource:
         if version == known_version and self._hashes is not None:
             return None
         try:
-            snapshot, self._hashes = parse(data, self.format, self.where, version)
+            snapshot, self._hashes, self._records = parse_reusing(
+                data, self.format, self.where, version, self._records
+            )
         except SourceError as exc:
             self._failed = (version, str(exc))
             raise
+        last, self._last = self._last, snapshot
+        if last is not None:
+            # Say what differs from the last snapshot, so the engine compares only that.
+            snapshot.base, snapshot.changed = last.version, changed_keys(last, snapshot)
         return None if version == known_version else snapshot
 
     def _load(self) -> tuple[Snapshot, dict[str, str]]:
@@ -408,6 +417,98 @@ class _BadField(Exception):
         self.reason = reason
 
 
+@dataclass
+class RecordCache:
+    """The records of the last JSON file read, by the BLAKE2b digest of their bytes.
+
+    A record whose bytes are unchanged is not normalised again: its
+    :class:`User` (with its password hash) or :class:`Group` is reused. The
+    checks across records (duplicate ids, usernames, emails and names,
+    managers and members that must exist) still run on every read.
+    """
+
+    users: dict[bytes, tuple[User, str | None]] = field(default_factory=dict)
+    groups: dict[bytes, tuple[str, str, list[str], Group]] = field(default_factory=dict)
+
+
+_raw_doc = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_raw_list = msgspec.json.Decoder(list[msgspec.Raw])
+_any = msgspec.json.Decoder()
+
+
+def _digest(raw: msgspec.Raw) -> bytes:
+    return hashlib.blake2b(raw, digest_size=16).digest()
+
+
+def parse_reusing(
+    data: bytes,
+    fmt: Literal["yaml", "json"],
+    where: str,
+    version: str,
+    cache: RecordCache | None,
+) -> tuple[Snapshot, dict[str, str], RecordCache | None]:
+    """:func:`parse`, reusing the records of ``cache`` whose bytes are unchanged (JSON).
+
+    Returns the snapshot, the password hashes and the cache for the next read.
+    A file that is not the plain shape (a mapping of two lists) goes through
+    :func:`parse`, which names what is wrong.
+    """
+    if fmt != "json" or not data.strip():
+        return (*parse(data, fmt, where, version), None)
+    try:
+        top = _raw_doc.decode(data)
+        if set(top) != _TOP_KEYS:
+            raise ValueError("not the plain shape")
+        raw_users = _raw_list.decode(top["users"])
+        raw_groups = _raw_list.decode(top["groups"])
+    except (msgspec.DecodeError, ValueError):
+        return (*parse(data, fmt, where, version), None)
+    old = cache or RecordCache()
+    new = RecordCache()
+    user_digests = [_digest(r) for r in raw_users]
+    group_digests = [_digest(r) for r in raw_groups]
+    user_hits = [old.users.get(d) for d in user_digests]
+    group_hits = [old.groups.get(d) for d in group_digests]
+    try:
+        users_in = [
+            _any.decode(r) if h is None else None for r, h in zip(raw_users, user_hits, strict=True)
+        ]
+        groups_in = [
+            _any.decode(r) if h is None else None
+            for r, h in zip(raw_groups, group_hits, strict=True)
+        ]
+    except (msgspec.DecodeError, RecursionError):
+        return (*parse(data, fmt, where, version), None)
+    normaliser = _Normaliser(where)
+    users, hashes = normaliser._users(users_in, user_hits)
+    groups = normaliser._groups(groups_in, users, group_hits)
+    for d, (uid, user, pw) in zip(user_digests, normaliser.parsed_users, strict=True):
+        if uid is not None and user is not None and users.get(uid) is user:
+            new.users[d] = (user, pw)
+    for d, parsed in zip(group_digests, normaliser.parsed_groups, strict=True):
+        if parsed is not None:
+            new.groups[d] = parsed
+    snapshot = Snapshot(users=users, groups=groups, version=version, skipped=normaliser.skipped)
+    by_name = {users[uid].username: h for uid, h in hashes.items() if uid in users}
+    return snapshot, by_name, new
+
+
+def changed_keys(old: Snapshot, new: Snapshot) -> frozenset[tuple[Literal["user", "group"], str]]:
+    """The ``(kind, id)`` keys whose object differs between two snapshots (added, removed too)."""
+    out: list[tuple[Literal["user", "group"], str]] = []
+    for uid, user in new.users.items():
+        was = old.users.get(uid)
+        if was is not user and was != user:
+            out.append(("user", uid))
+    out.extend(("user", uid) for uid in old.users.keys() - new.users.keys())
+    for gid, group in new.groups.items():
+        had = old.groups.get(gid)
+        if had is not group and had != group:
+            out.append(("group", gid))
+    out.extend(("group", gid) for gid in old.groups.keys() - new.groups.keys())
+    return frozenset(out)
+
+
 def parse(
     data: bytes, fmt: Literal["yaml", "json"], where: str, version: str
 ) -> tuple[Snapshot, dict[str, str]]:
@@ -441,6 +542,10 @@ class _Normaliser:
     where: str
     skipped: list[SkippedRecord] = field(default_factory=list)
     user_ids: dict[str, int] = field(default_factory=dict)  # every id a user record claimed
+    #: Per user record: its id, its own :class:`User` and password hash (``None``s if bad).
+    parsed_users: list[tuple[str | None, User | None, str | None]] = field(default_factory=list)
+    #: Per group record: (id, name, members, group) when its group kept every member.
+    parsed_groups: list[tuple[str, str, list[str], Group] | None] = field(default_factory=list)
 
     def run(
         self, raw_users: list[Any], raw_groups: list[Any], version: str
@@ -457,7 +562,12 @@ class _Normaliser:
         object_id = record if known else None
         self.skipped.append(SkippedRecord(self.where, record, fld, reason, kind, object_id))
 
-    def _users(self, raw_users: list[Any]) -> tuple[dict[str, User], dict[str, str]]:
+    def _users(
+        self,
+        raw_users: list[Any],
+        hits: list[tuple[User, str | None] | None] | None = None,
+    ) -> tuple[dict[str, User], dict[str, str]]:
+        """Normalise user records; ``hits[i]``: record ``i`` as parsed before, unchanged."""
         users: dict[str, User] = {}
         hashes: dict[str, str] = {}
         first_at = self.user_ids  # id -> index of the first record that claimed it
@@ -465,15 +575,18 @@ class _Normaliser:
         by_email: dict[str, str] = {}  # casefolded email -> id
         for index, raw in enumerate(raw_users):
             record, known = f"#{index}", False
+            hit = hits[index] if hits is not None else None
+            self.parsed_users.append((None, None, None))
             try:
-                uid = _record_id(raw)
+                uid = hit[0].id if hit is not None else _record_id(raw)
                 record, known = uid, True
                 if uid in first_at:
                     raise _BadField("id", f"duplicate id: users[{first_at[uid]}] already has it")
                 # Claimed even if the record turns out bad, so that a later
                 # record cannot slip in under the same id unnoticed.
                 first_at[uid] = index
-                user, password_hash = _user(raw, uid)
+                user, password_hash = hit if hit is not None else _user(raw, uid)
+                self.parsed_users[index] = (uid, user, password_hash)
                 for table, value, name in (
                     (by_username, user.username, "username"),
                     (by_email, user.email, "email"),
@@ -496,19 +609,27 @@ class _Normaliser:
                 users[uid] = msgspec.structs.replace(user, manager=None)
         return users, hashes
 
-    def _groups(self, raw_groups: list[Any], users: dict[str, User]) -> dict[str, Group]:
+    def _groups(
+        self,
+        raw_groups: list[Any],
+        users: dict[str, User],
+        hits: list[tuple[str, str, list[str], Group] | None] | None = None,
+    ) -> dict[str, Group]:
+        """Normalise group records; ``hits[i]``: record ``i`` as parsed before, unchanged."""
         groups: dict[str, Group] = {}
         first_at: dict[str, int] = {}
         by_name: dict[str, str] = {}
         for index, raw in enumerate(raw_groups):
             record, known = f"#{index}", False
+            hit = hits[index] if hits is not None else None
+            self.parsed_groups.append(None)
             try:
-                gid = _record_id(raw)
+                gid = hit[0] if hit is not None else _record_id(raw)
                 record, known = gid, True
                 if gid in first_at:
                     raise _BadField("id", f"duplicate id: groups[{first_at[gid]}] already has it")
                 first_at[gid] = index
-                name, members = _group(raw)
+                name, members = (hit[1], hit[2]) if hit is not None else _group(raw)
                 owner = by_name.get(name.casefold())
                 if owner is not None:
                     raise _BadField("name", f"duplicate name: group {owner!r} already has it")
@@ -517,6 +638,11 @@ class _Normaliser:
                 continue
             by_name[name.casefold()] = gid
             kept = [m for m in members if m in users]
+            if len(kept) == len(members):
+                group = hit[3] if hit is not None else make_group(gid, name, kept)
+                self.parsed_groups[index] = (gid, name, members, group)
+                groups[gid] = group
+                continue
             for missing in sorted(set(members) - set(kept)):
                 reason = _missing("member", missing, self.user_ids)
                 self._skip("group", gid, "members", reason, True)
@@ -629,6 +755,7 @@ __all__: list[str] = [
     "create",
     "decode",
     "parse",
+    "parse_reusing",
     "provisiond_source_types",
     "read_bytes",
 ]
