@@ -33,8 +33,28 @@ GROUPS = 20
 DEPARTMENTS = ["Engineering", "Sales", "Finance", "People", "Support", "Legal", "Marketing"]
 
 
-GIVEN = ["Åsa", "Björn", "Zoë", "José", "Søren", "Chloé", "Łukasz", "Ağça", "李", "Ngọc",
-         "Anna", "Erik", "Maria", "Jürgen", "Oğuz", "Ines", "Dmitrij", "Ελένη", "Мария", "Kai"]
+GIVEN = [
+    "Åsa",
+    "Björn",
+    "Zoë",
+    "José",
+    "Søren",
+    "Chloé",
+    "Łukasz",
+    "Ağça",
+    "李",
+    "Ngọc",
+    "Anna",
+    "Erik",
+    "Maria",
+    "Jürgen",
+    "Oğuz",
+    "Ines",
+    "Dmitrij",
+    "Ελένη",
+    "Мария",
+    "Kai",
+]
 FAMILY = ["Öberg", "Nuñez", "王", "Ødegård", "Müller", "García", "Kowalski", "Nguyễn", "Smith",
           "Johansson", "Øvrebø", "Şahin", "Παπαδόπουλος", "Иванова", "Lindqvist"]  # fmt: skip
 REALISTIC_GROUPS = 2000

@@ -56,7 +56,7 @@ class ScopedPlan:
 
 def view(
     snapshot: Snapshot,
-    hashes: dict[Key, str],
+    hashes: Mapping[Key, str],
     assignment: Assignment,
     index: TargetIndex,
 ) -> dict[Key, tuple[str, DirectoryObject]]:
@@ -93,7 +93,7 @@ def view(
 
 def plan(
     snapshot: Snapshot,
-    hashes: dict[Key, str],
+    hashes: Mapping[Key, str],
     assignment: Assignment,
     index: TargetIndex,
 ) -> ScopedPlan:

@@ -14,8 +14,8 @@ import json
 import random
 import time
 import uuid
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections import ChainMap, Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -111,6 +111,9 @@ class _Observation:
     plans: dict[str, tuple[ScopedPlan, frozenset[Key]]]
     #: The committed records of the changed and deleted keys (proportional cycles).
     before: dict[Key, DirectoryObject] = field(default_factory=dict)
+    #: Proportional cycles: ``hashes`` is the committed dict itself, and these new
+    #: hashes go into it once the commit succeeded (copying it costs more).
+    hash_updates: dict[Key, str] | None = None
 
 
 NO_LOSSES = MemberLosses({}, [], 0, 0)
@@ -535,6 +538,10 @@ class Engine:
             target_plans,
             fence=self._source_fence,
         )
+        if obs.hash_updates is not None:
+            for key in obs.deletes:
+                obs.hashes.pop(key, None)
+            obs.hashes.update(obs.hash_updates)
         self._committed = Committed(snapshot.version, obs.hashes)
         # Proportional cycles need the committed snapshot to be the source's own.
         self._update_logins(obs, changed is not None, screened.snapshot is fetched)
@@ -594,18 +601,20 @@ class Engine:
         """:meth:`_compare` for the ``keys`` the source re-read; the rest is as committed."""
         assert self._committed is not None
         old_hashes = self._committed.hashes
-        hashes = dict(old_hashes)
+        updates: dict[Key, str] = {}
+        # The new hashes over the committed ones, without copying those.
+        hashes: Mapping[Key, str] = ChainMap(updates, old_hashes)
         changed: list[Key] = []
         deletes: list[Key] = []
         for key in sorted(keys):
             obj = snapshot.get(*key)
             if obj is None:
-                if hashes.pop(key, None) is not None:
+                if key in old_hashes:
                     deletes.append(key)
                 continue
             h = content_hash(obj)
             if old_hashes.get(key) != h:
-                hashes[key] = h
+                updates[key] = h
                 changed.append(key)
         before = await self.store.records([k for k in changed if k in old_hashes] + deletes)
         changes: list[Change] = []
@@ -617,7 +626,7 @@ class Engine:
         for change in changes:
             log.debug("directory change", change=change.name, what=describe(change))
         upserts: list[tuple[Key, str, object]] = [
-            (key, hashes[key], snapshot.get(*key)) for key in changed
+            (key, updates[key], snapshot.get(*key)) for key in changed
         ]
         plans: dict[str, tuple[ScopedPlan, frozenset[Key]]] = {}
         if changes:
@@ -626,7 +635,7 @@ class Engine:
                 plans[slot.name] = await self._plan_target(
                     slot, snapshot, hashes, (touched, before)
                 )
-        return _Observation(snapshot, hashes, changes, upserts, deletes, plans, before)
+        return _Observation(snapshot, old_hashes, changes, upserts, deletes, plans, before, updates)
 
     async def _release(self, slot: TargetSlot, keys: list[Key]) -> None:
         log.info("objects released from the target", target=slot.name, objects=len(keys))
@@ -711,7 +720,7 @@ class Engine:
         self,
         slot: TargetSlot,
         snapshot: Snapshot,
-        hashes: dict[Key, str],
+        hashes: Mapping[Key, str],
         only: tuple[list[Key], dict[Key, DirectoryObject]] | None = None,
     ) -> tuple[ScopedPlan, frozenset[Key]]:
         """Plan one target; ``only``: the changed keys and their committed records."""

@@ -21,6 +21,7 @@ import os
 import re
 import stat
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -436,6 +437,19 @@ _raw_list = msgspec.json.Decoder(list[msgspec.Raw])
 _any = msgspec.json.Decoder()
 
 
+class _Lazy(Sequence[Any]):
+    """Raw JSON records, decoded when indexed."""
+
+    def __init__(self, raws: list[msgspec.Raw]) -> None:
+        self.raws = raws
+
+    def __len__(self) -> int:
+        return len(self.raws)
+
+    def __getitem__(self, index: Any) -> Any:
+        return _any.decode(self.raws[index])
+
+
 def _digest(raw: msgspec.Raw) -> bytes:
     return hashlib.blake2b(raw, digest_size=16).digest()
 
@@ -469,19 +483,14 @@ def parse_reusing(
     group_digests = [_digest(r) for r in raw_groups]
     user_hits = [old.users.get(d) for d in user_digests]
     group_hits = [old.groups.get(d) for d in group_digests]
+    normaliser = _Normaliser(where)
     try:
-        users_in = [
-            _any.decode(r) if h is None else None for r, h in zip(raw_users, user_hits, strict=True)
-        ]
-        groups_in = [
-            _any.decode(r) if h is None else None
-            for r, h in zip(raw_groups, group_hits, strict=True)
-        ]
+        # Records are decoded one at a time, as they are normalised, and only
+        # when they changed: the whole file never sits in memory as dicts.
+        users, hashes = normaliser._users(_Lazy(raw_users), user_hits)
+        groups = normaliser._groups(_Lazy(raw_groups), users, group_hits)
     except (msgspec.DecodeError, RecursionError):
         return (*parse(data, fmt, where, version), None)
-    normaliser = _Normaliser(where)
-    users, hashes = normaliser._users(users_in, user_hits)
-    groups = normaliser._groups(groups_in, users, group_hits)
     for d, (uid, user, pw) in zip(user_digests, normaliser.parsed_users, strict=True):
         if uid is not None and user is not None and users.get(uid) is user:
             new.users[d] = (user, pw)
@@ -564,7 +573,7 @@ class _Normaliser:
 
     def _users(
         self,
-        raw_users: list[Any],
+        raw_users: Sequence[Any],
         hits: list[tuple[User, str | None] | None] | None = None,
     ) -> tuple[dict[str, User], dict[str, str]]:
         """Normalise user records; ``hits[i]``: record ``i`` as parsed before, unchanged."""
@@ -573,9 +582,10 @@ class _Normaliser:
         first_at = self.user_ids  # id -> index of the first record that claimed it
         by_username: dict[str, str] = {}  # casefolded username -> id
         by_email: dict[str, str] = {}  # casefolded email -> id
-        for index, raw in enumerate(raw_users):
+        for index in range(len(raw_users)):
             record, known = f"#{index}", False
             hit = hits[index] if hits is not None else None
+            raw: Any = raw_users[index] if hit is None else None
             self.parsed_users.append((None, None, None))
             try:
                 uid = hit[0].id if hit is not None else _record_id(raw)
@@ -611,7 +621,7 @@ class _Normaliser:
 
     def _groups(
         self,
-        raw_groups: list[Any],
+        raw_groups: Sequence[Any],
         users: dict[str, User],
         hits: list[tuple[str, str, list[str], Group] | None] | None = None,
     ) -> dict[str, Group]:
@@ -619,9 +629,10 @@ class _Normaliser:
         groups: dict[str, Group] = {}
         first_at: dict[str, int] = {}
         by_name: dict[str, str] = {}
-        for index, raw in enumerate(raw_groups):
+        for index in range(len(raw_groups)):
             record, known = f"#{index}", False
             hit = hits[index] if hits is not None else None
+            raw: Any = raw_groups[index] if hit is None else None
             self.parsed_groups.append(None)
             try:
                 gid = hit[0] if hit is not None else _record_id(raw)
