@@ -196,6 +196,11 @@ _VALUES_PLAN = "VALUES (?, ?, ?, ?, ?, ?, TRUE, ?, 0, 0, ?)"
 _DELETE_DIRECTORY = "DELETE FROM directory_objects WHERE kind = ? AND object_id = ?"
 _DELETE_TARGET_OBJECT = "DELETE FROM target_objects WHERE target = ? AND kind = ? AND object_id = ?"
 
+#: :data:`sql.FORGET_UNWRITTEN` for one row.
+_FORGET_UNWRITTEN_ROW = (
+    f"{_DELETE_TARGET_OBJECT} AND desired_hash IS NULL AND written_hash IS NULL"
+)
+
 #: A delivered removal is the end of the object for this target, unless the
 #: desired state changed meanwhile (hash guard).
 _RECORD_REMOVED = f"{_DELETE_TARGET_OBJECT} AND desired_hash IS NULL"
@@ -514,7 +519,12 @@ class SqliteStore:
         await self.db.executemany(_DELETE_TARGET_OBJECT, released)
         # A released object is no longer managed: the target forgets its link too.
         await self.db.executemany(sql.DELETE_LINK, released)
-        await self.db.execute(sql.FORGET_UNWRITTEN, (target,))
+        # Only this plan's removals can be unwritten removals (each commit forgets
+        # them), so look at those rows, not at every row of the target.
+        await self.db.executemany(
+            _FORGET_UNWRITTEN_ROW,
+            [(target, row.key[0], row.key[1]) for row in plan.desired if row.hash is None],
+        )
         if plan.hold is None:
             await self.db.execute(sql.DELETE_HOLD, (target,))
         else:
