@@ -215,6 +215,7 @@ async def _measure_changes(n: int, repeat: int, workdir: Path) -> dict[str, list
     files = new_engine(FileSource(path=path, format="json", where="directory.json"), "file")
     await files.store.open()
     await files.cycle()
+    rss_first_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     changed_file: list[float] = []
     for i in range(min(repeat, 7)):
         _write(path, versions[(i + 1) % 2])
@@ -260,7 +261,11 @@ async def _measure_changes(n: int, repeat: int, workdir: Path) -> dict[str, list
         async def aclose(self) -> None:
             return None
 
-    results: dict[str, list[float]] = {"changed_file": changed_file, "rss_mb": [rss_mb]}
+    results: dict[str, list[float]] = {
+        "changed_file": changed_file,
+        "rss_mb": [rss_mb],
+        "rss_first_mb": [rss_first_mb],
+    }
     base_snapshot = await FileSource(path=path, format="json", where="d").fetch(None)
     assert base_snapshot is not None
     for proportional in (True, False):
@@ -318,14 +323,15 @@ def _changes(args: argparse.Namespace) -> None:
     print(
         "| users | one changed user (base/changed) | of which CPU | of which store "
         "| same, full compare | changed file, 1% | floor (decode + hash) | file / floor "
-        "| peak RSS |"
+        "| peak RSS (of which by the end of the first sync) |"
     )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     print(
         f"| {n:,} | {m['one_user'] * 1000:.1f} ms | {m['one_user_cpu'] * 1000:.1f} ms "
         f"| {m['one_user_store'] * 1000:.1f} ms | {m['one_user_full'] * 1000:.0f} ms "
         f"| {m['changed_file']:.3f} s | {m['floor']:.3f} s "
-        f"| {m['changed_file'] / m['floor']:.2f}x | {m['rss_mb']:.0f} MB |"
+        f"| {m['changed_file'] / m['floor']:.2f}x | {m['rss_mb']:.0f} MB "
+        f"({m['rss_first_mb']:.0f} MB) |"
     )
     spread = "; ".join(
         f"{k} {min(r[k]):.4f} to {max(r[k]):.4f} s"

@@ -582,11 +582,31 @@ class _Normaliser:
         first_at = self.user_ids  # id -> index of the first record that claimed it
         by_username: dict[str, str] = {}  # casefolded username -> id
         by_email: dict[str, str] = {}  # casefolded email -> id
+        parsed = self.parsed_users
         for index in range(len(raw_users)):
-            record, known = f"#{index}", False
             hit = hits[index] if hits is not None else None
+            if hit is not None:
+                # An unchanged record: only the checks across records, inline (the
+                # common case of a re-read; a clash takes the full path below).
+                user, password_hash = hit
+                uid = user.id
+                folded_name, folded_email = user.username.casefold(), user.email.casefold()
+                if (
+                    uid not in first_at
+                    and folded_name not in by_username
+                    and folded_email not in by_email
+                ):
+                    first_at[uid] = index
+                    parsed.append((uid, user, password_hash))
+                    by_username[folded_name] = uid
+                    by_email[folded_email] = uid
+                    users[uid] = user
+                    if password_hash is not None:
+                        hashes[uid] = password_hash
+                    continue
+            record, known = f"#{index}", False
             raw: Any = raw_users[index] if hit is None else None
-            self.parsed_users.append((None, None, None))
+            parsed.append((None, None, None))
             try:
                 uid = hit[0].id if hit is not None else _record_id(raw)
                 record, known = uid, True
