@@ -197,9 +197,7 @@ _DELETE_DIRECTORY = "DELETE FROM directory_objects WHERE kind = ? AND object_id 
 _DELETE_TARGET_OBJECT = "DELETE FROM target_objects WHERE target = ? AND kind = ? AND object_id = ?"
 
 #: :data:`sql.FORGET_UNWRITTEN` for one row.
-_FORGET_UNWRITTEN_ROW = (
-    f"{_DELETE_TARGET_OBJECT} AND desired_hash IS NULL AND written_hash IS NULL"
-)
+_FORGET_UNWRITTEN_ROW = f"{_DELETE_TARGET_OBJECT} AND desired_hash IS NULL AND written_hash IS NULL"
 
 #: A delivered removal is the end of the object for this target, unless the
 #: desired state changed meanwhile (hash guard).
