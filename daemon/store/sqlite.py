@@ -490,16 +490,18 @@ class SqliteStore:
                 await self._write_plan(target, plan, now)
             await self.db.executemany(
                 sql.upsert_directory(_VALUES_DIRECTORY),
-                [(k[0], k[1], h, encode(obj).decode(), *logins(obj)) for k, h, obj in upserts],
+                ((k[0], k[1], h, encode(obj).decode(), *logins(obj)) for k, h, obj in upserts),
             )
             await self.db.executemany(_DELETE_DIRECTORY, deletes)
             await self._set_meta("snapshot_version", version)
             await self._set_meta("snapshot_committed_at", repr(now))
 
     async def _write_plan(self, target: str, plan: TargetPlan, now: float) -> None:
+        # Rows are encoded as SQLite takes them (a generator), so that a first sync
+        # never holds every encoded record at once.
         await self.db.executemany(
             sql.upsert_plan(_VALUES_PLAN),
-            [
+            (
                 (
                     target,
                     row.key[0],
@@ -511,7 +513,7 @@ class SqliteStore:
                     now,
                 )
                 for row in plan.desired
-            ],
+            ),
         )
         released = [(target, k[0], k[1]) for k in plan.released]
         await self.db.executemany(_DELETE_TARGET_OBJECT, released)
