@@ -12,7 +12,8 @@ is deactivated and taken out of the groups, and put back when active again).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import bisect
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import msgspec
@@ -22,6 +23,7 @@ from daemon.model import (
     DirectoryObject,
     Group,
     Snapshot,
+    User,
     content_hash,
 )
 from daemon.store import DesiredRow, Key, TargetIndex
@@ -57,7 +59,7 @@ class ScopedPlan:
 
 def view(
     snapshot: Snapshot,
-    hashes: dict[Key, str],
+    hashes: Mapping[Key, str],
     assignment: Assignment,
     index: TargetIndex,
 ) -> dict[Key, tuple[str, DirectoryObject]]:
@@ -95,7 +97,7 @@ def view(
 
 def plan(
     snapshot: Snapshot,
-    hashes: dict[Key, str],
+    hashes: Mapping[Key, str],
     assignment: Assignment,
     index: TargetIndex,
 ) -> ScopedPlan:
@@ -167,3 +169,103 @@ def member_losses(
         if lost:
             losing[row.key] = lost
     return losing, deleted
+
+
+def _contains(members: tuple[str, ...], uid: str) -> bool:
+    """Whether the sorted ``members`` hold ``uid`` (a binary search)."""
+    i = bisect.bisect_left(members, uid)
+    return i < len(members) and members[i] == uid
+
+
+def _bound(group: Group | None, wanted: set[str]) -> bool:
+    return group is not None and (group.id in wanted or group.name in wanted)
+
+
+def plan_changed(
+    snapshot: Snapshot,
+    hashes: Mapping[Key, str],
+    assignment: Assignment,
+    index: TargetIndex,
+    changed: Collection[Key],
+    before: Mapping[Key, DirectoryObject],
+) -> ScopedPlan:
+    """:func:`plan` for a snapshot that differs from the last planned one only in ``changed``.
+
+    ``before`` holds the committed records of the changed keys that existed.
+    The work is proportional to the change: the users whose record changed,
+    the users who joined or left a bound group (or whose group became bound
+    or unbound), and the bound groups that changed or that contain a user
+    whose held state flipped. The result is what :func:`plan` would give
+    (``tests/core/test_proportional.py`` checks it on random directories).
+    """
+    wanted = set(assignment.groups)
+    bound = assignment.bound_groups(snapshot)
+    users: set[str] = {k[1] for k in changed if k[0] == "user"}
+    groups: set[str] = set()
+    for ckey in changed:
+        if ckey[0] != "group":
+            continue
+        old, new = before.get(ckey), snapshot.groups.get(ckey[1])
+        assert old is None or isinstance(old, Group)
+        was, now = _bound(old, wanted), _bound(new, wanted)
+        if was or now:
+            groups.add(ckey[1])
+        old_members = set(old.members) if old is not None and was else set()
+        new_members = set(new.members) if new is not None and now else set()
+        users |= old_members ^ new_members
+    out: dict[Key, tuple[str, DirectoryObject] | None] = {}
+    for uid in users:
+        key: Key = ("user", uid)
+        user = snapshot.users.get(uid)
+        known = index.hashes.get(key) is not None
+        row: tuple[str, DirectoryObject] | None = None
+        if user is not None:
+            if any(_contains(g.members, uid) for g in bound):
+                if user.active or known:
+                    row = (hashes[key], user)
+            elif known:
+                gone = msgspec.structs.replace(user, state=AccountState.UNASSIGNED)
+                row = (content_hash(gone), gone)
+        out[key] = row
+        if (row is not None) != known:
+            # Held now and not before, or the reverse: its bound groups' members change.
+            groups.update(g.id for g in bound if _contains(g.members, uid))
+    for g in bound:
+        if g.id not in groups:
+            continue
+
+        def held(uid: str) -> bool:
+            row = out.get(("user", uid), False)
+            if row is not False:
+                return row is not None
+            user = snapshot.users.get(uid)
+            return user is not None and (index.hashes.get(("user", uid)) is not None or user.active)
+
+        members = tuple(m for m in g.members if held(m))
+        group = g if members == g.members else msgspec.structs.replace(g, members=members)
+        gkey: Key = ("group", g.id)
+        out[gkey] = (hashes[gkey] if group is g else content_hash(group), group)
+    for gid in groups:
+        out.setdefault(("group", gid), None)
+    desired: list[DesiredRow] = []
+    deactivations: list[Key] = []
+    released: list[Key] = []
+    for key, row in out.items():
+        recorded = index.hashes.get(key)
+        if row is not None:
+            h, obj = row
+            if (recorded or "") != h:
+                active = obj.active if isinstance(obj, User) else None
+                desired.append(DesiredRow(key, h, obj, active))
+                if key[0] == "user" and not active and key[1] in index.active:
+                    deactivations.append(key)
+            continue
+        if recorded is None:
+            continue
+        if key[0] == "group" and key[1] in snapshot.groups:
+            released.append(key)  # unbound, not deleted
+            continue
+        desired.append(DesiredRow(key, None, None, None))
+        if key[0] == "user" and key[1] in index.active:
+            deactivations.append(key)
+    return ScopedPlan(desired, released, deactivations, len(index.active))

@@ -103,6 +103,10 @@ class EngineSettings(_Section):
     retry_base: float = Field(default=30.0, gt=0.0)
     retry_max: float = Field(default=3600.0, gt=0.0)
     batch_size: int = Field(default=2000, ge=1)
+    #: After a source announces a change, wait this long for more before the cycle.
+    debounce: float = Field(default=0.25, ge=0.0, le=60.0)
+    #: Object ids kept while changes wait for their cycle; past it, "everything changed".
+    max_pending_keys: int = Field(default=10000, ge=1)
 
 
 class PostgresSettings(_Section):

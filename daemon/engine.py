@@ -14,8 +14,8 @@ import json
 import random
 import time
 import uuid
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections import ChainMap, Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -23,17 +23,32 @@ import pluggy
 import structlog
 
 from daemon import metrics
-from daemon.assignment import Assignment, MemberLosses, ScopedPlan, member_losses, plan
+from daemon.assignment import (
+    Assignment,
+    MemberLosses,
+    ScopedPlan,
+    member_losses,
+    plan,
+    plan_changed,
+)
 from daemon.changes import Change, describe
 from daemon.config import EngineSettings, GuardSettings, TargetSettings
 from daemon.diff import delivery_order, diff_object
 from daemon.leadership import SOURCE, Leadership, target_lease
-from daemon.model import Group, Snapshot
+from daemon.model import DirectoryObject, Group, Snapshot, User, content_hash
 from daemon.plugins import await_me_maybe
 from daemon.report import CycleReport, TargetReport
 from daemon.runtime import REMOTE_WRITES, NotLeader
-from daemon.screening import STALE_META, Screened, StaleObject, screen, stale_doc, stale_objects
-from daemon.sources.base import Source, SourceError
+from daemon.screening import (
+    STALE_META,
+    Screened,
+    StaleObject,
+    duplicate_logins,
+    screen,
+    stale_doc,
+    stale_objects,
+)
+from daemon.sources.base import ChangeNotice, Source, SourceError
 from daemon.store import (
     Committed,
     DesiredRow,
@@ -94,6 +109,11 @@ class _Observation:
     upserts: list[tuple[Key, str, object]]
     deletes: list[Key]
     plans: dict[str, tuple[ScopedPlan, frozenset[Key]]]
+    #: The committed records of the changed and deleted keys (proportional cycles).
+    before: dict[Key, DirectoryObject] = field(default_factory=dict)
+    #: Proportional cycles: ``hashes`` is the committed dict itself, and these new
+    #: hashes go into it once the commit succeeded (copying it costs more).
+    hash_updates: dict[Key, str] | None = None
 
 
 NO_LOSSES = MemberLosses({}, [], 0, 0)
@@ -138,6 +158,125 @@ def guard(
     return frozenset()
 
 
+class Logins:
+    """Who holds each username and email (folded), to screen changed users alone.
+
+    Built from a whole snapshot without shared logins; ``None`` in the engine
+    while the committed snapshot had any (then every cycle screens it all).
+    """
+
+    def __init__(self, users: Iterable[User]) -> None:
+        self.usernames: dict[str, str] = {}
+        self.emails: dict[str, str] = {}
+        for user in users:
+            self.add(user)
+
+    def add(self, user: User) -> None:
+        self.usernames[user.username.casefold()] = user.id
+        self.emails[user.email.casefold()] = user.id
+
+    def remove(self, user: User) -> None:
+        for table, value in ((self.usernames, user.username), (self.emails, user.email)):
+            if table.get(value.casefold()) == user.id:
+                del table[value.casefold()]
+
+    def clash(self, users: Iterable[User]) -> bool:
+        """Whether any of ``users`` (the changed ones) would share a login with another user."""
+        seen: dict[tuple[str, str], str] = {}
+        for user in users:
+            for name, table, value in (
+                ("username", self.usernames, user.username),
+                ("email", self.emails, user.email),
+            ):
+                folded = value.casefold()
+                if table.get(folded, user.id) != user.id:
+                    return True
+                if seen.setdefault((name, folded), user.id) != user.id:
+                    return True
+        return False
+
+
+class Pending:
+    """Change notices waiting for their cycle, coalesced in bounded memory.
+
+    The ids of the changed objects are kept, at most ``max_keys`` of them (users
+    and groups together); past that, or after a notice that cannot say which
+    objects changed, the pending change is "everything". The times the notices
+    were seen are kept for the lag metric, at most ``max_keys`` of them too,
+    and the oldest one always.
+    """
+
+    def __init__(self, max_keys: int) -> None:
+        self.max_keys = max_keys
+        self.users: set[str] | None = set()
+        self.groups: set[str] | None = set()
+        self.seen: list[float] = []
+        self.oldest: float | None = None
+        self.notices = 0
+        #: ``time.monotonic()`` of the first and the last notice since the last take.
+        self.first_at: float | None = None
+        self.last_at: float | None = None
+
+    def __len__(self) -> int:
+        return self.notices
+
+    @property
+    def everything(self) -> bool:
+        return self.users is None or self.groups is None
+
+    @property
+    def keys(self) -> int:
+        """How many object ids are kept now."""
+        return (
+            0 if self.users is None or self.groups is None else len(self.users) + len(self.groups)
+        )
+
+    def add(self, notice: ChangeNotice, now: float) -> None:
+        self.notices += 1
+        self.first_at = now if self.first_at is None else self.first_at
+        self.last_at = now
+        self._seen(notice.seen_at)
+        self._merge(notice.users, notice.groups)
+
+    def _seen(self, at: float) -> None:
+        if len(self.seen) < self.max_keys:
+            self.seen.append(at)
+        self.oldest = at if self.oldest is None else min(self.oldest, at)
+
+    def _merge(self, users: frozenset[str] | None, groups: frozenset[str] | None) -> None:
+        if self.users is None or self.groups is None:
+            return
+        if users is None or groups is None:
+            self.users = self.groups = None
+            return
+        self.users |= users
+        self.groups |= groups
+        if len(self.users) + len(self.groups) > self.max_keys:
+            self.users = self.groups = None  # a flood: forget the ids, read everything
+
+    def take(self) -> tuple[ChangeNotice | None, list[float]]:
+        """The pending change as one notice (``None``: nothing pending) and the times seen."""
+        if not self.notices or self.oldest is None:
+            return None, []
+        if self.users is None or self.groups is None:
+            notice = ChangeNotice(self.oldest)
+        else:
+            notice = ChangeNotice(self.oldest, frozenset(self.users), frozenset(self.groups))
+        seen = self.seen if self.oldest in self.seen else [*self.seen, self.oldest]
+        self.users, self.groups, self.seen, self.oldest, self.notices = set(), set(), [], None, 0
+        self.first_at = self.last_at = None
+        return notice, seen
+
+    def put_back(self, notice: ChangeNotice, seen: list[float], now: float) -> None:
+        """Return a taken change whose cycle failed: the next cycle takes it again."""
+        self.notices += len(seen)
+        self.first_at = now if self.first_at is None else self.first_at
+        self.last_at = self.last_at or now
+        for at in seen:
+            self._seen(at)
+        self._merge(notice.users, notice.groups)
+
+
 class Engine:
     """Runs cycles for one source and its targets over one store."""
 
@@ -162,11 +301,17 @@ class Engine:
         self.stopping = False
         self.force_plan = True  # plan once after start: the configuration may have changed
         self._committed: Committed | None = None
+        #: The committed users' logins (see :class:`Logins`), for proportional cycles.
+        self._logins: Logins | None = None
         #: The source lease term this engine's cached committed state belongs to.
         self._source_fence: Fence | None = None
         self.last_report: CycleReport | None = None
         #: Called as ``progress(target, done, total)`` while delivering (CLI progress bars).
         self.progress: Callable[[str, int, int], None] | None = None
+        #: Changes the source announced (``announce``) that no cycle has taken yet.
+        self.pending = Pending(settings.max_pending_keys)
+        self._noticed = anyio.Event()
+        self.monotonic: Callable[[], float] = time.monotonic
 
     def reconfigure(
         self, source: Source, targets: Sequence[TargetSlot], settings: EngineSettings
@@ -179,12 +324,66 @@ class Engine:
         self.source = source
         self.targets = list(targets)
         self.settings = settings
+        self.pending.max_keys = settings.max_pending_keys
         self.force_plan = True
+
+    # -- change notices ------------------------------------------------------------
+
+    def announce(self, notice: ChangeNotice) -> None:
+        """A watching source's notice (an :data:`~daemon.sources.base.Announce`).
+
+        Never blocks: the notice joins :attr:`pending`, and :meth:`settled`
+        returns once the burst it belongs to is over.
+        """
+        metrics.CHANGE_EVENTS.labels(self.source.kind).inc()
+        self.pending.add(notice, self.monotonic())
+        self._noticed.set()
+
+    async def settled(self) -> None:
+        """Return when announced changes are waiting and their burst is over.
+
+        A burst is over once no notice came for ``engine.debounce`` seconds,
+        or, under a steady stream of notices, four times that after its first
+        notice: a flood still gets a cycle every so often. Notices that come
+        while a cycle runs wait for the next one, which takes them all.
+        """
+        while True:
+            await self._noticed.wait()
+            first, last = self.pending.first_at, self.pending.last_at
+            if first is None or last is None:
+                self._noticed = anyio.Event()  # taken meanwhile by a cycle
+                continue
+            debounce = self.settings.debounce
+            deadline = min(last + debounce, first + 4 * debounce)
+            wait = deadline - self.monotonic()
+            if wait <= 0:
+                return
+            await anyio.sleep(wait)
+
+    def _take_pending(self) -> tuple[ChangeNotice | None, list[float]]:
+        taken = self.pending.take()
+        self._noticed = anyio.Event()
+        return taken
+
+    def _pending_done(
+        self, report: CycleReport, notice: ChangeNotice | None, seen: list[float]
+    ) -> None:
+        if notice is None:
+            return
+        if report.result == "failed":
+            self.pending.put_back(notice, seen, self.monotonic())
+            return  # no new wake-up: the next poll, or the next notice, retries
+        kind = self.source.kind
+        now = self.clock()
+        for at in seen:
+            metrics.CHANGE_LAG.labels(kind).observe(max(0.0, now - at))
 
     # -- one cycle ---------------------------------------------------------------
 
     async def cycle(self) -> CycleReport:
         report = CycleReport(id=uuid.uuid4().hex[:12], started_at=self.clock())
+        # Notices until now are answered by this cycle's read; later ones wait for the next.
+        notice, seen = self._take_pending()
         with structlog.contextvars.bound_contextvars(cycle=report.id):
             # Targets led in a new term drop their cached index before planning uses it.
             for slot in self.targets:
@@ -205,9 +404,11 @@ class Engine:
             metrics.CYCLE_DURATION.observe(report.duration)
             if report.result != "failed":
                 metrics.LAST_SUCCESS.set(report.finished_at)
+            self._pending_done(report, notice, seen)
             log.info(
                 "cycle finished",
                 result=report.result,
+                notices=len(seen) or None,
                 seconds=round(report.duration, 4),
                 changes=sum(report.changes.values()),
                 delivered=sum(t.delivered for t in report.targets.values()),
@@ -231,6 +432,7 @@ class Engine:
         if fence != self._source_fence:
             self._source_fence = fence
             self._committed = None
+            self._logins = None
             self.force_plan = True
             for slot in self.targets:
                 slot.index = None
@@ -269,7 +471,8 @@ class Engine:
 
     def _fenced_out(self, lease: str, exc: FencedOut) -> None:
         log.warning(
-            "a write was fenced out: another replica leads now; this one stops", lease=lease,
+            "a write was fenced out: another replica leads now; this one stops",
+            lease=lease,
             error=str(exc),
         )
         if self.leadership is not None:
@@ -291,9 +494,15 @@ class Engine:
         fetched = await self.source.fetch(known)
         if fetched is None:
             return
-        screened = await self._screen(fetched)
+        changed = self._proportional(fetched)
+        if changed is not None:
+            # The source re-read only some objects: compare and plan only those.
+            screened = Screened(fetched, [])
+            obs = await self._compare_changed(fetched, changed)
+        else:
+            screened = await self._screen(fetched)
+            obs = await self._compare(screened.snapshot)
         snapshot = screened.snapshot
-        obs = await self._compare(snapshot)
         report.snapshot_version = snapshot.version
         report.users, report.groups = len(snapshot.users), len(snapshot.groups)
         report.skipped, report.stale = len(snapshot.skipped), len(screened.stale)
@@ -329,7 +538,13 @@ class Engine:
             target_plans,
             fence=self._source_fence,
         )
+        if obs.hash_updates is not None:
+            for key in obs.deletes:
+                obs.hashes.pop(key, None)
+            obs.hashes.update(obs.hash_updates)
         self._committed = Committed(snapshot.version, obs.hashes)
+        # Proportional cycles need the committed snapshot to be the source's own.
+        self._update_logins(obs, changed is not None, screened.snapshot is fetched)
         await self._record_stale(screened.stale)
         for slot in self.targets:
             if slot.name in target_plans:
@@ -337,6 +552,90 @@ class Engine:
                 if target_plans[slot.name].released:
                     await self._release(slot, target_plans[slot.name].released)
         self.force_plan = False
+
+    def _proportional(self, snapshot: Snapshot) -> frozenset[Key] | None:
+        """The keys to compare alone, or ``None`` when the whole snapshot must be compared.
+
+        Only when the source says the snapshot is the committed one except for
+        ``changed``, nothing forces a full plan, and screening would do nothing
+        the committed snapshot does not already hold: no skipped record of a
+        known object (it would be kept stale), and no changed user sharing a
+        login with another.
+        """
+        committed = self._committed
+        changed = snapshot.changed
+        if (
+            changed is None
+            or self.force_plan
+            or committed is None
+            or committed.version is None
+            or snapshot.base != committed.version
+            or self._logins is None
+        ):
+            return None
+        for skipped in snapshot.skipped:
+            key = skipped.key
+            if key is not None and key in committed.hashes and snapshot.get(*key) is None:
+                return None
+        users = [snapshot.users[k[1]] for k in changed if k[0] == "user" and k[1] in snapshot.users]
+        if self._logins.clash(users):
+            return None
+        return changed
+
+    def _update_logins(self, obs: _Observation, proportional: bool, unscreened: bool) -> None:
+        if not proportional:
+            users = obs.snapshot.users.values()
+            clean = unscreened and not duplicate_logins(users)
+            self._logins = Logins(users) if clean else None
+            return
+        if self._logins is None:
+            return
+        for old in obs.before.values():
+            if isinstance(old, User):
+                self._logins.remove(old)
+        for _, _, obj in obs.upserts:
+            if isinstance(obj, User):
+                self._logins.add(obj)
+
+    async def _compare_changed(self, snapshot: Snapshot, keys: frozenset[Key]) -> _Observation:
+        """:meth:`_compare` for the ``keys`` the source re-read; the rest is as committed."""
+        assert self._committed is not None
+        old_hashes = self._committed.hashes
+        updates: dict[Key, str] = {}
+        # The new hashes over the committed ones, without copying those.
+        hashes: Mapping[Key, str] = ChainMap(updates, old_hashes)
+        changed: list[Key] = []
+        deletes: list[Key] = []
+        for key in sorted(keys):
+            obj = snapshot.get(*key)
+            if obj is None:
+                if key in old_hashes:
+                    deletes.append(key)
+                continue
+            h = content_hash(obj)
+            if old_hashes.get(key) != h:
+                updates[key] = h
+                changed.append(key)
+        before = await self.store.records([k for k in changed if k in old_hashes] + deletes)
+        changes: list[Change] = []
+        for key in changed:
+            changes.extend(diff_object(before.get(key), snapshot.get(*key)))
+        for key in deletes:
+            changes.extend(diff_object(before.get(key), None))
+        changes = delivery_order(changes)
+        for change in changes:
+            log.debug("directory change", change=change.name, what=describe(change))
+        upserts: list[tuple[Key, str, object]] = [
+            (key, updates[key], snapshot.get(*key)) for key in changed
+        ]
+        plans: dict[str, tuple[ScopedPlan, frozenset[Key]]] = {}
+        if changes:
+            touched = [*changed, *deletes]
+            for slot in self.targets:
+                plans[slot.name] = await self._plan_target(
+                    slot, snapshot, hashes, (touched, before)
+                )
+        return _Observation(snapshot, old_hashes, changes, upserts, deletes, plans, before, updates)
 
     async def _release(self, slot: TargetSlot, keys: list[Key]) -> None:
         log.info("objects released from the target", target=slot.name, objects=len(keys))
@@ -418,8 +717,13 @@ class Engine:
         return _Observation(snapshot, hashes, changes, upserts, deletes, plans)
 
     async def _plan_target(
-        self, slot: TargetSlot, snapshot: Snapshot, hashes: dict[Key, str]
+        self,
+        slot: TargetSlot,
+        snapshot: Snapshot,
+        hashes: Mapping[Key, str],
+        only: tuple[list[Key], dict[Key, DirectoryObject]] | None = None,
     ) -> tuple[ScopedPlan, frozenset[Key]]:
+        """Plan one target; ``only``: the changed keys and their committed records."""
         if slot.index is None:
             slot.index = await self.store.target_index(slot.name)
         for ref in slot.assignment.unknown(snapshot):
@@ -429,7 +733,10 @@ class Engine:
                 setting=f"targets[{self.targets.index(slot)}].groups",
                 group=ref,
             )
-        scoped = plan(snapshot, hashes, slot.assignment, slot.index)
+        if only is None:
+            scoped = plan(snapshot, hashes, slot.assignment, slot.index)
+        else:
+            scoped = plan_changed(snapshot, hashes, slot.assignment, slot.index, *only)
         hold = await self.store.hold(slot.name)
         approved = hold.keys if hold is not None and hold.approved else frozenset()
         losses = await self._member_losses(slot, scoped)
@@ -598,9 +905,7 @@ class Engine:
             for res, delta in pairs:
                 outcome = outcomes.get(delta.key)
                 kind = (
-                    "ok"
-                    if res.ok
-                    else ("permanent" if outcome and outcome.permanent else "failed")
+                    "ok" if res.ok else ("permanent" if outcome and outcome.permanent else "failed")
                 )
                 metrics.DELIVERIES.labels(slot.name, kind).inc()
                 if res.ok:

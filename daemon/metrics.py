@@ -68,6 +68,23 @@ CHANGES = Counter(
     ["kind"],
     registry=REGISTRY,
 )
+CHANGE_EVENTS = Counter(
+    "provisiond_change_events",
+    "Change notices a watching source pushed (between polls), by source kind.",
+    ["source"],
+    registry=REGISTRY,
+)
+# From the moment a source saw a change to the end of the cycle that delivered it.
+_LAG_BUCKETS = (
+    0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0,
+)  # fmt: skip
+CHANGE_LAG = Histogram(
+    "provisiond_change_lag_seconds",
+    "Seconds from a source's change notice to the end of the cycle that delivered it.",
+    ["source"],
+    buckets=_LAG_BUCKETS,
+    registry=REGISTRY,
+)
 DELIVERIES = Counter(
     "provisiond_deliveries",
     "Object deliveries to targets, by target and result: ok, failed (retried), permanent.",

@@ -6,6 +6,9 @@ Structure (anyio, no stray tasks)::
       task group
         signals      SIGTERM/SIGINT: stop within the grace; SIGHUP: reload
         poll loop    one cycle at a time, interval with jitter, or when triggered
+                     (also when a watching source's notices have settled)
+        watch        (a source with ``watch``, on the source leader) the source's change
+                     watch, started again with backoff when it fails
         purge loop   (with the public listener) expired sign-in state out of the store
       ops listener   /metrics /healthz /readyz /api/v1/...
       public listener  (when enabled) routes from plugins
@@ -46,7 +49,8 @@ from daemon.portal.session_key import SessionKeyError
 from daemon.runtime import PluginContext
 from daemon.saml.errors import SamlConfigError
 from daemon.secrets import SECRETS, SecretError, SecretFile, SecretStore, resolve_secret_path
-from daemon.sources.base import Source
+from daemon.sources import metrics as source_metrics
+from daemon.sources.base import Source, SourceError
 from daemon.status import daemon_status, summary_line
 from daemon.store import StateError, Store, StoreUnavailable
 from daemon.store.postgres import PostgresStore, tls_option
@@ -58,6 +62,12 @@ PERIODIC_EVERY = 30.0
 #: Seconds between purges of expired sessions, replay IDs, parked requests and
 #: failed sign-ins (the store also drops them as it goes).
 PURGE_EVERY = 60.0
+#: The first and the longest wait before a failed source watch starts again.
+WATCH_BACKOFF = (1.0, 60.0)
+#: A watch that ran this long before failing starts again after the first wait.
+WATCH_HEALTHY_AFTER = 60.0
+#: Seconds between looks at whether the watch should run (leadership, a reload).
+WATCH_LOOK_EVERY = 0.5
 
 log = structlog.get_logger("provisiond.service")
 
@@ -247,6 +257,7 @@ class Service:
         self.leadership: Leadership | None = None
         self.holder = new_holder(self.config.settings.ha.replica_id)
         self.started_at = time.time()
+        self._watch_running = False
 
     # -- Controller ----------------------------------------------------------------
 
@@ -271,12 +282,31 @@ class Service:
         doc = dict(status)
         doc["replica"] = self.config.settings.ha.replica_id
         doc["source_leader"] = self._leader(SOURCE)
+        doc["source_watch"] = self._watch_status()
         targets = doc.get("targets")
         if isinstance(targets, dict):
             doc["targets"] = {
                 name: {**fields, "leader": self._leader(target_lease(name))}
                 for name, fields in targets.items()
             }
+        return doc
+
+    def _watch_status(self) -> dict[str, Any] | None:
+        """The source's change watch: running here, connected, since when, reconnects."""
+        if self.parts is None or getattr(self.parts.source, "watch", None) is None:
+            return None
+        kind = self.parts.source.kind
+        state = source_metrics.watch_state(kind)
+        doc: dict[str, Any] = {
+            "source": kind,
+            "running": self._watch_running,
+            "connected": bool(state and state.connected and self._watch_running),
+            "since": state.since if state else None,
+            "reconnects": state.reconnects if state else 0,
+            "last_error": state.last_error if state else None,
+        }
+        if state is not None and state.cookie_moved_at is not None:
+            doc["cookie_age_seconds"] = round(max(0.0, time.time() - state.cookie_moved_at), 1)
         return doc
 
     def _leader(self, lease: str) -> dict[str, Any] | None:
@@ -403,6 +433,7 @@ class Service:
                     tg.start_soon(self._follow, self.leadership)
                 if settings.http.public.enabled:
                     tg.start_soon(self._purge)
+                tg.start_soon(self._watch)
                 await self._poll()
                 tg.cancel_scope.cancel()
 
@@ -463,6 +494,89 @@ class Service:
                 committed = now_committed
                 if any(leadership.leads(target_lease(t)) for t in leadership.targets):
                     self.trigger_sync()
+
+    def _leads_source(self) -> bool:
+        return self.leadership is None or self.leadership.leads(SOURCE)
+
+    def _watch_wanted(self, source: Source) -> bool:
+        """Whether ``source``'s watch should go on (this replica leads it, and it is current)."""
+        assert self.parts is not None
+        return not self.stopping and self.parts.source is source and self._leads_source()
+
+    async def _watch(self) -> None:
+        """Run the source's change watch while this replica leads the source.
+
+        The watch hands notices to the engine (``Engine.announce``); the poll
+        loop runs a cycle once they settle. A watch that fails (raises, or
+        returns) starts again after a backoff that doubles up to
+        ``WATCH_BACKOFF[1]``, with jitter; the periodic poll goes on meanwhile.
+        Losing the source lease, or a reload that replaces the source, stops
+        the watch; the new source's watch starts at once.
+        """
+        assert self.engine is not None and self.parts is not None
+        backoff = WATCH_BACKOFF[0]
+        while not self.stopping:
+            source = self.parts.source
+            watch = getattr(source, "watch", None)
+            if watch is None or not self._leads_source():
+                await anyio.sleep(WATCH_LOOK_EVERY)
+                continue
+            started = time.monotonic()
+            error = await self._watch_once(source, watch)
+            if self.stopping:
+                return
+            if error is None:
+                backoff = WATCH_BACKOFF[0]
+                continue  # stopped on purpose: the lease went, or the source was replaced
+            if time.monotonic() - started >= WATCH_HEALTHY_AFTER:
+                backoff = WATCH_BACKOFF[0]
+            source_metrics.watch_connected(source.kind, False, error)
+            wait = backoff * random.uniform(0.5, 1.0)  # noqa: S311
+            log.warning(
+                "the source's change watch failed; polling goes on, and the watch starts again",
+                source=source.kind,
+                error=error,
+                retry_in=round(wait, 1),
+            )
+            await anyio.sleep(wait)
+            backoff = min(backoff * 2, WATCH_BACKOFF[1])
+            source_metrics.watch_reconnected(source.kind)
+            # Changes made while the watch was down are found by the cycle it triggers.
+            self.trigger_sync()
+
+    async def _watch_once(
+        self, source: Source, watch: Callable[..., Awaitable[None]]
+    ) -> str | None:
+        """Run one watch until it fails (the error) or is stopped on purpose (``None``)."""
+        assert self.engine is not None and self.parts is not None
+        engine = self.engine
+        failure: list[str] = []
+
+        async def run(scope: anyio.CancelScope) -> None:
+            try:
+                await watch(engine.announce)
+                failure.append("the watch ended")
+            except SourceError as exc:
+                failure.append(str(exc))
+            except Exception as exc:
+                log.exception("the source's change watch crashed")
+                failure.append(f"{type(exc).__name__}: {exc}")
+            finally:
+                scope.cancel()
+
+        self._watch_running = True
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run, tg.cancel_scope)
+                # Leadership and reloads have no event to wait on: look every so often.
+                while self._watch_wanted(source):  # noqa: ASYNC110
+                    await anyio.sleep(WATCH_LOOK_EVERY)
+                tg.cancel_scope.cancel()
+        finally:
+            self._watch_running = False
+        if not failure:
+            source_metrics.watch_connected(source.kind, False)
+        return failure[0] if failure else None
 
     async def _stop_leading(self) -> None:
         """On the way out: close the targets (their last writes are fenced), then release.
@@ -552,8 +666,25 @@ class Service:
                 break
             jitter = interval.jitter
             delay = interval.interval * random.uniform(1 - jitter, 1 + jitter)  # noqa: S311
-            with anyio.move_on_after(delay):
-                await self._wake.wait()
+            await self._wait_next(delay)
+
+    async def _wait_next(self, delay: float) -> None:
+        """Until ``delay`` passed, a trigger, or announced changes settled (whichever is first)."""
+        assert self.engine is not None
+        engine = self.engine
+        with anyio.move_on_after(delay):
+            async with anyio.create_task_group() as tg:
+
+                async def woken() -> None:
+                    await self._wake.wait()
+                    tg.cancel_scope.cancel()
+
+                async def noticed() -> None:
+                    await engine.settled()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(woken)
+                tg.start_soon(noticed)
 
     def _summary(self) -> str:
         """One line for systemctl status."""

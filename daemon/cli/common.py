@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Awaitable, Callable
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import anyio
 import click
@@ -148,3 +148,25 @@ def ask_daemon(config: Config, method: str, path: str) -> None:
         fail(f"the daemon at {host}:{ops.port} answered {exc.code}")
     except OSError as exc:
         fail(f"cannot reach the daemon at {host}:{ops.port} ({exc}); is `provisiond run` up?")
+
+
+def daemon_document(config: Config, path: str, timeout: float = 2.0) -> dict[str, Any] | None:
+    """GET a JSON document from the running daemon's admin API, or ``None`` if none answers."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    ops = config.settings.http.ops
+    if not ops.port:
+        return None
+    host = "127.0.0.1" if ops.host in ("0.0.0.0", "::", "") else ops.host  # noqa: S104
+    req = urllib.request.Request(f"http://{host}:{ops.port}{path}")
+    token = admin_token(config)
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token.value()}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
+            doc = json.loads(resp.read())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None

@@ -23,7 +23,15 @@ from daemon.status import report_dict
 @click.command()
 @click.pass_context
 def run(ctx: click.Context) -> None:
-    """Run the daemon: poll, provision, and serve /metrics and the admin API."""
+    """Run the daemon: poll, provision, and serve /metrics and the admin API.
+
+    A source that can watch for changes (the file source with
+    source.options.watch, the default) runs a cycle as soon as it sees one:
+    notices are gathered for engine.debounce seconds (default 0.25), at most
+    engine.max_pending_keys object ids are kept (default 10000; past that,
+    "everything changed"), and the poll every engine.interval seconds stays
+    as the safety net. `provisiond status` shows whether the watch is up.
+    """
     try:
         service = Service(ctx.obj)
     except (ConfigError, PluginError) as exc:

@@ -9,7 +9,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from daemon.cli.common import fail, load_config, out, run_async
+from daemon.cli.common import daemon_document, fail, load_config, out, run_async
 from daemon.service import open_store
 from daemon.status import store_status
 
@@ -29,10 +29,16 @@ def status(ctx: click.Context, as_json: bool) -> None:
             await store.aclose()
 
     doc = run_async(status_)
+    running = daemon_document(config, "/api/v1/status")
+    if running is not None and running.get("source_watch") is not None:
+        doc["source_watch"] = running["source_watch"]
     if as_json:
         click.echo(json.dumps(doc, indent=2))
         return
     out.print(f"directory snapshot: {doc['snapshot_version'] or 'none committed yet'}")
+    watch = doc.get("source_watch")
+    if watch is not None:
+        out.print(f"change watch: {_watch(watch)}", highlight=False)
     ha = bool(config.settings.ha.enabled)
     if ha:
         out.print(f"directory polled by: {_leader(doc['source_leader'])}", highlight=False)
@@ -56,6 +62,22 @@ def status(ctx: click.Context, as_json: bool) -> None:
             + "; ".join(stale["problems"]),
             highlight=False,
         )
+
+
+def _watch(watch: dict[str, Any]) -> str:
+    """The running daemon's source watch, for a person."""
+    if not watch.get("running"):
+        return "not running on this replica (another replica leads the source)"
+    since = ""
+    if watch.get("since"):
+        since = " since " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(watch["since"]))
+    state = "connected" if watch.get("connected") else "down, retrying"
+    line = f"{watch['source']} {state}{since}, {watch.get('reconnects', 0)} reconnects"
+    if watch.get("cookie_age_seconds") is not None:
+        line += f", sync cookie {watch['cookie_age_seconds']} s old"
+    if not watch.get("connected") and watch.get("last_error"):
+        line += f": {watch['last_error']}"
+    return line
 
 
 def _leader(leader: dict[str, Any] | None) -> str:

@@ -21,6 +21,7 @@ import os
 import re
 import stat
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +29,7 @@ from typing import Any, Literal
 import anyio.to_thread
 import argon2
 import msgspec
+import watchfiles
 import yaml
 from pydantic import BaseModel, ConfigDict
 
@@ -35,7 +37,7 @@ from daemon.hookspecs import hookimpl
 from daemon.model import AccountState, Group, SkippedRecord, Snapshot, User, make_group
 from daemon.runtime import PluginContext
 from daemon.sources import metrics
-from daemon.sources.base import SourceError, SourceType
+from daemon.sources.base import Announce, ChangeNotice, SourceError, SourceType
 
 # The C parser is several times faster at 100k users; PyYAML builds without
 # libyaml still work, only slower.
@@ -60,6 +62,12 @@ class FileSourceOptions(BaseModel):
     """The directory file; a relative path is resolved against the configuration's directory."""
     format: Literal["auto", "yaml", "json"] = "auto"
     """``auto`` picks by extension: ``.json`` is JSON, anything else is YAML."""
+    watch: bool = True
+    """Watch the file's directory and run a cycle as soon as the file changes.
+
+    The stat check of every poll stays either way; it is all there is with
+    ``false``, or while watching is impossible (the watch is retried).
+    """
 
 
 def _hasher() -> argon2.PasswordHasher:
@@ -92,6 +100,8 @@ def create(options: BaseModel, context: PluginContext) -> FileSource:
     fmt = options.format
     if fmt == "auto":
         fmt = "json" if path.suffix.lower() == ".json" else "yaml"
+    if options.watch:
+        return WatchedFileSource(path=path, format=fmt, where=str(options.path))
     return FileSource(path=path, format=fmt, where=str(options.path))
 
 
@@ -113,6 +123,9 @@ class FileSource:
     _version: str | None = None
     _failed: tuple[str, str] | None = None  # (version, message) of content that did not parse
     _hashes: dict[str, str] | None = field(default=None, repr=False)
+    #: The last snapshot parsed, and its records by the digest of their bytes (JSON only).
+    _last: Snapshot | None = field(default=None, repr=False)
+    _records: RecordCache | None = field(default=None, repr=False)
 
     async def fetch(self, known_version: str | None) -> Snapshot | None:
         """The whole directory, or ``None`` when the file still holds ``known_version``."""
@@ -192,10 +205,16 @@ class FileSource:
         if version == known_version and self._hashes is not None:
             return None
         try:
-            snapshot, self._hashes = parse(data, self.format, self.where, version)
+            snapshot, self._hashes, self._records = parse_reusing(
+                data, self.format, self.where, version, self._records
+            )
         except SourceError as exc:
             self._failed = (version, str(exc))
             raise
+        last, self._last = self._last, snapshot
+        if last is not None:
+            # Say what differs from the last snapshot, so the engine compares only that.
+            snapshot.base, snapshot.changed = last.version, changed_keys(last, snapshot)
         return None if version == known_version else snapshot
 
     def _load(self) -> tuple[Snapshot, dict[str, str]]:
@@ -224,6 +243,81 @@ class FileSource:
         if isinstance(exc, FileNotFoundError):
             return f"directory file {shown} does not exist; check source.options.path"
         return f"directory file {shown} cannot be read: {exc.strerror or exc}"
+
+
+#: The file watch's own grouping of events, in milliseconds: short, since the
+#: engine debounces notices itself (``engine.debounce``).
+_WATCH_DEBOUNCE_MS = 50
+_WATCH_STEP_MS = 10
+
+
+@dataclass
+class WatchedFileSource(FileSource):
+    """A :class:`FileSource` that also watches its file (``source.options.watch``, the default).
+
+    The watch is on the file's directory, not on the file, so every way the
+    file can change is seen: written in place, renamed into place (an atomic
+    replace makes a new inode, which a watch on the old one would miss),
+    removed and created again, a symlink pointed elsewhere, and a Kubernetes
+    ConfigMap's ``..data`` symlink swapped to a new directory. When the path
+    is a symlink to a file in another directory, that directory is watched
+    too, and the watch follows the link when it moves.
+    """
+
+    async def watch(self, announce: Announce) -> None:
+        """Announce "the directory file changed" until cancelled; :class:`SourceError` if it
+        cannot be watched (the directory is missing, the system's watch limit is reached)."""
+        while True:
+            dirs = self._watched_dirs()
+            try:
+                moved = await self._watch_dirs(dirs, announce)
+            except (OSError, RuntimeError) as exc:
+                metrics.watch_connected(self.kind, False, str(exc))
+                raise SourceError(
+                    f"directory file {self.where}: cannot watch {', '.join(map(str, dirs))}: "
+                    f"{exc}; the file is checked at every poll instead"
+                ) from None
+            if not moved:
+                raise SourceError(f"directory file {self.where}: the file watch stopped")
+
+    def _watched_dirs(self) -> list[Path]:
+        parent = self.path.parent
+        dirs = [parent]
+        try:
+            real = self.path.resolve().parent
+        except OSError:
+            return dirs
+        if real != parent.resolve():
+            dirs.append(real)
+        return dirs
+
+    def _relevant(self, changed: Path) -> bool:
+        """Whether an event on ``changed`` may mean the file's content changed."""
+        name = changed.name
+        if name in (self.path.name, "..data", "..data_tmp"):
+            return True
+        try:
+            return changed == self.path.resolve()
+        except OSError:
+            return False
+
+    async def _watch_dirs(self, dirs: list[Path], announce: Announce) -> bool:
+        """Watch ``dirs`` until the link the path follows moves (``True``) or the watch ends."""
+        watcher = watchfiles.awatch(
+            *dirs,
+            watch_filter=None,
+            debounce=_WATCH_DEBOUNCE_MS,
+            step=_WATCH_STEP_MS,
+            recursive=False,
+        )
+        metrics.watch_connected(self.kind, True)
+        async for changes in watcher:
+            if any(self._relevant(Path(p)) for _, p in changes):
+                announce(ChangeNotice(time.time()))
+            if self._watched_dirs() != dirs:
+                announce(ChangeNotice(time.time()))
+                return True
+        return False
 
 
 def read_bytes(path: Path) -> tuple[bytes, os.stat_result]:
@@ -324,6 +418,106 @@ class _BadField(Exception):
         self.reason = reason
 
 
+@dataclass
+class RecordCache:
+    """The records of the last JSON file read, by the BLAKE2b digest of their bytes.
+
+    A record whose bytes are unchanged is not normalised again: its
+    :class:`User` (with its password hash) or :class:`Group` is reused. The
+    checks across records (duplicate ids, usernames, emails and names,
+    managers and members that must exist) still run on every read.
+    """
+
+    users: dict[bytes, tuple[User, str | None]] = field(default_factory=dict)
+    groups: dict[bytes, tuple[str, str, list[str], Group]] = field(default_factory=dict)
+
+
+_raw_doc = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_raw_list = msgspec.json.Decoder(list[msgspec.Raw])
+_any = msgspec.json.Decoder()
+
+
+class _Lazy(Sequence[Any]):
+    """Raw JSON records, decoded when indexed."""
+
+    def __init__(self, raws: list[msgspec.Raw]) -> None:
+        self.raws = raws
+
+    def __len__(self) -> int:
+        return len(self.raws)
+
+    def __getitem__(self, index: Any) -> Any:
+        return _any.decode(self.raws[index])
+
+
+def _digest(raw: msgspec.Raw) -> bytes:
+    return hashlib.blake2b(raw, digest_size=16).digest()
+
+
+def parse_reusing(
+    data: bytes,
+    fmt: Literal["yaml", "json"],
+    where: str,
+    version: str,
+    cache: RecordCache | None,
+) -> tuple[Snapshot, dict[str, str], RecordCache | None]:
+    """:func:`parse`, reusing the records of ``cache`` whose bytes are unchanged (JSON).
+
+    Returns the snapshot, the password hashes and the cache for the next read.
+    A file that is not the plain shape (a mapping of two lists) goes through
+    :func:`parse`, which names what is wrong.
+    """
+    if fmt != "json" or not data.strip():
+        return (*parse(data, fmt, where, version), None)
+    try:
+        top = _raw_doc.decode(data)
+        if set(top) != _TOP_KEYS:
+            raise ValueError("not the plain shape")
+        raw_users = _raw_list.decode(top["users"])
+        raw_groups = _raw_list.decode(top["groups"])
+    except (msgspec.DecodeError, ValueError):
+        return (*parse(data, fmt, where, version), None)
+    old = cache or RecordCache()
+    new = RecordCache()
+    user_digests = [_digest(r) for r in raw_users]
+    group_digests = [_digest(r) for r in raw_groups]
+    user_hits = [old.users.get(d) for d in user_digests]
+    group_hits = [old.groups.get(d) for d in group_digests]
+    normaliser = _Normaliser(where)
+    try:
+        # Records are decoded one at a time, as they are normalised, and only
+        # when they changed: the whole file never sits in memory as dicts.
+        users, hashes = normaliser._users(_Lazy(raw_users), user_hits)
+        groups = normaliser._groups(_Lazy(raw_groups), users, group_hits)
+    except (msgspec.DecodeError, RecursionError):
+        return (*parse(data, fmt, where, version), None)
+    for d, (uid, user, pw) in zip(user_digests, normaliser.parsed_users, strict=True):
+        if uid is not None and user is not None and users.get(uid) is user:
+            new.users[d] = (user, pw)
+    for d, parsed in zip(group_digests, normaliser.parsed_groups, strict=True):
+        if parsed is not None:
+            new.groups[d] = parsed
+    snapshot = Snapshot(users=users, groups=groups, version=version, skipped=normaliser.skipped)
+    by_name = {users[uid].username: h for uid, h in hashes.items() if uid in users}
+    return snapshot, by_name, new
+
+
+def changed_keys(old: Snapshot, new: Snapshot) -> frozenset[tuple[Literal["user", "group"], str]]:
+    """The ``(kind, id)`` keys whose object differs between two snapshots (added, removed too)."""
+    out: list[tuple[Literal["user", "group"], str]] = []
+    for uid, user in new.users.items():
+        was = old.users.get(uid)
+        if was is not user and was != user:
+            out.append(("user", uid))
+    out.extend(("user", uid) for uid in old.users.keys() - new.users.keys())
+    for gid, group in new.groups.items():
+        had = old.groups.get(gid)
+        if had is not group and had != group:
+            out.append(("group", gid))
+    out.extend(("group", gid) for gid in old.groups.keys() - new.groups.keys())
+    return frozenset(out)
+
+
 def parse(
     data: bytes, fmt: Literal["yaml", "json"], where: str, version: str
 ) -> tuple[Snapshot, dict[str, str]]:
@@ -357,6 +551,10 @@ class _Normaliser:
     where: str
     skipped: list[SkippedRecord] = field(default_factory=list)
     user_ids: dict[str, int] = field(default_factory=dict)  # every id a user record claimed
+    #: Per user record: its id, its own :class:`User` and password hash (``None``s if bad).
+    parsed_users: list[tuple[str | None, User | None, str | None]] = field(default_factory=list)
+    #: Per group record: (id, name, members, group) when its group kept every member.
+    parsed_groups: list[tuple[str, str, list[str], Group] | None] = field(default_factory=list)
 
     def run(
         self, raw_users: list[Any], raw_groups: list[Any], version: str
@@ -373,23 +571,52 @@ class _Normaliser:
         object_id = record if known else None
         self.skipped.append(SkippedRecord(self.where, record, fld, reason, kind, object_id))
 
-    def _users(self, raw_users: list[Any]) -> tuple[dict[str, User], dict[str, str]]:
+    def _users(
+        self,
+        raw_users: Sequence[Any],
+        hits: list[tuple[User, str | None] | None] | None = None,
+    ) -> tuple[dict[str, User], dict[str, str]]:
+        """Normalise user records; ``hits[i]``: record ``i`` as parsed before, unchanged."""
         users: dict[str, User] = {}
         hashes: dict[str, str] = {}
         first_at = self.user_ids  # id -> index of the first record that claimed it
         by_username: dict[str, str] = {}  # casefolded username -> id
         by_email: dict[str, str] = {}  # casefolded email -> id
-        for index, raw in enumerate(raw_users):
+        parsed = self.parsed_users
+        for index in range(len(raw_users)):
+            hit = hits[index] if hits is not None else None
+            if hit is not None:
+                # An unchanged record: only the checks across records, inline (the
+                # common case of a re-read; a clash takes the full path below).
+                user, password_hash = hit
+                uid = user.id
+                folded_name, folded_email = user.username.casefold(), user.email.casefold()
+                if (
+                    uid not in first_at
+                    and folded_name not in by_username
+                    and folded_email not in by_email
+                ):
+                    first_at[uid] = index
+                    parsed.append((uid, user, password_hash))
+                    by_username[folded_name] = uid
+                    by_email[folded_email] = uid
+                    users[uid] = user
+                    if password_hash is not None:
+                        hashes[uid] = password_hash
+                    continue
             record, known = f"#{index}", False
+            raw: Any = raw_users[index] if hit is None else None
+            parsed.append((None, None, None))
             try:
-                uid = _record_id(raw)
+                uid = hit[0].id if hit is not None else _record_id(raw)
                 record, known = uid, True
                 if uid in first_at:
                     raise _BadField("id", f"duplicate id: users[{first_at[uid]}] already has it")
                 # Claimed even if the record turns out bad, so that a later
                 # record cannot slip in under the same id unnoticed.
                 first_at[uid] = index
-                user, password_hash = _user(raw, uid)
+                user, password_hash = hit if hit is not None else _user(raw, uid)
+                self.parsed_users[index] = (uid, user, password_hash)
                 for table, value, name in (
                     (by_username, user.username, "username"),
                     (by_email, user.email, "email"),
@@ -412,19 +639,28 @@ class _Normaliser:
                 users[uid] = msgspec.structs.replace(user, manager=None)
         return users, hashes
 
-    def _groups(self, raw_groups: list[Any], users: dict[str, User]) -> dict[str, Group]:
+    def _groups(
+        self,
+        raw_groups: Sequence[Any],
+        users: dict[str, User],
+        hits: list[tuple[str, str, list[str], Group] | None] | None = None,
+    ) -> dict[str, Group]:
+        """Normalise group records; ``hits[i]``: record ``i`` as parsed before, unchanged."""
         groups: dict[str, Group] = {}
         first_at: dict[str, int] = {}
         by_name: dict[str, str] = {}
-        for index, raw in enumerate(raw_groups):
+        for index in range(len(raw_groups)):
             record, known = f"#{index}", False
+            hit = hits[index] if hits is not None else None
+            raw: Any = raw_groups[index] if hit is None else None
+            self.parsed_groups.append(None)
             try:
-                gid = _record_id(raw)
+                gid = hit[0] if hit is not None else _record_id(raw)
                 record, known = gid, True
                 if gid in first_at:
                     raise _BadField("id", f"duplicate id: groups[{first_at[gid]}] already has it")
                 first_at[gid] = index
-                name, members = _group(raw)
+                name, members = (hit[1], hit[2]) if hit is not None else _group(raw)
                 owner = by_name.get(name.casefold())
                 if owner is not None:
                     raise _BadField("name", f"duplicate name: group {owner!r} already has it")
@@ -433,6 +669,11 @@ class _Normaliser:
                 continue
             by_name[name.casefold()] = gid
             kept = [m for m in members if m in users]
+            if len(kept) == len(members):
+                group = hit[3] if hit is not None else make_group(gid, name, kept)
+                self.parsed_groups[index] = (gid, name, members, group)
+                groups[gid] = group
+                continue
             for missing in sorted(set(members) - set(kept)):
                 reason = _missing("member", missing, self.user_ids)
                 self._skip("group", gid, "members", reason, True)
@@ -541,9 +782,11 @@ def _type_name(value: Any) -> str:
 __all__: list[str] = [
     "FileSource",
     "FileSourceOptions",
+    "WatchedFileSource",
     "create",
     "decode",
     "parse",
+    "parse_reusing",
     "provisiond_source_types",
     "read_bytes",
 ]

@@ -12,6 +12,7 @@ import time
 from collections import Counter as Tally
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Literal
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -65,6 +66,76 @@ SKIPPED = Gauge(
     ["source", "kind", "reason"],
     registry=REGISTRY,
 )
+
+
+WATCH_CONNECTED = Gauge(
+    "provisiond_source_watch_connected",
+    "1 while the source's change watch (persistent search, file watch, event poll) is "
+    "connected, 0 while it is down or retrying; absent for sources that do not watch.",
+    ["source"],
+    registry=REGISTRY,
+)
+WATCH_RECONNECTS = Counter(
+    "provisiond_source_watch_reconnects",
+    "Times the source's change watch was started again after it failed.",
+    ["source"],
+    registry=REGISTRY,
+)
+COOKIE_AGE = Gauge(
+    "provisiond_source_sync_cookie_age_seconds",
+    "Seconds since the source's sync cookie (syncrepl cookie, USN, event cursor) last moved; "
+    "absent for sources without one.",
+    ["source"],
+    registry=REGISTRY,
+)
+
+
+@dataclass
+class WatchState:
+    """What ``status`` shows of a source's change watch."""
+
+    connected: bool = False
+    since: float | None = None
+    reconnects: int = 0
+    last_error: str | None = None
+    cookie_moved_at: float | None = None
+
+
+_WATCHES: dict[str, WatchState] = {}
+
+
+def watch_state(source: str) -> WatchState | None:
+    """The watch state of source kind ``source``, or ``None`` if it never watched."""
+    return _WATCHES.get(source)
+
+
+def watch_connected(source: str, connected: bool, error: str | None = None) -> None:
+    """A watching source calls this when its watch connects (``True``) or drops (``False``).
+
+    ``error`` says why it dropped (no secrets: it is shown in ``status``).
+    """
+    state = _WATCHES.setdefault(source, WatchState())
+    if connected != state.connected or state.since is None:
+        state.since = time.time()
+    state.connected = connected
+    if error is not None:
+        state.last_error = error
+    elif connected:
+        state.last_error = None
+    WATCH_CONNECTED.labels(source).set(1 if connected else 0)
+
+
+def watch_reconnected(source: str) -> None:
+    """Count one restart of the watch after a failure (the service calls it)."""
+    _WATCHES.setdefault(source, WatchState()).reconnects += 1
+    WATCH_RECONNECTS.labels(source).inc()
+
+
+def cookie_moved(source: str, at: float | None = None) -> None:
+    """A source with a sync cookie calls this whenever the cookie advances (``at``: now)."""
+    at = time.time() if at is None else at
+    _WATCHES.setdefault(source, WatchState()).cookie_moved_at = at
+    COOKIE_AGE.labels(source).set_function(lambda: max(0.0, time.time() - at))
 
 
 def reason_label(reason: str) -> str:

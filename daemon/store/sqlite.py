@@ -196,6 +196,9 @@ _VALUES_PLAN = "VALUES (?, ?, ?, ?, ?, ?, TRUE, ?, 0, 0, ?)"
 _DELETE_DIRECTORY = "DELETE FROM directory_objects WHERE kind = ? AND object_id = ?"
 _DELETE_TARGET_OBJECT = "DELETE FROM target_objects WHERE target = ? AND kind = ? AND object_id = ?"
 
+#: :data:`sql.FORGET_UNWRITTEN` for one row.
+_FORGET_UNWRITTEN_ROW = f"{_DELETE_TARGET_OBJECT} AND desired_hash IS NULL AND written_hash IS NULL"
+
 #: A delivered removal is the end of the object for this target, unless the
 #: desired state changed meanwhile (hash guard).
 _RECORD_REMOVED = f"{_DELETE_TARGET_OBJECT} AND desired_hash IS NULL"
@@ -487,16 +490,18 @@ class SqliteStore:
                 await self._write_plan(target, plan, now)
             await self.db.executemany(
                 sql.upsert_directory(_VALUES_DIRECTORY),
-                [(k[0], k[1], h, encode(obj).decode(), *logins(obj)) for k, h, obj in upserts],
+                ((k[0], k[1], h, encode(obj).decode(), *logins(obj)) for k, h, obj in upserts),
             )
             await self.db.executemany(_DELETE_DIRECTORY, deletes)
             await self._set_meta("snapshot_version", version)
             await self._set_meta("snapshot_committed_at", repr(now))
 
     async def _write_plan(self, target: str, plan: TargetPlan, now: float) -> None:
+        # Rows are encoded as SQLite takes them (a generator), so that a first sync
+        # never holds every encoded record at once.
         await self.db.executemany(
             sql.upsert_plan(_VALUES_PLAN),
-            [
+            (
                 (
                     target,
                     row.key[0],
@@ -508,13 +513,18 @@ class SqliteStore:
                     now,
                 )
                 for row in plan.desired
-            ],
+            ),
         )
         released = [(target, k[0], k[1]) for k in plan.released]
         await self.db.executemany(_DELETE_TARGET_OBJECT, released)
         # A released object is no longer managed: the target forgets its link too.
         await self.db.executemany(sql.DELETE_LINK, released)
-        await self.db.execute(sql.FORGET_UNWRITTEN, (target,))
+        # Only this plan's removals can be unwritten removals (each commit forgets
+        # them), so look at those rows, not at every row of the target.
+        await self.db.executemany(
+            _FORGET_UNWRITTEN_ROW,
+            [(target, row.key[0], row.key[1]) for row in plan.desired if row.hash is None],
+        )
         if plan.hold is None:
             await self.db.execute(sql.DELETE_HOLD, (target,))
         else:

@@ -78,8 +78,8 @@ from ldap.ldapobject import SimpleLDAPObject  # type: ignore[import-untyped,impo
 from ldap.syncrepl import SyncreplConsumer, SyncRequestControl  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
 from daemon.model import ObjectKind, SkippedRecord, Snapshot, make_group
+from daemon.sources import metrics as source_metrics
 from daemon.sources.base import Announce, ChangeNotice, SourceError
-from daemon.sources.ldap import watch_metrics
 from daemon.sources.ldap.backend import open_reader
 from daemon.sources.ldap.directory import BindRefused, Entry, SearchStats
 from daemon.sources.ldap.libldap import _configure, _describe
@@ -335,7 +335,7 @@ class SyncState:
     def set_cookie(self, kind: SyncKind, cookie: str) -> None:
         with self.lock:
             self.tables[kind].cookie = cookie
-        watch_metrics.cookie_moved(_SOURCE)
+        source_metrics.cookie_moved(_SOURCE)
 
     def refresh_done(self, kind: SyncKind) -> None:
         """The refresh of one search ended; a full reload drops what it did not send."""
@@ -840,7 +840,7 @@ class Syncrepl:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            watch_metrics.connected(_SOURCE, False)
+            source_metrics.watch_connected(_SOURCE, False)
             self.save()
 
     async def _keep(self, kind: SyncKind) -> None:
@@ -896,12 +896,12 @@ class Syncrepl:
                     reloaded = False
                 self._refreshed.discard(kind)
                 message = self._redact(str(exc))
-                watch_metrics.connected(_SOURCE, False, message)
+                source_metrics.watch_connected(_SOURCE, False, message)
                 log.warning("ldap_sync_dropped", error=message, retry_in=round(backoff, 1))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, options.sync_retry_max)
                 self.reconnects += 1
-                watch_metrics.reconnected(_SOURCE)
+                source_metrics.watch_reconnected(_SOURCE)
 
     async def _search(self, kind: SyncKind) -> None:
         """One persistent search in a worker thread, until it fails (raises)."""
@@ -917,7 +917,7 @@ class Syncrepl:
             self._refreshed.add(kind)
             if self._refreshed >= {"user", "group"}:
                 self.ready.set()
-                watch_metrics.connected(_SOURCE, True)
+                source_metrics.watch_connected(_SOURCE, True)
                 log.info("ldap_sync_persisting", url=self.options.url)
                 self._wake()
 
