@@ -195,7 +195,7 @@ def plan_changed(
     The work is proportional to the change: the users whose record changed,
     the users who joined or left a bound group (or whose group became bound
     or unbound), and the bound groups that changed or that contain a user
-    whose held state flipped. The result is what :func:`plan` would give
+    whose listing (held and active) flipped. The result is what :func:`plan` would give
     (``tests/core/test_proportional.py`` checks it on random directories).
     """
     wanted = set(assignment.groups)
@@ -227,19 +227,26 @@ def plan_changed(
                 gone = msgspec.structs.replace(user, state=AccountState.UNASSIGNED)
                 row = (content_hash(gone), gone)
         out[key] = row
-        if (row is not None) != known:
-            # Held now and not before, or the reverse: its bound groups' members change.
+        # Listed in the target's groups now (held and active) and before: when that
+        # flips, its bound groups' members change. (A user who joined or left a
+        # group is there already: that group changed.)
+        listed = row is not None and isinstance(row[1], User) and row[1].active
+        old = before.get(key)
+        was_listed = known and isinstance(old, User) and old.active
+        if listed != was_listed:
             groups.update(g.id for g in bound if _contains(g.members, uid))
     for g in bound:
         if g.id not in groups:
             continue
 
         def held(uid: str) -> bool:
-            row = out.get(("user", uid), False)
-            if row is not False:
-                return row is not None
+            """Whether member ``uid`` of a bound group is listed: held by the target, active."""
+            key: Key = ("user", uid)
+            if key in out:
+                row = out[key]
+                return row is not None and isinstance(row[1], User) and row[1].active
             user = snapshot.users.get(uid)
-            return user is not None and (index.hashes.get(("user", uid)) is not None or user.active)
+            return user is not None and user.active
 
         members = tuple(m for m in g.members if held(m))
         group = g if members == g.members else msgspec.structs.replace(g, members=members)
