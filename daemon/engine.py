@@ -22,10 +22,11 @@ import anyio
 import pluggy
 import structlog
 
-from daemon import metrics
+from daemon import metrics, provlog
 from daemon.assignment import Assignment, MemberLosses, ScopedPlan, member_losses, plan
 from daemon.changes import Change, describe
 from daemon.config import EngineSettings, GuardSettings, TargetSettings
+from daemon.decisions import apply_decisions
 from daemon.diff import delivery_order, diff_object
 from daemon.leadership import SOURCE, Leadership, target_lease
 from daemon.model import Group, Snapshot
@@ -41,7 +42,9 @@ from daemon.store import (
     Fence,
     FencedOut,
     Key,
+    LogEntry,
     Result,
+    Settled,
     Store,
     StoreUnavailable,
     TargetIndex,
@@ -93,7 +96,16 @@ class _Observation:
     changes: list[Change]
     upserts: list[tuple[Key, str, object]]
     deletes: list[Key]
-    plans: dict[str, tuple[ScopedPlan, frozenset[Key]]]
+    plans: dict[str, _TargetPlanned]
+
+
+@dataclass(frozen=True)
+class _TargetPlanned:
+    """One target's plan in a cycle: the rows, the keys held, the decisions it used."""
+
+    scoped: ScopedPlan
+    held: frozenset[Key]
+    settled: tuple[Settled, ...] = ()
 
 
 NO_LOSSES = MemberLosses({}, [], 0, 0)
@@ -104,6 +116,7 @@ def guard(
     settings: GuardSettings,
     approved: frozenset[Key],
     losses: MemberLosses = NO_LOSSES,
+    pending: frozenset[Key] = frozenset(),
 ) -> frozenset[Key]:
     """The rows to hold back, or an empty set.
 
@@ -120,6 +133,9 @@ def guard(
     deactivations, the groups that lose members and the group deletions, so
     that a wipe can go out neither as deactivations nor as PATCHes emptying
     the groups. Keys an operator approved are neither counted nor held again.
+    Keys of the target's current hold (``pending``) that the plan still
+    removes stay held whether or not a measure trips: a hold waits for an
+    operator's decision, key by key or all at once.
     """
     users = [k for k in scoped.deactivations if k not in approved]
     groups = [k for k in losses.groups if k not in approved]
@@ -135,7 +151,7 @@ def guard(
         or past(len(deleted), losses.groups_before)
     ):
         return frozenset(users).union(groups, deleted)
-    return frozenset()
+    return frozenset(users).union(groups, deleted) & pending
 
 
 class Engine:
@@ -167,6 +183,8 @@ class Engine:
         self.last_report: CycleReport | None = None
         #: Called as ``progress(target, done, total)`` while delivering (CLI progress bars).
         self.progress: Callable[[str, int, int], None] | None = None
+        #: Whether cycles write the provisioning log (``state.log_retention_days`` > 0).
+        self.provisioning_log = True
 
     def reconfigure(
         self, source: Source, targets: Sequence[TargetSlot], settings: EngineSettings
@@ -302,12 +320,21 @@ class Engine:
         for name, n in report.changes.items():
             metrics.CHANGES.labels(name).inc(n)
         target_plans: dict[str, TargetPlan] = {}
+        entries: list[LogEntry] = []
+        changed = provlog.by_key(obs.changes) if self.provisioning_log else {}
         for slot in self.targets:
             if slot.name not in obs.plans:
                 continue
-            scoped, held = obs.plans[slot.name]
+            planned_ = obs.plans[slot.name]
+            scoped, held = planned_.scoped, planned_.held
             rows = [r for r in scoped.desired if r.key not in held]
-            target_plans[slot.name] = TargetPlan(rows, scoped.released, held or None)
+            target_plans[slot.name] = TargetPlan(
+                rows, scoped.released, held or None, planned_.settled
+            )
+            if self.provisioning_log:
+                entries += provlog.planned(
+                    slot.name, report.id, rows, held, changed, report.started_at
+                )
             report.targets[slot.name] = TargetReport(planned=len(rows), held=len(held))
             metrics.HELD_REMOVALS.labels(slot.name).set(len(held))
             if held:
@@ -328,6 +355,7 @@ class Engine:
             obs.deletes,
             target_plans,
             fence=self._source_fence,
+            log=entries,
         )
         self._committed = Committed(snapshot.version, obs.hashes)
         await self._record_stale(screened.stale)
@@ -411,7 +439,7 @@ class Engine:
             obj = snapshot.get(*key)
             assert obj is not None
             upserts.append((key, hashes[key], obj))
-        plans: dict[str, tuple[ScopedPlan, frozenset[Key]]] = {}
+        plans: dict[str, _TargetPlanned] = {}
         if changes or self.force_plan:
             for slot in self.targets:
                 plans[slot.name] = await self._plan_target(slot, snapshot, hashes)
@@ -419,7 +447,7 @@ class Engine:
 
     async def _plan_target(
         self, slot: TargetSlot, snapshot: Snapshot, hashes: dict[Key, str]
-    ) -> tuple[ScopedPlan, frozenset[Key]]:
+    ) -> _TargetPlanned:
         if slot.index is None:
             slot.index = await self.store.target_index(slot.name)
         for ref in slot.assignment.unknown(snapshot):
@@ -429,11 +457,22 @@ class Engine:
                 setting=f"targets[{self.targets.index(slot)}].groups",
                 group=ref,
             )
-        scoped = plan(snapshot, hashes, slot.assignment, slot.index)
+        # The operator's decisions on held keys first: a rejected row is not planned.
+        decided = apply_decisions(
+            plan(snapshot, hashes, slot.assignment, slot.index),
+            await self.store.decisions(slot.name),
+            hashes,
+        )
+        scoped = decided.scoped
         hold = await self.store.hold(slot.name)
-        approved = hold.keys if hold is not None and hold.approved else frozenset()
+        approved = decided.approved
+        pending = frozenset[Key]()
+        if hold is not None:
+            approved |= hold.keys if hold.approved else frozenset()
+            pending = hold.keys - approved
         losses = await self._member_losses(slot, scoped)
-        return scoped, guard(scoped, slot.settings.guard, approved, losses)
+        held = guard(scoped, slot.settings.guard, approved, losses, pending)
+        return _TargetPlanned(scoped, held, decided.settled)
 
     async def _member_losses(self, slot: TargetSlot, scoped: ScopedPlan) -> MemberLosses:
         """What the plan's group rows take away, from the target's recorded group rows."""
@@ -469,8 +508,9 @@ class Engine:
         hashes = snapshot.hashes()
         out: list[PlannedDelta] = []
         for slot in self.targets:
-            scoped, held = await self._plan_target(slot, snapshot, hashes)
-            planned = {r.key: r for r in scoped.desired}
+            planned_ = await self._plan_target(slot, snapshot, hashes)
+            held = planned_.held
+            planned = {r.key: r for r in planned_.scoped.desired}
             stored = await self.store.rows(slot.name, list(planned))
             dirty = await self.store.rows(slot.name, None)
             for key, row in planned.items():
@@ -590,8 +630,9 @@ class Engine:
                 # (or cut short), and is the next leader's to deliver, not a retry.
                 pairs = [(res, d) for res, d in pairs if res.ok]
             results = [res for res, _ in pairs]
+            entries = self._delivery_log(slot.name, pairs, outcomes)
             # Fenced: after another replica took the target over, nothing lands.
-            await self.store.record(slot.name, results, self.clock(), fence=fence)
+            await self.store.record(slot.name, results, self.clock(), fence=fence, log=entries)
             done += len(results)
             if self.progress is not None:
                 self.progress(slot.name, done, max(total, done))
@@ -618,6 +659,27 @@ class Engine:
         report.dirty = dirty
         metrics.DIRTY_OBJECTS.labels(slot.name).set(dirty)
         metrics.FAILED_OBJECTS.labels(slot.name).set(failed)
+
+    def _delivery_log(
+        self, target: str, pairs: list[tuple[Result, Delta]], outcomes: dict[Key, Outcome]
+    ) -> list[LogEntry]:
+        """The provisioning-log entries of one delivery batch (none for unchanged rows)."""
+        if not self.provisioning_log:
+            return []
+        cycle = structlog.contextvars.get_contextvars().get("cycle")
+        now = self.clock()
+        out: list[LogEntry] = []
+        for res, delta in pairs:
+            if not delta.changes:
+                continue
+            outcome = outcomes.get(delta.key)
+            requests = outcome.requests if outcome is not None else ()
+            out.append(
+                provlog.delivered(
+                    target, cycle, delta.key, delta.changes, res.ok, res.error, requests, now
+                )
+            )
+        return out
 
     async def _call_target(self, slot: TargetSlot, deltas: list[Delta]) -> dict[Key, Outcome]:
         if not deltas:

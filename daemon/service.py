@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pluggy
 import structlog
 from aiohttp import web
@@ -57,6 +58,11 @@ PERIODIC_EVERY = 30.0
 #: Seconds between purges of expired sessions, replay IDs, parked requests and
 #: failed sign-ins (the store also drops them as it goes).
 PURGE_EVERY = 60.0
+#: Provisioning-log entries one purge statement deletes at most (bounded batches:
+#: no long transaction and no lock held while a month of entries goes).
+LOG_PURGE_BATCH = 1_000
+#: Batches one purge run deletes at most; the rest waits for the next run.
+LOG_PURGE_BATCHES = 100
 
 log = structlog.get_logger("provisiond.service")
 
@@ -183,6 +189,19 @@ def make_store(config: Config, secrets: SecretStore = SECRETS) -> Store:
         # pg_stat_activity tells the replicas apart (and an operator can end one's sessions).
         application_name=application_name(config.settings.ha.replica_id),
     )
+
+
+async def purge_log(store: Store, before: float) -> int:
+    """Delete the log entries made before ``before``: :data:`LOG_PURGE_BATCH` a statement,
+    at most :data:`LOG_PURGE_BATCHES` statements; how many went."""
+    gone = 0
+    for _ in range(LOG_PURGE_BATCHES):
+        n = await store.purge_log(before, LOG_PURGE_BATCH)
+        gone += n
+        if n < LOG_PURGE_BATCH:
+            break
+        await anyio.lowlevel.checkpoint()  # let cycles and requests in between batches
+    return gone
 
 
 async def open_store(config: Config) -> Store:
@@ -353,6 +372,7 @@ class Service:
                 leadership=self.leadership,
             )
             self.engine.stopping = self.stopping
+            self.engine.provisioning_log = settings.state.log_retention_days > 0
             self.directory = Directory(self.store, self.parts.source)
             ops = await serve.start(
                 build_ops_app(self, admin_token=token),
@@ -389,6 +409,7 @@ class Service:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self.notifier.watchdog)
                 tg.start_soon(self._periodic)
+                tg.start_soon(self._purge_log)
                 if self.leadership is not None:
                     tg.start_soon(functools.partial(self.leadership.run, first=False))
                     tg.start_soon(self._follow, self.leadership)
@@ -480,6 +501,22 @@ class Service:
             else:
                 if purged:
                     log.debug("expired sign-in state purged", rows=purged)
+            await anyio.sleep(PURGE_EVERY)
+
+    async def _purge_log(self) -> None:
+        """Delete provisioning-log entries past ``state.log_retention_days``, in bounded batches."""
+        assert self.store is not None
+        while not self.stopping:
+            days = self.config.settings.state.log_retention_days
+            try:
+                purged = await purge_log(self.store, time.time() - days * 86_400)
+            except StateError as exc:
+                log.warning("purging the provisioning log failed", error=str(exc))
+            except Exception:
+                log.exception("purging the provisioning log failed")
+            else:
+                if purged:
+                    log.debug("old provisioning-log entries purged", rows=purged)
             await anyio.sleep(PURGE_EVERY)
 
     async def _not_live(self) -> None:

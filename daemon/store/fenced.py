@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from daemon.model import DirectoryObject, User
 from daemon.store import (
     Committed,
+    Decision,
     DueRow,
     FactorRecord,
     Fence,
@@ -22,6 +23,7 @@ from daemon.store import (
     Key,
     Lease,
     LinkChanges,
+    LogEntry,
     ObjectStatus,
     ParkedValue,
     Result,
@@ -59,13 +61,22 @@ class FencedStore:
         plans: dict[str, TargetPlan],
         *,
         fence: Fence | None = None,
+        log: Sequence[LogEntry] = (),
     ) -> None:
-        await self.inner.commit(version, upserts, deletes, plans, fence=fence or self.fence)
+        await self.inner.commit(
+            version, upserts, deletes, plans, fence=fence or self.fence, log=log
+        )
 
     async def record(
-        self, target: str, results: list[Result], now: float, *, fence: Fence | None = None
+        self,
+        target: str,
+        results: list[Result],
+        now: float,
+        *,
+        fence: Fence | None = None,
+        log: Sequence[LogEntry] = (),
     ) -> None:
-        await self.inner.record(target, results, now, fence=fence or self.fence)
+        await self.inner.record(target, results, now, fence=fence or self.fence, log=log)
 
     async def set_meta(self, key: str, value: str, *, fence: Fence | None = None) -> None:
         await self.inner.set_meta(key, value, fence=fence or self.fence)
@@ -117,6 +128,27 @@ class FencedStore:
 
     async def approve(self, target: str) -> int:
         return await self.inner.approve(target)
+
+    async def decide(
+        self, target: str, keys: Sequence[Key], decision: str, actor: str, at: float
+    ) -> list[Key]:
+        return await self.inner.decide(target, keys, decision, actor, at)
+
+    async def decisions(self, target: str) -> dict[Key, Decision]:
+        return await self.inner.decisions(target)
+
+    async def log_entries(
+        self,
+        *,
+        target: str | None = None,
+        key: Key | None = None,
+        before: int | None = None,
+        limit: int = 100,
+    ) -> list[LogEntry]:
+        return await self.inner.log_entries(target=target, key=key, before=before, limit=limit)
+
+    async def purge_log(self, before: float, limit: int) -> int:
+        return await self.inner.purge_log(before, limit)
 
     async def get_meta(self, key: str) -> str | None:
         return await self.inner.get_meta(key)
