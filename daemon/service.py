@@ -31,7 +31,7 @@ import pluggy
 import structlog
 from aiohttp import web
 
-from daemon import __version__, logs, metrics
+from daemon import __version__, holds, logs, metrics
 from daemon.config import Config, ConfigError, read_file
 from daemon.config import load as load_config
 from daemon.directory import Directory
@@ -309,10 +309,9 @@ class Service:
             raise KeyError(target)
         if target not in self.parts.targets:
             raise KeyError(target)
-        released = await self.store.approve(target)
-        log.info("held removals approved", target=target, released=released)
+        released = await holds.approve(self.store, target, None, "admin-api", time.time())
         self.trigger_sync()
-        return released
+        return len(released)
 
     # -- life cycle ----------------------------------------------------------------
 
