@@ -32,6 +32,7 @@ import structlog
 from aiohttp import web
 
 from daemon import __version__, holds, logs, metrics
+from daemon import explain as explaining
 from daemon.config import Config, ConfigError, read_file
 from daemon.config import load as load_config
 from daemon.directory import Directory
@@ -312,6 +313,19 @@ class Service:
         released = await holds.approve(self.store, target, None, "admin-api", time.time())
         self.trigger_sync()
         return len(released)
+
+    async def explain(self, login: str, target: str | None) -> dict[str, Any]:
+        if self.store is None:
+            raise LookupError("provisiond is still starting")
+        targets = self.config.settings.targets
+        if target is not None:
+            targets = [t for t in targets if t.name == target]
+            if not targets:
+                raise LookupError(f"no target named {target!r} is configured")
+        found = await explaining.explain(
+            self.store, login, targets, explaining.rules_of(self.config)
+        )
+        return found.to_json()
 
     # -- life cycle ----------------------------------------------------------------
 

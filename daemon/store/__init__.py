@@ -186,6 +186,21 @@ class DueRow:
 
 
 @dataclass(frozen=True, slots=True)
+class TargetObject:
+    """Everything the store holds about one object for one target (``provisiond explain``).
+
+    ``updated_at`` is when the row last changed (a plan, a delivery, a failure).
+    """
+
+    row: DueRow
+    active: bool | None
+    dirty: bool
+    last_error: str | None
+    next_attempt_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class Result:
     """The outcome of one delivery, as the store records it."""
 
@@ -420,6 +435,10 @@ class Store(Protocol):
 
     async def rows(self, target: str, keys: list[Key] | None) -> dict[Key, DueRow]:
         """The stored rows for ``keys`` (``None``: every dirty row), for ``plan``."""
+        ...
+
+    async def target_object(self, target: str, key: Key) -> TargetObject | None:
+        """The target's row for one object, or ``None`` if the target does not know it."""
         ...
 
     async def record(

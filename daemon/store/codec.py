@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from daemon.model import DirectoryObject, ObjectKind, User, decode, encode
-from daemon.store import Decision, FactorRecord, Hold, Key, LogEntry
+from daemon.store import Decision, DueRow, FactorRecord, Hold, Key, LogEntry, TargetObject
 
 
 def kind_of(kind: str) -> ObjectKind:
@@ -99,3 +99,17 @@ def log_where(
             filters.append(name)
             values.append(value)
     return filters, values
+
+
+def target_object_of(row: Sequence[Any]) -> TargetObject:
+    """A row of :data:`daemon.store.sql.TARGET_OBJECT`."""
+    (kind, object_id, remote_id, dh, desired, written, attempts, active, dirty, last_error,
+     nxt, updated_at) = row  # fmt: skip
+    due = DueRow(
+        (kind_of(kind), object_id), remote_id, dh, load(kind, desired), load(kind, written),
+        int(attempts),
+    )  # fmt: skip
+    return TargetObject(
+        due, None if active is None else bool(active), bool(dirty), last_error, float(nxt),
+        float(updated_at),
+    )  # fmt: skip

@@ -31,6 +31,7 @@ from daemon.store import (
     Store,
     TargetIndex,
     TargetLinks,
+    TargetObject,
     TargetPlan,
 )
 
@@ -113,6 +114,9 @@ class FencedStore:
 
     async def rows(self, target: str, keys: list[Key] | None) -> dict[Key, DueRow]:
         return await self.inner.rows(target, keys)
+
+    async def target_object(self, target: str, key: Key) -> TargetObject | None:
+        return await self.inner.target_object(target, key)
 
     async def counts(self, target: str) -> tuple[int, int]:
         return await self.inner.counts(target)

@@ -62,6 +62,7 @@ from daemon.store import (
     StoreUnavailable,
     TargetIndex,
     TargetLinks,
+    TargetObject,
     TargetPlan,
     check_fence,
     phase,
@@ -81,6 +82,7 @@ from daemon.store.codec import (
     log_where,
     logins,
     read_hold,
+    target_object_of,
 )
 from daemon.store.sql import numbered
 
@@ -1098,6 +1100,11 @@ class PostgresStore:
         if failed:
             rows = [(*r.key, r.remote_id, r.error, r.next_attempt_at) for r in failed]
             await db.execute(_RECORD_FAILED, now, *_columns(rows, 5), target)
+
+    @_reads_one
+    async def target_object(self, db: Connection, target: str, key: Key) -> TargetObject | None:
+        row = await db.fetchrow(numbered(sql.TARGET_OBJECT), target, *key)
+        return None if row is None else target_object_of(row)
 
     @_reads_one
     async def counts(self, db: Connection, target: str) -> tuple[int, int]:

@@ -64,6 +64,11 @@ ROWS = (
     "FROM target_objects"
 )
 DIRTY_ROWS = f"{ROWS} WHERE target = ? AND dirty = TRUE"
+TARGET_OBJECT = (
+    "SELECT kind, object_id, remote_id, desired_hash, desired, written, attempts, active, "
+    "dirty, last_error, next_attempt_at, updated_at FROM target_objects "
+    "WHERE target = ? AND kind = ? AND object_id = ?"
+)
 DUE = f"{DIRTY_ROWS} AND next_attempt_at <= ? ORDER BY phase, kind, object_id LIMIT ?"
 
 COUNTS = (

@@ -36,6 +36,7 @@ from daemon.store import (
     StoreFull,
     TargetIndex,
     TargetLinks,
+    TargetObject,
     TargetPlan,
     check_fence,
     phase,
@@ -55,6 +56,7 @@ from daemon.store.codec import (
     log_where,
     logins,
     read_hold,
+    target_object_of,
 )
 
 __all__ = ["MIGRATIONS", "SqliteStore", "StateError"]
@@ -605,6 +607,11 @@ class SqliteStore:
                         key, remote_id, dh, load(kind, desired), load(kind, written), attempts
                     )
         return out
+
+    @_read_one
+    async def target_object(self, target: str, key: Key) -> TargetObject | None:
+        row = await self._one(sql.TARGET_OBJECT, target, *key)
+        return None if row is None else target_object_of(row)
 
     @_read_one
     async def approved_holds(self) -> list[str]:
