@@ -134,7 +134,7 @@ async def explain(
     """Explain one user for each of ``targets``. Raises :class:`UnknownUser`."""
     user_id, user = await find(store, login)
     key: Key = ("user", user_id)
-    committed_groups = await _groups(store)
+    committed_groups = await store.groups()
     member_of = sorted(g.name for g in committed_groups if user_id in g.members)
     rows = {t.name: await store.target_object(t.name, key) for t in targets}
     gone = user is None and all(r is None for r in rows.values())
@@ -160,12 +160,6 @@ async def explain(
         await store.get_meta("snapshot_version"),
         out,
     )
-
-
-async def _groups(store: Store) -> list[Group]:
-    committed = await store.committed()
-    keys = [k for k in committed.hashes if k[0] == "group"]
-    return [g for g in (await store.records(keys)).values() if isinstance(g, Group)]
 
 
 async def _target(

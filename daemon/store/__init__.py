@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from daemon import metrics
-from daemon.model import DirectoryObject, ObjectKind, User
+from daemon.model import DirectoryObject, Group, ObjectKind, User
 
 Key = tuple[ObjectKind, str]
 
@@ -401,6 +401,10 @@ class Store(Protocol):
 
     async def records(self, keys: list[Key]) -> dict[Key, DirectoryObject]:
         """The committed directory records for ``keys`` (missing ones left out)."""
+        ...
+
+    async def groups(self) -> list[Group]:
+        """Every group of the committed snapshot (``explain``: who is in which group)."""
         ...
 
     async def find_user(self, login: str) -> User | None:

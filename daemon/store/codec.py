@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from daemon.model import DirectoryObject, ObjectKind, User, decode, encode
+from daemon.model import DirectoryObject, Group, ObjectKind, User, decode, encode
 from daemon.store import Decision, DueRow, FactorRecord, Hold, Key, LogEntry, TargetObject
 
 
@@ -113,3 +113,10 @@ def target_object_of(row: Sequence[Any]) -> TargetObject:
         due, None if active is None else bool(active), bool(dirty), last_error, float(nxt),
         float(updated_at),
     )  # fmt: skip
+
+
+def msgspec_group(data: str) -> Group:
+    """A stored group record."""
+    group = decode("group", data)
+    assert isinstance(group, Group)
+    return group

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from daemon.model import DirectoryObject, User
+from daemon.model import DirectoryObject, Group, User
 from daemon.store import (
     Committed,
     Decision,
@@ -99,6 +99,9 @@ class FencedStore:
 
     async def records(self, keys: list[Key]) -> dict[Key, DirectoryObject]:
         return await self.inner.records(keys)
+
+    async def groups(self) -> list[Group]:
+        return await self.inner.groups()
 
     async def find_user(self, login: str) -> User | None:
         return await self.inner.find_user(login)

@@ -39,7 +39,7 @@ from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 import anyio
 import asyncpg
 
-from daemon.model import DirectoryObject, User, decode, encode
+from daemon.model import DirectoryObject, Group, User, decode, encode
 from daemon.store import (
     Committed,
     Deactivation,
@@ -81,6 +81,7 @@ from daemon.store.codec import (
     log_row,
     log_where,
     logins,
+    msgspec_group,
     read_hold,
     target_object_of,
 )
@@ -923,6 +924,10 @@ class PostgresStore:
             assert obj is not None
             out[(kind_of(kind), object_id)] = obj
         return out
+
+    @_reads_one
+    async def groups(self, db: Connection) -> list[Group]:
+        return [msgspec_group(r[0]) for r in await db.fetch(numbered(sql.GROUPS))]
 
     @_reads_one
     async def find_user(self, db: Connection, login: str) -> User | None:

@@ -64,6 +64,7 @@ ROWS = (
     "FROM target_objects"
 )
 DIRTY_ROWS = f"{ROWS} WHERE target = ? AND dirty = TRUE"
+GROUPS = "SELECT data FROM directory_objects WHERE kind = 'group' ORDER BY object_id"
 TARGET_OBJECT = (
     "SELECT kind, object_id, remote_id, desired_hash, desired, written, attempts, active, "
     "dirty, last_error, next_attempt_at, updated_at FROM target_objects "

@@ -14,7 +14,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import aiosqlite
 import anyio
 
-from daemon.model import DirectoryObject, User, decode, encode
+from daemon.model import DirectoryObject, Group, User, decode, encode
 from daemon.store import (
     Committed,
     Deactivation,
@@ -55,6 +55,7 @@ from daemon.store.codec import (
     log_row,
     log_where,
     logins,
+    msgspec_group,
     read_hold,
     target_object_of,
 )
@@ -485,6 +486,11 @@ class SqliteStore:
                     assert obj is not None
                     out[(kind_of(kind), object_id)] = obj
         return out
+
+    @_read_one
+    async def groups(self) -> list[Group]:
+        async with self.db.execute(sql.GROUPS) as cur:
+            return [msgspec_group(data) async for (data,) in cur]
 
     @_read_one
     async def find_user(self, login: str) -> User | None:

@@ -14,7 +14,7 @@ from daemon.store import (
     Store,
     TargetPlan,
 )
-from tests.store.data import group, key, ok, plan, upsert, user, want
+from tests.store.data import failed, group, key, ok, plan, upsert, user, want
 
 ALICE = user("alice")
 BOB = user("bob")
@@ -141,3 +141,25 @@ class TestDecisions:
         await store.commit("v1", [], [], {"app": plan(hold=frozenset({("user", "gone")}))})
         await store.decide("app", [("user", "gone")], REJECTED, "ops", 1.0)
         assert (await store.decisions("app"))[("user", "gone")].directory_hash is None
+
+
+class TestExplainReads:
+    async def test_groups_and_one_target_object(self, store: Store) -> None:
+        await store.commit(
+            "v1", [upsert(ALICE), upsert(STAFF)], [], {"app": plan(want(ALICE))}
+        )
+        assert await store.groups() == [STAFF]
+        row = await store.target_object("app", key(ALICE))
+        assert row is not None
+        assert (row.row.desired, row.active, row.dirty, row.row.attempts) == (ALICE, True, True, 0)
+        await store.record(
+            "app",
+            [failed(key(ALICE), content_hash(ALICE), "HTTP 503", 50.0)],
+            10.0,
+        )
+        row = await store.target_object("app", key(ALICE))
+        assert row is not None
+        assert (row.last_error, row.next_attempt_at, row.row.attempts) == ("HTTP 503", 50.0, 1)
+        assert row.updated_at == 10.0
+        assert await store.target_object("app", key(STAFF)) is None
+        assert await store.target_object("other", key(ALICE)) is None
