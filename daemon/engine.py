@@ -49,6 +49,7 @@ from daemon.store import (
     StoreUnavailable,
     TargetIndex,
     TargetPlan,
+    phase,
 )
 from daemon.store.fenced import FencedStore
 from daemon.targets.base import Delta, Outcome, Target
@@ -185,6 +186,9 @@ class Engine:
         self.progress: Callable[[str, int, int], None] | None = None
         #: Whether cycles write the provisioning log (``state.log_retention_days`` > 0).
         self.provisioning_log = True
+        #: Called as ``on_delivered(target, delta, result, outcome)`` for each object
+        #: delivered (``provisiond sync --user``'s step-by-step report).
+        self.on_delivered: Callable[[str, Delta, Result, Outcome | None], None] | None = None
 
     def reconfigure(
         self, source: Source, targets: Sequence[TargetSlot], settings: EngineSettings
@@ -201,7 +205,9 @@ class Engine:
 
     # -- one cycle ---------------------------------------------------------------
 
-    async def cycle(self) -> CycleReport:
+    async def cycle(self, only: frozenset[Key] | None = None) -> CycleReport:
+        """One cycle. With ``only``: plan as usual, but deliver only those objects, now
+        (their retry times ignored): provisioning on demand."""
         report = CycleReport(id=uuid.uuid4().hex[:12], started_at=self.clock())
         with structlog.contextvars.bound_contextvars(cycle=report.id):
             # Targets led in a new term drop their cached index before planning uses it.
@@ -217,7 +223,7 @@ class Engine:
                 report.result, report.error = "failed", str(exc)
                 self._fenced_out(SOURCE, exc)
             if report.result != "failed" and not self.stopping:
-                await self._deliver_all(report)
+                await self._deliver_all(report, only)
             report.finished_at = self.clock()
             metrics.CYCLES.labels(report.result).inc()
             metrics.CYCLE_DURATION.observe(report.duration)
@@ -524,14 +530,14 @@ class Engine:
 
     # -- delivery ------------------------------------------------------------------
 
-    async def _deliver_all(self, report: CycleReport) -> None:
+    async def _deliver_all(self, report: CycleReport, only: frozenset[Key] | None) -> None:
         async with anyio.create_task_group() as tg:
             for slot in self.targets:
                 leads, fence = self._target_fence(slot)
                 if not leads:
                     continue  # another replica delivers to it
                 target_report = report.targets.setdefault(slot.name, TargetReport())
-                tg.start_soon(self._deliver, slot, target_report, fence)
+                tg.start_soon(self._deliver, slot, target_report, fence, only)
 
     async def start_target(self, slot: TargetSlot) -> None:
         """Give the target its state from the store, once (the optional ``Target.start``)."""
@@ -572,11 +578,15 @@ class Engine:
                 tg.start_soon(self.periodic, slot)
 
     async def _deliver(
-        self, slot: TargetSlot, report: TargetReport, fence: Fence | None = None
+        self,
+        slot: TargetSlot,
+        report: TargetReport,
+        fence: Fence | None = None,
+        only: frozenset[Key] | None = None,
     ) -> None:
         with structlog.contextvars.bound_contextvars(target=slot.name), self._remote_writes(fence):
             try:
-                await self._deliver_batches(slot, report, fence)
+                await self._deliver_batches(slot, report, fence, only)
             except FencedOut as exc:
                 self._fenced_out(target_lease(slot.name), exc)
 
@@ -597,7 +607,11 @@ class Engine:
         return why is None
 
     async def _deliver_batches(
-        self, slot: TargetSlot, report: TargetReport, fence: Fence | None
+        self,
+        slot: TargetSlot,
+        report: TargetReport,
+        fence: Fence | None,
+        only: frozenset[Key] | None = None,
     ) -> None:
         try:
             await self.start_target(slot)
@@ -616,7 +630,10 @@ class Engine:
         done = 0
         while not self.stopping and self._may_start(fence):
             now = self.clock()
-            rows = await self.store.due(slot.name, now, self.settings.batch_size)
+            if only is None:
+                rows = await self.store.due(slot.name, now, self.settings.batch_size)
+            else:
+                rows, only = await self._dirty_among(slot.name, only), frozenset()
             if not rows:
                 break
             deltas = [_due_delta(r) for r in rows]
@@ -634,6 +651,9 @@ class Engine:
             # Fenced: after another replica took the target over, nothing lands.
             await self.store.record(slot.name, results, self.clock(), fence=fence, log=entries)
             done += len(results)
+            if self.on_delivered is not None:
+                for res, delta in pairs:
+                    self.on_delivered(slot.name, delta, res, outcomes.get(delta.key))
             if self.progress is not None:
                 self.progress(slot.name, done, max(total, done))
             for res, delta in pairs:
@@ -659,6 +679,12 @@ class Engine:
         report.dirty = dirty
         metrics.DIRTY_OBJECTS.labels(slot.name).set(dirty)
         metrics.FAILED_OBJECTS.labels(slot.name).set(failed)
+
+    async def _dirty_among(self, target: str, keys: frozenset[Key]) -> list[DueRow]:
+        """The dirty rows among ``keys``, due or not, in delivery order."""
+        rows = [await self.store.target_object(target, key) for key in sorted(keys)]
+        dirty = [r.row for r in rows if r is not None and r.dirty]
+        return sorted(dirty, key=lambda r: (phase(r.key[0], r.desired is None), r.key))
 
     def _delivery_log(
         self, target: str, pairs: list[tuple[Result, Delta]], outcomes: dict[Key, Outcome]
