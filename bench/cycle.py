@@ -13,7 +13,10 @@ of medians.
 
 With several ``--backend`` values each round runs every backend in turn, on
 the same files, and the table gives each backend's medians over all rounds
-and the ratio to the first backend. ``postgresql`` runs on a private cluster
+and the ratio to the first backend. ``--log-off-too`` runs each backend a
+second time in every round with the provisioning log off
+(``state.log_retention_days: 0``): the ratio row is then the log's cost.
+``postgresql`` runs on a private cluster
 (``tests/pg/cluster.py``) with PostgreSQL's durable defaults (fsync on,
 synchronous commit), as SQLite runs with ``synchronous=FULL``; each child
 gets a new database. The store column is the time the cycle spent in store
@@ -91,7 +94,7 @@ def _store_seconds() -> float:
 
 
 async def _measure(
-    n: int, repeat: int, workdir: Path, backend: str, groups: str, dsn: str
+    n: int, repeat: int, workdir: Path, backend: str, groups: str, dsn: str, log: bool = True
 ) -> dict[str, float]:
     import logging
 
@@ -128,6 +131,7 @@ async def _measure(
         plugin_manager(entry_points=False),
         EngineSettings(batch_size=2000),
     )
+    engine.provisioning_log = log
     t0 = time.perf_counter()
     await engine.cycle()
     initial = time.perf_counter() - t0
@@ -340,18 +344,24 @@ def _changes(args: argparse.Namespace) -> None:
     print(f"\nevery run: {spread}")
 
 
-def _child(n: int, repeat: int, workdir: Path, backend: str, groups: str, dsn: str) -> None:
+def _child(
+    n: int, repeat: int, workdir: Path, backend: str, groups: str, dsn: str, log: bool
+) -> None:
     try:
-        result = anyio.run(_measure, n, repeat, workdir, backend, groups, dsn)
+        result = anyio.run(_measure, n, repeat, workdir, backend, groups, dsn, log)
     except BaseException:
         traceback.print_exc()
         os._exit(1)  # the store's worker thread would keep the process alive
     print(json.dumps(result))
 
 
-def _run_child(args: argparse.Namespace, n: int, tmp: str, backend: str, dsn: str) -> Any:
+def _run_child(
+    args: argparse.Namespace, n: int, tmp: str, backend: str, dsn: str, log: bool = True
+) -> Any:
     argv = [sys.executable, __file__, str(n), "--repeat", str(args.repeat), "--child", tmp]
     argv += ["--backend", backend, "--groups", args.groups, "--dsn", dsn]
+    if not log:
+        argv.append("--no-log")
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         sys.exit(f"the {backend} child failed:\n{done.stdout}{done.stderr}")
@@ -370,6 +380,11 @@ def main() -> None:
     parser.add_argument("--changes", action="store_true", help="event-driven cycles (issue 12)")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--dsn", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--no-log", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--log-off-too", action="store_true",
+        help="also run each backend with the provisioning log off, in the same rounds",
+    )  # fmt: skip
     args = parser.parse_args()
     backends: list[str] = args.backends or ["sqlite"]
     if args.changes:
@@ -384,7 +399,10 @@ def main() -> None:
         _changes(args)
         return
     if args.child:
-        _child(args.sizes[0], args.repeat, args.child, backends[0], args.groups, args.dsn)
+        _child(
+            args.sizes[0], args.repeat, args.child, backends[0], args.groups, args.dsn,
+            not args.no_log,
+        )  # fmt: skip
         return
     cluster = None
     if "postgresql" in backends:
@@ -411,17 +429,22 @@ def _report(args: argparse.Namespace, backends: list[str], cluster: Any) -> None
         "| no-change cycle | diff | hash+compare | peak RSS |"
     )
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    variants = [(b, b, True) for b in backends]
+    if args.log_off_too:
+        variants = [v for b in backends for v in ((b, b, True), (f"{b}, log off", b, False))]
+    labels = [label for label, _, _ in variants]
     for n in args.sizes:
-        runs: dict[str, dict[str, list[float]]] = {b: {} for b in backends}
+        runs: dict[str, dict[str, list[float]]] = {label: {} for label in labels}
         with tempfile.TemporaryDirectory() as tmp:
             for i, change in enumerate((0.0, 0.01)):
                 data = generate(n, 1, change, args.groups)
                 (Path(tmp) / f"v{i}.json").write_text(json.dumps(data))
             for _ in range(args.rounds):
-                for backend in backends:
+                for label, backend, log in variants:
                     dsn = cluster.new_database() if backend == "postgresql" else ""
-                    for measure, values in _run_child(args, n, tmp, backend, dsn).items():
-                        runs[backend].setdefault(measure, []).extend(values)
+                    for measure, values in _run_child(args, n, tmp, backend, dsn, log).items():
+                        runs[label].setdefault(measure, []).extend(values)
+        backends = labels
         first = {k: statistics.median(v) for k, v in runs[backends[0]].items()}
         for backend in backends:
             r = {k: statistics.median(v) for k, v in runs[backend].items()}

@@ -168,6 +168,8 @@ class StateSettings(_Section):
     backend: Literal["sqlite", "postgresql"] = "sqlite"
     path: Path = Path("state/provisiond.db")
     postgresql: PostgresSettings | None = None
+    #: Days the provisioning log keeps an entry; 0 writes no provisioning log at all.
+    log_retention_days: float = Field(default=30, ge=0, le=3650)
 
     @model_validator(mode="after")
     def _backend_settings(self) -> StateSettings:

@@ -22,7 +22,7 @@ import anyio
 import pluggy
 import structlog
 
-from daemon import metrics
+from daemon import metrics, provlog
 from daemon.assignment import (
     Assignment,
     MemberLosses,
@@ -33,6 +33,7 @@ from daemon.assignment import (
 )
 from daemon.changes import Change, describe
 from daemon.config import EngineSettings, GuardSettings, TargetSettings
+from daemon.decisions import apply_decisions
 from daemon.diff import delivery_order, diff_object
 from daemon.leadership import SOURCE, Leadership, target_lease
 from daemon.model import DirectoryObject, Group, Snapshot, User, content_hash
@@ -56,11 +57,14 @@ from daemon.store import (
     Fence,
     FencedOut,
     Key,
+    LogEntry,
     Result,
+    Settled,
     Store,
     StoreUnavailable,
     TargetIndex,
     TargetPlan,
+    phase,
 )
 from daemon.store.fenced import FencedStore
 from daemon.targets.base import Delta, Outcome, Target
@@ -108,12 +112,21 @@ class _Observation:
     changes: list[Change]
     upserts: list[tuple[Key, str, object]]
     deletes: list[Key]
-    plans: dict[str, tuple[ScopedPlan, frozenset[Key]]]
+    plans: dict[str, _TargetPlanned]
     #: The committed records of the changed and deleted keys (proportional cycles).
     before: dict[Key, DirectoryObject] = field(default_factory=dict)
     #: Proportional cycles: ``hashes`` is the committed dict itself, and these new
     #: hashes go into it once the commit succeeded (copying it costs more).
     hash_updates: dict[Key, str] | None = None
+
+
+@dataclass(frozen=True)
+class _TargetPlanned:
+    """One target's plan in a cycle: the rows, the keys held, the decisions it used."""
+
+    scoped: ScopedPlan
+    held: frozenset[Key]
+    settled: tuple[Settled, ...] = ()
 
 
 NO_LOSSES = MemberLosses({}, [], 0, 0)
@@ -124,6 +137,7 @@ def guard(
     settings: GuardSettings,
     approved: frozenset[Key],
     losses: MemberLosses = NO_LOSSES,
+    pending: frozenset[Key] = frozenset(),
 ) -> frozenset[Key]:
     """The rows to hold back, or an empty set.
 
@@ -140,6 +154,9 @@ def guard(
     deactivations, the groups that lose members and the group deletions, so
     that a wipe can go out neither as deactivations nor as PATCHes emptying
     the groups. Keys an operator approved are neither counted nor held again.
+    Keys of the target's current hold (``pending``) that the plan still
+    removes stay held whether or not a measure trips: a hold waits for an
+    operator's decision, key by key or all at once.
     """
     users = [k for k in scoped.deactivations if k not in approved]
     groups = [k for k in losses.groups if k not in approved]
@@ -155,7 +172,7 @@ def guard(
         or past(len(deleted), losses.groups_before)
     ):
         return frozenset(users).union(groups, deleted)
-    return frozenset()
+    return frozenset(users).union(groups, deleted) & pending
 
 
 class Logins:
@@ -312,6 +329,11 @@ class Engine:
         self.pending = Pending(settings.max_pending_keys)
         self._noticed = anyio.Event()
         self.monotonic: Callable[[], float] = time.monotonic
+        #: Whether cycles write the provisioning log (``state.log_retention_days`` > 0).
+        self.provisioning_log = True
+        #: Called as ``on_delivered(target, delta, result, outcome)`` for each object
+        #: delivered (``provisiond sync --user``'s step-by-step report).
+        self.on_delivered: Callable[[str, Delta, Result, Outcome | None], None] | None = None
 
     def reconfigure(
         self, source: Source, targets: Sequence[TargetSlot], settings: EngineSettings
@@ -380,7 +402,9 @@ class Engine:
 
     # -- one cycle ---------------------------------------------------------------
 
-    async def cycle(self) -> CycleReport:
+    async def cycle(self, only: frozenset[Key] | None = None) -> CycleReport:
+        """One cycle. With ``only``: plan as usual, but deliver only those objects, now
+        (their retry times ignored): provisioning on demand."""
         report = CycleReport(id=uuid.uuid4().hex[:12], started_at=self.clock())
         # Notices until now are answered by this cycle's read; later ones wait for the next.
         notice, seen = self._take_pending()
@@ -398,7 +422,7 @@ class Engine:
                 report.result, report.error = "failed", str(exc)
                 self._fenced_out(SOURCE, exc)
             if report.result != "failed" and not self.stopping:
-                await self._deliver_all(report)
+                await self._deliver_all(report, only)
             report.finished_at = self.clock()
             metrics.CYCLES.labels(report.result).inc()
             metrics.CYCLE_DURATION.observe(report.duration)
@@ -511,12 +535,21 @@ class Engine:
         for name, n in report.changes.items():
             metrics.CHANGES.labels(name).inc(n)
         target_plans: dict[str, TargetPlan] = {}
+        entries: list[LogEntry] = []
+        kinds = provlog.by_key(obs.changes) if self.provisioning_log else {}
         for slot in self.targets:
             if slot.name not in obs.plans:
                 continue
-            scoped, held = obs.plans[slot.name]
+            planned_ = obs.plans[slot.name]
+            scoped, held = planned_.scoped, planned_.held
             rows = [r for r in scoped.desired if r.key not in held]
-            target_plans[slot.name] = TargetPlan(rows, scoped.released, held or None)
+            target_plans[slot.name] = TargetPlan(
+                rows, scoped.released, held or None, planned_.settled
+            )
+            if self.provisioning_log:
+                entries += provlog.planned(
+                    slot.name, report.id, rows, held, kinds, report.started_at
+                )
             report.targets[slot.name] = TargetReport(planned=len(rows), held=len(held))
             metrics.HELD_REMOVALS.labels(slot.name).set(len(held))
             if held:
@@ -537,6 +570,7 @@ class Engine:
             obs.deletes,
             target_plans,
             fence=self._source_fence,
+            log=entries,
         )
         if obs.hash_updates is not None:
             for key in obs.deletes:
@@ -628,7 +662,7 @@ class Engine:
         upserts: list[tuple[Key, str, object]] = [
             (key, updates[key], snapshot.get(*key)) for key in changed
         ]
-        plans: dict[str, tuple[ScopedPlan, frozenset[Key]]] = {}
+        plans: dict[str, _TargetPlanned] = {}
         if changes:
             touched = [*changed, *deletes]
             for slot in self.targets:
@@ -710,7 +744,7 @@ class Engine:
             obj = snapshot.get(*key)
             assert obj is not None
             upserts.append((key, hashes[key], obj))
-        plans: dict[str, tuple[ScopedPlan, frozenset[Key]]] = {}
+        plans: dict[str, _TargetPlanned] = {}
         if changes or self.force_plan:
             for slot in self.targets:
                 plans[slot.name] = await self._plan_target(slot, snapshot, hashes)
@@ -722,7 +756,7 @@ class Engine:
         snapshot: Snapshot,
         hashes: Mapping[Key, str],
         only: tuple[list[Key], dict[Key, DirectoryObject]] | None = None,
-    ) -> tuple[ScopedPlan, frozenset[Key]]:
+    ) -> _TargetPlanned:
         """Plan one target; ``only``: the changed keys and their committed records."""
         if slot.index is None:
             slot.index = await self.store.target_index(slot.name)
@@ -734,13 +768,21 @@ class Engine:
                 group=ref,
             )
         if only is None:
-            scoped = plan(snapshot, hashes, slot.assignment, slot.index)
+            planned = plan(snapshot, hashes, slot.assignment, slot.index)
         else:
-            scoped = plan_changed(snapshot, hashes, slot.assignment, slot.index, *only)
+            planned = plan_changed(snapshot, hashes, slot.assignment, slot.index, *only)
+        # The operator's decisions on held keys first: a rejected row is not planned.
+        decided = apply_decisions(planned, await self.store.decisions(slot.name), hashes)
+        scoped = decided.scoped
         hold = await self.store.hold(slot.name)
-        approved = hold.keys if hold is not None and hold.approved else frozenset()
+        approved = decided.approved
+        pending = frozenset[Key]()
+        if hold is not None:
+            approved |= hold.keys if hold.approved else frozenset()
+            pending = hold.keys - approved
         losses = await self._member_losses(slot, scoped)
-        return scoped, guard(scoped, slot.settings.guard, approved, losses)
+        held = guard(scoped, slot.settings.guard, approved, losses, pending)
+        return _TargetPlanned(scoped, held, decided.settled)
 
     async def _member_losses(self, slot: TargetSlot, scoped: ScopedPlan) -> MemberLosses:
         """What the plan's group rows take away, from the target's recorded group rows."""
@@ -776,8 +818,9 @@ class Engine:
         hashes = snapshot.hashes()
         out: list[PlannedDelta] = []
         for slot in self.targets:
-            scoped, held = await self._plan_target(slot, snapshot, hashes)
-            planned = {r.key: r for r in scoped.desired}
+            planned_ = await self._plan_target(slot, snapshot, hashes)
+            held = planned_.held
+            planned = {r.key: r for r in planned_.scoped.desired}
             stored = await self.store.rows(slot.name, list(planned))
             dirty = await self.store.rows(slot.name, None)
             for key, row in planned.items():
@@ -791,14 +834,14 @@ class Engine:
 
     # -- delivery ------------------------------------------------------------------
 
-    async def _deliver_all(self, report: CycleReport) -> None:
+    async def _deliver_all(self, report: CycleReport, only: frozenset[Key] | None) -> None:
         async with anyio.create_task_group() as tg:
             for slot in self.targets:
                 leads, fence = self._target_fence(slot)
                 if not leads:
                     continue  # another replica delivers to it
                 target_report = report.targets.setdefault(slot.name, TargetReport())
-                tg.start_soon(self._deliver, slot, target_report, fence)
+                tg.start_soon(self._deliver, slot, target_report, fence, only)
 
     async def start_target(self, slot: TargetSlot) -> None:
         """Give the target its state from the store, once (the optional ``Target.start``)."""
@@ -839,11 +882,15 @@ class Engine:
                 tg.start_soon(self.periodic, slot)
 
     async def _deliver(
-        self, slot: TargetSlot, report: TargetReport, fence: Fence | None = None
+        self,
+        slot: TargetSlot,
+        report: TargetReport,
+        fence: Fence | None = None,
+        only: frozenset[Key] | None = None,
     ) -> None:
         with structlog.contextvars.bound_contextvars(target=slot.name), self._remote_writes(fence):
             try:
-                await self._deliver_batches(slot, report, fence)
+                await self._deliver_batches(slot, report, fence, only)
             except FencedOut as exc:
                 self._fenced_out(target_lease(slot.name), exc)
 
@@ -864,7 +911,11 @@ class Engine:
         return why is None
 
     async def _deliver_batches(
-        self, slot: TargetSlot, report: TargetReport, fence: Fence | None
+        self,
+        slot: TargetSlot,
+        report: TargetReport,
+        fence: Fence | None,
+        only: frozenset[Key] | None = None,
     ) -> None:
         try:
             await self.start_target(slot)
@@ -883,7 +934,10 @@ class Engine:
         done = 0
         while not self.stopping and self._may_start(fence):
             now = self.clock()
-            rows = await self.store.due(slot.name, now, self.settings.batch_size)
+            if only is None:
+                rows = await self.store.due(slot.name, now, self.settings.batch_size)
+            else:
+                rows, only = await self._dirty_among(slot.name, only), frozenset()
             if not rows:
                 break
             deltas = [_due_delta(r) for r in rows]
@@ -897,9 +951,13 @@ class Engine:
                 # (or cut short), and is the next leader's to deliver, not a retry.
                 pairs = [(res, d) for res, d in pairs if res.ok]
             results = [res for res, _ in pairs]
+            entries = self._delivery_log(slot.name, pairs, outcomes)
             # Fenced: after another replica took the target over, nothing lands.
-            await self.store.record(slot.name, results, self.clock(), fence=fence)
+            await self.store.record(slot.name, results, self.clock(), fence=fence, log=entries)
             done += len(results)
+            if self.on_delivered is not None:
+                for res, delta in pairs:
+                    self.on_delivered(slot.name, delta, res, outcomes.get(delta.key))
             if self.progress is not None:
                 self.progress(slot.name, done, max(total, done))
             for res, delta in pairs:
@@ -923,6 +981,33 @@ class Engine:
         report.dirty = dirty
         metrics.DIRTY_OBJECTS.labels(slot.name).set(dirty)
         metrics.FAILED_OBJECTS.labels(slot.name).set(failed)
+
+    async def _dirty_among(self, target: str, keys: frozenset[Key]) -> list[DueRow]:
+        """The dirty rows among ``keys``, due or not, in delivery order."""
+        rows = [await self.store.target_object(target, key) for key in sorted(keys)]
+        dirty = [r.row for r in rows if r is not None and r.dirty]
+        return sorted(dirty, key=lambda r: (phase(r.key[0], r.desired is None), r.key))
+
+    def _delivery_log(
+        self, target: str, pairs: list[tuple[Result, Delta]], outcomes: dict[Key, Outcome]
+    ) -> list[LogEntry]:
+        """The provisioning-log entries of one delivery batch (none for unchanged rows)."""
+        if not self.provisioning_log:
+            return []
+        cycle = structlog.contextvars.get_contextvars().get("cycle")
+        now = self.clock()
+        out: list[LogEntry] = []
+        for res, delta in pairs:
+            if not delta.changes:
+                continue
+            outcome = outcomes.get(delta.key)
+            requests = outcome.requests if outcome is not None else ()
+            out.append(
+                provlog.delivered(
+                    target, cycle, delta.key, delta.changes, res.ok, res.error, requests, now
+                )
+            )
+        return out
 
     async def _call_target(self, slot: TargetSlot, deltas: list[Delta]) -> dict[Key, Outcome]:
         if not deltas:

@@ -29,11 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pluggy
 import structlog
 from aiohttp import web
 
-from daemon import __version__, logs, metrics
+from daemon import __version__, holds, logs, metrics
+from daemon import explain as explaining
 from daemon.config import Config, ConfigError, read_file
 from daemon.config import load as load_config
 from daemon.directory import Directory
@@ -68,6 +70,11 @@ WATCH_BACKOFF = (1.0, 60.0)
 WATCH_HEALTHY_AFTER = 60.0
 #: Seconds between looks at whether the watch should run (leadership, a reload).
 WATCH_LOOK_EVERY = 0.5
+#: Provisioning-log entries one purge statement deletes at most (bounded batches:
+#: no long transaction and no lock held while a month of entries goes).
+LOG_PURGE_BATCH = 1_000
+#: Batches one purge run deletes at most; the rest waits for the next run.
+LOG_PURGE_BATCHES = 100
 
 log = structlog.get_logger("provisiond.service")
 
@@ -194,6 +201,19 @@ def make_store(config: Config, secrets: SecretStore = SECRETS) -> Store:
         # pg_stat_activity tells the replicas apart (and an operator can end one's sessions).
         application_name=application_name(config.settings.ha.replica_id),
     )
+
+
+async def purge_log(store: Store, before: float) -> int:
+    """Delete the log entries made before ``before``: :data:`LOG_PURGE_BATCH` a statement,
+    at most :data:`LOG_PURGE_BATCHES` statements; how many went."""
+    gone = 0
+    for _ in range(LOG_PURGE_BATCHES):
+        n = await store.purge_log(before, LOG_PURGE_BATCH)
+        gone += n
+        if n < LOG_PURGE_BATCH:
+            break
+        await anyio.lowlevel.checkpoint()  # let cycles and requests in between batches
+    return gone
 
 
 async def open_store(config: Config) -> Store:
@@ -329,10 +349,22 @@ class Service:
             raise KeyError(target)
         if target not in self.parts.targets:
             raise KeyError(target)
-        released = await self.store.approve(target)
-        log.info("held removals approved", target=target, released=released)
+        released = await holds.approve(self.store, target, None, "admin-api", time.time())
         self.trigger_sync()
-        return released
+        return len(released)
+
+    async def explain(self, login: str, target: str | None) -> dict[str, Any]:
+        if self.store is None:
+            raise LookupError("provisiond is still starting")
+        targets = self.config.settings.targets
+        if target is not None:
+            targets = [t for t in targets if t.name == target]
+            if not targets:
+                raise LookupError(f"no target named {target!r} is configured")
+        found = await explaining.explain(
+            self.store, login, targets, explaining.rules_of(self.config)
+        )
+        return found.to_json()
 
     # -- life cycle ----------------------------------------------------------------
 
@@ -392,6 +424,7 @@ class Service:
                 leadership=self.leadership,
             )
             self.engine.stopping = self.stopping
+            self.engine.provisioning_log = settings.state.log_retention_days > 0
             self.directory = Directory(self.store, self.parts.source)
             ops = await serve.start(
                 build_ops_app(self, admin_token=token),
@@ -428,6 +461,7 @@ class Service:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self.notifier.watchdog)
                 tg.start_soon(self._periodic)
+                tg.start_soon(self._purge_log)
                 if self.leadership is not None:
                     tg.start_soon(functools.partial(self.leadership.run, first=False))
                     tg.start_soon(self._follow, self.leadership)
@@ -603,6 +637,22 @@ class Service:
             else:
                 if purged:
                     log.debug("expired sign-in state purged", rows=purged)
+            await anyio.sleep(PURGE_EVERY)
+
+    async def _purge_log(self) -> None:
+        """Delete provisioning-log entries past ``state.log_retention_days``, in bounded batches."""
+        assert self.store is not None
+        while not self.stopping:
+            days = self.config.settings.state.log_retention_days
+            try:
+                purged = await purge_log(self.store, time.time() - days * 86_400)
+            except StateError as exc:
+                log.warning("purging the provisioning log failed", error=str(exc))
+            except Exception:
+                log.exception("purging the provisioning log failed")
+            else:
+                if purged:
+                    log.debug("old provisioning-log entries purged", rows=purged)
             await anyio.sleep(PURGE_EVERY)
 
     async def _not_live(self) -> None:

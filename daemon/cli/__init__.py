@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from daemon import __version__
-from daemon.cli import check, cycle, mfa, saml, state
+from daemon.cli import check, cycle, explain, mfa, saml, state
 
 CONFIG_HELP = "Configuration file (YAML). Env: PROVISIOND_CONFIG."
 
@@ -47,7 +47,10 @@ for command in (
     cycle.plan,
     check.check,
     state.status,
+    explain.explain,
+    state.held,
     state.approve,
+    state.reject,
     saml.saml,
     saml.passwd,
     mfa.mfa,

@@ -78,7 +78,7 @@ class Session:
 
     def engine(self, leadership: Leadership | None = None) -> Engine:
         assert self.parts is not None and self.store is not None
-        return Engine(
+        engine = Engine(
             self.parts.source,
             self.parts.slots,
             self.store,
@@ -86,6 +86,8 @@ class Session:
             self.config.settings.engine,
             leadership=leadership,
         )
+        engine.provisioning_log = self.config.settings.state.log_retention_days > 0
+        return engine
 
     async def leading(self, work: Callable[[Leadership | None], Awaitable[T]]) -> T:
         """``work(leadership)`` holding every lease (with ``ha.enabled``; else ``None``).

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from daemon import logs
+from daemon.cli import on_demand
 from daemon.cli.common import Session, ask_daemon, fail, load_config, out, run_async
 from daemon.config import Config, ConfigError
 from daemon.engine import PlannedDelta
@@ -44,10 +45,37 @@ def run(ctx: click.Context) -> None:
 @click.option(
     "--dry-run", is_flag=True, help="With --once: show what would be sent; change nothing."
 )
+@click.option(
+    "--user", "users", multiple=True, metavar="USER",
+    help="Deliver this user now (a username, an email or an id); repeatable. Implies --once.",
+)  # fmt: skip
+@click.option(
+    "--group", "groups", multiple=True, metavar="GROUP",
+    help="Deliver this group now (a name or an id); repeatable. Implies --once.",
+)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="With --user/--group: JSON steps.")
 @click.pass_context
-def sync(ctx: click.Context, once: bool, dry_run: bool) -> None:
-    """Run one cycle now (--once), or ask the running daemon to (without --once)."""
+def sync(
+    ctx: click.Context,
+    once: bool,
+    dry_run: bool,
+    users: tuple[str, ...],
+    groups: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Run one cycle now (--once), or ask the running daemon to (without --once).
+
+    With --user or --group: plan as a cycle does, then deliver just those
+    objects now, whatever their retry time, and print each step (scope,
+    match or adopt, action, result). It takes the same leases as a cycle
+    and may run while the daemon runs. An unknown user or group exits 1.
+    """
     config = load_config(ctx)
+    if users or groups:
+        if dry_run:
+            fail("--dry-run cannot be used with --user or --group; use provisiond plan", 2)
+        on_demand.run(config, users, groups, as_json)
+        return
     if not once:
         ask_daemon(config, "POST", "/api/v1/sync")
         out.print("the running daemon starts a cycle now")

@@ -1,4 +1,4 @@
-"""Commands on the state store: ``status`` and ``approve``."""
+"""Commands on the state store: ``status``, ``held``, ``approve`` and ``reject``."""
 
 from __future__ import annotations
 
@@ -7,11 +7,16 @@ import time
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
+from daemon import holds
 from daemon.cli.common import daemon_document, fail, load_config, out, run_async
+from daemon.config import Config
+from daemon.holds import HeldObject
 from daemon.service import open_store
 from daemon.status import store_status
+from daemon.store import APPROVED, REJECTED, Key
 
 
 @click.command()
@@ -88,24 +93,110 @@ def _leader(leader: dict[str, Any] | None) -> str:
     return f"{leader['holder']} (term {leader['term']}, since {since})"
 
 
-@click.command()
-@click.argument("target")
-@click.pass_context
-def approve(ctx: click.Context, target: str) -> None:
-    """Release the removals the mass-removal guard holds for TARGET."""
-    config = load_config(ctx)
+def _known_target(config: Config, target: str) -> None:
     if target not in {t.name for t in config.settings.targets}:
-        fail(f"no target named {target!r} in the configuration")
+        fail(f"no target named {target!r} in the configuration", 1)
 
-    async def approve_() -> int:
+
+def _held_now(config: Config, target: str) -> list[HeldObject]:
+    async def read() -> list[HeldObject]:
         store = await open_store(config)
         try:
-            return await store.approve(target)
+            return await holds.held(store, target)
         finally:
             await store.aclose()
 
-    n = run_async(approve_)
-    if n == 0:
+    return run_async(read)
+
+
+@click.command()
+@click.argument("target")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def held(ctx: click.Context, target: str, as_json: bool) -> None:
+    """List every key the mass-removal guard holds for TARGET, with the user and the reason.
+
+    Pass the keys it shows (user:ID or group:ID, or an id or name alone) to
+    `provisiond approve` or `provisiond reject`.
+    """
+    config = load_config(ctx)
+    _known_target(config, target)
+    objects = _held_now(config, target)
+    if as_json:
+        doc = [
+            {"key": o.ref, "name": o.name, "reason": o.reason, "decision": o.decision}
+            for o in objects
+        ]
+        click.echo(json.dumps({"target": target, "held": doc}, indent=2))
+        return
+    if not objects:
         out.print(f"target {target} has no held removals")
         return
-    out.print(f"approved {n} held removal(s) for {target}; they are sent in the next cycle")
+    table = Table()
+    for col in ("key", "name", "reason", "decision"):
+        table.add_column(col)
+    for o in objects:
+        table.add_row(escape(o.ref), escape(o.name), escape(o.reason), o.decision or "")
+    out.print(table)
+    out.print(f"{len(objects)} held; the next cycle sends what is approved")
+
+
+def _decide(ctx: click.Context, target: str, refs: tuple[str, ...], decision: str) -> None:
+    config = load_config(ctx)
+    _known_target(config, target)
+    who = holds.actor()
+
+    async def decide() -> list[Key] | None:
+        store = await open_store(config)
+        try:
+            keys: list[Key] | None = None
+            if refs:
+                keys = holds.resolve(await holds.held(store, target), refs)
+            if decision == APPROVED:
+                return await holds.approve(store, target, keys, who, time.time())
+            assert keys is not None
+            return await holds.reject(store, target, keys, who, time.time())
+        finally:
+            await store.aclose()
+
+    try:
+        decided = run_async(decide) or []
+    except holds.UnknownKey as exc:
+        fail(f"target {target}: {exc}", 1)
+    verb = "approved" if decision == APPROVED else "rejected"
+    if not decided:
+        out.print(f"target {target} has no held removals")
+        return
+    out.print(f"{verb} {len(decided)} held removal(s) for {target} as {who}", highlight=False)
+    if decision == APPROVED:
+        out.print("they are sent in the next cycle")
+    else:
+        out.print("the target keeps them as they are until their directory records change")
+
+
+@click.command()
+@click.argument("target")
+@click.argument("keys", nargs=-1)
+@click.pass_context
+def approve(ctx: click.Context, target: str, keys: tuple[str, ...]) -> None:
+    """Release the removals the mass-removal guard holds for TARGET: all, or only KEYS.
+
+    KEYS are as `provisiond held TARGET` shows them (user:ID, group:ID, or an
+    id or name alone). Held keys not named stay held. The decision goes to the
+    audit log and the provisioning log, with your OS user name.
+    """
+    _decide(ctx, target, keys, APPROVED)
+
+
+@click.command()
+@click.argument("target")
+@click.argument("keys", nargs=-1, required=True)
+@click.pass_context
+def reject(ctx: click.Context, target: str, keys: tuple[str, ...]) -> None:
+    """Keep held KEYS of TARGET as the target has them: no deactivation, no removal.
+
+    The decision lasts until the object's directory record changes again;
+    then its change is planned (and maybe held) as usual. KEYS are as
+    `provisiond held TARGET` shows them.
+    """
+    _decide(ctx, target, keys, REJECTED)

@@ -58,6 +58,11 @@ class Controller(Protocol):
         """Release held removals; number released; raises KeyError for an unknown target."""
         ...
 
+    async def explain(self, login: str, target: str | None) -> dict[str, Any]:
+        """``provisiond explain`` as JSON; raises LookupError (its message says what is
+        unknown) for an unknown user or target."""
+        ...
+
 
 CONTROLLER = web.AppKey("controller", Controller)
 SECRET_STORE = web.AppKey("secrets", SecretStore)
@@ -177,6 +182,17 @@ async def _approve(request: web.Request) -> web.Response:
     return web.json_response({"released": released})
 
 
+async def _explain(request: web.Request) -> web.Response:
+    login = request.match_info["login"]
+    target = request.query.get("target")
+    try:
+        document = await request.app[CONTROLLER].explain(login, target)
+    except LookupError as exc:
+        return error_response(404, str(exc.args[0]) if exc.args else "unknown user")
+    document = redact_value(document, request.app[SECRET_STORE])
+    return web.json_response(document, dumps=json.dumps)
+
+
 def build_ops_app(
     controller: Controller,
     *,
@@ -204,5 +220,6 @@ def build_ops_app(
     admin.router.add_get("/status", _status)
     admin.router.add_post("/sync", _sync)
     admin.router.add_post("/targets/{name}/approve", _approve)
+    admin.router.add_get("/users/{login}/explain", _explain)
     app.add_subapp("/api/v1", admin)
     return app

@@ -8,7 +8,9 @@ swallowed so metrics can never break provisioning.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 
@@ -51,3 +53,31 @@ class RateLimitWaited:
 
 ScimEvent = RequestDone | RetryScheduled | RateLimitWaited
 ScimObserver = Callable[[ScimEvent], None]
+
+
+#: ``(method, path, status)`` of one request; ``status`` ``None``: no answer arrived.
+RequestLine = tuple[str, str, int | None]
+
+_TRACE: ContextVar[list[RequestLine] | None] = ContextVar("scim_request_trace", default=None)
+
+
+@contextlib.contextmanager
+def trace_requests() -> Iterator[list[RequestLine]]:
+    """Collect the requests this task (and the tasks it starts) makes inside the block.
+
+    The caller (a target delivering one object) gets every attempt's method,
+    path without its query, and status, for its provisioning log.
+    """
+    lines: list[RequestLine] = []
+    token = _TRACE.set(lines)
+    try:
+        yield lines
+    finally:
+        _TRACE.reset(token)
+
+
+def traced(method: str, path: str, status: int | None) -> None:
+    """Note one request in the trace of the current task, if one is open."""
+    lines = _TRACE.get()
+    if lines is not None:
+        lines.append((method, "/" + path.split("?", 1)[0].lstrip("/"), status))

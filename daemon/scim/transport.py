@@ -40,7 +40,14 @@ from .errors import (
     ScimRateLimitedError,
     ScimTransientError,
 )
-from .events import RateLimitWaited, RequestDone, RetryScheduled, ScimEvent, ScimObserver
+from .events import (
+    RateLimitWaited,
+    RequestDone,
+    RetryScheduled,
+    ScimEvent,
+    ScimObserver,
+    traced,
+)
 from .ratelimit import AdaptiveRateLimiter, Sleep
 from .retry import RetryPolicy, parse_retry_after
 
@@ -280,6 +287,7 @@ class ScimTransport:
                     sent = True
                 finally:
                     self._emit(RequestDone(method, resource, status, time.monotonic() - started))
+                    traced(method, path, status)
             # Nothing below awaits before on_pushback(), so a request woken by the slot
             # just released meets the pause in acquire() instead of slipping out.
 

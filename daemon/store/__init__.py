@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from daemon import metrics
-from daemon.model import DirectoryObject, ObjectKind, User
+from daemon.model import DirectoryObject, Group, ObjectKind, User
 
 Key = tuple[ObjectKind, str]
 
@@ -142,18 +142,35 @@ class TargetIndex:
 
 
 @dataclass(frozen=True, slots=True)
+class Settled:
+    """What a planning cycle did with an operator's decision on a held key.
+
+    ``keep``: a rejection still in force, marked applied (it no longer makes
+    cycles plan again). Otherwise the decision is spent (an approval the plan
+    used) or has lapsed (the directory record changed), and is deleted. Only
+    the decision made at ``decided_at`` is touched: a newer one stays.
+    """
+
+    key: Key
+    decided_at: float
+    keep: bool
+
+
+@dataclass(frozen=True, slots=True)
 class TargetPlan:
     """One target's part of a cycle's commit.
 
     ``desired`` rows are upserted and marked dirty. ``released`` objects stop
     being managed (a group unbound from the target) and are forgotten without
     any delivery. ``hold`` replaces the target's hold: a set of keys held by
-    the mass-removal guard, or ``None`` to clear it.
+    the mass-removal guard, or ``None`` to clear it. ``settled`` are the
+    operator's decisions this plan used (see :class:`Settled`).
     """
 
     desired: list[DesiredRow]
     released: list[Key]
     hold: frozenset[Key] | None
+    settled: tuple[Settled, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +183,21 @@ class DueRow:
     desired: DirectoryObject | None
     written: DirectoryObject | None
     attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class TargetObject:
+    """Everything the store holds about one object for one target (``provisiond explain``).
+
+    ``updated_at`` is when the row last changed (a plan, a delivery, a failure).
+    """
+
+    row: DueRow
+    active: bool | None
+    dirty: bool
+    last_error: str | None
+    next_attempt_at: float
+    updated_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +218,63 @@ class Hold:
     keys: frozenset[Key]
     created_at: float
     approved: bool
+
+
+#: What an operator decided about a held key.
+APPROVED = "approved"
+REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """An operator's decision on one held key of a target.
+
+    ``approved``: the held change goes out at the next cycle (then the
+    decision is spent). ``rejected``: the change is not made, and the target
+    keeps what it has, until the directory record changes again:
+    ``directory_hash`` is the record's hash when the decision was made
+    (``None``: the record was gone). ``applied``: a cycle has planned with it.
+    """
+
+    key: Key
+    decision: str
+    actor: str
+    decided_at: float
+    directory_hash: str | None
+    applied: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One entry of the provisioning log: an operation decided or made for one object.
+
+    ``outcome`` is one of :data:`LOG_OUTCOMES`. ``changes`` are change kind
+    names (``user_changed``) and ``attributes`` the names of the attributes
+    that changed, never their values. ``method``, ``path`` and ``status`` are
+    the last request made for the operation (SCIM), if any. ``actor`` is who
+    made a decision (an operator), or ``None`` for the daemon. ``id`` is the
+    store's, growing with every entry (``None`` before it is written).
+    """
+
+    at: float
+    target: str
+    key: Key
+    outcome: str
+    cycle: str | None = None
+    changes: tuple[str, ...] = ()
+    attributes: tuple[str, ...] = ()
+    method: str | None = None
+    path: str | None = None
+    status: int | None = None
+    error: str | None = None
+    actor: str | None = None
+    id: int | None = None
+
+
+#: ``planned``: a new desired state was committed; ``held``: the guard held it;
+#: ``delivered`` / ``failed``: a delivery; ``approved`` / ``rejected``: an
+#: operator's decision on a held key.
+LOG_OUTCOMES = ("planned", "held", "delivered", "failed", "approved", "rejected")
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +403,10 @@ class Store(Protocol):
         """The committed directory records for ``keys`` (missing ones left out)."""
         ...
 
+    async def groups(self) -> list[Group]:
+        """Every group of the committed snapshot (``explain``: who is in which group)."""
+        ...
+
     async def find_user(self, login: str) -> User | None:
         """The committed user whose username or email is ``login`` (case-insensitive)."""
         ...
@@ -332,8 +425,12 @@ class Store(Protocol):
         plans: dict[str, TargetPlan],
         *,
         fence: Fence | None = None,
+        log: Sequence[LogEntry] = (),
     ) -> None:
-        """In one transaction: record every target's plan, then the new snapshot."""
+        """In one transaction: record every target's plan, then the new snapshot.
+
+        ``log`` entries go to the provisioning log in the same transaction.
+        """
         ...
 
     async def due(self, target: str, now: float, limit: int) -> list[DueRow]:
@@ -344,9 +441,21 @@ class Store(Protocol):
         """The stored rows for ``keys`` (``None``: every dirty row), for ``plan``."""
         ...
 
+    async def target_object(self, target: str, key: Key) -> TargetObject | None:
+        """The target's row for one object, or ``None`` if the target does not know it."""
+        ...
+
     async def record(
-        self, target: str, results: list[Result], now: float, *, fence: Fence | None = None
-    ) -> None: ...
+        self,
+        target: str,
+        results: list[Result],
+        now: float,
+        *,
+        fence: Fence | None = None,
+        log: Sequence[LogEntry] = (),
+    ) -> None:
+        """Record delivery results (and their ``log`` entries) in one transaction."""
+        ...
 
     async def counts(self, target: str) -> tuple[int, int]:
         """``(dirty, failed)`` object counts for a target."""
@@ -372,6 +481,41 @@ class Store(Protocol):
     async def search_users(self, text: str, limit: int) -> list[User]:
         """At most ``limit`` users whose username, email or record contains ``text``
         (case-insensitive for ASCII), by username: candidates for a search by name."""
+        ...
+
+    async def decide(
+        self, target: str, keys: Sequence[Key], decision: str, actor: str, at: float
+    ) -> list[Key]:
+        """Record an operator's ``decision`` (:data:`APPROVED` or :data:`REJECTED`) on held keys.
+
+        Only the keys in the target's hold when the transaction runs are
+        decided (the others are left out of the answer): a stale list decides
+        nothing it did not show. A rejection binds to the directory record's
+        hash now. Each decision is a provisioning-log entry, in the same
+        transaction. Returns the keys decided, sorted.
+        """
+        ...
+
+    async def decisions(self, target: str) -> dict[Key, Decision]:
+        """The target's decisions not yet spent or lapsed."""
+        ...
+
+    # -- the provisioning log -----------------------------------------------------------
+
+    async def log_entries(
+        self,
+        *,
+        target: str | None = None,
+        key: Key | None = None,
+        before: int | None = None,
+        limit: int = 100,
+    ) -> list[LogEntry]:
+        """Provisioning-log entries, newest first: of ``target`` and/or ``key`` if given,
+        with an id below ``before`` if given (the next page), at most ``limit``."""
+        ...
+
+    async def purge_log(self, before: float, limit: int) -> int:
+        """Delete at most ``limit`` of the oldest log entries made before ``before``; how many."""
         ...
 
     async def get_meta(self, key: str) -> str | None: ...

@@ -6,8 +6,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from daemon.model import DirectoryObject, ObjectKind, User, decode, encode
-from daemon.store import FactorRecord, Hold, Key
+from daemon.model import DirectoryObject, Group, ObjectKind, User, decode, encode
+from daemon.store import Decision, DueRow, FactorRecord, Hold, Key, LogEntry, TargetObject
 
 
 def kind_of(kind: str) -> ObjectKind:
@@ -52,3 +52,71 @@ def factor_of(row: Sequence[Any]) -> FactorRecord:
 def factor_row(r: FactorRecord) -> tuple[Any, ...]:
     """The column values of :data:`daemon.store.sql.PUT_FACTOR`."""
     return (r.user_id, r.id, r.kind, r.name, r.data, r.created_at, r.used_at)
+
+
+def log_row(e: LogEntry) -> tuple[Any, ...]:
+    """The column values of a log entry, in :data:`daemon.store.sql.LOG_COLUMNS` order."""
+    return (
+        e.at, e.target, e.key[0], e.key[1], e.cycle, e.outcome, ",".join(e.changes),
+        ",".join(e.attributes), e.method, e.path, e.status, e.error, e.actor,
+    )  # fmt: skip
+
+
+def log_entry_of(row: Sequence[Any]) -> LogEntry:
+    """A row of :func:`daemon.store.sql.log_query` as an entry."""
+    (entry_id, at, target, kind, object_id, cycle, outcome, changes, attributes, method, path,
+     status, error, actor) = row  # fmt: skip
+    return LogEntry(
+        float(at), target, (kind_of(kind), object_id), outcome, cycle,
+        tuple(changes.split(",")) if changes else (),
+        tuple(attributes.split(",")) if attributes else (),
+        method, path, None if status is None else int(status), error, actor, int(entry_id),
+    )  # fmt: skip
+
+
+def decision_of(row: Sequence[Any]) -> Decision:
+    """A row of :data:`daemon.store.sql.DECISIONS` as a decision."""
+    kind, object_id, decision, actor, decided_at, directory_hash, applied = row
+    return Decision(
+        (kind_of(kind), object_id), decision, actor, float(decided_at), directory_hash,
+        bool(applied),
+    )  # fmt: skip
+
+
+def log_where(
+    target: str | None, key: Key | None, before: int | None
+) -> tuple[list[str], list[Any]]:
+    """The :data:`daemon.store.sql.LOG_FILTERS` a page query uses, and their values."""
+    filters: list[str] = []
+    values: list[Any] = []
+    for name, value in (
+        ("target", target),
+        ("kind", None if key is None else key[0]),
+        ("object_id", None if key is None else key[1]),
+        ("before", before),
+    ):
+        if value is not None:
+            filters.append(name)
+            values.append(value)
+    return filters, values
+
+
+def target_object_of(row: Sequence[Any]) -> TargetObject:
+    """A row of :data:`daemon.store.sql.TARGET_OBJECT`."""
+    (kind, object_id, remote_id, dh, desired, written, attempts, active, dirty, last_error,
+     nxt, updated_at) = row  # fmt: skip
+    due = DueRow(
+        (kind_of(kind), object_id), remote_id, dh, load(kind, desired), load(kind, written),
+        int(attempts),
+    )  # fmt: skip
+    return TargetObject(
+        due, None if active is None else bool(active), bool(dirty), last_error, float(nxt),
+        float(updated_at),
+    )  # fmt: skip
+
+
+def msgspec_group(data: str) -> Group:
+    """A stored group record."""
+    group = decode("group", data)
+    assert isinstance(group, Group)
+    return group

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from daemon.model import DirectoryObject, User
+from daemon.model import DirectoryObject, Group, User
 from daemon.store import (
     Committed,
+    Decision,
     DueRow,
     FactorRecord,
     Fence,
@@ -22,6 +23,7 @@ from daemon.store import (
     Key,
     Lease,
     LinkChanges,
+    LogEntry,
     ObjectStatus,
     ParkedValue,
     Result,
@@ -29,6 +31,7 @@ from daemon.store import (
     Store,
     TargetIndex,
     TargetLinks,
+    TargetObject,
     TargetPlan,
 )
 
@@ -59,13 +62,22 @@ class FencedStore:
         plans: dict[str, TargetPlan],
         *,
         fence: Fence | None = None,
+        log: Sequence[LogEntry] = (),
     ) -> None:
-        await self.inner.commit(version, upserts, deletes, plans, fence=fence or self.fence)
+        await self.inner.commit(
+            version, upserts, deletes, plans, fence=fence or self.fence, log=log
+        )
 
     async def record(
-        self, target: str, results: list[Result], now: float, *, fence: Fence | None = None
+        self,
+        target: str,
+        results: list[Result],
+        now: float,
+        *,
+        fence: Fence | None = None,
+        log: Sequence[LogEntry] = (),
     ) -> None:
-        await self.inner.record(target, results, now, fence=fence or self.fence)
+        await self.inner.record(target, results, now, fence=fence or self.fence, log=log)
 
     async def set_meta(self, key: str, value: str, *, fence: Fence | None = None) -> None:
         await self.inner.set_meta(key, value, fence=fence or self.fence)
@@ -88,6 +100,9 @@ class FencedStore:
     async def records(self, keys: list[Key]) -> dict[Key, DirectoryObject]:
         return await self.inner.records(keys)
 
+    async def groups(self) -> list[Group]:
+        return await self.inner.groups()
+
     async def find_user(self, login: str) -> User | None:
         return await self.inner.find_user(login)
 
@@ -102,6 +117,9 @@ class FencedStore:
 
     async def rows(self, target: str, keys: list[Key] | None) -> dict[Key, DueRow]:
         return await self.inner.rows(target, keys)
+
+    async def target_object(self, target: str, key: Key) -> TargetObject | None:
+        return await self.inner.target_object(target, key)
 
     async def counts(self, target: str) -> tuple[int, int]:
         return await self.inner.counts(target)
@@ -123,6 +141,27 @@ class FencedStore:
 
     async def search_users(self, text: str, limit: int) -> list[User]:
         return await self.inner.search_users(text, limit)
+
+    async def decide(
+        self, target: str, keys: Sequence[Key], decision: str, actor: str, at: float
+    ) -> list[Key]:
+        return await self.inner.decide(target, keys, decision, actor, at)
+
+    async def decisions(self, target: str) -> dict[Key, Decision]:
+        return await self.inner.decisions(target)
+
+    async def log_entries(
+        self,
+        *,
+        target: str | None = None,
+        key: Key | None = None,
+        before: int | None = None,
+        limit: int = 100,
+    ) -> list[LogEntry]:
+        return await self.inner.log_entries(target=target, key=key, before=before, limit=limit)
+
+    async def purge_log(self, before: float, limit: int) -> int:
+        return await self.inner.purge_log(before, limit)
 
     async def get_meta(self, key: str) -> str | None:
         return await self.inner.get_meta(key)

@@ -39,10 +39,11 @@ from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 import anyio
 import asyncpg
 
-from daemon.model import DirectoryObject, User, decode, encode
+from daemon.model import DirectoryObject, Group, User, decode, encode
 from daemon.store import (
     Committed,
     Deactivation,
+    Decision,
     DueRow,
     FactorRecord,
     Fence,
@@ -51,6 +52,7 @@ from daemon.store import (
     Lease,
     Link,
     LinkChanges,
+    LogEntry,
     ObjectStatus,
     ParkedValue,
     Result,
@@ -60,6 +62,7 @@ from daemon.store import (
     StoreUnavailable,
     TargetIndex,
     TargetLinks,
+    TargetObject,
     TargetPlan,
     check_fence,
     phase,
@@ -67,14 +70,20 @@ from daemon.store import (
     timed,
 )
 from daemon.store.codec import (
+    decision_of,
     dump,
     factor_of,
     factor_row,
     hold_keys,
     kind_of,
     load,
+    log_entry_of,
+    log_row,
+    log_where,
     logins,
+    msgspec_group,
     read_hold,
+    target_object_of,
 )
 from daemon.store.sql import numbered
 
@@ -242,6 +251,39 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (user_id, id)
     );
     """,
+    # 7: the provisioning log, and operators' decisions on held keys.
+    """
+    CREATE TABLE provisioning_log (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        at double precision NOT NULL,
+        target text COLLATE "C" NOT NULL,
+        kind text COLLATE "C" NOT NULL,
+        object_id text COLLATE "C" NOT NULL,
+        cycle text,
+        outcome text NOT NULL,
+        changes text NOT NULL,
+        attributes text NOT NULL,
+        method text,
+        path text,
+        status integer,
+        error text,
+        actor text
+    );
+    CREATE INDEX provisioning_log_object ON provisioning_log (kind, object_id, id);
+    CREATE INDEX provisioning_log_target ON provisioning_log (target, id);
+    CREATE INDEX provisioning_log_at ON provisioning_log (at);
+    CREATE TABLE hold_decisions (
+        target text COLLATE "C" NOT NULL,
+        kind text COLLATE "C" NOT NULL,
+        object_id text COLLATE "C" NOT NULL,
+        decision text NOT NULL,
+        actor text NOT NULL,
+        decided_at double precision NOT NULL,
+        directory_hash text,
+        applied boolean NOT NULL DEFAULT FALSE,
+        PRIMARY KEY (target, kind, object_id)
+    );
+    """,
 )
 
 # -- the bulk forms: one statement per batch, its rows as arrays ----------------------------
@@ -313,6 +355,11 @@ _RECORDS = numbered(
 )
 _ROWS = numbered(f"{sql.ROWS} WHERE target = ? AND {_IN_KEYS}")
 _APPROVE = numbered(f"{sql.APPROVE} RETURNING keys")
+_INSERT_LOG = numbered(
+    f"INSERT INTO provisioning_log ({sql.LOG_COLUMNS}) SELECT * FROM unnest("
+    "?::double precision[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[], "
+    "?::text[], ?::text[], ?::text[], ?::integer[], ?::text[], ?::text[])"
+)
 
 # Leases: every time is the server's clock (clock_timestamp(), read once per
 # statement), never a replica's, so replicas' clocks may disagree.
@@ -879,6 +926,10 @@ class PostgresStore:
         return out
 
     @_reads_one
+    async def groups(self, db: Connection) -> list[Group]:
+        return [msgspec_group(r[0]) for r in await db.fetch(numbered(sql.GROUPS))]
+
+    @_reads_one
     async def find_user(self, db: Connection, login: str) -> User | None:
         folded = login.strip().casefold()
         data = await db.fetchval(numbered(sql.FIND_USER), folded, folded, folded)
@@ -911,8 +962,9 @@ class PostgresStore:
         plans: dict[str, TargetPlan],
         *,
         fence: Fence | None = None,
+        log: Sequence[LogEntry] = (),
     ) -> None:
-        await self._commit(version, upserts, deletes, plans, fence=fence)
+        await self._commit(version, upserts, deletes, plans, fence=fence, log=log)
         await self._wrote(len(upserts) + sum(len(p.desired) for p in plans.values()))
 
     async def _wrote(self, rows: int) -> None:
@@ -952,6 +1004,7 @@ class PostgresStore:
         plans: dict[str, TargetPlan],
         *,
         fence: Fence | None = None,
+        log: Sequence[LogEntry] = (),
     ) -> None:
         await self._check_fence(db, fence)
         now = time.time()
@@ -967,6 +1020,7 @@ class PostgresStore:
             await db.execute(_DELETE_DIRECTORY, *_columns(gone, 2))
         await db.execute(numbered(sql.SET_META), "snapshot_version", version)
         await db.execute(numbered(sql.SET_META), "snapshot_committed_at", repr(now))
+        await _write_log(db, log)
 
     async def _write_plan(self, db: Connection, target: str, plan: TargetPlan, now: float) -> None:
         desired = sorted(_last_wins((row.key, row) for row in plan.desired).items())
@@ -985,6 +1039,9 @@ class PostgresStore:
             await db.execute(numbered(sql.DELETE_HOLD), target)
         else:
             await db.execute(numbered(sql.SET_HOLD), target, hold_keys(plan.hold), now)
+        for settled in sorted(plan.settled, key=lambda d: d.key):
+            statement = sql.KEEP_DECISION if settled.keep else sql.DROP_DECISION
+            await db.execute(numbered(statement), target, *settled.key, settled.decided_at)
 
     # -- deliveries ---------------------------------------------------------------------------
 
@@ -1007,9 +1064,15 @@ class PostgresStore:
         return out
 
     async def record(
-        self, target: str, results: list[Result], now: float, *, fence: Fence | None = None
+        self,
+        target: str,
+        results: list[Result],
+        now: float,
+        *,
+        fence: Fence | None = None,
+        log: Sequence[LogEntry] = (),
     ) -> None:
-        await self._record(target, results, now, fence=fence)
+        await self._record(target, results, now, fence=fence, log=log)
         await self._wrote(len(results))
 
     @_writes
@@ -1021,8 +1084,10 @@ class PostgresStore:
         now: float,
         *,
         fence: Fence | None = None,
+        log: Sequence[LogEntry] = (),
     ) -> None:
         await self._check_fence(db, fence)
+        await _write_log(db, log)
         # One result per object, the last given (one statement changes a row once).
         results = [r for _, r in sorted(_last_wins((r.key, r) for r in results).items())]
         ok = [r for r in results if r.ok]
@@ -1040,6 +1105,11 @@ class PostgresStore:
         if failed:
             rows = [(*r.key, r.remote_id, r.error, r.next_attempt_at) for r in failed]
             await db.execute(_RECORD_FAILED, now, *_columns(rows, 5), target)
+
+    @_reads_one
+    async def target_object(self, db: Connection, target: str, key: Key) -> TargetObject | None:
+        row = await db.fetchrow(numbered(sql.TARGET_OBJECT), target, *key)
+        return None if row is None else target_object_of(row)
 
     @_reads_one
     async def counts(self, db: Connection, target: str) -> tuple[int, int]:
@@ -1089,6 +1159,51 @@ class PostgresStore:
             assert isinstance(user, User)
             out.append(user)
         return out
+
+    @_writes
+    async def decide(
+        self, db: Connection, target: str, keys: Sequence[Key], decision: str, actor: str,
+        at: float,
+    ) -> list[Key]:  # fmt: skip
+        # The hold's row locked first: a cycle replacing the hold meanwhile waits, or
+        # has committed and this reads its new keys.
+        row = await db.fetchrow(numbered(f"{sql.HOLD} FOR UPDATE"), target)
+        known = set() if row is None else set(read_hold(target, *row).keys)
+        known.update(decision_of(r).key for r in await db.fetch(numbered(sql.DECISIONS), target))
+        decided = sorted(k for k in set(keys) if k in known)
+        for key in decided:
+            directory_hash = await db.fetchval(numbered(sql.DIRECTORY_HASH), *key)
+            await db.execute(
+                numbered(sql.PUT_DECISION), target, *key, decision, actor, at, directory_hash
+            )
+        await _write_log(db, [LogEntry(at, target, k, decision, actor=actor) for k in decided])
+        return decided
+
+    @_reads_one
+    async def decisions(self, db: Connection, target: str) -> dict[Key, Decision]:
+        rows = await db.fetch(numbered(sql.DECISIONS), target)
+        return {d.key: d for d in map(decision_of, rows)}
+
+    # -- the provisioning log -------------------------------------------------------------------
+
+    @_reads_one
+    async def log_entries(
+        self,
+        db: Connection,
+        *,
+        target: str | None = None,
+        key: Key | None = None,
+        before: int | None = None,
+        limit: int = 100,
+    ) -> list[LogEntry]:
+        filters, values = log_where(target, key, before)
+        rows = await db.fetch(numbered(sql.log_query(filters)), *values, limit)
+        return [log_entry_of(r) for r in rows]
+
+    @_writes
+    async def purge_log(self, db: Connection, before: float, limit: int) -> int:
+        done: str = await db.execute(numbered(sql.PURGE_LOG), before, limit)
+        return int(done.rsplit(" ", 1)[-1])
 
     # -- what targets remember ----------------------------------------------------------------
 
@@ -1381,6 +1496,12 @@ def _stream(db: Connection, query: str, *args: Any) -> AsyncIterator[Sequence[An
     """The rows of ``query``, fetched :data:`_BATCH` at a time (in the caller's transaction)."""
     cursor: AsyncIterator[Sequence[Any]] = db.cursor(query, *args, prefetch=_BATCH)
     return cursor
+
+
+async def _write_log(db: Connection, log: Sequence[LogEntry]) -> None:
+    """Append ``log`` to the provisioning log, in the caller's transaction."""
+    for chunk in _chunks(log):
+        await db.execute(_INSERT_LOG, *_columns([log_row(e) for e in chunk], 13))
 
 
 def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:

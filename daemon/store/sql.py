@@ -64,6 +64,12 @@ ROWS = (
     "FROM target_objects"
 )
 DIRTY_ROWS = f"{ROWS} WHERE target = ? AND dirty = TRUE"
+GROUPS = "SELECT data FROM directory_objects WHERE kind = 'group' ORDER BY object_id"
+TARGET_OBJECT = (
+    "SELECT kind, object_id, remote_id, desired_hash, desired, written, attempts, active, "
+    "dirty, last_error, next_attempt_at, updated_at FROM target_objects "
+    "WHERE target = ? AND kind = ? AND object_id = ?"
+)
 DUE = f"{DIRTY_ROWS} AND next_attempt_at <= ? ORDER BY phase, kind, object_id LIMIT ?"
 
 #: Cut a failed object's backoff short: due now (only if it is still failed).
@@ -143,7 +149,11 @@ FORGET_UNWRITTEN = (
 # -- the mass-removal guard ----------------------------------------------------------
 
 HOLD = "SELECT keys, created_at, approved FROM holds WHERE target = ?"
-APPROVED_HOLDS = "SELECT target FROM holds WHERE approved = TRUE"
+#: Targets a cycle must plan again for: an approved hold, or a decision no plan used yet.
+APPROVED_HOLDS = (
+    "SELECT target FROM holds WHERE approved = TRUE "
+    "UNION SELECT target FROM hold_decisions WHERE applied = FALSE ORDER BY 1"
+)
 APPROVE = "UPDATE holds SET approved = TRUE WHERE target = ?"
 DELETE_HOLD = "DELETE FROM holds WHERE target = ?"
 #: A hold replaced by the same keys keeps its age, and needs approval again.
@@ -152,6 +162,58 @@ SET_HOLD = (
     "ON CONFLICT (target) DO UPDATE SET keys = excluded.keys, approved = FALSE, "
     "created_at = CASE WHEN holds.keys = excluded.keys THEN holds.created_at "
     "ELSE excluded.created_at END"
+)
+
+#: An operator's decisions on held keys (see daemon.store.Decision).
+DECISIONS = (
+    "SELECT kind, object_id, decision, actor, decided_at, directory_hash, applied "
+    "FROM hold_decisions WHERE target = ? ORDER BY kind, object_id"
+)
+PUT_DECISION = (
+    "INSERT INTO hold_decisions (target, kind, object_id, decision, actor, decided_at, "
+    "directory_hash, applied) VALUES (?, ?, ?, ?, ?, ?, ?, FALSE) "
+    "ON CONFLICT (target, kind, object_id) DO UPDATE SET decision = excluded.decision, "
+    "actor = excluded.actor, decided_at = excluded.decided_at, "
+    "directory_hash = excluded.directory_hash, applied = FALSE"
+)
+_DECISION_OF = "target = ? AND kind = ? AND object_id = ? AND decided_at = ?"
+KEEP_DECISION = f"UPDATE hold_decisions SET applied = TRUE WHERE {_DECISION_OF}"
+DROP_DECISION = f"DELETE FROM hold_decisions WHERE {_DECISION_OF}"
+DIRECTORY_HASH = "SELECT hash FROM directory_objects WHERE kind = ? AND object_id = ?"
+
+# -- the provisioning log ---------------------------------------------------------------
+
+LOG_COLUMNS = (
+    "at, target, kind, object_id, cycle, outcome, changes, attributes, method, path, status, "
+    "error, actor"
+)
+#: One entry (SQLite's bulk form, one statement per row; PostgreSQL sends arrays).
+INSERT_LOG_ROW = (
+    f"INSERT INTO provisioning_log ({LOG_COLUMNS}) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+#: The entries of a page: a filter of fixed fragments (see log_query), newest first.
+LOG_FILTERS = {
+    "target": "target = ?",
+    "kind": "kind = ?",
+    "object_id": "object_id = ?",
+    "before": "id < ?",
+}
+
+
+def log_query(filters: list[str]) -> str:
+    """The page query for the named :data:`LOG_FILTERS`, its limit the last parameter."""
+    where = " AND ".join(LOG_FILTERS[f] for f in filters) or "TRUE"
+    return (
+        f"SELECT id, {LOG_COLUMNS} FROM provisioning_log WHERE {where} "
+        "ORDER BY id DESC LIMIT ?"
+    )
+
+
+#: The oldest entries before a time, a bounded batch at a time (the periodic purge).
+PURGE_LOG = (
+    "DELETE FROM provisioning_log WHERE id IN (SELECT id FROM provisioning_log "
+    "WHERE at < ? ORDER BY at LIMIT ?)"
 )
 
 # -- what targets remember -----------------------------------------------------------

@@ -14,10 +14,11 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import aiosqlite
 import anyio
 
-from daemon.model import DirectoryObject, User, decode, encode
+from daemon.model import DirectoryObject, Group, User, decode, encode
 from daemon.store import (
     Committed,
     Deactivation,
+    Decision,
     DueRow,
     FactorRecord,
     Fence,
@@ -26,6 +27,7 @@ from daemon.store import (
     Lease,
     Link,
     LinkChanges,
+    LogEntry,
     ObjectStatus,
     ParkedValue,
     Result,
@@ -34,6 +36,7 @@ from daemon.store import (
     StoreFull,
     TargetIndex,
     TargetLinks,
+    TargetObject,
     TargetPlan,
     check_fence,
     phase,
@@ -41,14 +44,20 @@ from daemon.store import (
     timed,
 )
 from daemon.store.codec import (
+    decision_of,
     dump,
     factor_of,
     factor_row,
     hold_keys,
     kind_of,
     load,
+    log_entry_of,
+    log_row,
+    log_where,
     logins,
+    msgspec_group,
     read_hold,
+    target_object_of,
 )
 
 __all__ = ["MIGRATIONS", "SqliteStore", "StateError"]
@@ -185,6 +194,40 @@ MIGRATIONS: tuple[str, ...] = (
         created_at REAL NOT NULL,
         used_at REAL,
         PRIMARY KEY (user_id, id)
+    );
+    """,
+    # 7: the provisioning log (every operation decided or made, per target and
+    # object), and operators' decisions on held keys.
+    """
+    CREATE TABLE provisioning_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        target TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        object_id TEXT NOT NULL,
+        cycle TEXT,
+        outcome TEXT NOT NULL,
+        changes TEXT NOT NULL,
+        attributes TEXT NOT NULL,
+        method TEXT,
+        path TEXT,
+        status INTEGER,
+        error TEXT,
+        actor TEXT
+    );
+    CREATE INDEX provisioning_log_object ON provisioning_log (kind, object_id, id);
+    CREATE INDEX provisioning_log_target ON provisioning_log (target, id);
+    CREATE INDEX provisioning_log_at ON provisioning_log (at);
+    CREATE TABLE hold_decisions (
+        target TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        object_id TEXT NOT NULL,
+        decision TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        decided_at REAL NOT NULL,
+        directory_hash TEXT,
+        applied INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (target, kind, object_id)
     );
     """,
 )
@@ -448,6 +491,11 @@ class SqliteStore:
         return out
 
     @_read_one
+    async def groups(self) -> list[Group]:
+        async with self.db.execute(sql.GROUPS) as cur:
+            return [msgspec_group(data) async for (data,) in cur]
+
+    @_read_one
     async def find_user(self, login: str) -> User | None:
         folded = login.strip().casefold()
         async with self.db.execute(sql.FIND_USER, (folded, folded, folded)) as cur:
@@ -482,12 +530,14 @@ class SqliteStore:
         plans: dict[str, TargetPlan],
         *,
         fence: Fence | None = None,
+        log: Sequence[LogEntry] = (),
     ) -> None:
         now = time.time()
         async with self._transaction():
             await self._check_fence(fence)
             for target, plan in plans.items():
                 await self._write_plan(target, plan, now)
+            await self._write_log(log)
             await self.db.executemany(
                 sql.upsert_directory(_VALUES_DIRECTORY),
                 ((k[0], k[1], h, encode(obj).decode(), *logins(obj)) for k, h, obj in upserts),
@@ -529,6 +579,13 @@ class SqliteStore:
             await self.db.execute(sql.DELETE_HOLD, (target,))
         else:
             await self.db.execute(sql.SET_HOLD, (target, hold_keys(plan.hold), now))
+        for settled in plan.settled:
+            statement = sql.KEEP_DECISION if settled.keep else sql.DROP_DECISION
+            await self.db.execute(statement, (target, *settled.key, settled.decided_at))
+
+    async def _write_log(self, log: Sequence[LogEntry]) -> None:
+        if log:
+            await self.db.executemany(sql.INSERT_LOG_ROW, [log_row(e) for e in log])
 
     @_read_one
     async def due(self, target: str, now: float, limit: int) -> list[DueRow]:
@@ -568,17 +625,29 @@ class SqliteStore:
         return out
 
     @_read_one
+    async def target_object(self, target: str, key: Key) -> TargetObject | None:
+        row = await self._one(sql.TARGET_OBJECT, target, *key)
+        return None if row is None else target_object_of(row)
+
+    @_read_one
     async def approved_holds(self) -> list[str]:
         async with self.db.execute(sql.APPROVED_HOLDS) as cur:
             return [str(row[0]) async for row in cur]
 
     async def record(
-        self, target: str, results: list[Result], now: float, *, fence: Fence | None = None
+        self,
+        target: str,
+        results: list[Result],
+        now: float,
+        *,
+        fence: Fence | None = None,
+        log: Sequence[LogEntry] = (),
     ) -> None:
         ok = [r for r in results if r.ok]
         failed = [r for r in results if not r.ok]
         async with self._transaction():
             await self._check_fence(fence)
+            await self._write_log(log)
             await self.db.executemany(
                 _RECORD_REMOVED,
                 [(target, r.key[0], r.key[1]) for r in ok if r.delivered_hash is None],
@@ -656,6 +725,48 @@ class SqliteStore:
                 assert isinstance(user, User)
                 out.append(user)
         return out
+    async def decide(
+        self, target: str, keys: Sequence[Key], decision: str, actor: str, at: float
+    ) -> list[Key]:
+        async with self._transaction():
+            hold = await self._hold(target)
+            known = set(hold.keys) if hold is not None else set()
+            async with self.db.execute(sql.DECISIONS, (target,)) as cur:
+                known.update([decision_of(row).key async for row in cur])
+            decided = sorted(k for k in set(keys) if k in known)
+            for key in decided:
+                row = await self._one(sql.DIRECTORY_HASH, *key)
+                await self.db.execute(
+                    sql.PUT_DECISION,
+                    (target, *key, decision, actor, at, None if row is None else row[0]),
+                )
+            await self._write_log(
+                [LogEntry(at, target, k, decision, actor=actor) for k in decided]
+            )
+        return decided
+
+    @_read_one
+    async def decisions(self, target: str) -> dict[Key, Decision]:
+        async with self.db.execute(sql.DECISIONS, (target,)) as cur:
+            return {d.key: d for d in [decision_of(row) async for row in cur]}
+
+    @_read_one
+    async def log_entries(
+        self,
+        *,
+        target: str | None = None,
+        key: Key | None = None,
+        before: int | None = None,
+        limit: int = 100,
+    ) -> list[LogEntry]:
+        filters, values = log_where(target, key, before)
+        async with self.db.execute(sql.log_query(filters), (*values, limit)) as cur:
+            return [log_entry_of(row) async for row in cur]
+
+    async def purge_log(self, before: float, limit: int) -> int:
+        async with self._transaction():
+            cur = await self.db.execute(sql.PURGE_LOG, (before, limit))
+            return int(cur.rowcount)
 
     @_read
     async def target_links(self, target: str) -> TargetLinks:

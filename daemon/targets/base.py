@@ -51,6 +51,9 @@ class Outcome:
     ``permanent`` errors are not retried until the desired record changes (or
     the slow permanent-retry period passes); others back off exponentially, or
     wait ``retry_after`` seconds when the target knows better.
+    ``requests`` are the requests made for it, in order, as
+    ``(method, path, status)`` (``status`` ``None``: no answer), for the
+    provisioning log; a path holds no secret (no query string).
     """
 
     kind: ObjectKind
@@ -60,6 +63,7 @@ class Outcome:
     error: str | None = None
     permanent: bool = False
     retry_after: float | None = None
+    requests: tuple[tuple[str, str, int | None], ...] = ()
 
     @classmethod
     def success(cls, delta: Delta, remote_id: str | None = None) -> Outcome:

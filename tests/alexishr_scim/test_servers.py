@@ -304,3 +304,30 @@ async def test_an_unbound_group_is_left_as_it_is(tmp_path: Path) -> None:
         await w.target.reconcile()
         after = next(g for g in w.dump("Groups") if g["displayName"] == "Extra")
         assert stray["id"] in {m["value"] for m in after["members"]}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_the_provisioning_log_names_each_scim_request_and_never_the_token(
+    tmp_path: Path, kind: Kind
+) -> None:
+    token = KIND_INFO[kind].token
+    async with world(tmp_path, _org(3), kind=kind) as w:
+        await w.engine.cycle()
+        store = w.engine.store
+        entries = await store.log_entries(target=w.name, limit=100)
+        delivered = [e for e in entries if e.outcome == "delivered" and e.key[0] == "user"]
+        assert len(delivered) == 3
+        for e in delivered:
+            assert (e.method, e.status) == ("POST", 201), e
+            assert e.path == "/Users" and e.changes == ("user_added",)
+        # A change after two server errors: retried, and the entry has the last request.
+        w.proxy.script(Fault.SERVER_ERROR, Fault.SERVER_ERROR)
+        w.source.set(_org(3, title="Boss"))
+        await w.engine.cycle()
+        entries = await store.log_entries(target=w.name, limit=100)
+        latest = [e for e in entries[:6] if e.outcome == "delivered" and e.key[0] == "user"]
+        assert len(latest) == 3
+        for e in latest:
+            assert e.attributes == ("title",) and e.method in ("PATCH", "PUT"), e
+            assert e.status in (200, 204) and (e.path or "").startswith("/Users/")
+        assert not [e for e in entries if token in repr(e)]

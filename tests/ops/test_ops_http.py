@@ -47,6 +47,11 @@ class FakeController:
         self.held[target] = 0
         return released
 
+    async def explain(self, login: str, target: str | None) -> dict[str, Any]:
+        if login != "maria":
+            raise LookupError(f"no user {login!r} in the directory")
+        return {"user_id": "1", "username": "maria", "target": target}
+
 
 ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 
@@ -310,3 +315,21 @@ async def test_token_file_gone_before_first_read_is_503(
     response = await client.get("/api/v1/status", headers=_bearer(TOKEN))
     assert response.status == 503
     assert "error" in await response.json()
+
+
+async def test_explain_answers_json_and_404_for_an_unknown_user(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    store = SecretStore()
+    client = await make_client(
+        FakeController(), admin_token=_token_file(tmp_path, TOKEN, store), secrets=store
+    )
+    response = await client.get(
+        "/api/v1/users/maria/explain", params={"target": "alexishr"}, headers=_bearer(TOKEN)
+    )
+    assert response.status == 200
+    assert await response.json() == {"user_id": "1", "username": "maria", "target": "alexishr"}
+    response = await client.get("/api/v1/users/nobody/explain", headers=_bearer(TOKEN))
+    assert response.status == 404
+    assert "nobody" in (await response.json())["error"]
+    assert (await client.get("/api/v1/users/maria/explain")).status == 401

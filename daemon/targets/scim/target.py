@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -39,6 +40,7 @@ from daemon.scim import (
     ScimPermanentError,
     Timeouts,
 )
+from daemon.scim.events import trace_requests
 from daemon.store import Store
 from daemon.targets.base import Delta, Outcome
 from daemon.targets.scim import metrics
@@ -255,6 +257,12 @@ class ScimTarget:
                 tg.start_soon(one, delta)
 
     async def _one(self, delta: Delta, handler: Handler, stats: _Round) -> Outcome:
+        # The requests made for this object go into its outcome, for the provisioning log.
+        with trace_requests() as requests:
+            outcome = await self._one_traced(delta, handler, stats)
+        return dataclasses.replace(outcome, requests=tuple(requests)) if requests else outcome
+
+    async def _one_traced(self, delta: Delta, handler: Handler, stats: _Round) -> Outcome:
         blocked = self.health.blocked(self.token.changed)
         if blocked is not None:
             return Outcome.failure(delta, blocked[0], retry_after=blocked[1])
