@@ -16,9 +16,11 @@ def journal_keys(d: Deployment, since: int) -> list[str]:
 def test_on_demand_delivers_only_the_named_objects_while_the_daemon_runs(tmp_path: Path) -> None:
     d = Deployment(tmp_path)
     d.write_directory(directory(5))
-    # The daemon polls once an hour here: anything delivered next is the command's.
+    # The daemon polls once an hour here and does not watch the file: anything
+    # delivered next is the command's.
     d.write_config(
-        engine={"interval": 3600, "jitter": 0, "shutdown_grace": 10, "batch_size": 50}
+        source={"kind": "file", "options": {"path": "directory.json", "watch": False}},
+        engine={"interval": 3600, "jitter": 0, "shutdown_grace": 10, "batch_size": 50},
     )
     daemon = d.start()
     try:
