@@ -82,6 +82,10 @@ async def watching(
         tg.cancel_scope.cancel()
 
 
+def watch_up() -> float | None:
+    return REGISTRY.get_sample_value("provisiond_source_watch_connected", {"source": "jumpcloud"})
+
+
 def events_received() -> float:
     return REGISTRY.get_sample_value("provisiond_source_events_total", {"source": "jumpcloud"}) or 0
 
@@ -419,6 +423,7 @@ async def test_refused_feed_says_so_and_falls_back_to_polling(
     with capture_logs() as logs:
         async with watching(source, steps) as notices:
             assert steps.waits == [REFUSED_RETRY]
+            assert watch_up() == 0  # the watch is down while the key is refused
             await steps.poll()  # tried again later: still refused, logged once
             fake.update_user(uid(5), jobTitle="Seen by the poll")
             snapshot = await source.fetch(first.version)
@@ -427,6 +432,12 @@ async def test_refused_feed_says_so_and_falls_back_to_polling(
             fake.insights_status = None
             await steps.poll()
             assert steps.waits[-1] == source.options.events_interval
+            assert watch_up() == 1
+            # The event logged meanwhile moved the read position: the cursor is fresh.
+            age = REGISTRY.get_sample_value(
+                "provisiond_source_sync_cookie_age_seconds", {"source": "jumpcloud"}
+            )
+            assert age is not None and age < 60
     refused = [e for e in logs if "refused" in e["event"]]
     assert len(refused) == 1 and "api_key_file" in refused[0]["event"]
     assert "events: false" in refused[0]["event"]

@@ -336,6 +336,7 @@ class JumpCloudSource:
                         retry_in=REFUSED_RETRY,
                     )
                 self._refused = str(exc)
+                metrics.watch_connected(self.kind, False, "Directory Insights refused the API key")
                 await self._sleep(REFUSED_RETRY)
                 continue
             except _FeedThrottled as exc:
@@ -352,6 +353,7 @@ class JumpCloudSource:
                         error=str(exc),
                     )
                 failing = True
+                metrics.watch_connected(self.kind, False, str(exc))
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, MAX_EVENTS_BACKOFF)
                 continue
@@ -363,6 +365,7 @@ class JumpCloudSource:
                 failing = False
             backoff = interval
             self._feed_ok_at = self.monotonic()
+            metrics.watch_connected(self.kind, True)
             notice = self._take_events(events)
             if notice is not None:
                 announce(notice)
@@ -387,6 +390,7 @@ class JumpCloudSource:
         if not fresh:
             return None
         metrics.EVENTS.labels(self.kind).inc(len(fresh))
+        metrics.cookie_moved(self.kind, seen_at)
         found = di.map_events(fresh)
         if found.unmapped:
             log.warning(
