@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import msgspec
 import pytest
 
@@ -304,6 +305,27 @@ async def test_slapd_restart_mid_changes_loses_nothing(sync_slapd: Slapd, tmp_pa
         assert source.sync.reconnects >= 1, "the watch reconnected"
         assert REGISTRY.get_sample_value("provisiond_source_watch_reconnects_total", LDAP)
         assert source.sync.full_loads == 2, "it resumed from the cookie, no reload"
+
+
+async def test_a_watch_stopped_by_a_cancel_scope_still_writes_its_checkpoint(
+    sync_slapd: Slapd, tmp_path: Path
+) -> None:
+    """How the service stops it: anyio cancels the task group, again at every await.
+
+    The checkpoint used to be written after an await in the watch's cleanup,
+    which that cancellation interrupted: a restarted daemon found none and
+    reloaded everything.
+    """
+    source = make(sync_slapd, tmp_path)
+    async with anyio.create_task_group() as tg:
+        w = Watching(source)
+        tg.start_soon(source.watch, w.notices.append)
+        await w.persisting()
+        tg.cancel_scope.cancel()
+    assert (tmp_path / "ldap-syncrepl.checkpoint").exists(), "no checkpoint written on stop"
+    again = make(sync_slapd, tmp_path)
+    async with watching(again):
+        assert again.sync is not None and again.sync.full_loads == 0, "resumed"
 
 
 async def test_source_restart_resumes_from_the_checkpoint(

@@ -837,11 +837,14 @@ class Syncrepl:
                 task.result()
         finally:
             self.running = False
+            # Before any await: a watch stopped by a cancel scope (the service
+            # shutting down) is cancelled again at each await in here, and the
+            # checkpoint must still be written, or the next start reloads all.
+            self.save()
+            source_metrics.watch_connected(_SOURCE, False)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            source_metrics.watch_connected(_SOURCE, False)
-            self.save()
 
     async def _keep(self, kind: SyncKind) -> None:
         """Keep one search open: reconnect with backoff, reload once on a refused cookie."""
@@ -918,7 +921,12 @@ class Syncrepl:
             if self._refreshed >= {"user", "group"}:
                 self.ready.set()
                 source_metrics.watch_connected(_SOURCE, True)
-                log.info("ldap_sync_persisting", url=self.options.url)
+                log.info(
+                    "ldap_sync_persisting",
+                    url=self.options.url,
+                    full_loads=self.full_loads,
+                    reconnects=self.reconnects,
+                )
                 self._wake()
 
         thread = threading.Thread(
