@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from structlog.testing import capture_logs
 
 from daemon.model import Snapshot
 from daemon.sources.ldap import LdapOptions
@@ -163,14 +164,13 @@ def test_patched_snapshots_equal_a_full_assembly(seed: int) -> None:
         previous = snapshot
 
 
-def test_an_entry_that_cannot_be_processed_is_named_and_the_rest_goes_on(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+def test_an_entry_that_cannot_be_processed_is_named_and_the_rest_goes_on() -> None:
     options = _options()
     state = SyncState(options, options.layout())
     broken = f"uid=broken,{PEOPLE}"
     # Not bytes: decoding it raises inside the mapping, which must not stop the watch.
-    state.apply_entry("user", broken, {"entryUUID": [None], "uid": [7]}, "uuid-broken")  # type: ignore[list-item]
+    with capture_logs() as logged:
+        state.apply_entry("user", broken, {"entryUUID": [None], "uid": [7]}, "uuid-broken")  # type: ignore[list-item]
     state.apply_entry(
         "user",
         f"uid=fine,{PEOPLE}",
@@ -179,5 +179,5 @@ def test_an_entry_that_cannot_be_processed_is_named_and_the_rest_goes_on(
     )
     snapshot = state.build()
     assert [u.username for u in snapshot.users.values()] == ["fine"]
-    out = capsys.readouterr().out
-    assert "ldap_sync_entry_unreadable" in out and broken in out
+    unreadable = [e for e in logged if e["event"] == "ldap_sync_entry_unreadable"]
+    assert unreadable and broken in repr(unreadable)
