@@ -29,8 +29,9 @@ CONFIG_HELP = "Configuration file (YAML). Env: PROVISIOND_CONFIG."
 def main(ctx: click.Context, config_path: Path | None) -> None:
     """provisiond: keep applications in step with your directory.
 
-    Polls a directory (file, LDAP, JumpCloud), works out what changed, and
-    provisions each configured target; see `provisiond COMMAND --help`.
+    Watches or polls a directory (file, LDAP, Active Directory, JumpCloud),
+    works out what changed, and provisions each configured target; see
+    `provisiond COMMAND --help`.
     """
     ctx.obj = config_path
 

@@ -27,7 +27,9 @@ def run(ctx: click.Context) -> None:
     """Run the daemon: poll, provision, and serve /metrics and the admin API.
 
     A source that can watch for changes (the file source with
-    source.options.watch, the default) runs a cycle as soon as it sees one:
+    source.options.watch, the default; LDAP with syncrepl, source.options.sync
+    auto or syncrepl; JumpCloud with source.options.events) runs a cycle as
+    soon as it sees one:
     notices are gathered for engine.debounce seconds (default 0.25), at most
     engine.max_pending_keys object ids are kept (default 10000; past that,
     "everything changed"), and the poll every engine.interval seconds stays
