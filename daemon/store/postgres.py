@@ -314,6 +314,12 @@ _RELEASE = {
     )
     for table in ("target_objects", "target_links")
 }
+# sql.FORGET_UNWRITTEN for the plan's own removal rows.
+_FORGET_UNWRITTEN = numbered(
+    f"DELETE FROM target_objects AS t USING {_KEYS} "
+    "WHERE t.target = ? AND t.kind = k.kind AND t.object_id = k.object_id "
+    "AND t.desired_hash IS NULL AND t.written_hash IS NULL"
+)
 # A delivery batch's results, one statement per kind of outcome (SQLite's _RECORD_*).
 _MATCH = "t.target = ? AND t.kind = r.kind AND t.object_id = r.object_id"
 _RECORD_REMOVED = numbered(
@@ -1034,7 +1040,10 @@ class PostgresStore:
             await db.execute(_RELEASE["target_objects"], *_columns(released, 2), target)
             # A released object is no longer managed: the target forgets its link too.
             await db.execute(_RELEASE["target_links"], *_columns(released, 2), target)
-        await db.execute(numbered(sql.FORGET_UNWRITTEN), target)
+        # Only this plan's removals can be unwritten removals (each commit forgets
+        # them), so look at those rows, not at every row of the target.
+        for removals in _chunks([key for key, row in desired if row.hash is None]):
+            await db.execute(_FORGET_UNWRITTEN, *_columns(removals, 2), target)
         if plan.hold is None:
             await db.execute(numbered(sql.DELETE_HOLD), target)
         else:
