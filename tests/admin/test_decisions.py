@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from daemon import explain as explaining
 from daemon import holds
+from daemon.directory import Directory
 from daemon.portal import admin
+from daemon.service import console_backend
 from tests.admin.conftest import HOSTILE, Console, console_doc
 from tests.admin.test_console import _admin_client, _audit, _forms, another_browser
 from tests.sso.conftest import BOUND
 from tests.sso.stack import hidden_fields, sign_in
+from tests.sso.test_store_down import FailingAt
 
 CAROL = ("user", "u-carol")
 DAVE = ("user", "u-dave")
@@ -71,6 +75,10 @@ async def test_one_removal_approved_and_another_rejected_then_the_cycle(
     assert "Done: approved 1 removal(s). They are sent in the next cycle" in page
     assert "<strong>Approved</strong> by admin:alice" in page
     assert "<strong>Rejected</strong> by admin:alice" in page
+    # Each row offers the other decision only.
+    offered = {(f["key"], f["action"]) for f in _forms(page) if f.get("key")}
+    assert ("user:u-carol", "reject") in offered and ("user:u-carol", "approve") not in offered
+    assert ("user:u-dave", "approve") in offered and ("user:u-dave", "reject") not in offered
     shown = {o.key: o for o in await holds.held(store, "wiki")}
     assert shown[CAROL].decision == "approved" and shown[DAVE].decision == "rejected"
     assert shown[DAVE].actor == "admin:alice"
@@ -265,3 +273,34 @@ async def test_a_change_elsewhere_keeps_the_held_removals_and_the_rejection(
     assert not sent & {CAROL, DAVE, ("user", "u-bob")}
     dave = await store.target_object("wiki", DAVE)
     assert dave is not None and dave.active
+
+
+async def test_an_unreachable_store_during_a_decision_or_explain_is_a_503(serve, console: Console):
+    """The store fails at the decision's transaction (or explain's, the log's read): the
+    console says so, nothing is decided, and cycles go on."""
+    w = console.world
+    failing = FailingAt(w.store)
+    backend = console_backend(
+        failing,  # type: ignore[arg-type]
+        overview=console.overview,
+        target_names=lambda: [s.name for s in w.engine.targets],
+        trigger_sync=lambda: None,
+        targets=lambda: [s.settings for s in w.engine.targets],
+        rules=lambda: explaining.SignInRules(True),
+    )
+    directory = Directory(failing, w.directory.source)  # type: ignore[arg-type]
+    client = await serve(backend=backend, directory=directory)
+    assert (await sign_in(client, "alice")).status == 303
+    page = await (await client.get("/admin/held")).text()
+    failing.failing = {"decide"}
+    response = await client.post("/admin/held", data=_form(page, "user:u-carol", "approve"))
+    assert response.status == 503 and "cannot reach the state store" in await response.text()
+    for method in ("log_entries", "target_object"):
+        failing.failing = {method}
+        response = await client.get("/admin/users/u-erin")
+        assert response.status == 503, method
+    failing.failing = set()
+    assert await w.store.decisions("wiki") == {}
+    await w.cycle()
+    assert (await client.get("/admin/users/u-erin")).status == 200
+    assert "Traceback" not in w.log.getvalue()
