@@ -754,12 +754,11 @@ def _explained(doc: Mapping[str, Any]) -> dict[str, Any]:
         if t.get("remote_id"):
             fields.append(("Remote id", t["remote_id"]))
         fields.append(("Last written", _when(t.get("last_written_at")) or "not recorded"))
-        pending = list(t.get("pending") or [])
+        pending = "; ".join(t.get("pending") or [])
         status = t.get("pending_status")
-        fields.append(
-            ("Pending change", (f"({status}) " if status else "") + "; ".join(pending)
-             if pending else "none")
-        )  # fmt: skip
+        if pending and status:
+            pending = f"({status}) {pending}"
+        fields.append(("Pending change", pending or "none"))
         if t.get("decision"):
             fields.append(("Operator's decision", t["decision"]))
         if t.get("last_error"):
@@ -768,8 +767,14 @@ def _explained(doc: Mapping[str, Any]) -> dict[str, Any]:
             fields.append(("Next retry", _when(t["next_retry_at"])))
         may = bool(t.get("may_sign_in"))
         fields.append(("May sign in", t.get("sign_in", "") if may else f"no: {t.get('sign_in')}"))
-        targets.append({"name": t.get("target", ""), "fields": fields, "in_scope": bool(
-            t.get("in_scope")), "may_sign_in": may})  # fmt: skip
+        targets.append(
+            {
+                "name": t.get("target", ""),
+                "fields": fields,
+                "in_scope": bool(t.get("in_scope")),
+                "may_sign_in": may,
+            }
+        )
     groups = doc.get("groups") or []
     return {
         "groups": ", ".join(groups) if groups else "none",
