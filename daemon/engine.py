@@ -767,14 +767,18 @@ class Engine:
                 setting=f"targets[{self.targets.index(slot)}].groups",
                 group=ref,
             )
-        if only is None:
+        decisions = await self.store.decisions(slot.name)
+        hold = await self.store.hold(slot.name)
+        # A proportional plan sees only the changed keys: held rows (never committed) and
+        # rows a rejection keeps back would drop out of the hold or lapse unseen, so a
+        # target with either plans in full.
+        if only is None or hold is not None or decisions:
             planned = plan(snapshot, hashes, slot.assignment, slot.index)
         else:
             planned = plan_changed(snapshot, hashes, slot.assignment, slot.index, *only)
         # The operator's decisions on held keys first: a rejected row is not planned.
-        decided = apply_decisions(planned, await self.store.decisions(slot.name), hashes)
+        decided = apply_decisions(planned, decisions, hashes)
         scoped = decided.scoped
-        hold = await self.store.hold(slot.name)
         approved = decided.approved
         pending = frozenset[Key]()
         if hold is not None:

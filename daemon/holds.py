@@ -32,13 +32,14 @@ class HeldObject:
     """One held key: the object's name as the directory last said, and why it is held.
 
     ``decision`` is a decision recorded and not yet used by a cycle
-    (``approved`` or ``rejected``), or ``None``.
+    (``approved`` or ``rejected``), or ``None``; ``actor`` who made it.
     """
 
     key: Key
     name: str
     reason: str
     decision: str | None = None
+    actor: str | None = None
 
     @property
     def ref(self) -> str:
@@ -54,12 +55,15 @@ def actor() -> str:
         return "cli"
 
 
-async def held(store: Store, target: str) -> list[HeldObject]:
-    """Every key the target's hold holds, by kind and id, with its name and reason."""
+async def held(store: Store, target: str, only: Sequence[Key] | None = None) -> list[HeldObject]:
+    """Every key the target's hold holds, by kind and id, with its name and reason.
+
+    ``only``: just those of these keys that are held (one page of a long list).
+    """
     hold = await store.hold(target)
     if hold is None:
         return []
-    keys = sorted(hold.keys)
+    keys = sorted(hold.keys if only is None else hold.keys & set(only))
     records = await store.records(keys)
     rows = await store.rows(target, keys)
     decisions = await store.decisions(target)
@@ -70,8 +74,16 @@ async def held(store: Store, target: str) -> list[HeldObject]:
         recorded = row.desired if row is not None else None
         name, reason = _why(key, record, recorded)
         decision = decisions.get(key)
-        pending = decision.decision if decision is not None and not decision.applied else None
-        out.append(HeldObject(key, name, reason, pending))
+        pending = decision if decision is not None and not decision.applied else None
+        out.append(
+            HeldObject(
+                key,
+                name,
+                reason,
+                pending.decision if pending is not None else None,
+                pending.actor if pending is not None else None,
+            )
+        )
     return out
 
 

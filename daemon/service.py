@@ -23,7 +23,7 @@ import random
 import signal
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,17 +36,18 @@ from aiohttp import web
 
 from daemon import __version__, holds, logs, metrics
 from daemon import explain as explaining
-from daemon.config import Config, ConfigError, read_file
+from daemon.config import Config, ConfigError, TargetSettings, read_file
 from daemon.config import load as load_config
 from daemon.directory import Directory
 from daemon.engine import Engine, TargetSlot
 from daemon.http import serve
 from daemon.http.ops import build_ops_app
 from daemon.leadership import SOURCE, Leadership, new_holder, target_lease
+from daemon.model import User
 from daemon.notify import Notifier
 from daemon.plugins import Registry, await_me_maybe, plugin_manager
 from daemon.portal import PortalConfigError, build_public_app
-from daemon.portal.admin import AdminBackend
+from daemon.portal.admin import AdminBackend, StoreDecisions
 from daemon.portal.session_key import SessionKeyError
 from daemon.runtime import PluginContext
 from daemon.saml.errors import SamlConfigError
@@ -54,7 +55,7 @@ from daemon.secrets import SECRETS, SecretError, SecretFile, SecretStore, resolv
 from daemon.sources import metrics as source_metrics
 from daemon.sources.base import Source, SourceError
 from daemon.status import daemon_status, summary_line
-from daemon.store import StateError, Store, StoreUnavailable
+from daemon.store import LogEntry, StateError, Store, StoreUnavailable
 from daemon.store.postgres import PostgresStore, tls_option
 from daemon.store.sqlite import SqliteStore
 from daemon.targets.base import Target
@@ -148,6 +149,39 @@ def assemble(config: Config, pm: pluggy.PluginManager, secrets: SecretStore = SE
             raise ConfigError(where, [f"targets[{i}].options: {exc}"]) from None
         slots.append(TargetSlot(t, target))
     return Parts(config, source, slots)
+
+
+def console_backend(
+    store: Store,
+    *,
+    overview: Callable[[], Awaitable[Mapping[str, Any]]],
+    target_names: Callable[[], Sequence[str]],
+    trigger_sync: Callable[[], None],
+    targets: Callable[[], Sequence[TargetSettings]],
+    rules: Callable[[], explaining.SignInRules],
+    clock: Callable[[], float] = time.time,
+) -> AdminBackend:
+    """The admin console's view of the daemon: its status, per-object decisions on held
+    removals (:mod:`daemon.holds`, as the CLI), ``explain`` and the provisioning log.
+
+    ``targets`` and ``rules`` are read at each request, so they follow reloads.
+    """
+
+    async def explain(user: User) -> dict[str, Any]:
+        found = await explaining.explain(store, user.id, targets(), rules())
+        return found.to_json()
+
+    async def user_log(user: User, before: int | None, limit: int) -> list[LogEntry]:
+        return await store.log_entries(key=("user", user.id), before=before, limit=limit)
+
+    return AdminBackend(
+        overview=overview,
+        target_names=target_names,
+        trigger_sync=trigger_sync,
+        decisions=StoreDecisions(store, clock),
+        explain=explain,
+        user_log=user_log,
+    )
 
 
 def admin_token(config: Config, secrets: SecretStore = SECRETS) -> SecretFile | None:
@@ -764,10 +798,14 @@ class Service:
 
     def _console(self) -> AdminBackend:
         """What the admin console reads and steers (it follows reloads)."""
-        return AdminBackend(
+        assert self.store is not None
+        return console_backend(
+            self.store,
             overview=self.status_now,
             target_names=lambda: [s.name for s in self.parts.slots] if self.parts else [],
             trigger_sync=self.trigger_sync,
+            targets=lambda: self.config.settings.targets,
+            rules=lambda: explaining.rules_of(self.config),
         )
 
     async def _signals(self, scope: anyio.CancelScope) -> None:

@@ -14,10 +14,16 @@ is a POST carrying the session's CSRF token, and is written to the audit log
 (``provisiond.audit``) with the administrator's directory id. A state store
 that cannot be reached gets a 503 page that says so; nothing else stops.
 
-Seams for what is not built here: :class:`HoldDecisions` decides held
-removals (the whole hold, until per-object approval and rejection exist),
-and :attr:`AdminBackend.explain` / :attr:`AdminBackend.user_log` fill the
-user page's "explain" and provisioning-log sections when given.
+Held removals are decided through :class:`HoldDecisions`: the daemon gives
+:class:`StoreDecisions`, per object, through :mod:`daemon.holds` (what
+``provisiond approve`` and ``reject`` use), recorded as ``admin:<username>``
+in the audit and provisioning logs; without it (a listener with no daemon
+behind it) only the whole hold can be approved (:class:`WholeHold`). A form
+decides only the keys the page showed, and only those still held; a key no
+longer held is reported, never acted on. :attr:`AdminBackend.explain` and
+:attr:`AdminBackend.user_log` fill the user page's "explain" and
+provisioning-log sections (the daemon gives :mod:`daemon.explain` and the
+store's provisioning log).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,11 +42,12 @@ import structlog
 from aiohttp import web
 from multidict import MultiDictProxy
 
+from daemon import holds
 from daemon.model import Group, User
 from daemon.portal.metrics import SAML_CERTIFICATE_EXPIRY
 from daemon.portal.mfa.flow import challenge_url, needs_second_factor
 from daemon.portal.site import PORTAL, Portal, SignedIn, client_address
-from daemon.store import Hold, Key, StateError, Store
+from daemon.store import Hold, Key, LogEntry, StateError, Store
 
 audit = structlog.get_logger("provisiond.audit")
 log = structlog.get_logger("provisiond.portal.admin")
@@ -51,19 +59,26 @@ SEARCH_CANDIDATES: Final = 1000
 _MAX_QUERY: Final = 200
 _MAX_PAGE: Final = 1_000_000
 _MAX_KEY: Final = 1024
-_DONE: Final = re.compile(r"(approved|rejected|retried)-([0-9]{1,9})")
+_DONE: Final = re.compile(r"(approved|rejected|retried)-([0-9]{1,9})(?:-left-([0-9]{1,9}))?")
 FORM_EXPIRED: Final = "This form has expired. Go back, reload the page and try again."
 STALE_HOLD: Final = (
-    "The held removals changed since this page was drawn, so nothing was approved. "
+    "The held removals changed since this page was drawn, so nothing was decided. "
     "Review the list again before you decide."
+)
+STALE_KEYS: Final = (
+    "The held removals changed since this page was drawn: what you chose is no longer "
+    "held, so nothing was decided for it. Review the list again before you decide."
 )
 STORE_DOWN: Final = (
     "The admin console cannot reach the state store right now, so it cannot show or change "
     "anything. provisiond keeps running and retries on its own; try this page again in a minute."
 )
 
+#: ``explain(user)``: the document ``provisiond explain --json`` prints for the user.
 Explain = Callable[[User], Awaitable[Mapping[str, Any]]]
-UserLog = Callable[[User, int], Awaitable[Sequence[Mapping[str, Any]]]]
+#: ``user_log(user, before, limit)``: the user's provisioning-log entries, newest first,
+#: with an id below ``before`` if given (the next page), at most ``limit``.
+UserLog = Callable[[User, int | None, int], Awaitable[Sequence[LogEntry]]]
 
 
 class StaleHold(Exception):
@@ -75,23 +90,51 @@ class HoldDecisions(Protocol):
 
     ``per_object`` says whether single held objects can be approved and
     rejected; without it only the whole hold can be approved, and only when
-    it still holds exactly the keys the page showed.
+    it still holds exactly the keys the page showed. ``actor`` is who
+    decides (``admin:<username>``). Both return the keys decided: those of
+    ``keys`` still held when the decision is recorded.
     """
 
     @property
     def per_object(self) -> bool: ...
 
-    async def approve(self, target: str, keys: frozenset[Key]) -> int:
-        """Release ``keys`` (held now); the number released. Raises :class:`StaleHold`."""
+    async def approve(self, target: str, keys: frozenset[Key], actor: str) -> frozenset[Key]:
+        """Release ``keys`` (held now). Raises :class:`StaleHold`."""
         ...
 
-    async def reject(self, target: str, keys: frozenset[Key]) -> int:
-        """Keep ``keys`` active and record the decision; the number rejected."""
+    async def reject(self, target: str, keys: frozenset[Key], actor: str) -> frozenset[Key]:
+        """Keep ``keys`` as the target has them and record the decision."""
         ...
+
+
+class StoreDecisions:
+    """:class:`HoldDecisions` one object at a time, as ``provisiond approve`` / ``reject``.
+
+    Through :func:`daemon.holds.approve` and :func:`daemon.holds.reject`: the
+    store decides, in one transaction, only the keys held when it runs, and
+    writes each decision to the provisioning log with the actor; the audit
+    log gets it too. The next cycle plans with it.
+    """
+
+    per_object: Final = True
+
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._clock = clock
+
+    async def approve(self, target: str, keys: frozenset[Key], actor: str) -> frozenset[Key]:
+        return frozenset(
+            await holds.approve(self._store, target, sorted(keys), actor, self._clock())
+        )
+
+    async def reject(self, target: str, keys: frozenset[Key], actor: str) -> frozenset[Key]:
+        return frozenset(
+            await holds.reject(self._store, target, sorted(keys), actor, self._clock())
+        )
 
 
 class WholeHold:
-    """:class:`HoldDecisions` with what the store has: approving the whole hold at once.
+    """:class:`HoldDecisions` for the whole hold at once (no daemon's decisions given).
 
     ``approve`` releases the hold only if it holds exactly ``keys``; a hold
     that changed since the page was drawn is left alone (:class:`StaleHold`).
@@ -103,14 +146,15 @@ class WholeHold:
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    async def approve(self, target: str, keys: frozenset[Key]) -> int:
+    async def approve(self, target: str, keys: frozenset[Key], actor: str) -> frozenset[Key]:
         hold = await self._store.hold(target)
         if hold is None or hold.keys != keys:
             raise StaleHold(target)
-        return await self._store.approve(target)
+        await self._store.approve(target)
+        return hold.keys
 
-    async def reject(self, target: str, keys: frozenset[Key]) -> int:
-        raise NotImplementedError("rejecting held removals is not available yet")
+    async def reject(self, target: str, keys: frozenset[Key], actor: str) -> frozenset[Key]:
+        raise NotImplementedError("rejecting held removals needs per-object decisions")
 
 
 @dataclass
@@ -121,7 +165,9 @@ class AdminBackend:
     ``GET /api/v1/status``; it raises :class:`~daemon.store.StateError` when
     the store is down); ``target_names`` lists the configured targets;
     ``trigger_sync`` asks for a cycle after a decision. ``decisions``
-    defaults to :class:`WholeHold` over the portal's store.
+    defaults to :class:`WholeHold` over the portal's store (the daemon gives
+    :class:`StoreDecisions`); without ``explain`` and ``user_log`` the user
+    page says those sections are not available.
     """
 
     overview: Callable[[], Awaitable[Mapping[str, Any]]]
@@ -238,7 +284,7 @@ def console_page(page: Page, *, post: bool = False) -> Handler:
             log.error("admin console: state store unreachable", path=request.path, error=str(exc))
             response = portal.render(
                 request, "admin_message.html", status=503, title="State store unreachable",
-                message=STORE_DOWN, signed_in=None, csrf="", nav=None, link=None,
+                message=STORE_DOWN, signed_in=None, csrf="", nav=None, link=None, items=[],
             )  # fmt: skip
             response.headers["Retry-After"] = "30"
             return response
@@ -291,12 +337,21 @@ async def held(
     keys = sorted(hold.keys) if hold else []
     shown, pages = _slice(keys, page)
     page = min(page, pages)
-    records = await store.records(shown) if shown else {}
+    rows = []
+    if shown and chosen:
+        records = await store.records(shown)
+        described = {o.key: o for o in await holds.held(store, chosen, shown)}
+        for key in shown:
+            row = _object_row(key, records.get(key))
+            obj = described.get(key)
+            row["reason"] = obj.reason if obj else ""
+            row["decision"] = obj.decision if obj else None
+            row["actor"] = obj.actor if obj else None
+            rows.append(row)
     counts = {name: _held_count(await store.hold(name)) for name in names}
     return _render(
         request, portal, signed_in, "admin_held.html", "held",
-        names=names, target=chosen, counts=counts, hold=hold,
-        rows=[_object_row(k, records.get(k)) for k in shown],
+        names=names, target=chosen, counts=counts, hold=hold, rows=rows,
         digest=_hold_digest(chosen, hold) if hold else "", total=len(keys),
         page=page, pages=pages, per_object=_decisions(portal, backend).per_object,
         since=_when(hold.created_at) if hold else None, done=_done(request),
@@ -306,11 +361,12 @@ async def held(
 async def held_decide(
     request: web.Request, portal: Portal, backend: AdminBackend, signed_in: SignedIn
 ) -> web.StreamResponse:
-    """POST /admin/held: approve (or reject) the hold, or one held object.
+    """POST /admin/held: approve or reject the whole hold, or the held objects the page showed.
 
-    The form carries the digest of the whole hold the page showed (for
-    "approve all") or one key (per object); a hold that changed since is
-    left alone and the page says so (409).
+    The form carries either the digest of the whole hold the page showed
+    (the "all" buttons: a hold that changed since is left alone, 409) or
+    one or more keys (per object: only those still held are decided; the
+    others are reported, 409 when none is left).
     """
     form = await request.post()
     store = portal.directory.store
@@ -323,9 +379,16 @@ async def held_decide(
         )  # fmt: skip
     action = _text(form, "action", 16)
     decisions = _decisions(portal, backend)
+    if action not in ("approve", "reject") or (action == "reject" and not decisions.per_object):
+        return _message(
+            request, portal, signed_in, status=400, title="Unknown action",
+            message="That is not something the console can do with held removals.",
+        )  # fmt: skip
+    raw = [v for v in form.getall("key", []) if isinstance(v, str)]
     hold = await store.hold(target)
-    one = _key(_text(form, "key", _MAX_KEY))
-    if one is None:
+    held_now = hold.keys if hold is not None else frozenset()
+    left: frozenset[Key] = frozenset()
+    if not raw:
         if hold is None or _text(form, "digest", 128) != _hold_digest(target, hold):
             return _stale(request, portal, signed_in, target, action, [])
         keys = hold.keys
@@ -333,31 +396,46 @@ async def held_decide(
         if not decisions.per_object:
             return _message(
                 request, portal, signed_in, status=400, title="Not available",
-                message="Held removals can only be approved all at once in this version.",
+                message="Held removals can only be approved all at once here.",
             )  # fmt: skip
-        if hold is None or one not in hold.keys:
-            return _stale(request, portal, signed_in, target, action, [one])
-        keys = frozenset({one})
+        asked = [_key(v[:_MAX_KEY]) for v in raw[:PAGE_SIZE]]
+        if None in asked or len(raw) > PAGE_SIZE:
+            return _message(
+                request, portal, signed_in, status=400, title="Not a held removal",
+                message="The form named something that is not a user or group key.",
+            )  # fmt: skip
+        wanted = frozenset(k for k in asked if k is not None)
+        keys, left = wanted & held_now, wanted - held_now
+        if not keys:
+            return _stale(request, portal, signed_in, target, action, sorted(left))
+    actor = f"admin:{signed_in.user.username}"
     try:
         if action == "approve":
-            n = await decisions.approve(target, keys)
-        elif action == "reject" and decisions.per_object:
-            n = await decisions.reject(target, keys)
+            decided = await decisions.approve(target, keys, actor)
         else:
-            return _message(
-                request, portal, signed_in, status=400, title="Unknown action",
-                message="That is not something the console can do with held removals.",
-            )  # fmt: skip
+            decided = await decisions.reject(target, keys, actor)
     except StaleHold:
         return _stale(request, portal, signed_in, target, action, sorted(keys))
+    # Keys that left the hold between the read above and the store's transaction.
+    left |= keys - decided
+    if not decided:
+        return _stale(request, portal, signed_in, target, action, sorted(left))
     done = "approved" if action == "approve" else "rejected"
     audit.info(
         f"held removals {done} in the admin console",
-        target=target, objects=n, keys=[_key_text(k) for k in sorted(keys)][:PAGE_SIZE],
+        target=target, objects=len(decided),
+        keys=[_key_text(k) for k in sorted(decided)][:PAGE_SIZE], actor=actor,
         user_id=signed_in.user.id, client=client_address(request),
     )  # fmt: skip
+    if left:
+        audit.warning(
+            "admin decision on held removals: keys no longer held were left alone",
+            target=target, action=action, keys=[_key_text(k) for k in sorted(left)],
+            user_id=signed_in.user.id, client=client_address(request),
+        )  # fmt: skip
     backend.trigger_sync()
-    raise web.HTTPSeeOther(f"/admin/held?target={_q(target)}&done={done}-{n}")
+    more = f"-left-{len(left)}" if left else ""
+    raise web.HTTPSeeOther(f"/admin/held?target={_q(target)}&done={done}-{len(decided)}{more}")
 
 
 async def failures(
@@ -472,13 +550,20 @@ async def user(
                 "held": hold is not None and key in hold.keys,
             }
         )
-    explained = await backend.explain(record) if backend.explain else None
-    entries = await backend.user_log(record, PAGE_SIZE) if backend.user_log else None
+    explained = _explained(await backend.explain(record)) if backend.explain else None
+    entries = None
+    older = None
+    if backend.user_log is not None:
+        before = _before(request.query.get("before"))
+        found = list(await backend.user_log(record, before, PAGE_SIZE + 1))
+        entries = [_log_row(e) for e in found[:PAGE_SIZE]]
+        last_id = found[PAGE_SIZE - 1].id if len(found) > PAGE_SIZE else None
+        older = f"?before={last_id}#provisioning-log" if last_id is not None else None
     fields = [(name, value) for name, value in _user_fields(record) if value not in (None, "")]
     return _render(
         request, portal, signed_in, "admin_user.html", "users",
         person=record, fields=fields, per_target=per_target, explained=explained,
-        entries=entries,
+        entries=entries, older=older, newest="before" in request.query,
     )  # fmt: skip
 
 
@@ -522,11 +607,12 @@ def _message(
     message: str,
     console: bool = True,
     link: tuple[str, str] | None = None,
+    items: Sequence[str] = (),
 ) -> web.Response:
     return portal.render(
         request, "admin_message.html", status=status, title=title, message=message,
         signed_in=signed_in, csrf=portal.csrf_token(signed_in.session.id),
-        nav="" if console else None, link=link,
+        nav="" if console else None, link=link, items=list(items),
     )  # fmt: skip
 
 
@@ -538,13 +624,15 @@ def _stale(
     action: str,
     keys: Iterable[Key],
 ) -> web.Response:
+    refs = [_key_text(k) for k in keys]
     audit.warning(
         "admin decision on held removals refused: the hold changed since the page was drawn",
-        target=target, action=action, keys=[_key_text(k) for k in keys],
+        target=target, action=action, keys=refs,
         user_id=signed_in.user.id, client=client_address(request),
     )  # fmt: skip
     return _message(
-        request, portal, signed_in, status=409, title="The list changed", message=STALE_HOLD,
+        request, portal, signed_in, status=409, title="The list changed",
+        message=STALE_KEYS if refs else STALE_HOLD, items=refs,
         link=(f"/admin/held?target={_q(target)}", "Review the held removals again"),
     )  # fmt: skip
 
@@ -558,11 +646,23 @@ def _text(form: MultiDictProxy[Any], name: str, limit: int) -> str:
     return value[:limit] if isinstance(value, str) else ""
 
 
-def _done(request: web.Request) -> str | None:
-    """The notice after a decision (``approved-3``: "approved 3"); anything else shows none,
-    so a crafted link cannot put its own words on the page."""
+def _done(request: web.Request) -> dict[str, Any] | None:
+    """The notice after a decision (``approved-3``: "approved 3"; ``-left-1``: one key the
+    page showed was no longer held); anything else shows none, so a crafted link cannot
+    put its own words on the page."""
     match = _DONE.fullmatch(request.query.get("done", ""))
-    return f"{match[1]} {match[2]}" if match else None
+    if not match:
+        return None
+    return {"text": f"{match[1]} {match[2]}", "action": match[1], "left": int(match[3] or 0)}
+
+
+def _before(raw: str | None) -> int | None:
+    """A provisioning-log page's ``before`` id from the query; ``None`` for the newest page."""
+    try:
+        value = int(raw or "")
+    except ValueError:
+        return None
+    return value if 0 < value < 2**62 else None
 
 
 def _page(raw: str | None) -> int:
@@ -641,6 +741,63 @@ def _matches(user: User, query: str) -> bool:
     names = (user.username, user.email, user.given_name, user.family_name,
              user.display_name or "", f"{user.given_name} {user.family_name}")  # fmt: skip
     return any(folded in n.casefold() for n in names)
+
+
+def _explained(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """``provisiond explain``'s document as the user page shows it, one target at a time."""
+    targets = []
+    for t in doc.get("targets") or []:
+        fields: list[tuple[str, Any]] = [
+            ("In scope", f"{'yes' if t.get('in_scope') else 'no'}: {t.get('scope', '')}"),
+            ("At the target", t.get("state", "")),
+        ]
+        if t.get("remote_id"):
+            fields.append(("Remote id", t["remote_id"]))
+        fields.append(("Last written", _when(t.get("last_written_at")) or "not recorded"))
+        pending = "; ".join(t.get("pending") or [])
+        status = t.get("pending_status")
+        if pending and status:
+            pending = f"({status}) {pending}"
+        fields.append(("Pending change", pending or "none"))
+        if t.get("decision"):
+            fields.append(("Operator's decision", t["decision"]))
+        if t.get("last_error"):
+            fields.append(("Last error", f"{t['last_error']} (attempts: {t.get('attempts', 0)})"))
+        if t.get("next_retry_at"):
+            fields.append(("Next retry", _when(t["next_retry_at"])))
+        may = bool(t.get("may_sign_in"))
+        fields.append(("May sign in", t.get("sign_in", "") if may else f"no: {t.get('sign_in')}"))
+        targets.append(
+            {
+                "name": t.get("target", ""),
+                "fields": fields,
+                "in_scope": bool(t.get("in_scope")),
+                "may_sign_in": may,
+            }
+        )
+    groups = doc.get("groups") or []
+    return {
+        "groups": ", ".join(groups) if groups else "none",
+        "snapshot": doc.get("snapshot_version"),
+        "targets": targets,
+    }
+
+
+def _log_row(entry: LogEntry) -> dict[str, Any]:
+    """One provisioning-log entry as the user page's table shows it."""
+    request = ""
+    if entry.method:
+        request = f"{entry.method} {entry.path or ''} → {entry.status or 'no answer'}"
+    return {
+        "when": _when(entry.at),
+        "target": entry.target,
+        "outcome": entry.outcome,
+        "changes": ", ".join(entry.changes),
+        "attributes": ", ".join(entry.attributes),
+        "request": request,
+        "error": entry.error or "",
+        "by": entry.actor or "provisiond",
+    }
 
 
 def _user_fields(user: User) -> list[tuple[str, Any]]:

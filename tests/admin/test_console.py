@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from daemon.directory import Directory
 from daemon.model import make_group
 from daemon.portal import admin
+from daemon.store import LogEntry
 from tests.admin.conftest import ADMINS, FILLERS, HOSTILE, Console, console_doc
 from tests.sso import stack
 from tests.sso.conftest import BOUND
@@ -195,7 +196,7 @@ async def test_held_approve_all_needs_the_hold_the_page_showed(serve, console):
 async def test_per_object_decisions_need_per_object_support(serve, console):
     client = await _admin_client(serve)
     page = await (await client.get("/admin/held")).text()
-    assert "not available in this version" in page and ">Reject<" not in page
+    assert "not available here" in page and ">Reject<" not in page and "Reject all" not in page
     csrf = hidden_fields(page)["csrf"]
     response = await client.post(
         "/admin/held",
@@ -212,14 +213,17 @@ class PerObject:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, frozenset[Any]]] = []
+        self.actors: list[str] = []
 
-    async def approve(self, target: str, keys: frozenset[Any]) -> int:
+    async def approve(self, target: str, keys: frozenset[Any], actor: str) -> frozenset[Any]:
         self.calls.append(("approve", target, keys))
-        return len(keys)
+        self.actors.append(actor)
+        return keys
 
-    async def reject(self, target: str, keys: frozenset[Any]) -> int:
+    async def reject(self, target: str, keys: frozenset[Any], actor: str) -> frozenset[Any]:
         self.calls.append(("reject", target, keys))
-        return len(keys)
+        self.actors.append(actor)
+        return keys
 
 
 async def test_per_object_approve_and_reject_through_the_seam(serve, console):
@@ -242,6 +246,7 @@ async def test_per_object_approve_and_reject_through_the_seam(serve, console):
         ("approve", "wiki", frozenset({("user", "u-carol")})),
         ("reject", "wiki", frozenset({("user", "u-dave")})),
     ]
+    assert decisions.actors == ["admin:alice", "admin:alice"]
     # A key the hold does not hold (any more): refused as stale, the seam is not asked.
     gone = {**approve, "key": "user:u-alice"}
     assert (await client.post("/admin/held", data=gone)).status == 409
@@ -367,10 +372,12 @@ async def test_the_user_page_and_its_seams(serve, console):
     backend = console.backend()
 
     async def explain(user: Any) -> dict[str, Any]:
-        return {"in_scope": f"yes, through {BOUND!r}", "who": user.username}
+        target = {"target": "wiki", "in_scope": True, "scope": f"yes, through {BOUND!r}",
+                  "state": "active", "sign_in": user.username, "may_sign_in": True}  # fmt: skip
+        return {"groups": [BOUND], "targets": [target]}
 
-    async def user_log(user: Any, limit: int) -> list[dict[str, Any]]:
-        return [{"cycle": "c-1", "outcome": "<failed>"}]
+    async def user_log(user: Any, before: int | None, limit: int) -> list[LogEntry]:
+        return [LogEntry(0.0, "wiki", ("user", user.id), "<failed>", "c-1")]
 
     backend.explain, backend.user_log = explain, user_log
     await client.close()

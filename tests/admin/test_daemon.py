@@ -1,4 +1,5 @@
-"""The console in a real daemon process: the service hands it the live status document."""
+"""The console in a real daemon process: the service hands it the live status document,
+per-object decisions, ``explain`` and the provisioning log."""
 
 from __future__ import annotations
 
@@ -49,6 +50,12 @@ async def test_a_running_daemon_serves_the_console_to_its_admins(tmp_path: Path)
             assert "file" in text and "ready" in text
             users = await (await alice.get(f"{base}/admin/users/u-carol")).text()
             assert '<th scope="row">app</th>' in users
+            # The daemon gives the console explain and the provisioning log.
+            assert 'id="explain"' in users and "explain-unavailable" not in users
+            assert "yes: granted by App Users" in users
+            assert 'id="provisioning-log"' in users and ">delivered<" in users
+            held = await (await alice.get(f"{base}/admin/held")).text()
+            assert "holds nothing for app" in held
         async with ClientSession(cookie_jar=CookieJar(unsafe=True)) as bob:
             await _sign_in(bob, base, "bob")
             assert (await bob.get(f"{base}/admin")).status == 403

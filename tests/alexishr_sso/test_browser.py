@@ -9,7 +9,6 @@ there. Screenshots of every page go to ``test-artifacts/`` at the repository roo
 from __future__ import annotations
 
 import html
-from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -17,24 +16,9 @@ from saml2 import BINDING_HTTP_POST
 
 from tests.alexishr_sso.conftest import PASSWORD, free_port, make_options, make_sp
 from tests.sso.stack import hidden_fields
+from tests.support.chromium import ARTIFACTS, CHROMIUM, FLAGS, needs_chromium
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed"),
-]
+pytestmark = [pytest.mark.slow, needs_chromium]
 
 
 async def test_sign_in_click_alexishr_and_the_403_page(world, serve, local_acs, sp_key):

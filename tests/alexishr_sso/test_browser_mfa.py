@@ -15,12 +15,9 @@ import pytest
 
 from daemon.saml.names import AUTHN_REFEDS_MFA
 from tests.alexishr_sso.conftest import PASSWORD, make_options, make_sp
-from tests.alexishr_sso.test_browser import ARTIFACTS, CHROMIUM, FLAGS
+from tests.support.chromium import ARTIFACTS, CHROMIUM, FLAGS, needs_chromium
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed"),
-]
+pytestmark = [pytest.mark.slow, needs_chromium]
 
 
 async def test_enrol_totp_sign_in_with_a_code_and_a_recovery_code_once(

@@ -14,12 +14,9 @@ import re
 import pytest
 
 from tests.alexishr_sso.conftest import PASSWORD, make_options, make_sp
-from tests.alexishr_sso.test_browser import ARTIFACTS, CHROMIUM, FLAGS
+from tests.support.chromium import ARTIFACTS, CHROMIUM, FLAGS, needs_chromium
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed"),
-]
+pytestmark = [pytest.mark.slow, needs_chromium]
 
 
 async def test_register_a_passkey_and_sign_in_to_alexishr_with_it(world, serve, local_acs, sp_key):

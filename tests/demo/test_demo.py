@@ -31,11 +31,9 @@ from aiohttp import ClientSession, CookieJar
 from lxml import etree
 
 from tests.sso.stack import form_action, free_port, hidden_fields
+from tests.support.chromium import ARTIFACTS, CHROMIUM, FLAGS, needs_chromium
 
 REPO = Path(__file__).resolve().parents[2]
-ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM = Path("/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"]
 #: The demo users and passwords README and examples/directory.yaml document.
 GRANTED = ("alice", "correct horse battery staple", "Alice Lindqvist")
 REFUSED = ("hanna.kowalski", "contractor demo password", "Hanna Kowalski")
@@ -44,7 +42,7 @@ DSIG = "{http://www.w3.org/2000/09/xmldsig#}Signature"
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed"),
+    needs_chromium,
     pytest.mark.skipif(shutil.which("xmlsec1") is None, reason="xmlsec1 is not installed"),
     pytest.mark.skipif(
         not (REPO / ".venv" / "bin" / "provisiond").exists(),

@@ -9,14 +9,11 @@ from __future__ import annotations
 import pytest
 
 from daemon.portal.views import LOGIN_FAILED
-from tests.alexishr_sso.test_browser import ARTIFACTS, CHROMIUM, FLAGS
 from tests.ldap import seed
 from tests.ldap_e2e.conftest import Portal
+from tests.support.chromium import ARTIFACTS, CHROMIUM, FLAGS, needs_chromium
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed"),
-]
+pytestmark = [pytest.mark.slow, needs_chromium]
 
 
 async def test_ldap_user_signs_in_and_bad_attempts_read_alike(portal: Portal) -> None:

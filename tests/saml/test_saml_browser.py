@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 
 import pytest
 from aiohttp import web
 
 from daemon.saml.bindings import post_form
+from tests.support.chromium import CHROMIUM, FLAGS, needs_chromium
 
-CHROMIUM = shutil.which("chromium")
-pytestmark = [
-    pytest.mark.slow,  # a browser start takes several seconds
-    pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed"),
-]
+pytestmark = [pytest.mark.slow, needs_chromium]  # a browser start takes several seconds
 
 
 def _free_port() -> int:
@@ -59,7 +55,7 @@ async def test_form_posts_under_strict_csp(site, javascript):
 
     url, received = site
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
         try:
             context = await browser.new_context(java_script_enabled=javascript)
             page = await context.new_page()
