@@ -55,6 +55,10 @@ class ScopedPlan:
     # Users whose desired state goes from active to deactivated or removed.
     deactivations: list[Key]
     active_before: int
+    #: The keys the plan looked at (:func:`plan_changed`), planned or found as
+    #: recorded; ``None``: every key (:func:`plan`). What the guard held of the
+    #: other keys is still held: their inputs did not change.
+    replanned: frozenset[Key] | None = None
 
 
 def view(
@@ -275,4 +279,4 @@ def plan_changed(
         desired.append(DesiredRow(key, None, None, None))
         if key[0] == "user" and key[1] in index.active:
             deactivations.append(key)
-    return ScopedPlan(desired, released, deactivations, len(index.active))
+    return ScopedPlan(desired, released, deactivations, len(index.active), frozenset(out))

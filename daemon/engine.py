@@ -125,8 +125,12 @@ class _TargetPlanned:
     """One target's plan in a cycle: the rows, the keys held, the decisions it used."""
 
     scoped: ScopedPlan
+    #: The keys of this plan's rows the guard holds.
     held: frozenset[Key]
     settled: tuple[Settled, ...] = ()
+    #: The target's hold after this plan: ``held``, and in a proportional plan
+    #: also the held keys it did not plan again.
+    hold: frozenset[Key] = frozenset()
 
 
 NO_LOSSES = MemberLosses({}, [], 0, 0)
@@ -541,25 +545,25 @@ class Engine:
             if slot.name not in obs.plans:
                 continue
             planned_ = obs.plans[slot.name]
-            scoped, held = planned_.scoped, planned_.held
+            scoped, held, hold = planned_.scoped, planned_.held, planned_.hold
             rows = [r for r in scoped.desired if r.key not in held]
             target_plans[slot.name] = TargetPlan(
-                rows, scoped.released, held or None, planned_.settled
+                rows, scoped.released, hold or None, planned_.settled
             )
             if self.provisioning_log:
                 entries += provlog.planned(
                     slot.name, report.id, rows, held, kinds, report.started_at
                 )
-            report.targets[slot.name] = TargetReport(planned=len(rows), held=len(held))
-            metrics.HELD_REMOVALS.labels(slot.name).set(len(held))
-            if held:
+            report.targets[slot.name] = TargetReport(planned=len(rows), held=len(hold))
+            metrics.HELD_REMOVALS.labels(slot.name).set(len(hold))
+            if hold:
                 log.warning(
                     "mass-removal guard is holding deactivations and membership removals; "
                     f"run `provisiond approve {slot.name}` to release them",
                     target=slot.name,
-                    held=len(held),
-                    held_users=sum(1 for k in held if k[0] == "user"),
-                    held_groups=sum(1 for k in held if k[0] == "group"),
+                    held=len(hold),
+                    held_users=sum(1 for k in hold if k[0] == "user"),
+                    held_groups=sum(1 for k in hold if k[0] == "group"),
                     active_users=scoped.active_before,
                 )
         planned = any(t.planned or t.held for t in report.targets.values())
@@ -771,8 +775,14 @@ class Engine:
             planned = plan(snapshot, hashes, slot.assignment, slot.index)
         else:
             planned = plan_changed(snapshot, hashes, slot.assignment, slot.index, *only)
+        replanned = planned.replanned
         # The operator's decisions on held keys first: a rejected row is not planned.
-        decided = apply_decisions(planned, await self.store.decisions(slot.name), hashes)
+        # A proportional plan applies only those on keys it planned again: the others
+        # (a rejection in force, an approval made meanwhile) wait for a plan of theirs.
+        decisions = await self.store.decisions(slot.name)
+        if replanned is not None:
+            decisions = {k: d for k, d in decisions.items() if k in replanned}
+        decided = apply_decisions(planned, decisions, hashes)
         scoped = decided.scoped
         hold = await self.store.hold(slot.name)
         approved = decided.approved
@@ -782,7 +792,14 @@ class Engine:
             pending = hold.keys - approved
         losses = await self._member_losses(slot, scoped)
         held = guard(scoped, slot.settings.guard, approved, losses, pending)
-        return _TargetPlanned(scoped, held, decided.settled)
+        # A proportional plan merges into the hold: the held keys it did not plan
+        # again stay held (a full plan would hold them still), even if approved
+        # meanwhile (the approval's own plan is a full one); those it did plan are
+        # as the guard says now.
+        whole = held
+        if replanned is not None and hold is not None:
+            whole = held | (hold.keys - replanned)
+        return _TargetPlanned(scoped, held, decided.settled, whole)
 
     async def _member_losses(self, slot: TargetSlot, scoped: ScopedPlan) -> MemberLosses:
         """What the plan's group rows take away, from the target's recorded group rows."""
