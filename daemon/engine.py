@@ -10,6 +10,7 @@ costs one source check and one indexed query per target.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import random
 import time
@@ -790,16 +791,17 @@ class Engine:
         if hold is not None:
             approved |= hold.keys if hold.approved else frozenset()
             pending = hold.keys - approved
-        losses = await self._member_losses(slot, scoped)
-        held = guard(scoped, slot.settings.guard, approved, losses, pending)
         # A proportional plan merges into the hold: the held keys it did not plan
         # again stay held (a full plan would hold them still), even if approved
         # meanwhile (the approval's own plan is a full one); those it did plan are
         # as the guard says now.
-        whole = held
+        rest = frozenset[Key]()
         if replanned is not None and hold is not None:
-            whole = held | (hold.keys - replanned)
-        return _TargetPlanned(scoped, held, decided.settled, whole)
+            rest = hold.keys - replanned
+        counted = _with_held(scoped, snapshot, hashes, slot, rest - approved)
+        losses = await self._member_losses(slot, counted)
+        held = guard(counted, slot.settings.guard, approved, losses, pending)
+        return _TargetPlanned(scoped, held - rest, decided.settled, held | rest)
 
     async def _member_losses(self, slot: TargetSlot, scoped: ScopedPlan) -> MemberLosses:
         """What the plan's group rows take away, from the target's recorded group rows."""
@@ -1085,6 +1087,40 @@ def _due_delta(row: DueRow) -> Delta:
         row.written,
         row.remote_id,
         row.attempts,
+    )
+
+
+def _with_held(
+    scoped: ScopedPlan,
+    snapshot: Snapshot,
+    hashes: Mapping[Key, str],
+    slot: TargetSlot,
+    rest: frozenset[Key],
+) -> ScopedPlan:
+    """``scoped`` with the rows of ``rest`` (held keys it did not plan again), for the guard.
+
+    A full plan plans held keys again at every cycle (held rows are not
+    recorded) and its measures count them; so the guard counts them here too,
+    or a small removal would go out in a proportional cycle that a full one
+    holds with the rest. Their inputs did not change, so their committed
+    records are the snapshot's. Only when the plan has a row the guard could
+    hold: otherwise nothing it counts can trip.
+    """
+    if not rest or not (scoped.deactivations or any(r.key[0] == "group" for r in scoped.desired)):
+        return scoped
+    index = slot.index
+    assert index is not None
+    present = {k: obj for k in rest if (obj := snapshot.get(*k)) is not None}
+    extra = plan_changed(snapshot, hashes, slot.assignment, index, sorted(rest), present)
+    deleted = [
+        DesiredRow(k, None, None, None)
+        for k in sorted(rest)
+        if k[0] == "group" and k not in present and index.hashes.get(k) is not None
+    ]
+    return dataclasses.replace(
+        scoped,
+        desired=[*scoped.desired, *extra.desired, *deleted],
+        deactivations=[*scoped.deactivations, *extra.deactivations],
     )
 
 

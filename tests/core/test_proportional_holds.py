@@ -9,7 +9,9 @@ on keys it did not re-plan are left alone.
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -24,8 +26,9 @@ from daemon.store import APPROVED, REJECTED, Key, Store
 from tests.store.backends import StoreFactory
 from tests.store.conftest import store_factory
 
-from .support import BOUND, RecordingTarget, slot, user
-from .test_proportional import ChangedSource
+from .support import BOUND, FedSource, RecordingTarget, engine, slot, user
+from .test_proportional import BOUND as BOUND_GROUPS
+from .test_proportional import ChangedSource, mutate, random_directory, state
 
 __all__ = ["store_factory"]
 
@@ -218,3 +221,47 @@ async def test_a_rejected_key_changed_again_is_planned_as_usual(world: World) ->
     assert world.sent() == {"u42"}
     assert world.target.holding[u42].title == "Back"  # type: ignore[union-attr]
     assert await world.hold() == (held_keys, since)
+
+
+@pytest.mark.parametrize("seed", range(30))
+async def test_with_a_guard_that_trips_a_proportional_cycle_equals_a_full_one(
+    tmp_path: Path, seed: int
+) -> None:
+    """test_proportional's equivalence, with a guard that holds (at 2 removals and 5 %)."""
+    rng = random.Random(seed)
+    snap = random_directory(rng, rng.randint(5, 25))
+    full_source, fast_source = FedSource(snap), ChangedSource(snap)
+    full_target, fast_target = RecordingTarget(), RecordingTarget()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "fast").mkdir()
+    full = await engine(tmp_path / "full", full_source, [slot(full_target, BOUND_GROUPS, 2, 0.05)])
+    fast = await engine(tmp_path / "fast", fast_source, [slot(fast_target, BOUND_GROUPS, 2, 0.05)])
+    proportional = 0
+    compare_changed = fast._compare_changed
+
+    async def counted(*args: object) -> object:
+        nonlocal proportional
+        proportional += 1
+        return await compare_changed(*args)  # type: ignore[arg-type]
+
+    fast._compare_changed = counted  # type: ignore[method-assign]
+    held = 0
+    try:
+        serial = [0]
+        for step in range(12):
+            full_report, fast_report = await full.cycle(), await fast.cycle()
+            assert {n: (t.planned, t.held) for n, t in fast_report.targets.items()} == {
+                n: (t.planned, t.held) for n, t in full_report.targets.items()
+            }, (seed, step)
+            assert await state(fast, fast_target) == await state(full, full_target), (seed, step)
+            full_hold, fast_hold = await full.store.hold("app"), await fast.store.hold("app")
+            assert (fast_hold and fast_hold.keys) == (full_hold and full_hold.keys), (seed, step)
+            held += full_hold is not None
+            snap = mutate(rng, snap, serial)
+            full_source.set(snap)
+            fast_source.set(snap)
+        assert proportional > 0  # the fast path ran
+        print(f"seed {seed}: {proportional} proportional cycles, {held} steps with a hold")
+    finally:
+        await full.store.aclose()  # type: ignore[attr-defined]
+        await fast.store.aclose()  # type: ignore[attr-defined]
