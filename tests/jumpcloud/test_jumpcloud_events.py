@@ -10,15 +10,16 @@ fake's request log shows what was read.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import pytest
 from structlog.testing import capture_logs
 
 from daemon.metrics import REGISTRY
+from daemon.model import Snapshot
 from daemon.sources.base import ChangeNotice, SourceError
 from daemon.sources.jumpcloud import JumpCloudOptions, JumpCloudSource
 from daemon.sources.jumpcloud.events import MAX_PAGES, PAGE_LIMIT
@@ -82,6 +83,32 @@ async def watching(
         tg.cancel_scope.cancel()
 
 
+class Started(NamedTuple):
+    source: JumpCloudSource
+    steps: Steps
+    first: Snapshot
+
+
+Start = Callable[..., Awaitable[Started]]
+
+
+@pytest.fixture
+def start(fake: FakeJumpCloud, make_source: MakeSource) -> Start:
+    """The setup most tests share: :func:`directory` on the fake, a source whose watch
+    sleeps in :class:`Steps`, and its first fetch (a full read). Keyword arguments
+    are source options."""
+
+    async def started(**options: Any) -> Started:
+        directory(fake)
+        steps = Steps()
+        source = make_source(sleep=steps, **options)
+        first = await source.fetch(None)
+        assert first is not None and source.last_read == "full"
+        return Started(source, steps, first)
+
+    return started
+
+
 def watch_up() -> float | None:
     return REGISTRY.get_sample_value("provisiond_source_watch_connected", {"source": "jumpcloud"})
 
@@ -91,13 +118,9 @@ def events_received() -> float:
 
 
 async def test_a_change_is_announced_and_only_that_user_is_read_again(
-    fake: FakeJumpCloud, make_source: MakeSource
+    fake: FakeJumpCloud, start: Start
 ) -> None:
-    directory(fake)
-    steps = Steps()
-    source = make_source(sleep=steps)
-    first = await source.fetch(None)
-    assert first is not None and source.last_read == "full"
+    source, steps, first = await start()
     before = events_received()
     async with watching(source, steps) as notices:
         assert notices == []
@@ -153,14 +176,8 @@ async def test_watch_announces_within_the_poll_interval(
     assert snapshot is not None and snapshot.users[uid(7)].title == "Director"
 
 
-async def test_membership_change_reads_that_group_again(
-    fake: FakeJumpCloud, make_source: MakeSource
-) -> None:
-    directory(fake)
-    steps = Steps()
-    source = make_source(sleep=steps)
-    first = await source.fetch(None)
-    assert first is not None
+async def test_membership_change_reads_that_group_again(fake: FakeJumpCloud, start: Start) -> None:
+    source, steps, first = await start()
     async with watching(source, steps) as notices:
         fake.add_member("g1", uid(25))
         fake.remove_member("g2", uid(10))
@@ -181,13 +198,9 @@ async def test_membership_change_reads_that_group_again(
 
 
 async def test_a_new_user_joins_the_groups_that_list_them(
-    fake: FakeJumpCloud, make_source: MakeSource
+    fake: FakeJumpCloud, start: Start
 ) -> None:
-    directory(fake)
-    steps = Steps()
-    source = make_source(sleep=steps)
-    first = await source.fetch(None)
-    assert first is not None
+    source, steps, first = await start()
     async with watching(source, steps):
         fake.create_user(system_user(99, manager=uid(1)))
         fake.add_member("g2", uid(99))
@@ -200,14 +213,10 @@ async def test_a_new_user_joins_the_groups_that_list_them(
 
 
 async def test_group_added_to_before_its_user_was_announced(
-    fake: FakeJumpCloud, make_source: MakeSource
+    fake: FakeJumpCloud, start: Start
 ) -> None:
     """The membership event's re-read comes first; the user's own event fills the group."""
-    directory(fake)
-    steps = Steps()
-    source = make_source(sleep=steps)
-    first = await source.fetch(None)
-    assert first is not None
+    source, steps, first = await start()
     async with watching(source, steps):
         fake.users.append(system_user(98))  # created, but its event is not visible yet
         fake.add_member("g1", uid(98))
@@ -224,13 +233,10 @@ async def test_group_added_to_before_its_user_was_announced(
 
 
 async def test_a_deleted_user_is_removed_from_groups_and_as_manager(
-    fake: FakeJumpCloud, make_source: MakeSource
+    fake: FakeJumpCloud, start: Start
 ) -> None:
-    directory(fake)
-    steps = Steps()
-    source = make_source(sleep=steps)
-    first = await source.fetch(None)
-    assert first is not None and first.users[uid(4)].manager == uid(1)
+    source, steps, first = await start()
+    assert first.users[uid(4)].manager == uid(1)
     async with watching(source, steps):
         fake.delete_user(uid(1))
         await steps.poll()
@@ -247,14 +253,8 @@ async def test_a_deleted_user_is_removed_from_groups_and_as_manager(
     assert gone and gone[0]["user"] == uid(1)
 
 
-async def test_group_renamed_created_and_deleted(
-    fake: FakeJumpCloud, make_source: MakeSource
-) -> None:
-    directory(fake)
-    steps = Steps()
-    source = make_source(sleep=steps)
-    first = await source.fetch(None)
-    assert first is not None
+async def test_group_renamed_created_and_deleted(fake: FakeJumpCloud, start: Start) -> None:
+    source, steps, first = await start()
     async with watching(source, steps):
         fake.rename_group("g1", "Platform")
         fake.delete_group("g2")
@@ -269,14 +269,8 @@ async def test_group_renamed_created_and_deleted(
     assert snapshot.changed == {("group", "g1"), ("group", "g2"), ("group", "g3")}
 
 
-async def test_an_invalid_record_is_skipped_with_its_id(
-    fake: FakeJumpCloud, make_source: MakeSource
-) -> None:
-    directory(fake)
-    steps = Steps()
-    source = make_source(sleep=steps)
-    first = await source.fetch(None)
-    assert first is not None
+async def test_an_invalid_record_is_skipped_with_its_id(fake: FakeJumpCloud, start: Start) -> None:
+    source, steps, first = await start()
     async with watching(source, steps):
         fake.update_user(uid(3), email="not-an-address")
         await steps.poll()
@@ -288,13 +282,9 @@ async def test_an_invalid_record_is_skipped_with_its_id(
 
 
 async def test_an_event_for_an_object_that_cannot_be_read_is_logged(
-    fake: FakeJumpCloud, make_source: MakeSource
+    fake: FakeJumpCloud, start: Start
 ) -> None:
-    directory(fake)
-    steps = Steps()
-    source = make_source(sleep=steps)
-    first = await source.fetch(None)
-    assert first is not None
+    source, steps, first = await start()
     stranger = "5f00000000000000deadbeef"
     async with watching(source, steps) as notices:
         fake.log_event("user_update", resource={"type": "user", "id": stranger})
@@ -306,14 +296,8 @@ async def test_an_event_for_an_object_that_cannot_be_read_is_logged(
     assert "404" in line["event"] and line["where"].endswith(f"/api/systemusers/{stranger}")
 
 
-async def test_sign_ins_and_device_events_change_nothing(
-    fake: FakeJumpCloud, make_source: MakeSource
-) -> None:
-    directory(fake)
-    steps = Steps()
-    source = make_source(sleep=steps)
-    first = await source.fetch(None)
-    assert first is not None
+async def test_sign_ins_and_device_events_change_nothing(fake: FakeJumpCloud, start: Start) -> None:
+    source, steps, first = await start()
     async with watching(source, steps) as notices:
         fake.log_event("user_login_attempt", resource={"type": "user", "id": uid(1)})
         fake.log_event("system_update", resource={"type": "system", "id": "s1"})
@@ -324,14 +308,8 @@ async def test_sign_ins_and_device_events_change_nothing(
         assert fake.api_paths() == []
 
 
-async def test_late_event_in_the_overlap_is_still_seen(
-    fake: FakeJumpCloud, make_source: MakeSource
-) -> None:
-    directory(fake)
-    steps = Steps()
-    source = make_source(sleep=steps, events_overlap=60)
-    first = await source.fetch(None)
-    assert first is not None
+async def test_late_event_in_the_overlap_is_still_seen(fake: FakeJumpCloud, start: Start) -> None:
+    source, steps, _ = await start(events_overlap=60)
     async with watching(source, steps) as notices:
         fake.update_user(uid(2), jobTitle="A")
         await steps.poll()
@@ -345,13 +323,9 @@ async def test_late_event_in_the_overlap_is_still_seen(
 
 
 async def test_flood_of_events_collapses_to_one_full_read(
-    fake: FakeJumpCloud, make_source: MakeSource
+    fake: FakeJumpCloud, start: Start
 ) -> None:
-    directory(fake)
-    steps = Steps()
-    source = make_source(sleep=steps)
-    first = await source.fetch(None)
-    assert first is not None
+    source, steps, first = await start()
     async with watching(source, steps) as notices:
         for _ in range(MAX_PAGES * PAGE_LIMIT + 1):
             fake.log_event("user_update", resource={"type": "user", "id": uid(0)})
@@ -370,14 +344,8 @@ async def test_flood_of_events_collapses_to_one_full_read(
         assert len(notices) == 1
 
 
-async def test_too_many_changed_objects_read_everything(
-    fake: FakeJumpCloud, make_source: MakeSource
-) -> None:
-    directory(fake)
-    steps = Steps()
-    source = make_source(sleep=steps, events_max_changes=5)
-    first = await source.fetch(None)
-    assert first is not None
+async def test_too_many_changed_objects_read_everything(fake: FakeJumpCloud, start: Start) -> None:
+    source, steps, first = await start(events_max_changes=5)
     async with watching(source, steps) as notices:
         for n in range(6):
             fake.update_user(uid(n), jobTitle="Changed")
@@ -389,13 +357,9 @@ async def test_too_many_changed_objects_read_everything(
 
 
 async def test_an_event_that_cannot_be_mapped_reads_everything(
-    fake: FakeJumpCloud, make_source: MakeSource
+    fake: FakeJumpCloud, start: Start
 ) -> None:
-    directory(fake)
-    steps = Steps()
-    source = make_source(sleep=steps)
-    first = await source.fetch(None)
-    assert first is not None
+    source, steps, first = await start()
     async with watching(source, steps) as notices:
         connection = {"from": {"type": "user_group"}, "to": {"type": "user", "object_id": uid(1)}}
         fake.log_event("association_change", association={"op": "add", "connection": connection})
@@ -445,14 +409,9 @@ async def test_refused_feed_says_so_and_falls_back_to_polling(
     assert notices  # the event logged meanwhile is announced once the feed answers
 
 
-async def test_throttled_feed_waits_as_retry_after_asks(
-    fake: FakeJumpCloud, make_source: MakeSource
-) -> None:
-    directory(fake)
+async def test_throttled_feed_waits_as_retry_after_asks(fake: FakeJumpCloud, start: Start) -> None:
+    source, steps, _ = await start()
     fake.event_faults = [(429, {"Retry-After": "7"}, None)]
-    steps = Steps()
-    source = make_source(sleep=steps)
-    await source.fetch(None)
     async with watching(source, steps):
         assert steps.waits == [7.0]
         await steps.poll()
@@ -460,18 +419,14 @@ async def test_throttled_feed_waits_as_retry_after_asks(
 
 
 async def test_malformed_answers_are_logged_and_backed_off(
-    fake: FakeJumpCloud, make_source: MakeSource
+    fake: FakeJumpCloud, start: Start
 ) -> None:
-    directory(fake)
+    source, steps, _ = await start(events_interval=1)
     fake.event_faults = [
         (200, {"Content-Type": "application/json"}, "[{not json"),
         (200, {"Content-Type": "application/json"}, '{"an": "object"}'),
         (502, {}, None),
     ]
-    steps = Steps()
-    source = make_source(sleep=steps, events_interval=1)
-    first = await source.fetch(None)
-    assert first is not None
     with capture_logs() as logs:
         async with watching(source, steps) as notices:
             await steps.poll()
@@ -487,13 +442,9 @@ async def test_malformed_answers_are_logged_and_backed_off(
 
 
 async def test_a_failed_re_read_keeps_the_change_for_the_next_fetch(
-    fake: FakeJumpCloud, make_source: MakeSource
+    fake: FakeJumpCloud, start: Start
 ) -> None:
-    directory(fake)
-    steps = Steps()
-    source = make_source(sleep=steps, max_retries=0)
-    first = await source.fetch(None)
-    assert first is not None
+    source, steps, first = await start(max_retries=0)
     async with watching(source, steps):
         fake.update_user(uid(9), jobTitle="Retried")
         await steps.poll()
@@ -520,14 +471,8 @@ async def test_without_the_watch_every_fetch_reads_everything(
     assert second is not None and second.version != first.version and second.changed is None
 
 
-async def test_full_read_after_is_the_safety_net(
-    fake: FakeJumpCloud, make_source: MakeSource
-) -> None:
-    directory(fake)
-    steps = Steps()
-    source = make_source(sleep=steps, full_read_after=600)
-    first = await source.fetch(None)
-    assert first is not None
+async def test_full_read_after_is_the_safety_net(fake: FakeJumpCloud, start: Start) -> None:
+    source, steps, first = await start(full_read_after=600)
     async with watching(source, steps):
         fake.user(uid(3))["jobTitle"] = "No event for this"  # a change JumpCloud did not log
         assert await source.fetch(first.version) is None
@@ -609,13 +554,10 @@ async def test_the_api_key_never_reaches_the_log(
 
 
 async def test_without_groups_membership_events_are_ignored(
-    fake: FakeJumpCloud, make_source: MakeSource
+    fake: FakeJumpCloud, start: Start
 ) -> None:
-    directory(fake)
-    steps = Steps()
-    source = make_source(sleep=steps, groups=False)
-    first = await source.fetch(None)
-    assert first is not None and first.groups == {}
+    source, steps, first = await start(groups=False)
+    assert first.groups == {}
     async with watching(source, steps) as notices:
         fake.add_member("g1", uid(25))
         fake.rename_group("g2", "Renamed")

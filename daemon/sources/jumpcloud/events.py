@@ -38,6 +38,9 @@ EVENTS_PATH = "/insights/directory/v1/events"
 PAGE_LIMIT = 1000
 #: Pages one poll reads at most; an event feed busier than this is a flood.
 MAX_PAGES = 10
+#: How long JumpCloud keeps Directory Insights events: 90 days. A read position
+#: older than that cannot be resumed from (the events in between are gone).
+RETENTION = 90 * 86400.0
 #: Only these event fields are asked for (the API's ``fields`` projection).
 FIELDS = ("id", "event_type", "timestamp", "resource", "association")
 

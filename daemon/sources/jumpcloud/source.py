@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import anyio
+import anyio.lowlevel
 import msgspec
 import structlog
 
@@ -24,6 +25,7 @@ from daemon.runtime import PluginContext
 from daemon.secrets import SecretError
 from daemon.sources import metrics
 from daemon.sources.base import Announce, ChangeNotice, SourceError
+from daemon.sources.jumpcloud import cursor as saved_cursor
 from daemon.sources.jumpcloud import events as di
 from daemon.sources.jumpcloud.directory import (
     MISSING,
@@ -35,6 +37,7 @@ from daemon.sources.jumpcloud.directory import (
 )
 from daemon.sources.jumpcloud.records import member_ids, text, user_from_record
 from daemon.sources.jumpcloud.settings import JumpCloudOptions
+from daemon.sources.statefile import read_whole, write_atomic
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +51,11 @@ REFUSED_RETRY = 300.0
 MAX_EVENTS_BACKOFF = 60.0
 #: A feed whose last good answer is older than this many intervals is late: read everything.
 LATE_AFTER_INTERVALS = 5
+#: The events cursor file is written at most this often while things change (and
+#: always when the watch stops) ...
+SAVE_EVERY = 10.0
+#: ... and this often on a quiet feed, so that its last poll time stays recent.
+SAVE_QUIET_EVERY = 3600.0
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -120,6 +128,17 @@ class JumpCloudSource:
         self._refused: str | None = None
         self._watching = 0
         self._pending = Pending()
+        # The events cursor file (see daemon.sources.jumpcloud.cursor): where it is,
+        # whether this source resumed from it (None: not looked at yet), when the
+        # feed last answered (wall clock, the poll's start), a re-read under way,
+        # whether anything it holds moved since it was written, and when that was.
+        self.cursor_path = context.state_dir / saved_cursor.CURSOR_NAME
+        self.resumed: bool | None = None
+        self._polled_at: float | None = None
+        self._reading: Pending | None = None
+        self._unsaved = False
+        self._saved_at = 0.0
+        self._answered: anyio.Event | None = None
 
     # -- fetch ---------------------------------------------------------------------
 
@@ -129,7 +148,9 @@ class JumpCloudSource:
         Re-reads only what the event feed named since the last fetch when it
         can (see the package docstring), else reads everything.
         """
+        await self._await_resumed_feed()
         taken = self._pending.take()
+        self._reading = taken
         try:
             why_full = self._why_full(taken)
             if why_full is None and not taken:
@@ -147,12 +168,31 @@ class JumpCloudSource:
         except BaseException:
             self._pending.put_back(taken, self.options.events_max_changes)
             raise
+        finally:
+            self._reading = None
+        self._unsaved = True
         self.last_read = read
         metrics.count_objects(self.kind, *self._received)
         metrics.report_skipped(self.kind, snapshot.skipped)
         if known_version is not None and snapshot.version == known_version:
             return None
         return snapshot
+
+    async def _await_resumed_feed(self) -> None:
+        """After a resume from the cursor file, wait (at most ``timeout``) for the feed's answer.
+
+        A daemon's first cycle may come before the watch's first poll: without
+        that answer the feed would count as late, and the fetch read everything.
+        The watch is given a few turns of the loop to start first (it resumes
+        before its first await); a process without a watch waits for nothing.
+        """
+        if self._dir is None and self.options.events:
+            for _ in range(5):
+                await anyio.lowlevel.checkpoint()
+        answered = self._answered
+        if self.resumed and self._watching and self._feed_ok_at is None and answered is not None:
+            with anyio.move_on_after(self.options.timeout):
+                await answered.wait()
 
     def _why_full(self, taken: Pending) -> str | None:
         """Why this fetch must read everything, or ``None`` when re-reading ``taken`` will do."""
@@ -304,10 +344,111 @@ class JumpCloudSource:
         if not self.options.events:
             await anyio.sleep_forever()
         self._watching += 1
+        self._answered = anyio.Event()
         try:
+            self._resume()
             await self._watch(announce)
         finally:
             self._watching -= 1
+            # No await here: a cancelled watch would not get past one.
+            self._save_now()
+
+    # -- the events cursor file ----------------------------------------------------
+
+    def _resume(self) -> None:
+        """Take the read position, directory and pending changes from the cursor file, once.
+
+        Not when a fetch has read already (its read is newer; the feed then
+        starts before it as on a first start). A file that is missing,
+        unreadable, written for other settings or older than the events
+        retention is named in the log, and the first fetch reads everything.
+        """
+        if self.resumed is not None:
+            return
+        self.resumed = False
+        if self._dir is not None:
+            return
+        where = str(self.cursor_path)
+        try:
+            data = read_whole(self.cursor_path)
+        except OSError as exc:
+            log.warning("jumpcloud_events_cursor_unreadable", file=where, error=str(exc),
+                        note="a full read follows")  # fmt: skip
+            return
+        if data is None:
+            log.info("jumpcloud_events_cursor_missing", file=where, note="a full read follows")
+            return
+        try:
+            saved = saved_cursor.decode(data, self.options)
+        except saved_cursor.Unusable as exc:
+            log.warning("jumpcloud_events_cursor_unreadable", file=where, error=str(exc),
+                        note="ignored; a full read follows")  # fmt: skip
+            return
+        overlap = self.options.events_overlap
+        age = self.clock() - (saved.position - overlap)
+        if age > di.RETENTION:
+            log.warning(
+                "jumpcloud_events_cursor_expired",
+                file=where,
+                age_days=round(age / 86400, 1),
+                retention_days=round(di.RETENTION / 86400),
+                note="the events since are no longer kept; a full read follows",
+            )
+            return
+        cursor, directory, pending = saved_cursor.restore(saved, overlap)
+        self._cursor, self._dir = cursor, directory
+        self._feed_from = saved.feed_from
+        self._polled_at = saved.polled_at
+        self._pending.put_back(pending, self.options.events_max_changes)
+        # full_read_after counts from the full read the snapshot descends from.
+        self._full_at = self.monotonic() - max(0.0, self.clock() - directory.read_at)
+        self._saved_at = self.monotonic()
+        self.resumed = True
+        log.info(
+            "jumpcloud_events_cursor_restored",
+            file=where,
+            resume_from=di.rfc3339(cursor.query_start()),
+            users=len(directory.snapshot.users),
+            groups=len(directory.snapshot.groups),
+            pending=len(pending.users) + len(pending.groups) + int(pending.everything),
+        )
+
+    def _cursor_bytes(self) -> bytes | None:
+        """The cursor file's content for this moment, or ``None`` before there is one."""
+        if self._cursor is None or self._dir is None or self._feed_from is None:
+            return None
+        pending = Pending(set(self._pending.users), set(self._pending.groups),
+                          self._pending.everything)  # fmt: skip
+        if self._reading is not None:  # a re-read under way has not reached _dir yet
+            pending.put_back(self._reading, self.options.events_max_changes)
+        return saved_cursor.encode(
+            self.options, self.clock(), self._polled_at, self._cursor, self._feed_from,
+            self._dir, pending,
+        )  # fmt: skip
+
+    def _save_now(self) -> None:
+        data = self._cursor_bytes()
+        if data is not None:
+            self._write_cursor(data)
+
+    def _write_cursor(self, data: bytes) -> None:
+        try:
+            write_atomic(self.cursor_path, data)
+        except OSError as exc:
+            log.warning("jumpcloud_events_cursor_not_written", file=str(self.cursor_path),
+                        error=str(exc))  # fmt: skip
+            return
+        self._unsaved = False
+        self._saved_at = self.monotonic()
+
+    async def _save_due(self) -> None:
+        """Write the cursor file if it is due (see :data:`SAVE_EVERY`)."""
+        since = self.monotonic() - self._saved_at
+        if not (self._unsaved and since >= SAVE_EVERY) and since < SAVE_QUIET_EVERY:
+            return
+        data = self._cursor_bytes()  # one moment's state, taken on the loop
+        if data is not None:
+            await anyio.to_thread.run_sync(self._write_cursor, data)
 
     async def _watch(self, announce: Announce) -> None:
         interval = self.options.events_interval
@@ -320,9 +461,15 @@ class JumpCloudSource:
             self._feed_from = start
         backoff = interval
         failing = False
+        answered = self._answered
+        assert answered is not None
         while True:
+            polled_at = self.clock()
             try:
-                events = await self._poll_events()
+                try:
+                    events = await self._poll_events()
+                finally:
+                    answered.set()
             except _FeedRefused as exc:
                 self._feed_ok_at = None
                 if self._refused is None:
@@ -365,10 +512,13 @@ class JumpCloudSource:
                 failing = False
             backoff = interval
             self._feed_ok_at = self.monotonic()
+            self._polled_at = polled_at
             metrics.watch_connected(self.kind, True)
             notice = self._take_events(events)
             if notice is not None:
+                self._unsaved = True
                 announce(notice)
+            await self._save_due()
             await self._sleep(interval)
 
     def _take_events(self, events: list[object] | None) -> ChangeNotice | None:

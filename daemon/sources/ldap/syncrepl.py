@@ -93,6 +93,7 @@ from daemon.sources.ldap.read import (
     user_reader,
 )
 from daemon.sources.ldap.settings import Layout, LdapOptions
+from daemon.sources.statefile import read_whole, write_atomic
 
 log = structlog.get_logger(__name__)
 
@@ -752,11 +753,11 @@ class Syncrepl:
     def load(self) -> bool:
         """Restore the checkpoint; ``False`` when there is none that fits."""
         try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return False
+            data = read_whole(self.path)
         except OSError as exc:
             log.warning("ldap_sync_checkpoint_unreadable", file=str(self.path), error=str(exc))
+            return False
+        if data is None:
             return False
         try:
             saved = msgspec.msgpack.decode(data, type=Checkpoint)
@@ -779,14 +780,8 @@ class Syncrepl:
         saved = self.state.checkpoint(self.fingerprint)
         if saved is None:
             return
-        tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                out.write(msgspec.msgpack.encode(saved))
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self.path)
+            write_atomic(self.path, msgspec.msgpack.encode(saved))
         except OSError as exc:
             log.warning("ldap_sync_checkpoint_not_written", file=str(self.path), error=str(exc))
 
