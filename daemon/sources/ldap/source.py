@@ -616,24 +616,31 @@ def _merge(
     """
     by_id = {id_of(r): k for k, r in table.items()} if renames else {}
     out = Merged()
+    marks, renamed = out.marks, out.renamed
+    pop, pop_skipped = table.pop, skipped.pop
+    count, changed = 0, False
     for entry in entries:
-        out.count += 1
+        count += 1
         key = dn_key(entry.dn)
-        before: R | SkippedRecord | None = table.pop(key, None)
-        was_skipped = skipped.pop(key, None)
+        before: R | SkippedRecord | None = pop(key, None)
+        # ``skipped`` is empty in a full read until an entry is skipped.
+        was_skipped = pop_skipped(key, None) if skipped else None
         before = was_skipped if before is None else before
         rec = read(entry)
         if isinstance(rec, SkippedRecord):
             skipped[key] = rec
-            out.changed = out.changed or rec != before
+            changed = changed or rec != before
             continue
-        old = by_id.get(id_of(rec))
-        if old is not None and old != key:
-            table.pop(old, None)
-            out.renamed.append(entry.dn)
-            out.changed = True
+        if by_id:
+            old = by_id.get(id_of(rec))
+            if old is not None and old != key:
+                table.pop(old, None)
+                renamed.append(entry.dn)
+                changed = True
         table[key] = rec
-        out.changed = out.changed or rec != before
+        # ``before is None`` first: a record's generated ``__eq__`` is a Python call.
+        changed = changed or before is None or rec != before
         if rec.change:
-            out.marks.append(rec.change)
+            marks.append(rec.change)
+    out.count, out.changed = count, changed
     return out
