@@ -38,7 +38,7 @@ class BindRefused(SourceError):
     """The server refused the service account's credentials (``invalidCredentials``)."""
 
 
-class Entry(msgspec.Struct, frozen=True):
+class Entry(msgspec.Struct, frozen=True, gc=False):
     """One search result: its DN and its raw values, keyed by lower-cased attribute name.
 
     A struct: a full read builds one per entry, and a frozen dataclass is

@@ -36,12 +36,13 @@ def dn_key(dn: str) -> str:
     return _DN_SPACING.sub(r"\1", key) if _SPACED.search(key) else key
 
 
-class UserRecord(msgspec.Struct, frozen=True):
+class UserRecord(msgspec.Struct, frozen=True, gc=False):
     """A valid user entry; ``user.manager`` is still unresolved (see ``manager_dn``).
 
     A struct rather than a frozen dataclass: a full read builds one per user,
     and a frozen dataclass sets each field through ``object.__setattr__``.
     Both encode alike (a map by field name), so syncrepl checkpoints read either.
+    Records hold only text and :class:`User`, so no cycle: ``gc=False``, as there.
     """
 
     dn: str
@@ -51,7 +52,7 @@ class UserRecord(msgspec.Struct, frozen=True):
     change: str | None
 
 
-class GroupRecord(msgspec.Struct, frozen=True):
+class GroupRecord(msgspec.Struct, frozen=True, gc=False):
     """A valid group entry; ``members`` are DN keys of users or of other groups."""
 
     dn: str
