@@ -524,3 +524,24 @@ async def test_over_starttls_and_ldaps_with_the_certificate_checked(tmp_path: Pa
             await task
     finally:
         server.stop()
+
+
+async def test_locate_names_the_entry_from_the_sync_state(
+    sync_slapd: Slapd, tmp_path: Path
+) -> None:
+    """A delivery's message names the DN (issue 12, defect 4): from the sync state, no poll."""
+    source = make(sync_slapd, tmp_path)
+    async with watching(source) as w:
+        first = await w.until(lambda s: "alice" in names(s))
+        alice = user_id(first, "alice")
+        assert source.locate("user", alice) == f"uid=alice,{seed.PEOPLE}"
+        (staff,) = [g.id for g in first.groups.values() if g.name == "staff"]
+        assert source.locate("group", staff) == f"cn=staff,{seed.GROUPS}"
+        assert source.locate("user", "no-such-id") is None
+        sync_slapd.modify(
+            f"dn: uid=alice,{seed.PEOPLE}\nchangetype: modrdn\nnewrdn: uid=alice2\n"
+            "deleteoldrdn: 1\n\n"
+        )
+        await w.until(lambda s: s.users[alice].username == "alice2")
+        assert source.locate("user", alice) == f"uid=alice2,{seed.PEOPLE}"
+    assert source.last_read is None, "locate never polled"

@@ -14,7 +14,7 @@ import anyio
 import structlog
 from ldap3.utils.conv import escape_filter_chars
 
-from daemon.model import SkippedRecord, Snapshot
+from daemon.model import ObjectKind, SkippedRecord, Snapshot
 from daemon.runtime import PluginContext
 from daemon.secrets import SecretError
 from daemon.sources import metrics
@@ -163,6 +163,8 @@ class LdapSource:
         self.sync: Syncrepl | None = None
         self._state: DirectoryState | None = None
         self._snapshot: Snapshot | None = None
+        #: The state :meth:`locate` last indexed, and its DNs by (kind, id).
+        self._located: tuple[DirectoryState, dict[tuple[ObjectKind, str], str]] | None = None
         self._epoch = uuid.uuid4().hex[:8]
         self._generation = 0
         self._polls_since_full = 0
@@ -569,6 +571,29 @@ class LdapSource:
             # The service account binds to find the user: that bind is guarded too.
             self._guard.binding,
         )
+
+    def locate(self, kind: ObjectKind, object_id: str) -> str | None:
+        """The DN of the entry the object was last read from (see ``LocatingSource``).
+
+        From the syncrepl state while the watch serves, else from the last
+        poll's records (indexed once per read, when first asked).
+        """
+        sync = self.sync
+        if sync is not None and sync.serving:
+            found = sync.state.locate(kind, object_id)
+            if found is not None:
+                return found
+        state = self._state
+        if state is None:
+            return None
+        located = self._located
+        if located is None or located[0] is not state:
+            dns: dict[tuple[ObjectKind, str], str] = {
+                ("user", r.user.id): r.dn for r in state.users.values()
+            }
+            dns.update((("group", r.id), r.dn) for r in state.groups.values())
+            located = self._located = (state, dns)
+        return located[1].get((kind, object_id))
 
     def status(self) -> dict[str, object]:
         """For the status document: the service account's refused binds and the backoff."""

@@ -219,12 +219,34 @@ class SyncState:
         self.changes = 0
         self.reread_at: float | None = None
         self.snapshot: Snapshot | None = None
+        #: The snapshot :meth:`locate` last indexed, and its DNs by (kind, id).
+        self._located: tuple[Snapshot | None, dict[tuple[ObjectKind, str], str]] | None = None
         self._ids_by_dn: dict[str, str] = {}
         self._duplicates: set[str] = set()
         self._epoch = uuidlib.uuid4().hex[:8]
         self._generation = 0
         self.entries_received = 0
         self.rereads = 0
+
+    def locate(self, kind: SyncKind, object_id: str) -> str | None:
+        """The DN of the entry ``object_id`` was last seen at; ``None`` if unknown.
+
+        The tables are keyed by entryUUID, which is the object id unless the
+        id attribute is another one: then an index by id, made again once
+        per snapshot.
+        """
+        with self.lock:
+            rec = self.tables[kind].records.get(object_id)
+            if rec is not None and _record_id(rec) == object_id:
+                return str(rec.dn)
+            located = self._located
+            if located is None or located[0] is not self.snapshot:
+                dns: dict[tuple[ObjectKind, str], str] = {}
+                for which in ("user", "group"):
+                    for r in self.tables[which].records.values():
+                        dns[(which, _record_id(r))] = r.dn
+                located = self._located = (self.snapshot, dns)
+            return located[1].get((kind, object_id))
 
     # -- messages from the consumers ------------------------------------------------
 
@@ -582,6 +604,10 @@ class SyncState:
             self.snapshot = self._assemble()
             self.snapshot.version = saved.version or f"sync:{self._epoch}:restored"
             self.dirty = {"user": {}, "group": {}}
+
+
+def _record_id(rec: UserRecord | GroupRecord) -> str:
+    return rec.user.id if isinstance(rec, UserRecord) else rec.id
 
 
 def _differences(a: Snapshot, b: Snapshot) -> frozenset[tuple[ObjectKind, str]]:
