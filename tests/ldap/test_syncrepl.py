@@ -545,3 +545,41 @@ async def test_locate_names_the_entry_from_the_sync_state(
         await w.until(lambda s: s.users[alice].username == "alice2")
         assert source.locate("user", alice) == f"uid=alice2,{seed.PEOPLE}"
     assert source.last_read is None, "locate never polled"
+
+
+async def test_a_first_refresh_longer_than_timeout_is_waited_for(tmp_path: Path) -> None:
+    """The first fetch waits for a refresh that outlasts ``timeout`` while entries arrive.
+
+    Polling instead would load the whole directory a second time, beside the
+    refresh (issue 12): the first cycle of a daemon starting on a large directory.
+    """
+    count = 5000
+    work = tmp_path / "slapd"
+    work.mkdir()
+    ldif = tmp_path / "seed.ldif"
+    ldif.write_text(seed.base_ldif() + seed.bulk_ldif(count))
+    # A content synchronisation search cannot be paged: the reader's limit must allow it.
+    server = start(work, syncprov=True, preload=ldif, size_limit=count + 100)
+    try:
+        source = make(server, tmp_path, timeout=0.25)
+        task = asyncio.create_task(source.watch(lambda notice: None))
+        try:
+            while source.sync is None or not source.sync.serving:
+                assert not task.done(), task
+                await asyncio.sleep(0.002)
+            started = time.monotonic()
+            snapshot = await source.fetch(None)
+            waited = time.monotonic() - started
+            assert snapshot is not None
+            assert snapshot.version.startswith("sync:"), "fetch polled beside the refresh"
+            assert source.last_read is None, "fetch polled beside the refresh"
+            assert len(snapshot.users) >= count
+            assert source.sync is not None and source.sync.full_loads == 2
+            # The case at hand: the refresh took longer than ``timeout``.
+            assert waited > 0.25, f"the refresh took {waited:.2f} s only"
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    finally:
+        server.stop()

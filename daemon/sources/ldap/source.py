@@ -189,7 +189,11 @@ class LdapSource:
             try:
                 return await sync.fetch(known_version)
             except TimeoutError:
-                log.warning("ldap_sync_not_ready", note="first refresh still running; polling")
+                waited = self.options.timeout
+                log.warning(
+                    "ldap_sync_not_ready",
+                    note=f"the first refresh received nothing for {waited:g} s; polling",
+                )
         full = self._state is None or self._state.mark is None
         full = full or self._polls_since_full + 1 >= self.options.full_read_every
         after = self.options.full_read_after

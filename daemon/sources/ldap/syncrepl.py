@@ -826,11 +826,12 @@ class Syncrepl:
     async def fetch(self, known_version: str | None) -> Snapshot | None:
         """The snapshot from the sync state; ``None`` when it is ``known_version``.
 
-        Waits up to ``timeout`` seconds for the first refresh; raises
-        :class:`TimeoutError` when it has not finished by then.
+        Waits for the first refresh as long as it makes progress; raises
+        :class:`TimeoutError` after ``timeout`` seconds without an entry (see
+        :meth:`_first_refresh`).
         """
         if not self.ready.is_set():
-            await asyncio.wait_for(self.ready.wait(), self.options.timeout)
+            await self._first_refresh()
         # In a thread: assembling the state again after a rename takes a few
         # hundred milliseconds at 20,000 users (docs/benchmarks.md).
         snapshot = await asyncio.to_thread(self.state.build)
@@ -841,6 +842,27 @@ class Syncrepl:
         if known_version is not None and snapshot.version == known_version:
             return None
         return snapshot
+
+    async def _first_refresh(self) -> None:
+        """Wait until the first refresh is done, while entries keep arriving.
+
+        The source polls when this raises :class:`TimeoutError`, and that
+        poll would load the whole directory a second time beside a refresh
+        still coming in (a large directory's refresh may take longer than
+        ``timeout``). So it raises only after ``timeout`` seconds in which no
+        entry arrived: a refresh that is stuck, not one that is slow.
+        """
+        timeout = self.options.timeout
+        seen = self.state.entries_received
+        while True:
+            try:
+                await asyncio.wait_for(self.ready.wait(), timeout)
+                return
+            except TimeoutError:
+                now = self.state.entries_received
+                if now == seen:
+                    raise
+                seen = now
 
     # -- the watch --------------------------------------------------------------------
 
