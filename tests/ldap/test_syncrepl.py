@@ -583,3 +583,35 @@ async def test_a_first_refresh_longer_than_timeout_is_waited_for(tmp_path: Path)
                 await task
     finally:
         server.stop()
+
+
+async def test_a_fetch_while_the_checkpoint_loads_waits_for_it(
+    sync_slapd: Slapd, tmp_path: Path
+) -> None:
+    """The first cycle runs beside the watch's start: it must not poll while the checkpoint loads.
+
+    A poll there reads the whole directory the restart was meant to spare.
+    """
+    source = make(sync_slapd, tmp_path)
+    async with watching(source) as w:
+        await w.until(lambda s: "alice" in names(s))
+    assert (tmp_path / "ldap-syncrepl.checkpoint").exists()
+    again = make(sync_slapd, tmp_path)
+    task = asyncio.create_task(again.watch(lambda notice: None))
+    try:
+        for _ in range(100):  # the watch's first step builds the Syncrepl, then awaits
+            if again.sync is not None:
+                break
+            await asyncio.sleep(0)
+        # The watch is loading its checkpoint in a thread right now.
+        assert again.sync is not None and not again.sync.ready.is_set()
+        snapshot = await again.fetch(None)
+        assert snapshot is not None
+        assert snapshot.version.startswith("sync:"), "fetch polled while the checkpoint loaded"
+        assert again.last_read is None
+        assert names(snapshot) == {"alice", "bob", "carol"}
+        assert again.sync.full_loads == 0, "resumed from the checkpoint"
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

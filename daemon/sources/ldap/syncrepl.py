@@ -850,19 +850,25 @@ class Syncrepl:
         poll would load the whole directory a second time beside a refresh
         still coming in (a large directory's refresh may take longer than
         ``timeout``). So it raises only after ``timeout`` seconds in which no
-        entry arrived: a refresh that is stuck, not one that is slow.
+        entry arrived: a refresh that is stuck, not one that is slow; and at
+        once when the watch stops serving (a server without syncprov).
         """
         timeout = self.options.timeout
         seen = self.state.entries_received
+        quiet_since = time.monotonic()
         while True:
+            if not self.running:
+                # No syncprov, a limit: the watch stopped serving; poll now.
+                raise TimeoutError("the watch stopped before its first refresh")
             try:
-                await asyncio.wait_for(self.ready.wait(), timeout)
+                await asyncio.wait_for(self.ready.wait(), min(timeout, POLL_TICK))
                 return
             except TimeoutError:
                 now = self.state.entries_received
-                if now == seen:
+                if now != seen:
+                    seen, quiet_since = now, time.monotonic()
+                elif time.monotonic() - quiet_since >= timeout:
                     raise
-                seen = now
 
     # -- the watch --------------------------------------------------------------------
 
@@ -870,10 +876,17 @@ class Syncrepl:
         """Keep the searches open until cancelled (see the module doc)."""
         self._loop = asyncio.get_running_loop()
         self._announce = announce
-        restored = await asyncio.to_thread(self.load)
+        # Serving before the checkpoint loads: a fetch meanwhile (the first
+        # cycle, started beside the watch) waits for it rather than polling
+        # the whole directory.
+        self.running = True
+        try:
+            restored = await asyncio.to_thread(self.load)
+        except BaseException:
+            self.running = False
+            raise
         if restored:
             self.ready.set()  # a consistent, if older, state: the resume brings it up to date
-        self.running = True
         kinds: list[SyncKind] = ["user", "group"] if self.layout.group_base else ["user"]
         if not self.layout.group_base:
             self.state.tables["group"].refreshed = True
