@@ -944,7 +944,7 @@ class Engine:
                 rows, only = await self._dirty_among(slot.name, only), frozenset()
             if not rows:
                 break
-            deltas = [_due_delta(r) for r in rows]
+            deltas = [_due_delta(r, self._locate(r.key)) for r in rows]
             outcomes = await self._call_target(slot, [d for d in deltas if d.changes])
             pairs = [
                 (self._result(r, d, outcomes.get(d.key)), d)
@@ -974,9 +974,11 @@ class Engine:
                     report.delivered += 1
                 else:
                     report.failed += 1
+                    where = {"entry": delta.entry} if delta.entry else {}
                     log.warning(
                         "delivery failed",
                         object=f"{delta.kind}:{delta.object_id}",
+                        **where,
                         attempts=delta.attempts + 1,
                         error=res.error,
                         retry_in=round(res.next_attempt_at - now, 1),
@@ -985,6 +987,22 @@ class Engine:
         report.dirty = dirty
         metrics.DIRTY_OBJECTS.labels(slot.name).set(dirty)
         metrics.FAILED_OBJECTS.labels(slot.name).set(failed)
+
+    def _locate(self, key: Key) -> str | None:
+        """Where the directory keeps the object (an LDAP DN), if the source can say.
+
+        See :class:`~daemon.sources.base.LocatingSource`; a source that fails
+        to answer costs the message its DN, never the delivery.
+        """
+        locate = getattr(self.source, "locate", None)
+        if locate is None:
+            return None
+        try:
+            found = locate(*key)
+        except Exception:
+            log.exception("the source could not locate an object", object=f"{key[0]}:{key[1]}")
+            return None
+        return found if isinstance(found, str) and found else None
 
     async def _dirty_among(self, target: str, keys: frozenset[Key]) -> list[DueRow]:
         """The dirty rows among ``keys``, due or not, in delivery order."""
@@ -1063,7 +1081,7 @@ def _delta(key: Key, row: DesiredRow, prev: DueRow | None) -> Delta:
     )
 
 
-def _due_delta(row: DueRow) -> Delta:
+def _due_delta(row: DueRow, entry: str | None = None) -> Delta:
     return Delta(
         row.key[0],
         row.key[1],
@@ -1072,6 +1090,7 @@ def _due_delta(row: DueRow) -> Delta:
         row.written,
         row.remote_id,
         row.attempts,
+        entry,
     )
 
 

@@ -8,7 +8,7 @@ from typing import Protocol
 
 from pydantic import BaseModel
 
-from daemon.model import Snapshot
+from daemon.model import ObjectKind, Snapshot
 from daemon.runtime import PluginContext
 
 
@@ -80,6 +80,21 @@ class WatchingSource(Source, Protocol):
     """
 
     async def watch(self, announce: Announce) -> None: ...
+
+
+class LocatingSource(Source, Protocol):
+    """A source that can say where the directory keeps an object (the optional ``locate``).
+
+    ``locate(kind, object_id)`` names the record the object was last read
+    from as an administrator finds it in the directory (an LDAP entry's DN),
+    or ``None`` when the source does not know it (not read yet, or gone). It
+    is cheap (no directory request) and never raises. The engine puts it into
+    each delivery's :attr:`~daemon.targets.base.Delta.entry` and into the
+    log line of a failed delivery. Without it, messages name a user by
+    username and email.
+    """
+
+    def locate(self, kind: ObjectKind, object_id: str) -> str | None: ...
 
 
 class PasswordSource(Source, Protocol):

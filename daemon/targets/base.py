@@ -23,6 +23,10 @@ class Delta:
     (``None``: it should be removed). ``changes`` is ``diff(written,
     desired)``. ``remote_id`` is the id the target returned before, if any.
     ``attempts`` counts failed deliveries of this desired state so far.
+    ``entry`` is where the directory keeps the object (an LDAP entry's DN),
+    when the source can say (see :class:`~daemon.sources.base.LocatingSource`):
+    a message about a value of the record names it, since the id alone
+    (``user:<entryUUID>``) leads nobody to the entry.
 
     Deliveries are at-least-once: after a crash a delta may come again even if
     it was applied. A target makes that harmless (match before create, treat
@@ -36,6 +40,7 @@ class Delta:
     written: DirectoryObject | None
     remote_id: str | None = None
     attempts: int = 0
+    entry: str | None = None
 
     @property
     def key(self) -> tuple[ObjectKind, str]:

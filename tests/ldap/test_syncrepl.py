@@ -524,3 +524,94 @@ async def test_over_starttls_and_ldaps_with_the_certificate_checked(tmp_path: Pa
             await task
     finally:
         server.stop()
+
+
+async def test_locate_names_the_entry_from_the_sync_state(
+    sync_slapd: Slapd, tmp_path: Path
+) -> None:
+    """A delivery's message names the DN (issue 12, defect 4): from the sync state, no poll."""
+    source = make(sync_slapd, tmp_path)
+    async with watching(source) as w:
+        first = await w.until(lambda s: "alice" in names(s))
+        alice = user_id(first, "alice")
+        assert source.locate("user", alice) == f"uid=alice,{seed.PEOPLE}"
+        (staff,) = [g.id for g in first.groups.values() if g.name == "staff"]
+        assert source.locate("group", staff) == f"cn=staff,{seed.GROUPS}"
+        assert source.locate("user", "no-such-id") is None
+        sync_slapd.modify(
+            f"dn: uid=alice,{seed.PEOPLE}\nchangetype: modrdn\nnewrdn: uid=alice2\n"
+            "deleteoldrdn: 1\n\n"
+        )
+        await w.until(lambda s: s.users[alice].username == "alice2")
+        assert source.locate("user", alice) == f"uid=alice2,{seed.PEOPLE}"
+    assert source.last_read is None, "locate never polled"
+
+
+async def test_a_first_refresh_longer_than_timeout_is_waited_for(tmp_path: Path) -> None:
+    """The first fetch waits for a refresh that outlasts ``timeout`` while entries arrive.
+
+    Polling instead would load the whole directory a second time, beside the
+    refresh (issue 12): the first cycle of a daemon starting on a large directory.
+    """
+    count = 5000
+    work = tmp_path / "slapd"
+    work.mkdir()
+    ldif = tmp_path / "seed.ldif"
+    ldif.write_text(seed.base_ldif() + seed.bulk_ldif(count))
+    # A content synchronisation search cannot be paged: the reader's limit must allow it.
+    server = start(work, syncprov=True, preload=ldif, size_limit=count + 100)
+    try:
+        source = make(server, tmp_path, timeout=0.25)
+        task = asyncio.create_task(source.watch(lambda notice: None))
+        try:
+            while source.sync is None or not source.sync.serving:
+                assert not task.done(), task
+                await asyncio.sleep(0.002)
+            started = time.monotonic()
+            snapshot = await source.fetch(None)
+            waited = time.monotonic() - started
+            assert snapshot is not None
+            assert snapshot.version.startswith("sync:"), "fetch polled beside the refresh"
+            assert source.last_read is None, "fetch polled beside the refresh"
+            assert len(snapshot.users) >= count
+            assert source.sync is not None and source.sync.full_loads == 2
+            # The case at hand: the refresh took longer than ``timeout``.
+            assert waited > 0.25, f"the refresh took {waited:.2f} s only"
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    finally:
+        server.stop()
+
+
+async def test_a_fetch_while_the_checkpoint_loads_waits_for_it(
+    sync_slapd: Slapd, tmp_path: Path
+) -> None:
+    """The first cycle runs beside the watch's start: it must not poll while the checkpoint loads.
+
+    A poll there reads the whole directory the restart was meant to spare.
+    """
+    source = make(sync_slapd, tmp_path)
+    async with watching(source) as w:
+        await w.until(lambda s: "alice" in names(s))
+    assert (tmp_path / "ldap-syncrepl.checkpoint").exists()
+    again = make(sync_slapd, tmp_path)
+    task = asyncio.create_task(again.watch(lambda notice: None))
+    try:
+        for _ in range(100):  # the watch's first step builds the Syncrepl, then awaits
+            if again.sync is not None:
+                break
+            await asyncio.sleep(0)
+        # The watch is loading its checkpoint in a thread right now.
+        assert again.sync is not None and not again.sync.ready.is_set()
+        snapshot = await again.fetch(None)
+        assert snapshot is not None
+        assert snapshot.version.startswith("sync:"), "fetch polled while the checkpoint loaded"
+        assert again.last_read is None
+        assert names(snapshot) == {"alice", "bob", "carol"}
+        assert again.sync.full_loads == 0, "resumed from the checkpoint"
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -259,3 +259,22 @@ def test_changes_reach_scim2_server_through_the_running_daemon_and_survive_resta
             assert {n for n in held if held[n].get("active")} == {"alice", "bob", "gina", "hugo"}
         finally:
             assert third.stop() == 0
+
+
+def test_the_first_start_loads_the_directory_once(tmp_path: Path, sync_slapd: Slapd) -> None:
+    """With no checkpoint, the first cycle takes the syncrepl refresh, not a full poll of its own.
+
+    Both would load the whole directory: the refresh (one search per kind,
+    ``full_loads``) and the first cycle's ``fetch`` racing it.
+    """
+    with running_scim_server() as scim:
+        d = deployment(tmp_path, sync_slapd, scim.url)
+        daemon = d.start()
+        try:
+            started = persisting(daemon)
+            assert started["full_loads"] == 2, started  # the users' and the groups' search
+            wait_until(scim.url, lambda h: active(h, "alice") and active(h, "bob"), "first sync")
+            assert daemon.wait_for("cycle finished", timeout=30).get("result") == "ok"
+            assert full_reads(daemon) == 0, "the first cycle polled the whole directory too"
+        finally:
+            assert daemon.stop() == 0

@@ -114,6 +114,9 @@ class LibldapReader:
         """
         stats.filters.append(search_filter)
         conn = self._conn
+        #: Attribute names as returned -> lower-cased; never a ranged one (``;range=``),
+        #: so an entry holding one always takes the slow path, which completes it.
+        lowered: dict[str, str] = {}
         # Not critical, as with ldap3: a server without paging answers in one go
         # or hits its size limit, which fails the read.
         control = SimplePagedResultsControl(False, size=self._page_size, cookie=b"")
@@ -146,9 +149,14 @@ class LibldapReader:
                 if dn is None:
                     continue  # a search continuation reference: never followed
                 stats.entries += 1
-                values = {name.lower(): vals for name, vals in attrs.items()}
-                if any(";range=" in name for name in values):
-                    complete_ranges(values, self._fetch_range(dn, base))
+                try:
+                    # The server names each attribute the same way in every
+                    # entry: lower-case them through a table, in C.
+                    values = dict(zip(map(lowered.__getitem__, attrs), attrs.values(), strict=True))
+                except KeyError:
+                    values = _lower_names(attrs, lowered)
+                    if any(";range=" in name for name in values):
+                        complete_ranges(values, self._fetch_range(dn, base))
                 yield Entry(dn, values)
             if not cookie:
                 return
@@ -205,6 +213,17 @@ class LibldapReader:
         """Unbind; a connection that is already gone is fine."""
         with contextlib.suppress(ldap.LDAPError):
             self._conn.unbind_ext_s()
+
+
+def _lower_names(attrs: dict[str, list[bytes]], lowered: dict[str, str]) -> dict[str, list[bytes]]:
+    """``attrs`` keyed by lower-cased names; the names seen go into ``lowered``, unless ranged."""
+    values: dict[str, list[bytes]] = {}
+    for name, vals in attrs.items():
+        low = name.lower()
+        values[low] = vals
+        if ";range=" not in low:
+            lowered[name] = low
+    return values
 
 
 def complete_ranges(values: dict[str, list[bytes]], fetch: RangeFetch) -> None:

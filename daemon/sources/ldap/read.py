@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
@@ -36,9 +36,14 @@ def dn_key(dn: str) -> str:
     return _DN_SPACING.sub(r"\1", key) if _SPACED.search(key) else key
 
 
-@dataclass(frozen=True, slots=True)
-class UserRecord:
-    """A valid user entry; ``user.manager`` is still unresolved (see ``manager_dn``)."""
+class UserRecord(msgspec.Struct, frozen=True, gc=False):
+    """A valid user entry; ``user.manager`` is still unresolved (see ``manager_dn``).
+
+    A struct rather than a frozen dataclass: a full read builds one per user,
+    and a frozen dataclass sets each field through ``object.__setattr__``.
+    Both encode alike (a map by field name), so syncrepl checkpoints read either.
+    Records hold only text and :class:`User`, so no cycle: ``gc=False``, as there.
+    """
 
     dn: str
     user: User
@@ -47,8 +52,7 @@ class UserRecord:
     change: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class GroupRecord:
+class GroupRecord(msgspec.Struct, frozen=True, gc=False):
     """A valid group entry; ``members`` are DN keys of users or of other groups."""
 
     dn: str
@@ -112,7 +116,12 @@ def user_reader(layout: Layout, where: str) -> UserReader:
     """A function turning one entry into a user, or into the reason it cannot be one.
 
     Everything that depends only on the layout is worked out here, once per
-    read rather than once per entry: a full read maps every user.
+    read rather than once per entry: a full read maps every user, and this
+    is most of what the source does above the client library. So each value
+    is decoded in line (no call per attribute), only present values go into
+    the keyword arguments of :class:`User` (absent ones take its defaults),
+    and the checks run in the order the fields are mapped, so the reason an
+    entry is skipped does not depend on how it is computed.
     """
     # Entry attributes are keyed by lower-cased name; (field, attribute, key).
     fields = [(n, a, a.lower()) for n, a in layout.fields.items() if n != "id"]
@@ -121,31 +130,77 @@ def user_reader(layout: Layout, where: str) -> UserReader:
     required = [(n, layout.fields[n]) for n in REQUIRED_FIELDS if n != "id"]
     email_attr = layout.fields["email"]
     member_of = layout.member_of_attribute
+    member_of_key = member_of.lower() if member_of else ""
     change = layout.change_attribute
     change_key = change.lower()
     suspended = _suspension(layout)
+    # Without userAccountControl, the suspension is one attribute: read in line.
+    account_control = layout.account_control
+    suspended_attr = layout.suspended_attribute or ""
+    suspended_key = suspended_attr.lower()
+    wanted = layout.suspended_values
+    active, locked = AccountState.ACTIVE, AccountState.SUSPENDED
 
     def read(entry: Entry) -> UserRecord | SkippedRecord:
         attrs = entry.attrs
+        get = attrs.get
         object_id: str | None = None
+        attr = id_attr
         try:
-            object_id = _object_id(attrs, id_attr, id_key, guid)
-            values: dict[str, str | None] = {"id": object_id}
-            for name, attr, key in fields:
-                values[name] = _first_text(attrs.get(key), attr)
-            for name, attr in required:
-                if not values.get(name):
-                    raise _Bad(attr, "missing")
-            email = values.pop("email") or ""
+            if guid:
+                object_id = _object_id(attrs, id_attr, id_key, guid)
+            else:
+                raw = get(id_key)
+                found = raw[0].decode().strip() if raw else ""
+                if raw and len(raw) > 1:
+                    _rest_is_text(raw)
+                if not found:
+                    raise _Bad(id_attr, "missing")
+                object_id = found
+            values: dict[str, Any] = {"id": object_id}
+            # ``attr`` names the attribute a UnicodeDecodeError below comes from.
+            for name, attr, key in fields:  # noqa: B007
+                raw = get(key)
+                if raw:
+                    value = raw[0].decode().strip()
+                    if len(raw) > 1:
+                        _rest_is_text(raw)
+                    if value:
+                        values[name] = value
+            for name, required_attr in required:
+                if name not in values:
+                    raise _Bad(required_attr, "missing")
+            email: str = values["email"]
             if "@" not in email.strip("@"):
                 raise _Bad(email_attr, f"{email!r} is not an email address")
-            state = AccountState.SUSPENDED if suspended(attrs) else AccountState.ACTIVE
+            if account_control:
+                values["state"] = locked if suspended(attrs) else active
+            elif suspended_key:
+                attr = suspended_attr
+                raw = get(suspended_key)
+                value = raw[0].decode().strip() if raw else ""
+                if raw and len(raw) > 1:
+                    _rest_is_text(raw)
+                # Any value suspends unless ``suspended_values`` names the ones that do.
+                held = bool(value) and (not wanted or value.casefold() in wanted)
+                values["state"] = locked if held else active
             groups: tuple[str, ...] = ()
             if member_of:
-                groups = tuple(
-                    dn_key(v) for v in _all_texts(attrs.get(member_of.lower()), member_of)
-                )
-            changed = _first_text(attrs.get(change_key), change)
+                attr = member_of
+                groups = tuple([dn_key(v.decode()) for v in get(member_of_key) or ()])
+            attr = change
+            raw = get(change_key)
+            changed = (raw[0].decode().strip() or None) if raw else None
+            if raw and len(raw) > 1:
+                _rest_is_text(raw)
+        except UnicodeDecodeError:
+            return SkippedRecord(
+                where=where,
+                record=entry.dn,
+                field=attr,
+                reason="is not UTF-8 text",
+                object_id=object_id,
+            )
         except _Bad as bad:
             return SkippedRecord(
                 where=where,
@@ -154,19 +209,20 @@ def user_reader(layout: Layout, where: str) -> UserReader:
                 reason=bad.reason,
                 object_id=object_id,
             )
-        manager_dn = values.pop("manager", None)
-        user = User(
-            id=values.pop("id") or "",
-            username=values.pop("username") or "",
-            email=email,
-            given_name=values.pop("given_name", None) or "",
-            family_name=values.pop("family_name", None) or "",
-            state=state,
-            **values,
-        )
+        manager_dn: str | None = values.pop("manager", None)
+        user = User(**values)
         return UserRecord(entry.dn, user, manager_dn, groups, changed)
 
     return read
+
+
+def _rest_is_text(values: list[bytes]) -> None:
+    """Raise :class:`UnicodeDecodeError` unless every value after the first is UTF-8.
+
+    An entry with one broken value is skipped whole, whichever value comes first.
+    """
+    for other in values[1:]:
+        other.decode()
 
 
 def _suspension(layout: Layout) -> Callable[[dict[str, list[bytes]]], bool]:
@@ -269,26 +325,32 @@ def assemble(
     group nested in itself is read once.
     """
     out = Snapshot(users={}, groups={}, skipped=list(skipped))
+    found = out.users
     user_ids: dict[str, str] = {}
-    for key, rec in users.items():
-        if rec.user.id in out.users:
-            out.skipped.append(
-                SkippedRecord(where, rec.dn, id_attribute, "duplicate id", object_id=rec.user.id)
-            )
-            continue
-        user_ids[key] = rec.user.id
-        out.users[rec.user.id] = rec.user
-    for rec in users.values():
-        # ``is`` skips the loser of a duplicate id, whose manager must not win.
-        if rec.manager_dn and out.users.get(rec.user.id) is rec.user:
-            manager = user_ids.get(dn_key(rec.manager_dn))
-            if manager is not None:
-                out.users[rec.user.id] = msgspec.structs.replace(rec.user, manager=manager)
-
     via_member_of: dict[str, set[str]] = {}
     for key, rec in users.items():
+        user = rec.user
+        if user.id in found:
+            out.skipped.append(
+                SkippedRecord(where, rec.dn, id_attribute, "duplicate id", object_id=user.id)
+            )
+            continue
+        user_ids[key] = user.id
+        found[user.id] = user
         for group_key in rec.member_of:
-            via_member_of.setdefault(group_key, set()).add(user_ids.get(key, ""))
+            via_member_of.setdefault(group_key, set()).add(user.id)
+    replace = msgspec.structs.replace
+    # A manager has several reports: each DN value is normalised once ("": no such user).
+    manager_ids: dict[str, str] = {}
+    for rec in users.values():
+        manager_dn = rec.manager_dn
+        # ``is`` skips the loser of a duplicate id, whose manager must not win.
+        if manager_dn and found.get(rec.user.id) is rec.user:
+            manager = manager_ids.get(manager_dn)
+            if manager is None:
+                manager = manager_ids[manager_dn] = user_ids.get(dn_key(manager_dn), "")
+            if manager:
+                found[rec.user.id] = replace(rec.user, manager=manager)
 
     for key, grec in groups.items():
         if grec.id in out.groups:

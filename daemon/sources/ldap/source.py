@@ -14,7 +14,7 @@ import anyio
 import structlog
 from ldap3.utils.conv import escape_filter_chars
 
-from daemon.model import SkippedRecord, Snapshot
+from daemon.model import ObjectKind, SkippedRecord, Snapshot
 from daemon.runtime import PluginContext
 from daemon.secrets import SecretError
 from daemon.sources import metrics
@@ -163,6 +163,8 @@ class LdapSource:
         self.sync: Syncrepl | None = None
         self._state: DirectoryState | None = None
         self._snapshot: Snapshot | None = None
+        #: The state :meth:`locate` last indexed, and its DNs by (kind, id).
+        self._located: tuple[DirectoryState, dict[tuple[ObjectKind, str], str]] | None = None
         self._epoch = uuid.uuid4().hex[:8]
         self._generation = 0
         self._polls_since_full = 0
@@ -187,7 +189,11 @@ class LdapSource:
             try:
                 return await sync.fetch(known_version)
             except TimeoutError:
-                log.warning("ldap_sync_not_ready", note="first refresh still running; polling")
+                waited = self.options.timeout
+                log.warning(
+                    "ldap_sync_not_ready",
+                    note=f"the first refresh received nothing for {waited:g} s; polling",
+                )
         full = self._state is None or self._state.mark is None
         full = full or self._polls_since_full + 1 >= self.options.full_read_every
         after = self.options.full_read_after
@@ -570,6 +576,29 @@ class LdapSource:
             self._guard.binding,
         )
 
+    def locate(self, kind: ObjectKind, object_id: str) -> str | None:
+        """The DN of the entry the object was last read from (see ``LocatingSource``).
+
+        From the syncrepl state while the watch serves, else from the last
+        poll's records (indexed once per read, when first asked).
+        """
+        sync = self.sync
+        if sync is not None and sync.serving:
+            found = sync.state.locate(kind, object_id)
+            if found is not None:
+                return found
+        state = self._state
+        if state is None:
+            return None
+        located = self._located
+        if located is None or located[0] is not state:
+            dns: dict[tuple[ObjectKind, str], str] = {
+                ("user", r.user.id): r.dn for r in state.users.values()
+            }
+            dns.update((("group", r.id), r.dn) for r in state.groups.values())
+            located = self._located = (state, dns)
+        return located[1].get((kind, object_id))
+
     def status(self) -> dict[str, object]:
         """For the status document: the service account's refused binds and the backoff."""
         return self._guard.describe()
@@ -616,24 +645,31 @@ def _merge(
     """
     by_id = {id_of(r): k for k, r in table.items()} if renames else {}
     out = Merged()
+    marks, renamed = out.marks, out.renamed
+    pop, pop_skipped = table.pop, skipped.pop
+    count, changed = 0, False
     for entry in entries:
-        out.count += 1
+        count += 1
         key = dn_key(entry.dn)
-        before: R | SkippedRecord | None = table.pop(key, None)
-        was_skipped = skipped.pop(key, None)
+        before: R | SkippedRecord | None = pop(key, None)
+        # ``skipped`` is empty in a full read until an entry is skipped.
+        was_skipped = pop_skipped(key, None) if skipped else None
         before = was_skipped if before is None else before
         rec = read(entry)
         if isinstance(rec, SkippedRecord):
             skipped[key] = rec
-            out.changed = out.changed or rec != before
+            changed = changed or rec != before
             continue
-        old = by_id.get(id_of(rec))
-        if old is not None and old != key:
-            table.pop(old, None)
-            out.renamed.append(entry.dn)
-            out.changed = True
+        if by_id:
+            old = by_id.get(id_of(rec))
+            if old is not None and old != key:
+                table.pop(old, None)
+                renamed.append(entry.dn)
+                changed = True
         table[key] = rec
-        out.changed = out.changed or rec != before
+        # ``before is None`` first: a record's generated ``__eq__`` is a Python call.
+        changed = changed or before is None or rec != before
         if rec.change:
-            out.marks.append(rec.change)
+            marks.append(rec.change)
+    out.count, out.changed = count, changed
     return out

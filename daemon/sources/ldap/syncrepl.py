@@ -220,12 +220,34 @@ class SyncState:
         self.changes = 0
         self.reread_at: float | None = None
         self.snapshot: Snapshot | None = None
+        #: The snapshot :meth:`locate` last indexed, and its DNs by (kind, id).
+        self._located: tuple[Snapshot | None, dict[tuple[ObjectKind, str], str]] | None = None
         self._ids_by_dn: dict[str, str] = {}
         self._duplicates: set[str] = set()
         self._epoch = uuidlib.uuid4().hex[:8]
         self._generation = 0
         self.entries_received = 0
         self.rereads = 0
+
+    def locate(self, kind: SyncKind, object_id: str) -> str | None:
+        """The DN of the entry ``object_id`` was last seen at; ``None`` if unknown.
+
+        The tables are keyed by entryUUID, which is the object id unless the
+        id attribute is another one: then an index by id, made again once
+        per snapshot.
+        """
+        with self.lock:
+            rec = self.tables[kind].records.get(object_id)
+            if rec is not None and _record_id(rec) == object_id:
+                return str(rec.dn)
+            located = self._located
+            if located is None or located[0] is not self.snapshot:
+                dns: dict[tuple[ObjectKind, str], str] = {}
+                for which in ("user", "group"):
+                    for r in self.tables[which].records.values():
+                        dns[(which, _record_id(r))] = r.dn
+                located = self._located = (self.snapshot, dns)
+            return located[1].get((kind, object_id))
 
     # -- messages from the consumers ------------------------------------------------
 
@@ -585,6 +607,10 @@ class SyncState:
             self.dirty = {"user": {}, "group": {}}
 
 
+def _record_id(rec: UserRecord | GroupRecord) -> str:
+    return rec.user.id if isinstance(rec, UserRecord) else rec.id
+
+
 def _differences(a: Snapshot, b: Snapshot) -> frozenset[tuple[ObjectKind, str]]:
     out: set[tuple[ObjectKind, str]] = set()
     for uid in a.users.keys() | b.users.keys():
@@ -795,11 +821,12 @@ class Syncrepl:
     async def fetch(self, known_version: str | None) -> Snapshot | None:
         """The snapshot from the sync state; ``None`` when it is ``known_version``.
 
-        Waits up to ``timeout`` seconds for the first refresh; raises
-        :class:`TimeoutError` when it has not finished by then.
+        Waits for the first refresh as long as it makes progress; raises
+        :class:`TimeoutError` after ``timeout`` seconds without an entry (see
+        :meth:`_first_refresh`).
         """
         if not self.ready.is_set():
-            await asyncio.wait_for(self.ready.wait(), self.options.timeout)
+            await self._first_refresh()
         # In a thread: assembling the state again after a rename takes a few
         # hundred milliseconds at 20,000 users (docs/benchmarks.md).
         snapshot = await asyncio.to_thread(self.state.build)
@@ -811,16 +838,50 @@ class Syncrepl:
             return None
         return snapshot
 
+    async def _first_refresh(self) -> None:
+        """Wait until the first refresh is done, while entries keep arriving.
+
+        The source polls when this raises :class:`TimeoutError`, and that
+        poll would load the whole directory a second time beside a refresh
+        still coming in (a large directory's refresh may take longer than
+        ``timeout``). So it raises only after ``timeout`` seconds in which no
+        entry arrived: a refresh that is stuck, not one that is slow; and at
+        once when the watch stops serving (a server without syncprov).
+        """
+        timeout = self.options.timeout
+        seen = self.state.entries_received
+        quiet_since = time.monotonic()
+        while True:
+            if not self.running:
+                # No syncprov, a limit: the watch stopped serving; poll now.
+                raise TimeoutError("the watch stopped before its first refresh")
+            try:
+                await asyncio.wait_for(self.ready.wait(), min(timeout, POLL_TICK))
+                return
+            except TimeoutError:
+                now = self.state.entries_received
+                if now != seen:
+                    seen, quiet_since = now, time.monotonic()
+                elif time.monotonic() - quiet_since >= timeout:
+                    raise
+
     # -- the watch --------------------------------------------------------------------
 
     async def run(self, announce: Announce) -> None:
         """Keep the searches open until cancelled (see the module doc)."""
         self._loop = asyncio.get_running_loop()
         self._announce = announce
-        restored = await asyncio.to_thread(self.load)
+        # Serving before the checkpoint loads: a fetch meanwhile (the first
+        # cycle, started beside the watch) waits for it rather than polling
+        # the whole directory.
+        self.running = True
+        try:
+            restored = await asyncio.to_thread(self.load)
+        except BaseException:
+            self.running = False
+            raise
         if restored:
             self.ready.set()  # a consistent, if older, state: the resume brings it up to date
-        self.running = True
         kinds: list[SyncKind] = ["user", "group"] if self.layout.group_base else ["user"]
         if not self.layout.group_base:
             self.state.tables["group"].refreshed = True

@@ -13,7 +13,7 @@ computation (:func:`daemon.scim.diff_operations`) compares.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,14 +46,33 @@ def e164(raw: str, region: str) -> str:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
-def user_problem(user: Any, text: str) -> str:
-    """``text`` about ``user``, naming them as the directory does (username and email).
+def user_problem(user: Any, text: str, entry: str | None = None) -> str:
+    """``text`` about ``user``, naming them as the directory does.
 
     The directory id alone (``user:<entryUUID>`` in status and logs) does
-    not lead anyone to the entry; the username (``uid``,
-    ``sAMAccountName``) does.
+    not lead anyone to the entry. ``entry`` does, when the source can say
+    where it keeps the user (an LDAP DN, see :attr:`Delta.entry
+    <daemon.targets.base.Delta.entry>`); else the username (``uid``,
+    ``sAMAccountName``, a file's ``username``) and email.
     """
+    if entry:
+        return f"user {entry}: {text}"
     return f"user {user.username} ({user.email}): {text}"
+
+
+def at_entry(problems: Sequence[str], user: Any, entry: str | None) -> tuple[str, ...]:
+    """``problems`` of :meth:`UserSchema.body` for ``user``, naming ``entry`` if known.
+
+    A mapping words its problems with :func:`user_problem` without the entry
+    (``body`` is given the record alone); the delivery knows the entry and
+    names it instead. A problem worded otherwise is left as it is.
+    """
+    if not entry:
+        return tuple(problems)
+    prefix = user_problem(user, "")
+    return tuple(
+        user_problem(user, p[len(prefix) :], entry) if p.startswith(prefix) else p for p in problems
+    )
 
 
 @dataclass(frozen=True, slots=True)

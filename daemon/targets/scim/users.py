@@ -17,7 +17,7 @@ from daemon.scim import (
 )
 from daemon.targets.base import Delta, Outcome
 from daemon.targets.scim.remote import Link
-from daemon.targets.scim.schema import SKIP, MappedUser, strip_skip
+from daemon.targets.scim.schema import SKIP, MappedUser, at_entry, strip_skip
 
 
 async def upsert_user(link: Link, delta: Delta) -> Outcome:
@@ -70,12 +70,13 @@ async def upsert_user(link: Link, delta: Delta) -> Outcome:
     link.index.add_user(remote_id, strip_skip(mapped.body))
     link.metrics.operation(link.name, kind, "ok")
     if mapped.problems:
+        problems = at_entry(mapped.problems, user, delta.entry)
         return Outcome(
             "user",
             user.id,
             False,
             remote_id=remote_id,
-            error="; ".join(mapped.problems) + "; the other attributes were written",
+            error="; ".join(problems) + "; the other attributes were written",
             permanent=True,
         )
     return Outcome.success(delta, remote_id=remote_id)
