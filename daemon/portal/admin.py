@@ -147,11 +147,11 @@ class WholeHold:
         self._store = store
 
     async def approve(self, target: str, keys: frozenset[Key], actor: str) -> frozenset[Key]:
-        hold = await self._store.hold(target)
-        if hold is None or hold.keys != keys:
+        # The store checks the keys in its transaction: a cycle that changed the hold
+        # since the page was drawn (or since a read here) makes this approve nothing.
+        if not await self._store.approve(target, keys):
             raise StaleHold(target)
-        await self._store.approve(target)
-        return hold.keys
+        return keys
 
     async def reject(self, target: str, keys: frozenset[Key], actor: str) -> frozenset[Key]:
         raise NotImplementedError("rejecting held removals needs per-object decisions")
