@@ -75,6 +75,8 @@ class TargetExplanation:
     pending_status: str | None  # "new", "retry" or "held"
     held_reason: str | None
     decision: str | None
+    decided_by: str | None
+    decided_at: float | None
     last_error: str | None
     attempts: int
     next_retry_at: float | None
@@ -191,12 +193,16 @@ async def _target(
     held = hold is not None and key in hold.keys
     held_reason: str | None = None
     decision: str | None = None
+    decided_by: str | None = None
+    decided_at: float | None = None
     if held:
-        [obj] = [o for o in await holds.held(store, name) if o.key == key]
+        [obj] = await holds.held(store, name, [key])
         held_reason, decision = obj.reason, obj.decision
+        decided_by, decided_at = obj.actor, obj.decided_at
     else:
         decided = (await store.decisions(name)).get(key)
-        decision = decided.decision if decided is not None else None
+        if decided is not None:
+            decision, decided_by, decided_at = decided.decision, decided.actor, decided.decided_at
 
     pending: list[str] = []
     status: str | None = None
@@ -228,6 +234,8 @@ async def _target(
         pending_status=status,
         held_reason=held_reason,
         decision=decision,
+        decided_by=decided_by,
+        decided_at=decided_at,
         last_error=row.last_error if row is not None else None,
         attempts=row.row.attempts if row is not None else 0,
         next_retry_at=(

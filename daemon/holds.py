@@ -32,7 +32,9 @@ class HeldObject:
     """One held key: the object's name as the directory last said, and why it is held.
 
     ``decision`` is a decision recorded and not yet used by a cycle
-    (``approved`` or ``rejected``), or ``None``; ``actor`` who made it.
+    (``approved`` or ``rejected``), or ``None``; ``actor`` who made it
+    (``admin:<username>`` from the console, the OS user from the CLI,
+    ``admin-api`` from the admin API) and ``decided_at`` when (Unix seconds).
     """
 
     key: Key
@@ -40,6 +42,7 @@ class HeldObject:
     reason: str
     decision: str | None = None
     actor: str | None = None
+    decided_at: float | None = None
 
     @property
     def ref(self) -> str:
@@ -82,6 +85,7 @@ async def held(store: Store, target: str, only: Sequence[Key] | None = None) -> 
                 reason,
                 pending.decision if pending is not None else None,
                 pending.actor if pending is not None else None,
+                pending.decided_at if pending is not None else None,
             )
         )
     return out

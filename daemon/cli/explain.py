@@ -81,7 +81,8 @@ def _print(e: Explanation) -> None:
         else:
             say("  pending: nothing")
         if t.decision:
-            say(f"  operator decision: {t.decision}")
+            say(f"  operator decision: {t.decision} by {escape(t.decided_by or 'unknown')} "
+                f"at {_when(t.decided_at)}", highlight=False)  # fmt: skip
         if t.last_error:
             say(f"  last error: {escape(t.last_error)} (attempts {t.attempts})", highlight=False)
             say(f"  next retry: {_when(t.next_retry_at)}", highlight=False)

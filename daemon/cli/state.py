@@ -93,6 +93,13 @@ def _leader(leader: dict[str, Any] | None) -> str:
     return f"{leader['holder']} (term {leader['term']}, since {since})"
 
 
+def utc(at: float | None) -> str:
+    """Unix seconds as UTC text ("" for none), as the console shows times."""
+    if at is None:
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
+
+
 def _known_target(config: Config, target: str) -> None:
     if target not in {t.name for t in config.settings.targets}:
         fail(f"no target named {target!r} in the configuration", 1)
@@ -117,14 +124,24 @@ def held(ctx: click.Context, target: str, as_json: bool) -> None:
     """List every key the mass-removal guard holds for TARGET, with the user and the reason.
 
     Pass the keys it shows (user:ID or group:ID, or an id or name alone) to
-    `provisiond approve` or `provisiond reject`.
+    `provisiond approve` or `provisiond reject`. A key with a decision not yet
+    used by a cycle shows it, who made it (admin:<username> from the console,
+    the OS user from the CLI, admin-api from the admin API) and when (UTC;
+    in --json, decided_at is Unix seconds).
     """
     config = load_config(ctx)
     _known_target(config, target)
     objects = _held_now(config, target)
     if as_json:
         doc = [
-            {"key": o.ref, "name": o.name, "reason": o.reason, "decision": o.decision}
+            {
+                "key": o.ref,
+                "name": o.name,
+                "reason": o.reason,
+                "decision": o.decision,
+                "decided_by": o.actor,
+                "decided_at": o.decided_at,
+            }
             for o in objects
         ]
         click.echo(json.dumps({"target": target, "held": doc}, indent=2))
@@ -133,10 +150,17 @@ def held(ctx: click.Context, target: str, as_json: bool) -> None:
         out.print(f"target {target} has no held removals")
         return
     table = Table()
-    for col in ("key", "name", "reason", "decision"):
+    for col in ("key", "name", "reason", "decision", "decided by", "decided at"):
         table.add_column(col)
     for o in objects:
-        table.add_row(escape(o.ref), escape(o.name), escape(o.reason), o.decision or "")
+        table.add_row(
+            escape(o.ref),
+            escape(o.name),
+            escape(o.reason),
+            o.decision or "",
+            escape(o.actor or ""),
+            utc(o.decided_at),
+        )
     out.print(table)
     out.print(f"{len(objects)} held; the next cycle sends what is approved")
 

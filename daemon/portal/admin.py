@@ -147,11 +147,11 @@ class WholeHold:
         self._store = store
 
     async def approve(self, target: str, keys: frozenset[Key], actor: str) -> frozenset[Key]:
-        hold = await self._store.hold(target)
-        if hold is None or hold.keys != keys:
+        # The store checks the keys in its transaction: a cycle that changed the hold
+        # since the page was drawn (or since a read here) makes this approve nothing.
+        if not await self._store.approve(target, keys):
             raise StaleHold(target)
-        await self._store.approve(target)
-        return hold.keys
+        return keys
 
     async def reject(self, target: str, keys: frozenset[Key], actor: str) -> frozenset[Key]:
         raise NotImplementedError("rejecting held removals needs per-object decisions")
@@ -347,6 +347,7 @@ async def held(
             row["reason"] = obj.reason if obj else ""
             row["decision"] = obj.decision if obj else None
             row["actor"] = obj.actor if obj else None
+            row["decided_at"] = _when(obj.decided_at) if obj else None
             rows.append(row)
     counts = {name: _held_count(await store.hold(name)) for name in names}
     return _render(
@@ -760,7 +761,9 @@ def _explained(doc: Mapping[str, Any]) -> dict[str, Any]:
             pending = f"({status}) {pending}"
         fields.append(("Pending change", pending or "none"))
         if t.get("decision"):
-            fields.append(("Operator's decision", t["decision"]))
+            by = f" by {t['decided_by']}" if t.get("decided_by") else ""
+            at = _when(t.get("decided_at"))
+            fields.append(("Operator's decision", t["decision"] + by + (f" on {at}" if at else "")))
         if t.get("last_error"):
             fields.append(("Last error", f"{t['last_error']} (attempts: {t.get('attempts', 0)})"))
         if t.get("next_retry_at"):

@@ -469,8 +469,15 @@ class Store(Protocol):
         """Targets whose hold was approved and awaits a cycle to release it."""
         ...
 
-    async def approve(self, target: str) -> int:
-        """Mark the target's hold approved; the number of held objects (0: none)."""
+    async def approve(self, target: str, keys: frozenset[Key] | None = None) -> int:
+        """Mark the target's hold approved; the number of held objects (0: none).
+
+        ``keys``: only if the hold holds exactly these keys (those the operator
+        saw), checked in the same transaction; otherwise nothing is approved
+        and 0 is returned. The approval lasts until a cycle releases the hold,
+        or a cycle's hold holds other keys (an approval made while a cycle ran
+        survives that cycle's commit of the same keys).
+        """
         ...
 
     async def retry_now(self, target: str, keys: Sequence[Key], now: float) -> int:

@@ -133,8 +133,8 @@ class FencedStore:
     async def approved_holds(self) -> list[str]:
         return await self.inner.approved_holds()
 
-    async def approve(self, target: str) -> int:
-        return await self.inner.approve(target)
+    async def approve(self, target: str, keys: frozenset[Key] | None = None) -> int:
+        return await self.inner.approve(target, keys)
 
     async def retry_now(self, target: str, keys: Sequence[Key], now: float) -> int:
         return await self.inner.retry_now(target, keys, now)

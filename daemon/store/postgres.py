@@ -361,6 +361,7 @@ _RECORDS = numbered(
 )
 _ROWS = numbered(f"{sql.ROWS} WHERE target = ? AND {_IN_KEYS}")
 _APPROVE = numbered(f"{sql.APPROVE} RETURNING keys")
+_APPROVE_KEYS = numbered(f"{sql.APPROVE_KEYS} RETURNING keys")
 _INSERT_LOG = numbered(
     f"INSERT INTO provisioning_log ({sql.LOG_COLUMNS}) SELECT * FROM unnest("
     "?::double precision[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[], "
@@ -1146,10 +1147,17 @@ class PostgresStore:
         return [str(r[0]) for r in await db.fetch(sql.APPROVED_HOLDS)]
 
     @_writes
-    async def approve(self, db: Connection, target: str) -> int:
-        # One statement: the count returned is that of the hold approved.
-        keys = await db.fetchval(_APPROVE, target)
-        return 0 if keys is None else len(json.loads(keys))
+    async def approve(
+        self, db: Connection, target: str, keys: frozenset[Key] | None = None
+    ) -> int:
+        # One statement: the count returned is that of the hold approved. Given keys,
+        # a cycle's commit of other keys meanwhile makes it approve nothing (the
+        # statement re-reads the row the commit wrote).
+        if keys is None:
+            stored = await db.fetchval(_APPROVE, target)
+        else:
+            stored = await db.fetchval(_APPROVE_KEYS, target, hold_keys(keys))
+        return 0 if stored is None else len(json.loads(stored))
 
     @_writes
     async def retry_now(self, db: Connection, target: str, keys: Sequence[Key], now: float) -> int:

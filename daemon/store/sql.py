@@ -155,11 +155,17 @@ APPROVED_HOLDS = (
     "UNION SELECT target FROM hold_decisions WHERE applied = FALSE ORDER BY 1"
 )
 APPROVE = "UPDATE holds SET approved = TRUE WHERE target = ?"
+#: The whole hold approved only if it holds exactly the keys the operator saw.
+APPROVE_KEYS = f"{APPROVE} AND keys = ?"
 DELETE_HOLD = "DELETE FROM holds WHERE target = ?"
-#: A hold replaced by the same keys keeps its age, and needs approval again.
+#: A hold replaced by the same keys keeps its age and its approval: an approval made
+#: while a cycle ran (it read the hold before) is not undone by the cycle's commit. A
+#: cycle that used an approval never holds those keys again, and a hold with other keys
+#: needs approval again (nobody saw them).
 SET_HOLD = (
     "INSERT INTO holds (target, keys, created_at, approved) VALUES (?, ?, ?, FALSE) "
-    "ON CONFLICT (target) DO UPDATE SET keys = excluded.keys, approved = FALSE, "
+    "ON CONFLICT (target) DO UPDATE SET keys = excluded.keys, "
+    "approved = CASE WHEN holds.keys = excluded.keys THEN holds.approved ELSE FALSE END, "
     "created_at = CASE WHEN holds.keys = excluded.keys THEN holds.created_at "
     "ELSE excluded.created_at END"
 )

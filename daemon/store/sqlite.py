@@ -698,11 +698,11 @@ class SqliteStore:
             row = await cur.fetchone()
         return None if row is None else read_hold(target, *row)
 
-    async def approve(self, target: str) -> int:
+    async def approve(self, target: str, keys: frozenset[Key] | None = None) -> int:
         # One transaction: the count returned is that of the hold approved.
         async with self._transaction():
             hold = await self._hold(target)
-            if hold is None:
+            if hold is None or (keys is not None and hold.keys != keys):
                 return 0
             await self.db.execute(sql.APPROVE, (target,))
         return len(hold.keys)

@@ -8,6 +8,7 @@ A decision made in the console is the one ``provisiond approve`` / ``reject`` ma
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from daemon import explain as explaining
@@ -75,6 +76,10 @@ async def test_one_removal_approved_and_another_rejected_then_the_cycle(
     assert "Done: approved 1 removal(s). They are sent in the next cycle" in page
     assert "<strong>Approved</strong> by admin:alice" in page
     assert "<strong>Rejected</strong> by admin:alice" in page
+    # ... and when, as UTC text of the time the store recorded.
+    for key, word in ((CAROL, "Approved"), (DAVE, "Rejected")):
+        at = datetime.fromtimestamp(decisions[key].decided_at, UTC)
+        assert f"<strong>{word}</strong> by admin:alice on {at:%Y-%m-%d %H:%M:%S} UTC" in page
     # Each row offers the other decision only.
     offered = {(f["key"], f["action"]) for f in _forms(page) if f.get("key")}
     assert ("user:u-carol", "reject") in offered and ("user:u-carol", "approve") not in offered
@@ -82,6 +87,7 @@ async def test_one_removal_approved_and_another_rejected_then_the_cycle(
     shown = {o.key: o for o in await holds.held(store, "wiki")}
     assert shown[CAROL].decision == "approved" and shown[DAVE].decision == "rejected"
     assert shown[DAVE].actor == "admin:alice"
+    assert shown[DAVE].decided_at == decisions[DAVE].decided_at
 
     # The next cycle: carol's deactivation goes out; dave stays active, his decision kept.
     before = len(w.target.delivered)
@@ -228,6 +234,9 @@ async def test_the_user_page_explains_and_shows_the_provisioning_log(
     carol = await (await client.get("/admin/users/u-carol")).text()
     assert "no: in none of the groups bound to wiki" in carol
     assert "Operator&#39;s decision" in carol and "(held)" in carol
+    decided = (await daemon_console.world.store.decisions("wiki"))[CAROL]
+    at = datetime.fromtimestamp(decided.decided_at, UTC)
+    assert f"rejected by admin:alice on {at:%Y-%m-%d %H:%M:%S} UTC" in carol  # as on /admin/held
     log = carol[carol.index('id="provisioning-log"') :]
     assert ">rejected<" in log and ">admin:alice<" in log and ">held<" in log
 

@@ -115,6 +115,12 @@ async def test_held_and_rejected_and_sign_in_rules(tmp_path: Path) -> None:
     await eng.store.decide("app", [("user", "u5")], REJECTED, "ops", 1.0)
     [t] = (await explain(eng.store, "u5", targets, RULES)).targets
     assert t.decision == REJECTED
+    assert (t.decided_by, t.decided_at) == ("ops", 1.0)  # as `provisiond held` shows it
+    # Once a cycle has used the rejection (the user is no longer held), it still says who.
+    await eng.cycle()
+    [t] = (await explain(eng.store, "u5", targets, RULES)).targets
+    assert t.pending_status != "held"
+    assert (t.decision, t.decided_by, t.decided_at) == (REJECTED, "ops", 1.0)
 
     off = SignInRules(False, {"app": SignOn(True)})
     [t] = (await explain(eng.store, "u1", targets, off)).targets

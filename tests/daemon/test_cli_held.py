@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+
+import pytest
+
+from daemon import holds
 
 from .harness import Deployment, directory, replay_journal
 
@@ -29,6 +34,8 @@ def test_held_lists_and_approve_and_reject_decide_per_object(tmp_path: Path) -> 
         "name": "user1",
         "reason": "removed from the directory: would be deactivated",
         "decision": None,
+        "decided_by": None,
+        "decided_at": None,
     }
     text = d.cli("held", "app").stdout
     assert "user:u-00001" in text and "41 held" in text
@@ -79,3 +86,49 @@ def test_bad_keys_and_targets_exit_1_and_decide_nothing(tmp_path: Path) -> None:
         assert done.returncode == 1 and "no target named 'nope'" in done.stderr
     missing = d.cli("reject", "app", check=False)
     assert missing.returncode == 2  # KEYS are required
+
+
+def test_held_shows_who_decided_and_when_as_explain_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # one table row a line
+    d = Deployment(tmp_path)
+    d.write_directory(directory(40))
+    d.write_config()
+    d.cli("sync", "--once")
+    d.write_directory({"users": [], "groups": []})
+    d.cli("sync", "--once")
+    who = holds.actor()  # the CLI's actor: the OS user
+
+    before = time.time()
+    d.cli("approve", "app", "user:u-00001")
+    d.cli("reject", "app", "user2")
+    after = time.time()
+    doc = {h["key"]: h for h in json.loads(d.cli("held", "app", "--json").stdout)["held"]}
+    decided = {k: h for k, h in doc.items() if h["decision"]}
+    assert {k: (h["decision"], h["decided_by"]) for k, h in decided.items()} == {
+        "user:u-00001": ("approved", who),
+        "user:u-00002": ("rejected", who),
+    }
+    for h in decided.values():
+        assert before <= h["decided_at"] <= after
+    undecided = doc["user:u-00003"]
+    assert (undecided["decision"], undecided["decided_by"], undecided["decided_at"]) == (
+        None,
+        None,
+        None,
+    )
+
+    # The table says the same, the time as UTC text.
+    text = d.cli("held", "app").stdout
+    for col in ("decided by", "decided at"):
+        assert col in text
+    at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(decided["user:u-00001"]["decided_at"]))
+    line = next(ln for ln in text.splitlines() if "user:u-00001" in ln)
+    assert "approved" in line and who in line and at in line
+
+    # explain agrees, in its JSON.
+    explained = json.loads(d.cli("explain", "u-00002", "--json").stdout)
+    [t] = explained["targets"]
+    assert (t["decision"], t["decided_by"]) == ("rejected", who)
+    assert t["decided_at"] == decided["user:u-00002"]["decided_at"]

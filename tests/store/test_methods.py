@@ -361,10 +361,32 @@ class TestApprove:
         held = frozenset({("user", "a")})
         await store.commit("v1", [], [], {"app": plan(hold=held)})
         await store.approve("app")
-        await store.commit("v2", [], [], {"app": plan(hold=held)})
+        await store.commit("v2", [], [], {"app": plan(hold=held | {("user", "b")})})
         hold = await store.hold("app")
         assert hold is not None and hold.approved is False
         assert await store.approved_holds() == []
+
+    async def test_the_same_hold_written_again_keeps_its_approval(self, store: Store) -> None:
+        """A cycle that read the hold before an approval writes the same keys back: the
+        approval stands (a cycle that used an approval never holds those keys again)."""
+        held = frozenset({("user", "a")})
+        await store.commit("v1", [], [], {"app": plan(hold=held)})
+        since = (await store.hold("app")).created_at  # type: ignore[union-attr]
+        assert await store.approve("app") == 1
+        await store.commit("v2", [], [], {"app": plan(hold=held)})
+        hold = await store.hold("app")
+        assert hold is not None and hold.approved is True and hold.created_at == since
+        assert await store.approved_holds() == ["app"]
+
+    async def test_an_approval_for_keys_approves_only_that_hold(self, store: Store) -> None:
+        held = frozenset({("user", "a"), ("user", "b")})
+        await store.commit("v1", [], [], {"app": plan(hold=held)})
+        assert await store.approve("app", frozenset({("user", "a")})) == 0
+        assert await store.approve("app", held | {("user", "c")}) == 0
+        assert await store.approved_holds() == []
+        assert await store.approve("app", held) == 2
+        assert await store.approved_holds() == ["app"]
+        assert await store.approve("other", held) == 0
 
     async def test_a_released_hold_is_no_longer_approved(self, store: Store) -> None:
         await store.commit("v1", [], [], {"app": plan(hold=frozenset({("user", "a")}))})

@@ -389,3 +389,44 @@ async def test_a_stalled_transaction_on_the_lease_row_is_ended_by_the_server(dsn
     finally:
         await stalled.aclose()
         await other.aclose()
+
+
+@pytest.mark.parametrize("same_keys", [True, False])
+async def test_a_whole_hold_approval_waits_for_a_cycle_commit_in_flight(
+    dsn: str, same_keys: bool
+) -> None:
+    """A cycle's commit has written the hold and not committed yet; an approval of the
+    keys the operator saw, from another connection, waits for it. Then it approves the
+    hold only if the commit left the same keys (the approval survives), and nothing if
+    the commit wrote other keys (nobody saw them)."""
+    cycle, operator = store_on(dsn), store_on(dsn)
+    await cycle.open()
+    await operator.open()
+    try:
+        seen = frozenset({("user", "a"), ("user", "b")})
+        await cycle.commit("v1", [], [], {"app": plan(hold=seen)})
+        written = seen if same_keys else seen | {("user", "c")}
+        approved_after: list[tuple[float, int]] = []
+        started = time.monotonic()
+
+        async def commit_slowly() -> None:
+            async with cycle._transaction() as db:
+                await cycle._write_plan(db, "app", plan(hold=written), time.time())
+                await anyio.sleep(1.0)  # the hold's row stays locked until the commit
+
+        async def approve() -> None:
+            await anyio.sleep(0.3)
+            n = await operator.approve("app", seen)
+            approved_after.append((time.monotonic() - started, n))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(commit_slowly)
+            tg.start_soon(approve)
+        [(after, n)] = approved_after
+        assert after >= 1.0  # it waited for the commit
+        hold = await operator.hold("app")
+        assert hold is not None and hold.keys == written
+        assert (n, hold.approved) == ((2, True) if same_keys else (0, False))
+    finally:
+        await cycle.aclose()
+        await operator.aclose()
