@@ -2,7 +2,10 @@
 
 Records are immutable ``msgspec`` structs: cheap to build by the hundred
 thousand, cheap to encode, and their JSON encoding is deterministic, which is
-what the content hashes in :func:`content_hash` rely on.
+what the content hashes in :func:`content_hash` rely on. They hold only text
+(and a tuple of text), so they can never be part of a reference cycle: they
+are not tracked by the cyclic garbage collector (``gc=False``), which would
+otherwise walk every record of the directory again at each full collection.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ class AccountState(enum.StrEnum):
     UNASSIGNED = "unassigned"
 
 
-class User(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class User(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """One person in the directory.
 
     ``id`` is the directory's stable object id (``entryUUID``, ``objectGUID``,
@@ -58,7 +61,7 @@ class User(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         return self.state is AccountState.ACTIVE
 
 
-class Group(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class Group(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """A directory group: a name and the ids of its (flattened) user members.
 
     ``members`` is kept sorted so that equal groups encode, and hash, equally.
