@@ -189,13 +189,14 @@ class Logins:
             self.add(user)
 
     def add(self, user: User) -> None:
-        self.usernames[user.username.casefold()] = user.id
-        self.emails[user.email.casefold()] = user.id
+        self.usernames[_fold(user.username)] = user.id
+        self.emails[_fold(user.email)] = user.id
 
     def remove(self, user: User) -> None:
         for table, value in ((self.usernames, user.username), (self.emails, user.email)):
-            if table.get(value.casefold()) == user.id:
-                del table[value.casefold()]
+            folded = _fold(value)
+            if table.get(folded) == user.id:
+                del table[folded]
 
     def clash(self, users: Iterable[User]) -> bool:
         """Whether any of ``users`` (the changed ones) would share a login with another user."""
@@ -211,6 +212,12 @@ class Logins:
                 if seen.setdefault((name, folded), user.id) != user.id:
                     return True
         return False
+
+
+def _fold(value: str) -> str:
+    """``value.casefold()``, the same object when folding changes nothing (saves the copy)."""
+    folded = value.casefold()
+    return value if folded == value else folded
 
 
 class Pending:
@@ -650,18 +657,7 @@ class Engine:
             if old_hashes.get(key) != h:
                 updates[key] = h
                 changed.append(key)
-        before = await self.store.records([k for k in changed if k in old_hashes] + deletes)
-        changes: list[Change] = []
-        for key in changed:
-            changes.extend(diff_object(before.get(key), snapshot.get(*key)))
-        for key in deletes:
-            changes.extend(diff_object(before.get(key), None))
-        changes = delivery_order(changes)
-        for change in changes:
-            log.debug("directory change", change=change.name, what=describe(change))
-        upserts: list[tuple[Key, str, object]] = [
-            (key, updates[key], snapshot.get(*key)) for key in changed
-        ]
+        before, changes, upserts = await self._changes(snapshot, changed, deletes, updates)
         plans: dict[str, _TargetPlanned] = {}
         if changes:
             touched = [*changed, *deletes]
@@ -730,6 +726,27 @@ class Engine:
         hashes = snapshot.hashes()
         changed = [k for k, h in hashes.items() if old_hashes.get(k) != h]
         deletes = [k for k in old_hashes if k not in hashes]
+        _, changes, upserts = await self._changes(snapshot, changed, deletes, hashes)
+        plans: dict[str, _TargetPlanned] = {}
+        if changes or self.force_plan:
+            for slot in self.targets:
+                plans[slot.name] = await self._plan_target(slot, snapshot, hashes)
+        return _Observation(snapshot, hashes, changes, upserts, deletes, plans)
+
+    async def _changes(
+        self,
+        snapshot: Snapshot,
+        changed: list[Key],
+        deletes: list[Key],
+        hashes: Mapping[Key, str],
+    ) -> tuple[dict[Key, DirectoryObject], list[Change], list[tuple[Key, str, object]]]:
+        """What ``changed`` (in ``snapshot``, hashed in ``hashes``) and ``deletes`` change.
+
+        Returns their committed records, the changes in delivery order and the
+        upserts to commit.
+        """
+        assert self._committed is not None
+        old_hashes = self._committed.hashes
         before = await self.store.records([k for k in changed if k in old_hashes] + deletes)
         changes: list[Change] = []
         for key in changed:
@@ -744,11 +761,7 @@ class Engine:
             obj = snapshot.get(*key)
             assert obj is not None
             upserts.append((key, hashes[key], obj))
-        plans: dict[str, _TargetPlanned] = {}
-        if changes or self.force_plan:
-            for slot in self.targets:
-                plans[slot.name] = await self._plan_target(slot, snapshot, hashes)
-        return _Observation(snapshot, hashes, changes, upserts, deletes, plans)
+        return before, changes, upserts
 
     async def _plan_target(
         self,
