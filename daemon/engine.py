@@ -36,6 +36,7 @@ from daemon.config import EngineSettings, GuardSettings, TargetSettings
 from daemon.decisions import apply_decisions
 from daemon.diff import delivery_order, diff_object
 from daemon.leadership import SOURCE, Leadership, target_lease
+from daemon.memory import release_free_memory
 from daemon.model import DirectoryObject, Group, Snapshot, User, content_hash
 from daemon.plugins import await_me_maybe
 from daemon.report import CycleReport, TargetReport
@@ -70,6 +71,10 @@ from daemon.store.fenced import FencedStore
 from daemon.targets.base import Delta, Outcome, Target
 
 log = structlog.get_logger("provisiond.engine")
+
+#: A cycle with this many changes, or one that compared a whole snapshot, hands the
+#: memory it freed back to the system when it has committed (:mod:`daemon.memory`).
+LARGE_CHANGE = 1000
 
 
 @dataclass
@@ -420,8 +425,9 @@ class Engine:
             for slot in self.targets:
                 self._target_fence(slot)
             try:
-                if self._leads_source():
-                    await self._observe(report)
+                if self._leads_source() and await self._observe(report):
+                    # What the observation built is garbage now: give it back.
+                    release_free_memory()
             except SourceError as exc:
                 report.result, report.error = "failed", str(exc)
                 log.error("directory read failed; nothing changed downstream", error=str(exc))
@@ -516,7 +522,9 @@ class Engine:
         except Exception:
             log.exception("a provisiond_cycle_finished hook failed")
 
-    async def _observe(self, report: CycleReport) -> None:
+    async def _observe(self, report: CycleReport) -> bool:
+        """Read, compare, plan and commit; whether it was a large observation (a whole
+        snapshot compared, or at least :data:`LARGE_CHANGE` changes)."""
         if self._committed is None:
             self._committed = await self.store.committed()
         if await self.store.approved_holds():
@@ -524,7 +532,7 @@ class Engine:
         known = None if self.force_plan else self._committed.version
         fetched = await self.source.fetch(known)
         if fetched is None:
-            return
+            return False
         changed = self._proportional(fetched)
         if changed is not None:
             # The source re-read only some objects: compare and plan only those.
@@ -593,6 +601,7 @@ class Engine:
                 if target_plans[slot.name].released:
                     await self._release(slot, target_plans[slot.name].released)
         self.force_plan = False
+        return changed is None or len(obs.changes) >= LARGE_CHANGE
 
     def _proportional(self, snapshot: Snapshot) -> frozenset[Key] | None:
         """The keys to compare alone, or ``None`` when the whole snapshot must be compared.
