@@ -577,6 +577,7 @@ class Engine:
                     held_groups=sum(1 for k in held if k[0] == "group"),
                     active_users=scoped.active_before,
                 )
+        del kinds  # a first sync's changes by key: not held through the commit
         planned = any(t.planned or t.held for t in report.targets.values())
         report.result = "ok" if obs.changes or planned else "quiet"
         await self.store.commit(

@@ -341,9 +341,14 @@ def _count(n: int, noun: str) -> str:
 # --- decoding: bytes to plain Python ---------------------------------------------------
 
 
+def _blank(data: bytes) -> bool:
+    """Whether the file holds nothing but white space (without copying it, as strip would)."""
+    return not data or data.isspace()
+
+
 def decode(data: bytes, fmt: Literal["yaml", "json"], where: str) -> Any:
     """Parse the file's bytes into builtins; :class:`SourceError` names the line and column."""
-    if not data.strip():
+    if _blank(data):
         # An emptied file (a failed export, a truncating editor) is not an
         # empty directory; the parsers would only say "truncated" or "nothing".
         raise SourceError(
@@ -513,7 +518,7 @@ def parse_reusing(
     A file that is not the plain shape (a mapping of two lists) goes through
     :func:`parse`, which names what is wrong.
     """
-    if fmt != "json" or not data.strip():
+    if fmt != "json" or _blank(data):
         return (*parse(data, fmt, where, version), None)
     try:
         top = _raw_doc.decode(data)
@@ -525,15 +530,15 @@ def parse_reusing(
         return (*parse(data, fmt, where, version), None)
     del top
     old = cache or RecordCache()
-    user_digests = [_digest(r) for r in raw_users]
     group_digests = [_digest(r) for r in raw_groups]
     try:
         if old.logins is not None:
             quick = _Incremental(where, old).run(
-                _Lazy(raw_users), _Lazy(raw_groups), user_digests, group_digests, version
+                raw_users, _Lazy(raw_groups), group_digests, version
             )
             if quick is not None:
                 return (*quick, old)
+        user_digests = [_digest(r) for r in raw_users]
         return _reparse(where, version, old, raw_users, raw_groups, user_digests, group_digests)
     except (msgspec.DecodeError, RecursionError):
         return (*parse(data, fmt, where, version), None)
@@ -606,12 +611,13 @@ class _Incremental:
 
     def run(
         self,
-        raw_users: Sequence[Any],
+        raw_users: list[msgspec.Raw],
         raw_groups: Sequence[Any],
-        user_digests: list[bytes],
         group_digests: list[bytes],
         version: str,
     ) -> tuple[Snapshot, dict[str, str]] | None:
+        """The snapshot and password hashes, or ``None`` on a clash; the users' digests
+        are kept only for the changed records (the cache holds the others')."""
         cache = self.cache
         logins = cache.logins
         assert logins is not None
@@ -620,7 +626,8 @@ class _Incremental:
         fresh: list[tuple[bytes, User, str | None]] = []
         passwords: dict[str, str] = {}
         try:
-            for index, d in enumerate(user_digests):
+            for index, raw in enumerate(raw_users):
+                d = _digest(raw)
                 user = cache.users.get(d)
                 if user is not None:
                     uid = user.id
@@ -632,7 +639,7 @@ class _Incremental:
                         if pw is not None:
                             passwords[uid] = pw
                     continue
-                parsed = self._user(index, raw_users[index], users, bad_ids)
+                parsed = self._user(index, _any.decode(raw), users, bad_ids)
                 if parsed is not None:
                     user, pw = parsed
                     fresh.append((d, user, pw))

@@ -223,3 +223,12 @@ def test_group_members_share_the_users_id_strings() -> None:
     for group in snapshot.groups.values():
         for member in group.members:
             assert member is snapshot.users[member].id
+
+
+def test_a_file_ending_in_a_newline_is_reused_too() -> None:
+    data = json.dumps(clean_doc(random.Random(2), 6)).encode() + b"\n"
+    first, _, cache = parse_reusing(data, "json", "d.json", "v", None)
+    assert cache is not None and cache.logins is not None
+    again, _, cache = parse_reusing(data, "json", "d.json", "v", cache)
+    assert cache is not None and again.users == first.users
+    assert all(again.users[uid] is user for uid, user in first.users.items())
