@@ -36,6 +36,7 @@ from daemon.config import EngineSettings, GuardSettings, TargetSettings
 from daemon.decisions import apply_decisions
 from daemon.diff import delivery_order, diff_object
 from daemon.leadership import SOURCE, Leadership, target_lease
+from daemon.memory import release_free_memory
 from daemon.model import DirectoryObject, Group, Snapshot, User, content_hash
 from daemon.plugins import await_me_maybe
 from daemon.report import CycleReport, TargetReport
@@ -70,6 +71,10 @@ from daemon.store.fenced import FencedStore
 from daemon.targets.base import Delta, Outcome, Target
 
 log = structlog.get_logger("provisiond.engine")
+
+#: A cycle with this many changes, or one that compared a whole snapshot, hands the
+#: memory it freed back to the system when it has committed (:mod:`daemon.memory`).
+LARGE_CHANGE = 1000
 
 
 @dataclass
@@ -189,13 +194,14 @@ class Logins:
             self.add(user)
 
     def add(self, user: User) -> None:
-        self.usernames[user.username.casefold()] = user.id
-        self.emails[user.email.casefold()] = user.id
+        self.usernames[_fold(user.username)] = user.id
+        self.emails[_fold(user.email)] = user.id
 
     def remove(self, user: User) -> None:
         for table, value in ((self.usernames, user.username), (self.emails, user.email)):
-            if table.get(value.casefold()) == user.id:
-                del table[value.casefold()]
+            folded = _fold(value)
+            if table.get(folded) == user.id:
+                del table[folded]
 
     def clash(self, users: Iterable[User]) -> bool:
         """Whether any of ``users`` (the changed ones) would share a login with another user."""
@@ -211,6 +217,12 @@ class Logins:
                 if seen.setdefault((name, folded), user.id) != user.id:
                     return True
         return False
+
+
+def _fold(value: str) -> str:
+    """``value.casefold()``, the same object when folding changes nothing (saves the copy)."""
+    folded = value.casefold()
+    return value if folded == value else folded
 
 
 class Pending:
@@ -413,8 +425,9 @@ class Engine:
             for slot in self.targets:
                 self._target_fence(slot)
             try:
-                if self._leads_source():
-                    await self._observe(report)
+                if self._leads_source() and await self._observe(report):
+                    # What the observation built is garbage now: give it back.
+                    release_free_memory()
             except SourceError as exc:
                 report.result, report.error = "failed", str(exc)
                 log.error("directory read failed; nothing changed downstream", error=str(exc))
@@ -509,7 +522,9 @@ class Engine:
         except Exception:
             log.exception("a provisiond_cycle_finished hook failed")
 
-    async def _observe(self, report: CycleReport) -> None:
+    async def _observe(self, report: CycleReport) -> bool:
+        """Read, compare, plan and commit; whether it was a large observation (a whole
+        snapshot compared, or at least :data:`LARGE_CHANGE` changes)."""
         if self._committed is None:
             self._committed = await self.store.committed()
         if await self.store.approved_holds():
@@ -517,7 +532,7 @@ class Engine:
         known = None if self.force_plan else self._committed.version
         fetched = await self.source.fetch(known)
         if fetched is None:
-            return
+            return False
         changed = self._proportional(fetched)
         if changed is not None:
             # The source re-read only some objects: compare and plan only those.
@@ -562,6 +577,7 @@ class Engine:
                     held_groups=sum(1 for k in held if k[0] == "group"),
                     active_users=scoped.active_before,
                 )
+        del kinds  # a first sync's changes by key: not held through the commit
         planned = any(t.planned or t.held for t in report.targets.values())
         report.result = "ok" if obs.changes or planned else "quiet"
         await self.store.commit(
@@ -586,6 +602,7 @@ class Engine:
                 if target_plans[slot.name].released:
                     await self._release(slot, target_plans[slot.name].released)
         self.force_plan = False
+        return changed is None or len(obs.changes) >= LARGE_CHANGE
 
     def _proportional(self, snapshot: Snapshot) -> frozenset[Key] | None:
         """The keys to compare alone, or ``None`` when the whole snapshot must be compared.
@@ -650,18 +667,7 @@ class Engine:
             if old_hashes.get(key) != h:
                 updates[key] = h
                 changed.append(key)
-        before = await self.store.records([k for k in changed if k in old_hashes] + deletes)
-        changes: list[Change] = []
-        for key in changed:
-            changes.extend(diff_object(before.get(key), snapshot.get(*key)))
-        for key in deletes:
-            changes.extend(diff_object(before.get(key), None))
-        changes = delivery_order(changes)
-        for change in changes:
-            log.debug("directory change", change=change.name, what=describe(change))
-        upserts: list[tuple[Key, str, object]] = [
-            (key, updates[key], snapshot.get(*key)) for key in changed
-        ]
+        before, changes, upserts = await self._changes(snapshot, changed, deletes, updates)
         plans: dict[str, _TargetPlanned] = {}
         if changes:
             touched = [*changed, *deletes]
@@ -730,6 +736,27 @@ class Engine:
         hashes = snapshot.hashes()
         changed = [k for k, h in hashes.items() if old_hashes.get(k) != h]
         deletes = [k for k in old_hashes if k not in hashes]
+        _, changes, upserts = await self._changes(snapshot, changed, deletes, hashes)
+        plans: dict[str, _TargetPlanned] = {}
+        if changes or self.force_plan:
+            for slot in self.targets:
+                plans[slot.name] = await self._plan_target(slot, snapshot, hashes)
+        return _Observation(snapshot, hashes, changes, upserts, deletes, plans)
+
+    async def _changes(
+        self,
+        snapshot: Snapshot,
+        changed: list[Key],
+        deletes: list[Key],
+        hashes: Mapping[Key, str],
+    ) -> tuple[dict[Key, DirectoryObject], list[Change], list[tuple[Key, str, object]]]:
+        """What ``changed`` (in ``snapshot``, hashed in ``hashes``) and ``deletes`` change.
+
+        Returns their committed records, the changes in delivery order and the
+        upserts to commit.
+        """
+        assert self._committed is not None
+        old_hashes = self._committed.hashes
         before = await self.store.records([k for k in changed if k in old_hashes] + deletes)
         changes: list[Change] = []
         for key in changed:
@@ -744,11 +771,7 @@ class Engine:
             obj = snapshot.get(*key)
             assert obj is not None
             upserts.append((key, hashes[key], obj))
-        plans: dict[str, _TargetPlanned] = {}
-        if changes or self.force_plan:
-            for slot in self.targets:
-                plans[slot.name] = await self._plan_target(slot, snapshot, hashes)
-        return _Observation(snapshot, hashes, changes, upserts, deletes, plans)
+        return before, changes, upserts
 
     async def _plan_target(
         self,

@@ -43,6 +43,17 @@ def attributes(change: Change) -> tuple[str, ...]:
     return ()
 
 
+#: The tuples of kinds and of attribute names entries hold, one of each in memory: a
+#: first sync makes an entry for every object, and they are a few distinct ones.
+_TUPLES: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
+def _shared(names: tuple[str, ...]) -> tuple[str, ...]:
+    if len(_TUPLES) >= 4096:
+        return names
+    return _TUPLES.setdefault(names, names)
+
+
 def summary(changes: Iterable[Change]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The change kinds and the attribute names, each once, in order of appearance."""
     kinds: dict[str, None] = {}
@@ -50,19 +61,24 @@ def summary(changes: Iterable[Change]) -> tuple[tuple[str, ...], tuple[str, ...]
     for change in changes:
         kinds[change.name] = None
         names.update(dict.fromkeys(attributes(change)))
-    return tuple(kinds), tuple(names)
+    return _shared(tuple(kinds)), _shared(tuple(names))
+
+
+_USER_REMOVED, _GROUP_REMOVED = ("user_removed",), ("group_removed",)
+_USER_SUSPENDED, _MEMBERS_CHANGED = ("user_suspended",), ("members_changed",)
+_USER_ADDED = ("user_added",)
 
 
 def _row_kind(row: DesiredRow) -> tuple[str, ...]:
     """What a planned row does when the directory record itself did not change (scope)."""
     obj = row.obj
     if obj is None:
-        return (f"{row.key[0]}_removed",)
+        return _USER_REMOVED if row.key[0] == "user" else _GROUP_REMOVED
     if isinstance(obj, User) and row.active is False:
-        return ("user_suspended",)
+        return _USER_SUSPENDED
     if isinstance(obj, Group):
-        return ("members_changed",)
-    return ("user_added",)
+        return _MEMBERS_CHANGED
+    return _USER_ADDED
 
 
 def planned(

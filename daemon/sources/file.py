@@ -20,8 +20,9 @@ import hashlib
 import os
 import re
 import stat
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -340,9 +341,14 @@ def _count(n: int, noun: str) -> str:
 # --- decoding: bytes to plain Python ---------------------------------------------------
 
 
+def _blank(data: bytes) -> bool:
+    """Whether the file holds nothing but white space (without copying it, as strip would)."""
+    return not data or data.isspace()
+
+
 def decode(data: bytes, fmt: Literal["yaml", "json"], where: str) -> Any:
     """Parse the file's bytes into builtins; :class:`SourceError` names the line and column."""
-    if not data.strip():
+    if _blank(data):
         # An emptied file (a failed export, a truncating editor) is not an
         # empty directory; the parsers would only say "truncated" or "nothing".
         raise SourceError(
@@ -403,6 +409,12 @@ _OPTIONAL_TEXT = (
     "given_name", "family_name", "display_name", "title", "phone", "employee_id",
     "department", "cost_center", "company", "manager", "division",
 )  # fmt: skip
+# Fields whose values many users share (a department, a manager): one string each in
+# memory (``sys.intern``), not one per user; freed when no user has the value.
+_SHARED_TEXT = frozenset(
+    ("given_name", "family_name", "title", "department", "cost_center", "company", "manager",
+     "division")
+)  # fmt: skip
 _USER_KEYS = frozenset(("id", "username", "email", "state", "password_hash", *_OPTIONAL_TEXT))
 _GROUP_KEYS = frozenset(("id", "name", "members"))
 _TOP_KEYS = frozenset(("users", "groups"))
@@ -419,17 +431,55 @@ class _BadField(Exception):
 
 
 @dataclass
+class Logins:
+    """Every user's folded username and email, to the user's id (a clean read's)."""
+
+    usernames: dict[str, str] = field(default_factory=dict)
+    emails: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, users: Iterable[User]) -> Logins:
+        out = cls()
+        for user in users:
+            out.add(user)
+        return out
+
+    def add(self, user: User) -> None:
+        self.usernames[_fold(user.username)] = user.id
+        self.emails[_fold(user.email)] = user.id
+
+    def remove(self, user: User) -> None:
+        for table, value in ((self.usernames, user.username), (self.emails, user.email)):
+            folded = _fold(value)
+            if table.get(folded) == user.id:
+                del table[folded]
+
+
+def _fold(value: str) -> str:
+    """``value.casefold()``, the same object when folding changes nothing (saves the copy)."""
+    folded = value.casefold()
+    return value if folded == value else folded
+
+
+@dataclass
 class RecordCache:
     """The records of the last JSON file read, by the BLAKE2b digest of their bytes.
 
     A record whose bytes are unchanged is not normalised again: its
-    :class:`User` (with its password hash) or :class:`Group` is reused. The
-    checks across records (duplicate ids, usernames, emails and names,
-    managers and members that must exist) still run on every read.
+    :class:`User` (as the record alone gives it: its manager not yet checked)
+    or :class:`Group` (one that kept every member) is reused, and a user's
+    password hash is in ``passwords``. ``logins`` is kept when the last read
+    skipped nothing: then the checks across records (duplicate ids, usernames,
+    emails and names, managers and members that must exist) look only at the
+    records that changed, and the cache is updated in place. Otherwise, or
+    when a changed record clashes with another, every record goes through the
+    checks in file order, so the reports are the same as a fresh read's.
     """
 
-    users: dict[bytes, tuple[User, str | None]] = field(default_factory=dict)
-    groups: dict[bytes, tuple[str, str, list[str], Group]] = field(default_factory=dict)
+    users: dict[bytes, User] = field(default_factory=dict)
+    passwords: dict[bytes, str] = field(default_factory=dict)
+    groups: dict[bytes, Group] = field(default_factory=dict)
+    logins: Logins | None = None
 
 
 _raw_doc = msgspec.json.Decoder(dict[str, msgspec.Raw])
@@ -463,11 +513,12 @@ def parse_reusing(
 ) -> tuple[Snapshot, dict[str, str], RecordCache | None]:
     """:func:`parse`, reusing the records of ``cache`` whose bytes are unchanged (JSON).
 
-    Returns the snapshot, the password hashes and the cache for the next read.
+    Returns the snapshot, the password hashes and the cache for the next read
+    (``cache`` itself, updated, when only changed records needed checking).
     A file that is not the plain shape (a mapping of two lists) goes through
     :func:`parse`, which names what is wrong.
     """
-    if fmt != "json" or not data.strip():
+    if fmt != "json" or _blank(data):
         return (*parse(data, fmt, where, version), None)
     try:
         top = _raw_doc.decode(data)
@@ -477,29 +528,187 @@ def parse_reusing(
         raw_groups = _raw_list.decode(top["groups"])
     except (msgspec.DecodeError, ValueError):
         return (*parse(data, fmt, where, version), None)
+    del top
     old = cache or RecordCache()
-    new = RecordCache()
-    user_digests = [_digest(r) for r in raw_users]
     group_digests = [_digest(r) for r in raw_groups]
-    user_hits = [old.users.get(d) for d in user_digests]
-    group_hits = [old.groups.get(d) for d in group_digests]
-    normaliser = _Normaliser(where)
     try:
-        # Records are decoded one at a time, as they are normalised, and only
-        # when they changed: the whole file never sits in memory as dicts.
-        users, hashes = normaliser._users(_Lazy(raw_users), user_hits)
-        groups = normaliser._groups(_Lazy(raw_groups), users, group_hits)
+        if old.logins is not None:
+            quick = _Incremental(where, old).run(
+                raw_users, _Lazy(raw_groups), group_digests, version
+            )
+            if quick is not None:
+                return (*quick, old)
+        user_digests = [_digest(r) for r in raw_users]
+        return _reparse(where, version, old, raw_users, raw_groups, user_digests, group_digests)
     except (msgspec.DecodeError, RecursionError):
         return (*parse(data, fmt, where, version), None)
+
+
+def _reparse(
+    where: str,
+    version: str,
+    old: RecordCache,
+    raw_users: list[msgspec.Raw],
+    raw_groups: list[msgspec.Raw],
+    user_digests: list[bytes],
+    group_digests: list[bytes],
+) -> tuple[Snapshot, dict[str, str], RecordCache]:
+    """Every record through the checks in file order; unchanged ones are not normalised again."""
+    new = RecordCache()
+    user_hits: list[tuple[User, str | None] | None] = []
+    for d in user_digests:
+        user = old.users.get(d)
+        user_hits.append(None if user is None else (user, old.passwords.get(d)))
+    group_hits = [old.groups.get(d) for d in group_digests]
+    normaliser = _Normaliser(where)
+    # Records are decoded one at a time, as they are normalised, and only
+    # when they changed: the whole file never sits in memory as dicts.
+    users, hashes = normaliser._users(_Lazy(raw_users), user_hits)
+    groups = normaliser._groups(_Lazy(raw_groups), users, group_hits)
     for d, (uid, user, pw) in zip(user_digests, normaliser.parsed_users, strict=True):
         if uid is not None and user is not None and users.get(uid) is user:
-            new.users[d] = (user, pw)
-    for d, parsed in zip(group_digests, normaliser.parsed_groups, strict=True):
-        if parsed is not None:
-            new.groups[d] = parsed
+            new.users[d] = user
+            if pw is not None:
+                new.passwords[d] = pw
+    for d, group in zip(group_digests, normaliser.parsed_groups, strict=True):
+        if group is not None:
+            new.groups[d] = group
+    if not normaliser.skipped:
+        new.logins = Logins.of(new.users.values())
     snapshot = Snapshot(users=users, groups=groups, version=version, skipped=normaliser.skipped)
     by_name = {users[uid].username: h for uid, h in hashes.items() if uid in users}
     return snapshot, by_name, new
+
+
+@dataclass(frozen=True)
+class _Claimed(Container[str]):
+    """The ids user records claimed: the users', and the bad records' that had one."""
+
+    users: dict[str, User]
+    bad: set[str]
+
+    def __contains__(self, uid: object) -> bool:
+        return uid in self.users or uid in self.bad
+
+
+class _Clash(Exception):
+    """A changed record clashes with another: the checks must run over every record."""
+
+
+@dataclass
+class _Incremental:
+    """A re-read after a clean one: the checks across records for the changed records alone.
+
+    Gives what :class:`_Normaliser` gives (the same snapshot, the same reports
+    in the same order) whenever no record claims an id, username or email
+    another record has; on the first such clash :meth:`run` returns ``None``
+    and the caller checks every record. ``cache`` is updated only on success.
+    """
+
+    where: str
+    cache: RecordCache
+    skipped: list[SkippedRecord] = field(default_factory=list)
+
+    def run(
+        self,
+        raw_users: list[msgspec.Raw],
+        raw_groups: Sequence[Any],
+        group_digests: list[bytes],
+        version: str,
+    ) -> tuple[Snapshot, dict[str, str]] | None:
+        """The snapshot and password hashes, or ``None`` on a clash; the users' digests
+        are kept only for the changed records (the cache holds the others')."""
+        cache = self.cache
+        logins = cache.logins
+        assert logins is not None
+        users: dict[str, User] = {}
+        bad_ids: set[str] = set()  # ids of bad records: claimed, so a second one clashes
+        fresh: list[tuple[bytes, User, str | None]] = []
+        passwords: dict[str, str] = {}
+        try:
+            for index, raw in enumerate(raw_users):
+                d = _digest(raw)
+                user = cache.users.get(d)
+                if user is not None:
+                    uid = user.id
+                    if uid in users or (bad_ids and uid in bad_ids):
+                        raise _Clash
+                    users[uid] = user
+                    if cache.passwords:
+                        pw = cache.passwords.get(d)
+                        if pw is not None:
+                            passwords[uid] = pw
+                    continue
+                parsed = self._user(index, _any.decode(raw), users, bad_ids)
+                if parsed is not None:
+                    user, pw = parsed
+                    fresh.append((d, user, pw))
+                    users[user.id] = user
+                    if pw is not None:
+                        passwords[user.id] = pw
+            # The old records that are not in the file any more (changed or removed).
+            removed = [(d, u) for d, u in cache.users.items() if users.get(u.id) is not u]
+            leaving = {u.id for _, u in removed}
+            names: dict[str, str] = {}
+            emails: dict[str, str] = {}
+            for _, user, _ in fresh:
+                for table, mine, value in (
+                    (logins.usernames, names, user.username),
+                    (logins.emails, emails, user.email),
+                ):
+                    folded = _fold(value)
+                    owner = table.get(folded)
+                    if (owner is not None and owner not in leaving) or folded in mine:
+                        raise _Clash
+                    mine[folded] = user.id
+        except _Clash:
+            return None
+        for uid, user in users.items():
+            if user.manager is not None and user.manager not in users:
+                self._skip("user", uid, "manager", _missing("manager", user.manager, bad_ids))
+                users[uid] = msgspec.structs.replace(user, manager=None)
+        gone = leaving - users.keys()
+        normaliser = _Normaliser(self.where, self.skipped, claimed=_Claimed(users, bad_ids))
+        hits = [cache.groups.get(d) for d in group_digests]
+        groups = normaliser._groups(raw_groups, users, hits, gone)
+        # Only now, when nothing can fail: the cache becomes this read's.
+        for d, user in removed:
+            del cache.users[d]
+            cache.passwords.pop(d, None)
+            logins.remove(user)
+        for d, user, pw in fresh:
+            cache.users[d] = user
+            if pw is not None:
+                cache.passwords[d] = pw
+            logins.add(user)
+        cache.groups = {
+            d: g for d, g in zip(group_digests, normaliser.parsed_groups, strict=True) if g
+        }
+        if self.skipped:
+            cache.logins = None
+        snapshot = Snapshot(users=users, groups=groups, version=version, skipped=self.skipped)
+        return snapshot, {users[uid].username: h for uid, h in passwords.items()}
+
+    def _user(
+        self, index: int, raw: Any, users: dict[str, User], bad_ids: set[str]
+    ) -> tuple[User, str | None] | None:
+        """A changed user record normalised alone; ``None`` (and a report) if it is bad."""
+        try:
+            uid = _record_id(raw)
+        except _BadField as bad:
+            self.skipped.append(SkippedRecord(self.where, f"#{index}", bad.field, bad.reason))
+            return None
+        if uid in users or uid in bad_ids:
+            raise _Clash
+        try:
+            return _user(raw, uid)
+        except _BadField as bad:
+            bad_ids.add(uid)
+            self._skip("user", uid, bad.field, bad.reason)
+            return None
+
+    def _skip(self, kind: Literal["user", "group"], object_id: str, fld: str, reason: str) -> None:
+        self.skipped.append(SkippedRecord(self.where, object_id, fld, reason, kind, object_id))
 
 
 def changed_keys(old: Snapshot, new: Snapshot) -> frozenset[tuple[Literal["user", "group"], str]]:
@@ -553,8 +762,10 @@ class _Normaliser:
     user_ids: dict[str, int] = field(default_factory=dict)  # every id a user record claimed
     #: Per user record: its id, its own :class:`User` and password hash (``None``s if bad).
     parsed_users: list[tuple[str | None, User | None, str | None]] = field(default_factory=list)
-    #: Per group record: (id, name, members, group) when its group kept every member.
-    parsed_groups: list[tuple[str, str, list[str], Group] | None] = field(default_factory=list)
+    #: Per group record: its group when it kept every member.
+    parsed_groups: list[Group | None] = field(default_factory=list)
+    #: The ids user records claimed, when not ``user_ids`` (for the reasons given).
+    claimed: Container[str] | None = None
 
     def run(
         self, raw_users: list[Any], raw_groups: list[Any], version: str
@@ -643,24 +854,30 @@ class _Normaliser:
         self,
         raw_groups: Sequence[Any],
         users: dict[str, User],
-        hits: list[tuple[str, str, list[str], Group] | None] | None = None,
+        hits: list[Group | None] | None = None,
+        gone: set[str] | None = None,
     ) -> dict[str, Group]:
-        """Normalise group records; ``hits[i]``: record ``i`` as parsed before, unchanged."""
+        """Normalise group records; ``hits[i]``: record ``i`` as parsed before, unchanged.
+
+        With ``gone``: the users of the last read that are not users now, so a hit's
+        members (all users then) are checked against those alone.
+        """
         groups: dict[str, Group] = {}
         first_at: dict[str, int] = {}
         by_name: dict[str, str] = {}
+        claimed = self.user_ids if self.claimed is None else self.claimed
         for index in range(len(raw_groups)):
             record, known = f"#{index}", False
             hit = hits[index] if hits is not None else None
             raw: Any = raw_groups[index] if hit is None else None
             self.parsed_groups.append(None)
             try:
-                gid = hit[0] if hit is not None else _record_id(raw)
+                gid = hit.id if hit is not None else _record_id(raw)
                 record, known = gid, True
                 if gid in first_at:
                     raise _BadField("id", f"duplicate id: groups[{first_at[gid]}] already has it")
                 first_at[gid] = index
-                name, members = (hit[1], hit[2]) if hit is not None else _group(raw)
+                name, members = (hit.name, hit.members) if hit is not None else _group(raw)
                 owner = by_name.get(name.casefold())
                 if owner is not None:
                     raise _BadField("name", f"duplicate name: group {owner!r} already has it")
@@ -668,14 +885,19 @@ class _Normaliser:
                 self._skip("group", record, bad.field, bad.reason, known)
                 continue
             by_name[name.casefold()] = gid
-            kept = [m for m in members if m in users]
+            if hit is not None and (
+                gone.isdisjoint(members) if gone is not None else all(m in users for m in members)
+            ):
+                self.parsed_groups[index] = groups[gid] = hit
+                continue
+            # Members as the users' own id strings: one copy of each id in memory.
+            kept = [u.id for m in members if (u := users.get(m)) is not None]
             if len(kept) == len(members):
-                group = hit[3] if hit is not None else make_group(gid, name, kept)
-                self.parsed_groups[index] = (gid, name, members, group)
-                groups[gid] = group
+                group = hit if hit is not None else make_group(gid, name, kept)
+                self.parsed_groups[index] = groups[gid] = group
                 continue
             for missing in sorted(set(members) - set(kept)):
-                reason = _missing("member", missing, self.user_ids)
+                reason = _missing("member", missing, claimed)
                 self._skip("group", gid, "members", reason, True)
             groups[gid] = make_group(gid, name, kept)
         return groups
@@ -707,7 +929,8 @@ def _user(raw: dict[Any, Any], uid: str) -> tuple[User, str | None]:
     for name in _OPTIONAL_TEXT:
         value = raw.get(name)
         if value is not None and value != "":
-            fields[name] = _text(value, name)
+            text = _text(value, name)
+            fields[name] = sys.intern(text) if name in _SHARED_TEXT else text
     state = raw.get("state")
     if state is not None:
         if not isinstance(state, str) or state not in _STATES:
@@ -767,7 +990,7 @@ def _unknown(keys: Any, allowed: frozenset[str]) -> _BadField:
     return _BadField(key, reason)
 
 
-def _missing(what: str, ref: str, seen: dict[str, int]) -> str:
+def _missing(what: str, ref: str, seen: Container[str]) -> str:
     if ref in seen:
         return f"{what} {ref!r} was skipped (see its own report); dropped"
     return f"{what} {ref!r} is not a user in this file; dropped"
