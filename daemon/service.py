@@ -56,7 +56,6 @@ from daemon.sources import metrics as source_metrics
 from daemon.sources.base import Source, SourceError
 from daemon.status import daemon_status, summary_line
 from daemon.store import LogEntry, StateError, Store, StoreUnavailable
-from daemon.store.postgres import PostgresStore, tls_option
 from daemon.store.sqlite import SqliteStore
 from daemon.targets.base import Target
 
@@ -208,6 +207,10 @@ def make_store(config: Config, secrets: SecretStore = SECRETS) -> Store:
     state = config.settings.state
     if state.backend == "sqlite" or state.postgresql is None:
         return SqliteStore(config.state_path)
+    # Imported here, not at the top: asyncpg is some 14 MB that a daemon on
+    # SQLite (the default) never needs.
+    from daemon.store.postgres import PostgresStore, tls_option
+
     pg = state.postgresql
     where = str(config.path) if config.path else "(defaults and environment)"
     password: Callable[[], str] | None = None

@@ -14,9 +14,6 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from ldap3.core.exceptions import LDAPException
-from ldap3.operation.search import parse_filter
-from ldap3.utils.dn import parse_dn
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from daemon.sources.ldap.presets import MAPPABLE_FIELDS, PRESETS, IdEncoding
@@ -30,7 +27,15 @@ def _attribute(value: str) -> str:
     return value
 
 
+# ldap3 is imported inside the validators, not at the top: the plugin
+# manager imports this module on every daemon, and ldap3 (some 14 MB) is
+# needed only once an ``ldap`` source is configured.
+
+
 def _filter(value: str) -> str:
+    from ldap3.core.exceptions import LDAPException
+    from ldap3.operation.search import parse_filter
+
     try:
         parse_filter(value, None, True, False, None, False)  # type: ignore[no-untyped-call]
     except LDAPException:
@@ -39,6 +44,9 @@ def _filter(value: str) -> str:
 
 
 def _dn(value: str) -> str:
+    from ldap3.core.exceptions import LDAPException
+    from ldap3.utils.dn import parse_dn
+
     try:
         parse_dn(value)
     except LDAPException:
