@@ -213,7 +213,7 @@ def report(label: str, lat: list[float]) -> None:
 def run_ldap(args: argparse.Namespace, work: Path) -> None:
     from bench.ldap_read import _ldif
     from tests.ldap import seed
-    from tests.ldap.slapd import READER_DN, READER_PASSWORD, start
+    from tests.ldap.slapd import start
 
     (work / "seed.ldif").write_text(_ldif(args.users, 200))
     (work / "slapd").mkdir()
@@ -225,19 +225,9 @@ def run_ldap(args: argparse.Namespace, work: Path) -> None:
         size_limit=args.users + 400,
     )
     print(f"slapd loaded {args.users} users in {time.perf_counter() - t0:.1f} s", flush=True)
-    (work / "bind.pw").write_text(READER_PASSWORD + "\n")
     source = {
         "kind": "ldap",
-        "options": {
-            "url": slapd.url,
-            "start_tls": False,
-            "bind_dn": READER_DN,
-            "bind_password_file": "bind.pw",
-            "user_base": seed.PEOPLE,
-            "group_base": seed.GROUPS,
-            "backend": "python-ldap",
-            "sync": "syncrepl",
-        },
+        "options": seed.reader_options(slapd, work, backend="python-ldap", sync="syncrepl"),
     }
     scim, url, arrivals = start_scim(work)
     daemon = start_daemon(work, source, url, "group000")

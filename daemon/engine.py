@@ -15,7 +15,7 @@ import random
 import time
 import uuid
 from collections import ChainMap, Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -37,7 +37,7 @@ from daemon.decisions import apply_decisions
 from daemon.diff import delivery_order, diff_object
 from daemon.leadership import SOURCE, Leadership, target_lease
 from daemon.memory import release_free_memory
-from daemon.model import DirectoryObject, Group, Snapshot, User, content_hash
+from daemon.model import DirectoryObject, Group, Logins, Snapshot, User, content_hash
 from daemon.plugins import await_me_maybe
 from daemon.report import CycleReport, TargetReport
 from daemon.runtime import REMOTE_WRITES, NotLeader
@@ -180,51 +180,6 @@ def guard(
     return frozenset(users).union(groups, deleted) & pending
 
 
-class Logins:
-    """Who holds each username and email (folded), to screen changed users alone.
-
-    Built from a whole snapshot without shared logins; ``None`` in the engine
-    while the committed snapshot had any (then every cycle screens it all).
-    """
-
-    def __init__(self, users: Iterable[User]) -> None:
-        self.usernames: dict[str, str] = {}
-        self.emails: dict[str, str] = {}
-        for user in users:
-            self.add(user)
-
-    def add(self, user: User) -> None:
-        self.usernames[_fold(user.username)] = user.id
-        self.emails[_fold(user.email)] = user.id
-
-    def remove(self, user: User) -> None:
-        for table, value in ((self.usernames, user.username), (self.emails, user.email)):
-            folded = _fold(value)
-            if table.get(folded) == user.id:
-                del table[folded]
-
-    def clash(self, users: Iterable[User]) -> bool:
-        """Whether any of ``users`` (the changed ones) would share a login with another user."""
-        seen: dict[tuple[str, str], str] = {}
-        for user in users:
-            for name, table, value in (
-                ("username", self.usernames, user.username),
-                ("email", self.emails, user.email),
-            ):
-                folded = value.casefold()
-                if table.get(folded, user.id) != user.id:
-                    return True
-                if seen.setdefault((name, folded), user.id) != user.id:
-                    return True
-        return False
-
-
-def _fold(value: str) -> str:
-    """``value.casefold()``, the same object when folding changes nothing (saves the copy)."""
-    folded = value.casefold()
-    return value if folded == value else folded
-
-
 class Pending:
     """Change notices waiting for their cycle, coalesced in bounded memory.
 
@@ -330,7 +285,9 @@ class Engine:
         self.stopping = False
         self.force_plan = True  # plan once after start: the configuration may have changed
         self._committed: Committed | None = None
-        #: The committed users' logins (see :class:`Logins`), for proportional cycles.
+        #: The committed users' logins (see :class:`Logins`), for proportional cycles;
+        #: ``None`` while the committed snapshot has shared logins (then every cycle
+        #: screens it all).
         self._logins: Logins | None = None
         #: The source lease term this engine's cached committed state belongs to.
         self._source_fence: Fence | None = None

@@ -199,3 +199,53 @@ class Snapshot:
     def get(self, kind: ObjectKind, object_id: str) -> DirectoryObject | None:
         table: Mapping[str, DirectoryObject] = self.users if kind == "user" else self.groups
         return table.get(object_id)
+
+
+def fold(value: str) -> str:
+    """``value.casefold()``, the same object when folding changes nothing (saves the copy)."""
+    folded = value.casefold()
+    return value if folded == value else folded
+
+
+class Logins:
+    """Who holds each username and email (folded: logins are unique ignoring case), by user id.
+
+    Built from users that share no login. ``add`` and ``remove`` follow
+    changed records, so a reader or a cycle can screen the changed users
+    alone against the rest (:meth:`clash`) instead of folding every user again.
+    The file source keeps one for its last clean read, the engine one for the
+    committed snapshot.
+    """
+
+    __slots__ = ("emails", "usernames")
+
+    def __init__(self, users: Iterable[User] = ()) -> None:
+        self.usernames: dict[str, str] = {}
+        self.emails: dict[str, str] = {}
+        for user in users:
+            self.add(user)
+
+    def add(self, user: User) -> None:
+        self.usernames[fold(user.username)] = user.id
+        self.emails[fold(user.email)] = user.id
+
+    def remove(self, user: User) -> None:
+        for table, value in ((self.usernames, user.username), (self.emails, user.email)):
+            folded = fold(value)
+            if table.get(folded) == user.id:
+                del table[folded]
+
+    def clash(self, users: Iterable[User]) -> bool:
+        """Whether any of ``users`` (the changed ones) would share a login with another user."""
+        seen: dict[tuple[str, str], str] = {}
+        for user in users:
+            for name, table, value in (
+                ("username", self.usernames, user.username),
+                ("email", self.emails, user.email),
+            ):
+                folded = fold(value)
+                if table.get(folded, user.id) != user.id:
+                    return True
+                if seen.setdefault((name, folded), user.id) != user.id:
+                    return True
+        return False

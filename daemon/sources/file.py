@@ -22,7 +22,7 @@ import re
 import stat
 import sys
 import time
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,7 +35,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict
 
 from daemon.hookspecs import hookimpl
-from daemon.model import AccountState, Group, SkippedRecord, Snapshot, User, make_group
+from daemon.model import (
+    AccountState,
+    Group,
+    Logins,
+    SkippedRecord,
+    Snapshot,
+    User,
+    fold,
+    make_group,
+)
 from daemon.runtime import PluginContext
 from daemon.sources import metrics
 from daemon.sources.base import Announce, ChangeNotice, SourceError, SourceType
@@ -431,37 +440,6 @@ class _BadField(Exception):
 
 
 @dataclass
-class Logins:
-    """Every user's folded username and email, to the user's id (a clean read's)."""
-
-    usernames: dict[str, str] = field(default_factory=dict)
-    emails: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, users: Iterable[User]) -> Logins:
-        out = cls()
-        for user in users:
-            out.add(user)
-        return out
-
-    def add(self, user: User) -> None:
-        self.usernames[_fold(user.username)] = user.id
-        self.emails[_fold(user.email)] = user.id
-
-    def remove(self, user: User) -> None:
-        for table, value in ((self.usernames, user.username), (self.emails, user.email)):
-            folded = _fold(value)
-            if table.get(folded) == user.id:
-                del table[folded]
-
-
-def _fold(value: str) -> str:
-    """``value.casefold()``, the same object when folding changes nothing (saves the copy)."""
-    folded = value.casefold()
-    return value if folded == value else folded
-
-
-@dataclass
 class RecordCache:
     """The records of the last JSON file read, by the BLAKE2b digest of their bytes.
 
@@ -574,7 +552,7 @@ def _reparse(
         if group is not None:
             new.groups[d] = group
     if not normaliser.skipped:
-        new.logins = Logins.of(new.users.values())
+        new.logins = Logins(new.users.values())
     snapshot = Snapshot(users=users, groups=groups, version=version, skipped=normaliser.skipped)
     by_name = {users[uid].username: h for uid, h in hashes.items() if uid in users}
     return snapshot, by_name, new
@@ -656,7 +634,7 @@ class _Incremental:
                     (logins.usernames, names, user.username),
                     (logins.emails, emails, user.email),
                 ):
-                    folded = _fold(value)
+                    folded = fold(value)
                     owner = table.get(folded)
                     if (owner is not None and owner not in leaving) or folded in mine:
                         raise _Clash

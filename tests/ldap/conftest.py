@@ -13,7 +13,7 @@ from daemon.secrets import SecretStore
 from daemon.sources.ldap import LdapOptions, LdapSource
 from daemon.sources.ldap.backend import Backend, fast_backend_installed
 from tests.ldap import seed
-from tests.ldap.slapd import READER_DN, READER_PASSWORD, SLAPD, Slapd, start
+from tests.ldap.slapd import SLAPD, Slapd, start
 
 
 @pytest.fixture
@@ -61,20 +61,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def _maker(
     slapd: Slapd, tmp_path: Path, context: PluginContext, backend: str
 ) -> Callable[..., LdapSource]:
-    (tmp_path / "bind.pw").write_text(READER_PASSWORD + "\n")
+    # The password file is written once: a test may change it before it makes a source.
+    defaults = seed.reader_options(slapd, tmp_path, page_size=20, backend=backend)
 
     def make(**overrides: Any) -> LdapSource:
-        options: dict[str, Any] = {
-            "url": slapd.url,
-            "start_tls": False,
-            "bind_dn": READER_DN,
-            "bind_password_file": "bind.pw",
-            "user_base": seed.PEOPLE,
-            "group_base": seed.GROUPS,
-            "page_size": 20,
-            "backend": backend,
-        }
-        options.update(overrides)
+        options = {**defaults, **overrides}
         return LdapSource(LdapOptions.model_validate(options), context)
 
     return make

@@ -4,11 +4,35 @@ from __future__ import annotations
 
 import base64
 import uuid
+from pathlib import Path
+from typing import Any
 
-from tests.ldap.slapd import BASE_DN, POLICY_DN, READER_DN, READER_PASSWORD
+from tests.ldap.slapd import BASE_DN, POLICY_DN, READER_DN, READER_PASSWORD, Slapd
 
 PEOPLE = f"ou=people,{BASE_DN}"
 GROUPS = f"ou=groups,{BASE_DN}"
+
+
+def reader_options(
+    slapd: Slapd, directory: Path, password: str = READER_PASSWORD, **overrides: Any
+) -> dict[str, Any]:
+    """``ldap`` source options binding as the size-limited reader, over plain LDAP.
+
+    Writes the password to ``bind.pw`` in ``directory`` (the config or state
+    directory the options are read from); ``overrides`` come last and win.
+    """
+    (directory / "bind.pw").write_text(password + "\n")
+    return {
+        "url": slapd.url,
+        "start_tls": False,
+        "bind_dn": READER_DN,
+        "bind_password_file": "bind.pw",
+        "user_base": PEOPLE,
+        "group_base": GROUPS,
+        **overrides,
+    }
+
+
 CORP = f"ou=corp,{BASE_DN}"
 
 PASSWORDS = {"alice": "alice-password-1", "bob": "bob-password-22"}

@@ -30,7 +30,7 @@ from daemon.sources.base import ChangeNotice, SourceError
 from daemon.sources.ldap import LdapOptions, LdapSource
 from daemon.sources.ldap.backend import fast_backend_installed
 from tests.ldap import seed
-from tests.ldap.slapd import READER_DN, READER_PASSWORD, SLAPD, Slapd, start
+from tests.ldap.slapd import SLAPD, Slapd, start
 from tests.support.certs import write_ca_and_server
 
 LDAP = {"source": "ldap"}
@@ -66,19 +66,14 @@ def plain_slapd(tmp_path: Path) -> Iterator[Slapd]:
 
 
 def make(server: Slapd, state_dir: Path, **overrides: Any) -> LdapSource:
-    (state_dir / "bind.pw").write_text(READER_PASSWORD + "\n")
-    options: dict[str, Any] = {
-        "url": server.url,
-        "start_tls": False,
-        "bind_dn": READER_DN,
-        "bind_password_file": "bind.pw",
-        "user_base": seed.PEOPLE,
-        "group_base": seed.GROUPS,
-        "backend": "python-ldap",
-        "sync": "syncrepl",
-        "sync_retry_initial": 0.2,
-        "sync_retry_max": 1.0,
-    }
+    options = seed.reader_options(
+        server,
+        state_dir,
+        backend="python-ldap",
+        sync="syncrepl",
+        sync_retry_initial=0.2,
+        sync_retry_max=1.0,
+    )
     options.update(overrides)
     context = PluginContext(config_dir=state_dir, state_dir=state_dir, secrets=SecretStore())
     return LdapSource(LdapOptions.model_validate(options), context)

@@ -13,19 +13,8 @@ from tests.ldap.slapd import READER_DN, READER_PASSWORD, Slapd
 
 
 def write_config(tmp_path: Path, slapd: Slapd, password: str = READER_PASSWORD) -> Path:
-    (tmp_path / "bind.pw").write_text(password + "\n")
     config = {
-        "source": {
-            "kind": "ldap",
-            "options": {
-                "url": slapd.url,
-                "start_tls": False,
-                "bind_dn": READER_DN,
-                "bind_password_file": "bind.pw",
-                "user_base": seed.PEOPLE,
-                "group_base": seed.GROUPS,
-            },
-        },
+        "source": {"kind": "ldap", "options": seed.reader_options(slapd, tmp_path, password)},
         "targets": [{"name": "audit", "kind": "log", "groups": ["staff"]}],
         "state": {"path": str(tmp_path / "state.db")},
     }

@@ -26,7 +26,7 @@ from daemon.sources.ldap.backend import fast_backend_installed
 from tests.alexishr_scim.world import KIND_INFO, dump, target_entry
 from tests.daemon.harness import Daemon, Deployment
 from tests.ldap import seed
-from tests.ldap.slapd import READER_DN, READER_PASSWORD, SLAPD, Slapd, start
+from tests.ldap.slapd import SLAPD, Slapd, start
 from tests.scim.harness import running_scim_server
 
 pytestmark = [
@@ -106,22 +106,17 @@ def persisting(daemon: Daemon, after: int = 0) -> dict[str, Any]:
 def deployment(root: Path, slapd: Slapd, scim_url: str) -> Deployment:
     info = KIND_INFO["alexishr"]
     (root / info.token_file).write_text(info.token)
-    (root / "bind.pw").write_text(READER_PASSWORD + "\n")
     d = Deployment(root)
     source = {
         "kind": "ldap",
-        "options": {
-            "url": slapd.url,
-            "start_tls": False,
-            "bind_dn": READER_DN,
-            "bind_password_file": "bind.pw",
-            "user_base": PEOPLE,
-            "group_base": GROUPS,
-            "backend": "python-ldap",
-            "sync": "syncrepl",
-            "sync_retry_initial": 0.2,
-            "sync_retry_max": 1.0,
-        },
+        "options": seed.reader_options(
+            slapd,
+            root,
+            backend="python-ldap",
+            sync="syncrepl",
+            sync_retry_initial=0.2,
+            sync_retry_max=1.0,
+        ),
     }
     target = target_entry(
         "alexishr",

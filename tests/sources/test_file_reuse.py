@@ -11,9 +11,9 @@ from typing import Any
 import anyio
 import pytest
 
+from daemon.model import Logins
 from daemon.sources.file import (
     FileSource,
-    Logins,
     RecordCache,
     changed_keys,
     parse,
@@ -205,7 +205,7 @@ def test_incremental_checks_give_what_a_fresh_parse_gives(seed: int) -> None:
         # The cache holds what a fresh read would have left, whichever way it was updated.
         assert (cache.logins is not None) == (not fresh.skipped), (seed, step)
         if cache.logins is not None:
-            rebuilt = Logins.of(cache.users.values())
+            rebuilt = Logins(cache.users.values())
             assert cache.logins.usernames == rebuilt.usernames, (seed, step)
             assert cache.logins.emails == rebuilt.emails, (seed, step)
             assert sorted(u.id for u in cache.users.values()) == sorted(fresh.users)
