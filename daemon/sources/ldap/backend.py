@@ -13,7 +13,7 @@ import importlib.util
 from collections.abc import Iterator
 from typing import Literal, Protocol
 
-from daemon.sources.ldap.directory import Entry, Ldap3Reader, SearchStats
+from daemon.sources.ldap.directory import Entry, Ldap3Reader, Page, SearchStats
 from daemon.sources.ldap.settings import LdapOptions
 
 Backend = Literal["ldap3", "python-ldap"]
@@ -29,6 +29,18 @@ class Reader(Protocol):
 
         Raises :class:`~daemon.sources.base.SourceError` for any result but
         success: a truncated read must never pass for a complete one.
+        """
+        ...
+
+    def pages(
+        self, base: str, search_filter: str, attributes: list[str], stats: SearchStats
+    ) -> Iterator[Page]:
+        """What :meth:`search` reads, a page at a time, the attributes as the server names them.
+
+        Same failures as :meth:`search`. Entries are as the client library
+        gave them except those it had to rename to the page's spelling (see
+        :class:`~daemon.sources.ldap.directory.Page`), and ranged values
+        (``member;range=0-1499``) are complete.
         """
         ...
 

@@ -63,6 +63,32 @@ class Entry(msgspec.Struct, frozen=True, gc=False):
         return value or None
 
 
+class Page(msgspec.Struct, frozen=True, gc=False):
+    """One page of search results, as the server named the attributes.
+
+    The full reads map a page at a time (see
+    :func:`daemon.sources.ldap.read.user_page_reader`), looking each attribute
+    up under the server's own spelling, so the client library's dicts are
+    used as they come instead of copied under lower-cased names. Every entry
+    of the page spells an attribute as ``names`` says: ``names`` maps a
+    lower-cased name to that spelling, and a name it does not hold is
+    spelled in lower case (or the dict does not care: ldap3's).
+    """
+
+    #: (DN, values by attribute name) for each entry, in the server's order.
+    entries: list[tuple[str, dict[str, list[bytes]]]]
+    #: Lower-cased attribute name -> how the entries spell it; shared by the
+    #: pages of one search and only ever added to.
+    names: dict[str, str]
+
+    def entry(self, index: int) -> Entry:
+        """The ``index``-th entry as :meth:`Reader.search` would give it: lower-cased names."""
+        dn, attrs = self.entries[index]
+        if self.names:
+            attrs = {name.lower(): values for name, values in attrs.items()}
+        return Entry(dn, attrs)
+
+
 @dataclass(slots=True)
 class SearchStats:
     """What the last searches did, for ``check`` and for tests."""
@@ -162,7 +188,7 @@ def _close(conn: ldap3.Connection) -> None:
         conn.unbind()
 
 
-def paged_search(
+def paged_results(
     conn: ldap3.Connection,
     url: str,
     base: str,
@@ -171,11 +197,12 @@ def paged_search(
     page_size: int,
     stats: SearchStats,
     timeout: float,
-) -> Iterator[Entry]:
-    """Every entry under ``base`` matching ``search_filter``, a page at a time (RFC 2696).
+) -> Iterator[list[tuple[str, dict[str, list[bytes]]]]]:
+    """Every entry under ``base`` matching ``search_filter``: (DN, raw values), a page at a time.
 
-    A result other than success (a size or time limit, a missing base) raises
-    :class:`SourceError`: a truncated read would look like mass deletion.
+    RFC 2696 paging. A result other than success (a size or time limit, a
+    missing base) raises :class:`SourceError`: a truncated read would look
+    like mass deletion.
     """
     stats.filters.append(search_filter)
     cookie: bytes | None = None
@@ -203,11 +230,13 @@ def paged_search(
                 f"({_describe(conn)}); the read is incomplete and was discarded"
             )
         stats.pages += 1
-        for item in conn.response or ():
-            if item.get("type") != "searchResEntry":
-                continue  # referrals and the like
-            stats.entries += 1
-            yield Entry(dn=item["dn"], attrs=item["raw_attributes"])
+        entries = [
+            (item["dn"], item["raw_attributes"])
+            for item in conn.response or ()
+            if item.get("type") == "searchResEntry"  # not referrals and the like
+        ]
+        stats.entries += len(entries)
+        yield entries
         control = (conn.result.get("controls") or {}).get(PAGED_RESULTS_OID)
         cookie = control["value"]["cookie"] if control else None
         if not cookie:
@@ -231,8 +260,17 @@ class Ldap3Reader:
     def search(
         self, base: str, search_filter: str, attributes: list[str], stats: SearchStats
     ) -> Iterator[Entry]:
-        """See :func:`paged_search`."""
-        return paged_search(
+        """See :func:`paged_results`."""
+        for page in self.pages(base, search_filter, attributes, stats):
+            for dn, attrs in page.entries:
+                yield Entry(dn, attrs)
+
+    def pages(
+        self, base: str, search_filter: str, attributes: list[str], stats: SearchStats
+    ) -> Iterator[Page]:
+        """See :meth:`~daemon.sources.ldap.backend.Reader.pages`; names are lower case here."""
+        names: dict[str, str] = {}
+        for entries in paged_results(
             self._conn,
             self._url,
             base,
@@ -241,7 +279,8 @@ class Ldap3Reader:
             self._page_size,
             stats,
             self._timeout,
-        )
+        ):
+            yield Page(entries, names)
 
     def read_entry(self, dn: str, attributes: list[str]) -> Entry | None:
         """See :meth:`~daemon.sources.ldap.backend.Reader.read_entry`."""

@@ -19,6 +19,8 @@ import os
 import re
 import ssl
 from collections.abc import Callable, Iterator
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 # Before the first ldap.initialize: libldap reads its configuration files once.
@@ -29,7 +31,7 @@ from ldap.controls import SimplePagedResultsControl  # type: ignore[import-untyp
 from ldap3.core.results import RESULT_CODES
 
 from daemon.sources.base import SourceError
-from daemon.sources.ldap.directory import BindRefused, Entry, SearchStats
+from daemon.sources.ldap.directory import BindRefused, Entry, Page, SearchStats
 from daemon.sources.ldap.settings import LdapOptions
 
 _PAGED = SimplePagedResultsControl.controlType
@@ -112,11 +114,73 @@ class LibldapReader:
         A result other than success (a size or time limit, a missing base) raises
         :class:`SourceError`: a truncated read would look like mass deletion.
         """
-        stats.filters.append(search_filter)
-        conn = self._conn
         #: Attribute names as returned -> lower-cased; never a ranged one (``;range=``),
         #: so an entry holding one always takes the slow path, which completes it.
         lowered: dict[str, str] = {}
+        for data in self._results(base, search_filter, attributes, stats):
+            for dn, attrs in data:
+                try:
+                    # The server names each attribute the same way in every
+                    # entry: lower-case them through a table, in C.
+                    values = dict(zip(map(lowered.__getitem__, attrs), attrs.values(), strict=True))
+                except KeyError:
+                    values = _lower_names(attrs, lowered)
+                    if any(";range=" in name for name in values):
+                        complete_ranges(values, self._fetch_range(dn, base))
+                yield Entry(dn, values)
+
+    def pages(
+        self, base: str, search_filter: str, attributes: list[str], stats: SearchStats
+    ) -> Iterator[Page]:
+        """See :meth:`~daemon.sources.ldap.backend.Reader.pages`.
+
+        python-ldap's dicts are kept as they come when every name in them is
+        spelled as before in this search (a set check in C per page): the
+        server names each attribute the same way in every entry. An entry
+        that spells one otherwise, or holds a ranged value, is rewritten.
+        """
+        names: dict[str, str] = {}
+        #: The spellings in ``names``: an entry using only these needs no change.
+        spelled: set[str] = set()
+        for data in self._results(base, search_filter, attributes, stats):
+            if not spelled.issuperset(chain.from_iterable(map(itemgetter(1), data))):
+                data = [
+                    (dn, attrs)
+                    if spelled.issuperset(attrs)
+                    else (dn, self._respell(dn, base, attrs, names, spelled))
+                    for dn, attrs in data
+                ]
+            yield Page(data, names)
+
+    def _respell(
+        self,
+        dn: str,
+        base: str,
+        attrs: dict[str, list[bytes]],
+        names: dict[str, str],
+        spelled: set[str],
+    ) -> dict[str, list[bytes]]:
+        """``attrs`` with every name spelled as ``names`` has it; new names join ``names``."""
+        lowered = _lower_names(attrs, {})
+        if any(";range=" in name for name in lowered):
+            complete_ranges(lowered, self._fetch_range(dn, base))
+        original = {name.lower(): name for name in attrs}
+        out: dict[str, list[bytes]] = {}
+        for low, values in lowered.items():
+            spelling = names.get(low)
+            if spelling is None:
+                # A completed ranged value comes back under its lower-cased base name.
+                spelling = names[low] = original.get(low, low)
+                spelled.add(spelling)
+            out[spelling] = values
+        return out
+
+    def _results(
+        self, base: str, search_filter: str, attributes: list[str], stats: SearchStats
+    ) -> Iterator[list[tuple[str, dict[str, list[bytes]]]]]:
+        """The entries of each page as python-ldap gives them, without search references."""
+        stats.filters.append(search_filter)
+        conn = self._conn
         # Not critical, as with ldap3: a server without paging answers in one go
         # or hits its size limit, which fails the read.
         control = SimplePagedResultsControl(False, size=self._page_size, cookie=b"")
@@ -145,19 +209,11 @@ class LibldapReader:
                 # prepares it while we decode.
                 control.cookie = cookie
                 msgid = self._ask(base, search_filter, attributes, control)
-            for dn, attrs in data:
-                if dn is None:
-                    continue  # a search continuation reference: never followed
-                stats.entries += 1
-                try:
-                    # The server names each attribute the same way in every
-                    # entry: lower-case them through a table, in C.
-                    values = dict(zip(map(lowered.__getitem__, attrs), attrs.values(), strict=True))
-                except KeyError:
-                    values = _lower_names(attrs, lowered)
-                    if any(";range=" in name for name in values):
-                        complete_ranges(values, self._fetch_range(dn, base))
-                yield Entry(dn, values)
+            if None in map(itemgetter(0), data):
+                # A search continuation reference: never followed.
+                data = [(dn, attrs) for dn, attrs in data if dn is not None]
+            stats.entries += len(data)
+            yield data
             if not cookie:
                 return
 

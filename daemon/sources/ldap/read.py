@@ -11,12 +11,14 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from itertools import repeat
+from operator import contains, itemgetter
 from typing import Any
 
 import msgspec
 
 from daemon.model import AccountState, SkippedRecord, Snapshot, User, make_group
-from daemon.sources.ldap.directory import Entry
+from daemon.sources.ldap.directory import Entry, Page
 from daemon.sources.ldap.presets import REQUIRED_FIELDS, UAC_ACCOUNTDISABLE
 from daemon.sources.ldap.settings import Layout
 
@@ -110,6 +112,8 @@ def _object_id(attrs: dict[str, list[bytes]], attr: str, key: str, guid: bool) -
 
 UserReader = Callable[[Entry], "UserRecord | SkippedRecord"]
 GroupReader = Callable[[Entry], "GroupRecord | SkippedRecord"]
+#: Maps a page of entries to one record (or reason) per entry, in order.
+PageReader = Callable[[Page], "list[Any]"]
 
 
 def user_reader(layout: Layout, where: str) -> UserReader:
@@ -214,6 +218,220 @@ def user_reader(layout: Layout, where: str) -> UserReader:
         return UserRecord(entry.dn, user, manager_dn, groups, changed)
 
     return read
+
+
+#: What an absent attribute reads as in a column: one blank value.
+_ABSENT = [b""]
+#: ``get(text, text)`` is ``None`` for a blank text and the text otherwise.
+_BLANK_IS_NONE: dict[str, None] = {"": None}
+
+
+def per_entry(read: Callable[[Entry], Any]) -> PageReader:
+    """A page reader calling ``read`` on each entry (with lower-cased names)."""
+
+    def read_page(page: Page) -> list[Any]:
+        return [read(page.entry(i)) for i in range(len(page.entries))]
+
+    return read_page
+
+
+def _user(
+    id: str,
+    username: str,
+    email: str,
+    given_name: str,
+    family_name: str,
+    display_name: str | None,
+    title: str | None,
+    phone: str | None,
+    employee_id: str | None,
+    department: str | None,
+    cost_center: str | None,
+    company: str | None,
+    division: str | None,
+    state: AccountState,
+) -> User:
+    """A :class:`User` from positional values: ``map`` calls this once per row."""
+    return User(
+        id=id,
+        username=username,
+        email=email,
+        given_name=given_name,
+        family_name=family_name,
+        display_name=display_name,
+        title=title,
+        phone=phone,
+        employee_id=employee_id,
+        department=department,
+        cost_center=cost_center,
+        company=company,
+        division=division,
+        state=state,
+    )
+
+
+#: The parameters of :func:`_user`, in order: every field of :class:`User` but
+#: ``manager``, which :func:`assemble` resolves.
+USER_COLUMNS = tuple(_user.__code__.co_varnames[: _user.__code__.co_argcount])
+
+
+def _gather(
+    entries: list[tuple[str, dict[str, list[bytes]]]], keys: list[str], absent: list[list[bytes]]
+) -> list[tuple[list[bytes], ...]]:
+    """Each entry's values under ``keys``, as a tuple; ``absent`` holds what a missing one gives.
+
+    An entry holding as many attributes as there are keys most likely holds
+    them all: one ``itemgetter`` call reads it. If one was missing after
+    all, the page is read again with ``dict.get``.
+    """
+    distinct = len(set(keys))
+    every = itemgetter(*keys) if len(keys) > 1 else lambda a: (a[keys[0]],)
+    try:
+        return [
+            every(a) if len(a) == distinct else tuple(map(a.get, keys, absent)) for _, a in entries
+        ]
+    except KeyError:
+        return [tuple(map(a.get, keys, absent)) for _, a in entries]
+
+
+def user_page_reader(layout: Layout, where: str) -> PageReader:
+    """Like :func:`user_reader`, a page at a time, giving the same records and reasons.
+
+    A full read maps every user, and this is most of what the source does
+    above the client library. Each entry's values are gathered in one C call
+    (in the page's spelling); then each attribute (a column) is decoded and
+    stripped for the whole page with ``map``, blanks becoming absent, and
+    the users are built positionally. An entry that needs a decision the
+    column code does not make (a value that is missing or not an email
+    address, a second value, a ``userAccountControl`` that is not a number)
+    goes through :func:`user_reader`, and so does the whole page when a
+    value in it is not UTF-8: the reason an entry is skipped is that
+    reader's, always.
+    """
+    one = user_reader(layout, where)
+    defaults = {f.name: f.default for f in msgspec.structs.fields(User)}
+    mapped = {n: a.lower() for n, a in layout.fields.items() if n != "manager"}
+    required = set(REQUIRED_FIELDS)
+    if not set(mapped) <= set(USER_COLUMNS) or "state" in mapped:
+        return per_entry(one)  # a field this reader does not know: entry by entry
+    guid = layout.id_encoding == "guid"
+    manager = layout.fields.get("manager")
+    member_of = layout.member_of_attribute
+    account_control = layout.account_control
+    suspended = (layout.suspended_attribute or "").lower()
+    wanted = layout.suspended_values
+    active, locked = AccountState.ACTIVE, AccountState.SUSPENDED
+    # The attributes gathered per entry, lower-cased: the mapped fields first,
+    # in USER_COLUMNS order; then the others, each at a known index.
+    keys = [mapped[n] for n in USER_COLUMNS if n in mapped]
+    extra: dict[str, int] = {}
+    for name, attribute in (
+        ("manager", manager),
+        ("member_of", member_of),
+        ("control", "userAccountControl" if account_control else None),
+        ("suspended", suspended or None),
+        ("change", layout.change_attribute),
+    ):
+        if attribute:
+            extra[name] = len(keys)
+            keys.append(attribute.lower())
+    #: For each column of _user: the index of its gathered values, or its
+    #: default when the layout maps no attribute to it (state: see below).
+    plan = [keys.index(mapped[n]) if n in mapped else defaults[n] for n in USER_COLUMNS]
+    state_at = USER_COLUMNS.index("state")
+    first = itemgetter(0)
+    absent = [_ABSENT] * len(keys)
+
+    def read_page(page: Page) -> list[UserRecord | SkippedRecord]:
+        entries = page.entries
+        if not entries:
+            return []
+        spell = page.names.get
+        spelled = [spell(k, k) for k in keys]
+        #: Per gathered attribute, its values in every entry (``_ABSENT`` if none).
+        gathered = list(zip(*_gather(entries, spelled, absent), strict=True))
+        #: Rows the column code leaves to ``one``.
+        slow: set[int] = set()
+        texts: dict[int, list[str]] = {}
+
+        def column(index: int) -> list[str]:
+            """First values, decoded and stripped ("" when absent); rows with more go slow."""
+            found = texts.get(index)
+            if found is None:
+                values = gathered[index]
+                if sum(map(len, values)) != len(values):
+                    slow.update(i for i, v in enumerate(values) if len(v) != 1)
+                found = texts[index] = list(map(str.strip, map(bytes.decode, map(first, values))))
+            return found
+
+        def blank(column: list[str]) -> None:
+            if "" in column:
+                slow.update(i for i, t in enumerate(column) if not t)
+
+        def optional(column: list[str]) -> list[str | None] | list[str]:
+            return list(map(_BLANK_IS_NONE.get, column, column)) if "" in column else column
+
+        try:
+            columns: list[Iterable[Any]] = []
+            for name, how in zip(USER_COLUMNS, plan, strict=True):
+                if not isinstance(how, int) or name == "state":
+                    columns.append(repeat(how))
+                    continue
+                if name == "id" and guid:
+                    ids = [
+                        str(uuid.UUID(bytes_le=v[0])) if len(v[0]) == 16 else ""
+                        for v in gathered[how]
+                    ]
+                    blank(ids)
+                    columns.append(ids)
+                    continue
+                text = column(how)
+                if name in required:
+                    blank(text)
+                if name == "email":
+                    at = map(contains, map(str.strip, text, repeat("@")), repeat("@"))
+                    slow.update(i for i, ok in enumerate(at) if not ok)
+                columns.append(optional(text) if defaults[name] is None else text)
+            if account_control:
+                control = column(extra["control"])
+                flag = column(extra["suspended"]) if suspended else repeat("")
+                states: list[AccountState] = []
+                for i, (number, value) in enumerate(zip(control, flag, strict=False)):
+                    try:
+                        off = bool(number) and bool(int(number) & UAC_ACCOUNTDISABLE)
+                    except ValueError:
+                        slow.add(i)
+                        off = False
+                    off = off or (bool(value) and (not wanted or value.casefold() in wanted))
+                    states.append(locked if off else active)
+                columns[state_at] = states
+            elif suspended:
+                columns[state_at] = [
+                    locked if v and (not wanted or v.casefold() in wanted) else active
+                    for v in column(extra["suspended"])
+                ]
+            managers = optional(column(extra["manager"])) if manager else repeat(None)
+            groups: Iterable[tuple[str, ...]] = (
+                [
+                    () if v is _ABSENT else tuple([dn_key(d.decode()) for d in v])
+                    for v in gathered[extra["member_of"]]
+                ]
+                if member_of
+                else repeat(())
+            )
+            changes = optional(column(extra["change"]))
+        except (UnicodeDecodeError, IndexError):
+            # A value that is not UTF-8 (or an attribute with no value): let
+            # the entry reader name the entry and the attribute.
+            return [one(page.entry(i)) for i in range(len(entries))]
+        out: list[UserRecord | SkippedRecord] = list(
+            map(UserRecord, map(first, entries), map(_user, *columns), managers, groups, changes)
+        )
+        for i in slow:
+            out[i] = one(page.entry(i))
+        return out
+
+    return read_page
 
 
 def _rest_is_text(values: list[bytes]) -> None:

@@ -27,16 +27,18 @@ from daemon.sources.ldap.backend import (
     open_reader,
 )
 from daemon.sources.ldap.bindguard import BindGuard
-from daemon.sources.ldap.directory import Entry, SearchStats
+from daemon.sources.ldap.directory import Page, SearchStats
 from daemon.sources.ldap.presets import LDAP_MATCHING_RULE_IN_CHAIN
 from daemon.sources.ldap.read import (
     GroupRecord,
+    PageReader,
     UserRecord,
     assemble,
     dn_key,
     group_reader,
     id_reader,
-    user_reader,
+    per_entry,
+    user_page_reader,
 )
 from daemon.sources.ldap.settings import Layout, LdapOptions
 from daemon.sources.ldap.usn import DomainController, read_dc, usn_window
@@ -300,8 +302,8 @@ class LdapSource:
         # Entries are mapped as each page arrives: the reader has already asked
         # for the next page, so the server prepares it while this one is mapped.
         users = _merge(
-            reader.search(layout.user_base, user_filter, layout.user_attributes(), stats),
-            user_reader(layout, url),
+            reader.pages(layout.user_base, user_filter, layout.user_attributes(), stats),
+            user_page_reader(layout, url),
             state.users,
             state.skipped,
             lambda r: r.user.id,
@@ -311,8 +313,8 @@ class LdapSource:
         groups = Merged()
         if layout.group_base:
             groups = _merge(
-                reader.search(layout.group_base, group_filter, layout.group_attributes(), stats),
-                group_reader(layout, url),
+                reader.pages(layout.group_base, group_filter, layout.group_attributes(), stats),
+                per_entry(group_reader(layout, url)),
                 state.groups,
                 state.skipped,
                 lambda r: r.id,
@@ -401,10 +403,10 @@ class LdapSource:
                     del state.skipped[key]
             state.groups.clear()
             again = _merge(
-                reader.search(
+                reader.pages(
                     layout.group_base, layout.group_filter, layout.group_attributes(), stats
                 ),
-                group_reader(layout, url),
+                per_entry(group_reader(layout, url)),
                 state.groups,
                 state.skipped,
                 lambda r: r.id,
@@ -419,13 +421,13 @@ class LdapSource:
             pointing += [(layout.member_of_attribute, dn) for dn in renamed.groups]
         for attribute, dn in pointing:
             found = _merge(
-                reader.search(
+                reader.pages(
                     layout.user_base,
                     f"(&{layout.user_filter}({attribute}={escape_filter_chars(dn)}))",
                     layout.user_attributes(),
                     stats,
                 ),
-                user_reader(layout, url),
+                user_page_reader(layout, url),
                 state.users,
                 state.skipped,
                 lambda r: r.user.id,
@@ -630,8 +632,8 @@ class Merged:
 
 
 def _merge(
-    entries: Iterable[Entry],
-    read: Callable[[Entry], R | SkippedRecord],
+    pages: Iterable[Page],
+    read: PageReader,
     table: dict[str, R],
     skipped: dict[str, SkippedRecord],
     id_of: Callable[[R], str],
@@ -639,37 +641,38 @@ def _merge(
 ) -> Merged:
     """Put freshly read entries into ``table`` by DN; what came, and what differs.
 
-    With ``renames`` (an incremental read), an entry renamed since the last
-    read comes back under a new DN with the same id: its record under the old
-    DN goes.
+    ``read`` maps each page to one record (or reason) per entry. With
+    ``renames`` (an incremental read), an entry renamed since the last read
+    comes back under a new DN with the same id: its record under the old DN
+    goes.
     """
     by_id = {id_of(r): k for k, r in table.items()} if renames else {}
     out = Merged()
     marks, renamed = out.marks, out.renamed
     pop, pop_skipped = table.pop, skipped.pop
     count, changed = 0, False
-    for entry in entries:
-        count += 1
-        key = dn_key(entry.dn)
-        before: R | SkippedRecord | None = pop(key, None)
-        # ``skipped`` is empty in a full read until an entry is skipped.
-        was_skipped = pop_skipped(key, None) if skipped else None
-        before = was_skipped if before is None else before
-        rec = read(entry)
-        if isinstance(rec, SkippedRecord):
-            skipped[key] = rec
-            changed = changed or rec != before
-            continue
-        if by_id:
-            old = by_id.get(id_of(rec))
-            if old is not None and old != key:
-                table.pop(old, None)
-                renamed.append(entry.dn)
-                changed = True
-        table[key] = rec
-        # ``before is None`` first: a record's generated ``__eq__`` is a Python call.
-        changed = changed or before is None or rec != before
-        if rec.change:
-            marks.append(rec.change)
+    for page in pages:
+        count += len(page.entries)
+        for (dn, _), rec in zip(page.entries, read(page), strict=True):
+            key = dn_key(dn)
+            before: R | SkippedRecord | None = pop(key, None)
+            # ``skipped`` is empty in a full read until an entry is skipped.
+            was_skipped = pop_skipped(key, None) if skipped else None
+            before = was_skipped if before is None else before
+            if isinstance(rec, SkippedRecord):
+                skipped[key] = rec
+                changed = changed or rec != before
+                continue
+            if by_id:
+                old = by_id.get(id_of(rec))
+                if old is not None and old != key:
+                    table.pop(old, None)
+                    renamed.append(dn)
+                    changed = True
+            table[key] = rec
+            # ``before is None`` first: a record's generated ``__eq__`` is a Python call.
+            changed = changed or before is None or rec != before
+            if rec.change:
+                marks.append(rec.change)
     out.count, out.changed = count, changed
     return out
