@@ -47,6 +47,9 @@ LAYOUTS = {
         member_of_attribute="memberOf",
     ),
     "active directory": _layout("active_directory", member_of_attribute="memberOf"),
+    "active directory, suspended values": _layout(
+        "active_directory", suspended_attribute="employeeType", suspended_values=["Left"]
+    ),
     "same attribute twice": _layout("openldap", attributes={"username": "mail"}),
 }
 
@@ -157,3 +160,41 @@ def test_user_columns_are_every_user_field_but_manager() -> None:
     """The positional constructor must cover User exactly, or fields would be lost."""
     fields = {f.name for f in msgspec.structs.fields(User)}
     assert set(USER_COLUMNS) == fields - {"manager"}
+
+
+def test_active_directory_states_match_entry_by_entry() -> None:
+    """userAccountControl and a suspension attribute together, including a bad number."""
+    layout = LAYOUTS["active directory, suspended values"]
+    guid = uuid.UUID(int=1).bytes_le
+    names = {"objectguid": "objectGUID", "useraccountcontrol": "userAccountControl"}
+    entries = [
+        (
+            f"cn=u{n},ou=people,dc=example,dc=org",
+            {
+                "objectGUID": [guid],
+                layout.fields["username"]: [f"u{n}".encode()],
+                layout.fields["email"]: [f"u{n}@example.org".encode()],
+                "userAccountControl": [control],
+                "employeeType": [kind],
+                layout.change_attribute: [b"100"],
+            },
+        )
+        for n, (control, kind) in enumerate(
+            [
+                (b"512", b"Staff"),
+                (b"514", b"Staff"),
+                (b"512", b"left"),
+                (b"x2", b"left"),
+                (b"x2", b"Staff"),
+            ]
+        )
+    ]
+    for name in entries[0][1]:
+        names.setdefault(name.lower(), name)
+    page = Page(entries, names)
+    _check(layout, page)
+    states = [
+        getattr(r, "user", None) and r.user.state for r in user_page_reader(layout, "x")(page)
+    ]
+    assert states[:3] == ["active", "suspended", "suspended"]
+    assert states[3:] == [None, None]  # skipped: not a number

@@ -275,25 +275,6 @@ def _user(
 USER_COLUMNS = tuple(_user.__code__.co_varnames[: _user.__code__.co_argcount])
 
 
-def _gather(
-    entries: list[tuple[str, dict[str, list[bytes]]]], keys: list[str], absent: list[list[bytes]]
-) -> list[tuple[list[bytes], ...]]:
-    """Each entry's values under ``keys``, as a tuple; ``absent`` holds what a missing one gives.
-
-    An entry holding as many attributes as there are keys most likely holds
-    them all: one ``itemgetter`` call reads it. If one was missing after
-    all, the page is read again with ``dict.get``.
-    """
-    distinct = len(set(keys))
-    every = itemgetter(*keys) if len(keys) > 1 else lambda a: (a[keys[0]],)
-    try:
-        return [
-            every(a) if len(a) == distinct else tuple(map(a.get, keys, absent)) for _, a in entries
-        ]
-    except KeyError:
-        return [tuple(map(a.get, keys, absent)) for _, a in entries]
-
-
 def user_page_reader(layout: Layout, where: str) -> PageReader:
     """Like :func:`user_reader`, a page at a time, giving the same records and reasons.
 
@@ -335,9 +316,8 @@ def user_page_reader(layout: Layout, where: str) -> PageReader:
         if attribute:
             extra[name] = len(keys)
             keys.append(attribute.lower())
-    #: For each column of _user: the index of its gathered values, or its
-    #: default when the layout maps no attribute to it (state: see below).
-    plan = [keys.index(mapped[n]) if n in mapped else defaults[n] for n in USER_COLUMNS]
+    #: Where each mapped field's values are among the gathered ones.
+    at = {n: keys.index(a) for n, a in mapped.items()}
     state_at = USER_COLUMNS.index("state")
     first = itemgetter(0)
     absent = [_ABSENT] * len(keys)
@@ -349,7 +329,7 @@ def user_page_reader(layout: Layout, where: str) -> PageReader:
         spell = page.names.get
         spelled = [spell(k, k) for k in keys]
         #: Per gathered attribute, its values in every entry (``_ABSENT`` if none).
-        gathered = list(zip(*_gather(entries, spelled, absent), strict=True))
+        gathered = list(zip(*[tuple(map(a.get, spelled, absent)) for _, a in entries], strict=True))
         #: Rows the column code leaves to ``one``.
         slow: set[int] = set()
         texts: dict[int, list[str]] = {}
@@ -373,43 +353,49 @@ def user_page_reader(layout: Layout, where: str) -> PageReader:
 
         try:
             columns: list[Iterable[Any]] = []
-            for name, how in zip(USER_COLUMNS, plan, strict=True):
-                if not isinstance(how, int) or name == "state":
-                    columns.append(repeat(how))
+            for name in USER_COLUMNS:
+                if name not in mapped:  # state included: it is set below
+                    columns.append(repeat(defaults[name]))
                     continue
                 if name == "id" and guid:
                     ids = [
                         str(uuid.UUID(bytes_le=v[0])) if len(v[0]) == 16 else ""
-                        for v in gathered[how]
+                        for v in gathered[at[name]]
                     ]
                     blank(ids)
                     columns.append(ids)
                     continue
-                text = column(how)
+                text = column(at[name])
                 if name in required:
                     blank(text)
                 if name == "email":
-                    at = map(contains, map(str.strip, text, repeat("@")), repeat("@"))
-                    slow.update(i for i, ok in enumerate(at) if not ok)
+                    has_at = map(contains, map(str.strip, text, repeat("@")), repeat("@"))
+                    slow.update(i for i, ok in enumerate(has_at) if not ok)
                 columns.append(optional(text) if defaults[name] is None else text)
-            if account_control:
-                control = column(extra["control"])
-                flag = column(extra["suspended"]) if suspended else repeat("")
-                states: list[AccountState] = []
-                for i, (number, value) in enumerate(zip(control, flag, strict=False)):
-                    try:
-                        off = bool(number) and bool(int(number) & UAC_ACCOUNTDISABLE)
-                    except ValueError:
-                        slow.add(i)
-                        off = False
-                    off = off or (bool(value) and (not wanted or value.casefold() in wanted))
-                    states.append(locked if off else active)
-                columns[state_at] = states
-            elif suspended:
-                columns[state_at] = [
-                    locked if v and (not wanted or v.casefold() in wanted) else active
+            # Any value suspends unless ``suspended_values`` names the ones that do.
+            held: Iterable[bool] = (
+                [
+                    bool(v) and (not wanted or v.casefold() in wanted)
                     for v in column(extra["suspended"])
                 ]
+                if suspended
+                else repeat(False)
+            )
+            if account_control:
+                states: list[AccountState] = []
+                for i, (number, off) in enumerate(
+                    zip(column(extra["control"]), held, strict=False)
+                ):
+                    try:
+                        # Read even when ``off``: a bad number skips the entry either way.
+                        disabled = bool(number) and bool(int(number) & UAC_ACCOUNTDISABLE)
+                    except ValueError:
+                        slow.add(i)
+                        disabled = False
+                    states.append(locked if disabled or off else active)
+                columns[state_at] = states
+            elif suspended:
+                columns[state_at] = [locked if off else active for off in held]
             managers = optional(column(extra["manager"])) if manager else repeat(None)
             groups: Iterable[tuple[str, ...]] = (
                 [
